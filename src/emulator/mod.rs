@@ -1,0 +1,1 @@
+//! The Poynt emulator (being written).
