@@ -1,0 +1,110 @@
+//! `/_emulator/...`: the control API, so a test-suite or demo driving the emulator from
+//! another process can do what the Rust API does (stats, faults, revocation, authorization,
+//! reset, keys).
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+use serde_json::json;
+
+use super::body::ResponseBody;
+use super::error::ApiError;
+use super::fault::Fault;
+use super::reply::{self, RequestId};
+use super::state::Shared;
+use crate::merchant::MerchantId;
+
+/// Path prefix of the control API.
+pub(crate) const CONTROL_PREFIX: &str = "/_emulator/";
+/// Largest control body accepted.
+const MAX_CONTROL_BYTES: usize = 16 * 1024;
+
+/// Handles one call under `/_emulator/`.
+pub(crate) async fn handle(
+    shared: &Shared,
+    request: Request<Incoming>,
+    request_id: &RequestId,
+) -> Response<ResponseBody> {
+    match handle_inner(shared, request).await {
+        Ok(body) => reply::ok_json(Bytes::from(body.to_string()), request_id),
+        Err(error) => reply::error(&error, request_id),
+    }
+}
+
+async fn handle_inner(
+    shared: &Shared,
+    request: Request<Incoming>,
+) -> Result<serde_json::Value, ApiError> {
+    let path = request
+        .uri()
+        .path()
+        .strip_prefix(CONTROL_PREFIX)
+        .unwrap_or("")
+        .to_owned();
+    let method = request.method().clone();
+    let segments: Vec<&str> = path.split('/').collect();
+    match (segments.as_slice(), method) {
+        (["stats"], Method::GET) => serde_json::to_value(shared.counters.snapshot())
+            .map_err(|error| ApiError::Internal(format!("expected to serialise stats: {error}"))),
+        (["fault"], Method::GET) => Ok(json!(shared.fault())),
+        (["fault"], Method::POST) => {
+            let bytes = Limited::new(request.into_body(), MAX_CONTROL_BYTES)
+                .collect()
+                .await
+                .map_err(|_| {
+                    ApiError::InvalidRequest(format!(
+                        "expected a JSON body of at most {MAX_CONTROL_BYTES} bytes"
+                    ))
+                })?
+                .to_bytes();
+            let fault: Fault = serde_json::from_slice(&bytes).map_err(|error| {
+                ApiError::InvalidRequest(format!(
+                    "expected a fault object with token_status, token_drop and/or token_delay_ms; {error}"
+                ))
+            })?;
+            fault.validate().map_err(ApiError::InvalidRequest)?;
+            shared.set_fault(fault.clone());
+            Ok(json!(fault))
+        }
+        (["reset"], Method::POST) => {
+            shared.reset();
+            Ok(json!({ "reset": true }))
+        }
+        (["keys"], Method::GET) => Ok(json!({
+            "poynt_net_public_key_pem": shared.poynt_net_key.public_pem(),
+            "access_token_public_key_pem": shared.token_key.public_pem(),
+        })),
+        (["merchants", id, action], Method::POST) => {
+            let merchant =
+                MerchantId::parse(id).map_err(|error| ApiError::NotFound(error.to_string()))?;
+            match *action {
+                "revoke" => {
+                    let revoked = shared.revoke(merchant);
+                    Ok(
+                        json!({ "merchant": merchant.to_string(), "revoked_access_tokens": revoked }),
+                    )
+                }
+                "authorize" => {
+                    shared.authorize(merchant);
+                    Ok(json!({ "merchant": merchant.to_string(), "authorized": true }))
+                }
+                "unauthorize" => {
+                    shared.unauthorize(merchant);
+                    Ok(json!({ "merchant": merchant.to_string(), "authorized": false }))
+                }
+                other => Err(not_found(&format!("merchants/{id}/{other}"))),
+            }
+        }
+        (_, method) => Err(ApiError::NotFound(format!(
+            "no control endpoint {method} {CONTROL_PREFIX}{path}; expected GET stats, GET|POST fault, POST reset, \
+             GET keys, POST merchants/{{id}}/(revoke|authorize|unauthorize)"
+        ))),
+    }
+}
+
+fn not_found(path: &str) -> ApiError {
+    ApiError::NotFound(format!(
+        "no control endpoint {CONTROL_PREFIX}{path}; expected merchants/{{id}}/(revoke|authorize|unauthorize)"
+    ))
+}
