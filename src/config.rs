@@ -1,0 +1,776 @@
+//! Configuration: a raw serde schema read from YAML, then `validate` into the checked
+//! [`Config`] the rest of the program trusts. Every error names the key path and says what
+//! was expected and what was found, and every check runs at start-up, never at a request.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Uri};
+use rustls_pki_types::CertificateDer;
+use serde::Deserialize;
+
+use crate::token::assertion::{AppKey, KeyError};
+
+/// Environment variable that may carry the app's private key as PEM text, so the key can
+/// come from a secret store without touching disk.
+pub const PRIVATE_KEY_ENV: &str = "POYNT_PROXY_PRIVATE_KEY";
+
+/// Poynt's production API host: the default upstream and assertion audience.
+pub const DEFAULT_API_URL: &str = "https://services.poynt.net";
+/// The API version every call carries unless configured otherwise.
+pub const DEFAULT_API_VERSION: &str = "1.2";
+/// Where merchants are sent to grant the app access.
+pub const DEFAULT_AUTHORIZE_URL: &str = "https://poynt.net/applications/authorize";
+/// The header callers name their merchant in.
+pub const DEFAULT_MERCHANT_HEADER: &str = "X-Poynt-Merchant-Id";
+
+/// Why a configuration was refused. The message always starts with the key path.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML did not fit the schema (unknown key, wrong type, bad duration...).
+    #[error("{0}")]
+    Syntax(String),
+    /// A value had the right type but a wrong meaning.
+    #[error("{key}: {problem}")]
+    Invalid {
+        /// Dotted path of the offending key, e.g. `poynt.api_url`.
+        key: &'static str,
+        /// What was expected and what was found.
+        problem: String,
+    },
+    /// The private key could not be loaded or parsed.
+    #[error("{key}: {source}")]
+    Key {
+        /// Where the key was looked for (`poynt.private_key_file` or the environment variable).
+        key: &'static str,
+        /// Why it was refused.
+        #[source]
+        source: KeyError,
+    },
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.into(),
+    }
+}
+
+/// The checked configuration. Built only by [`Config::parse`] (or the demo), so holding one
+/// means every value has been validated and the private key has loaded.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where internal callers connect (plain HTTP).
+    pub listen: SocketAddr,
+    /// Health, readiness, metrics and the admin API; loopback by default so it is not exposed.
+    pub admin_listen: SocketAddr,
+    /// How to reach and authenticate to Poynt.
+    pub poynt: PoyntConfig,
+    /// How callers name their merchant.
+    pub merchant: MerchantConfig,
+    /// Where tokens outlive the process.
+    pub store: StoreConfig,
+    /// Caller-facing server limits.
+    pub server: ServerConfig,
+    /// Token broker tuning.
+    pub tokens: TokensConfig,
+    /// Merchant onboarding (authorization URL).
+    pub oauth: OauthConfig,
+    /// Log output.
+    pub log: LogConfig,
+    /// Admin API protection.
+    pub admin: AdminConfig,
+}
+
+/// Admin API protection.
+#[derive(Debug, Clone, Default)]
+pub struct AdminConfig {
+    /// When set, `/admin/*` requires `Authorization: Bearer <this>`.
+    pub bearer_token: Option<secrecy::SecretString>,
+}
+
+/// How the proxy talks to Poynt.
+#[derive(Debug, Clone)]
+pub struct PoyntConfig {
+    /// Scheme and authority every forwarded call goes to; never taken from a caller.
+    pub api_url: Uri,
+    /// The `/token` endpoint.
+    pub token_url: Uri,
+    /// `aud` of self-signed assertions: Poynt expects its API host.
+    pub audience: String,
+    /// Value of the `api-version` header added to every call.
+    pub api_version: HeaderValue,
+    /// The app's ID (`urn:aid:...`), `iss` and `sub` of every assertion.
+    pub application_id: String,
+    /// The app's RSA private key, loaded and checked at start-up.
+    pub private_key: AppKey,
+    /// Extra trust anchors for Poynt's TLS (tests, private CAs), read from `ca_file` at
+    /// start-up and added to the platform roots.
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    /// Bound on establishing a TCP+TLS connection to Poynt.
+    pub connect_timeout: Duration,
+    /// Bound on waiting for Poynt's response headers on a forwarded call.
+    pub response_timeout: Duration,
+    /// Bound on a whole `/token` exchange.
+    pub token_timeout: Duration,
+}
+
+/// Merchant naming.
+#[derive(Debug, Clone)]
+pub struct MerchantConfig {
+    /// Header that carries the business ID; stripped before forwarding.
+    pub header: HeaderName,
+}
+
+/// Which store backs the token cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// Process memory only: tokens are fetched anew after a restart.
+    Memory,
+}
+
+/// Token persistence.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The backend in use.
+    pub backend: StoreBackend,
+}
+
+/// Limits on the caller-facing listener.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// A connection that has not sent complete request headers by then is closed.
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted (HTTP/1 read buffer, HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// Connections beyond this wait in the kernel backlog instead of being served.
+    pub max_connections: usize,
+    /// HTTP/2 streams one caller connection may have open at once.
+    pub http2_max_concurrent_streams: u32,
+    /// Larger request bodies are refused with 413.
+    pub max_request_body_bytes: u64,
+    /// Bodies up to this size are kept so a 401 can be retried; larger ones stream.
+    pub retry_buffer_bytes: usize,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+/// Token broker tuning.
+#[derive(Debug, Clone)]
+pub struct TokensConfig {
+    /// Fraction of a token's lifetime after which it is renewed in the background.
+    pub refresh_at: f64,
+    /// Random spread (± fraction of the lifetime) on the refresh point.
+    pub refresh_jitter: f64,
+    /// A token is not used this close to its expiry, even when renewal keeps failing
+    /// (capped at a twentieth of the token's lifetime).
+    pub expiry_margin: Duration,
+    /// First back-off after a failed grant for a merchant.
+    pub backoff_initial: Duration,
+    /// Longest back-off.
+    pub backoff_max: Duration,
+    /// Cap on concurrent `/token` calls across all merchants.
+    pub max_concurrent_grants: usize,
+    /// Bound on merchants held in the cache.
+    pub max_merchants: u64,
+}
+
+/// Merchant onboarding.
+#[derive(Debug, Clone)]
+pub struct OauthConfig {
+    /// Poynt's authorization page.
+    pub authorize_url: Uri,
+    /// Where Poynt sends the merchant back; required only to print an authorization URL.
+    pub redirect_uri: Option<String>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Log settings (the level comes from `RUST_LOG`).
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Line format.
+    pub format: LogFormat,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_listen")]
+    listen: String,
+    #[serde(default = "default_admin_listen")]
+    admin_listen: String,
+    poynt: RawPoynt,
+    #[serde(default)]
+    merchant: RawMerchant,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    tokens: RawTokens,
+    #[serde(default)]
+    oauth: RawOauth,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    admin: RawAdmin,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    bearer_token_file: Option<PathBuf>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9090".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPoynt {
+    #[serde(default = "default_api_url")]
+    api_url: String,
+    token_url: Option<String>,
+    audience: Option<String>,
+    #[serde(default = "default_api_version")]
+    api_version: String,
+    application_id: Option<String>,
+    private_key_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    connect_timeout: Duration,
+    #[serde(default = "default_response_timeout", with = "humantime_serde")]
+    response_timeout: Duration,
+    #[serde(default = "default_token_timeout", with = "humantime_serde")]
+    token_timeout: Duration,
+}
+
+fn default_api_url() -> String {
+    DEFAULT_API_URL.into()
+}
+fn default_api_version() -> String {
+    DEFAULT_API_VERSION.into()
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_token_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMerchant {
+    #[serde(default = "default_merchant_header")]
+    header: String,
+}
+
+impl Default for RawMerchant {
+    fn default() -> Self {
+        Self {
+            header: default_merchant_header(),
+        }
+    }
+}
+
+fn default_merchant_header() -> String {
+    DEFAULT_MERCHANT_HEADER.into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    #[serde(default = "default_backend")]
+    backend: String,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            backend: default_backend(),
+        }
+    }
+}
+
+fn default_backend() -> String {
+    "memory".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    #[serde(with = "humantime_serde")]
+    header_read_timeout: Duration,
+    max_header_bytes: usize,
+    max_connections: usize,
+    http2_max_concurrent_streams: u32,
+    max_request_body_bytes: u64,
+    retry_buffer_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    shutdown_grace: Duration,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            max_connections: 10_000,
+            http2_max_concurrent_streams: 256,
+            max_request_body_bytes: 1 << 30,
+            retry_buffer_bytes: 64 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTokens {
+    refresh_at: f64,
+    refresh_jitter: f64,
+    #[serde(with = "humantime_serde")]
+    expiry_margin: Duration,
+    #[serde(with = "humantime_serde")]
+    backoff_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    backoff_max: Duration,
+    max_concurrent_grants: usize,
+    max_merchants: u64,
+}
+
+impl Default for RawTokens {
+    fn default() -> Self {
+        Self {
+            refresh_at: 0.8,
+            refresh_jitter: 0.1,
+            expiry_margin: Duration::from_secs(30),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            max_concurrent_grants: 16,
+            max_merchants: 1_000_000,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOauth {
+    #[serde(default = "default_authorize_url")]
+    authorize_url: String,
+    redirect_uri: Option<String>,
+}
+
+impl Default for RawOauth {
+    fn default() -> Self {
+        Self {
+            authorize_url: default_authorize_url(),
+            redirect_uri: None,
+        }
+    }
+}
+
+fn default_authorize_url() -> String {
+    DEFAULT_AUTHORIZE_URL.into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default = "default_log_format")]
+    format: LogFormat,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: default_log_format(),
+        }
+    }
+}
+
+fn default_log_format() -> LogFormat {
+    LogFormat::Text
+}
+
+/// Where the private key comes from when `poynt.private_key_file` is absent. Passed in (not
+/// read inside `parse`) so tests never touch the process environment.
+#[derive(Default)]
+pub struct KeySources {
+    /// Directory that relative paths in the file are resolved against.
+    pub base_dir: Option<PathBuf>,
+    /// PEM text from [`PRIVATE_KEY_ENV`], if set.
+    pub private_key_env: Option<secrecy::SecretString>,
+}
+
+impl KeySources {
+    /// Reads [`PRIVATE_KEY_ENV`] from the process environment.
+    pub fn from_env(base_dir: Option<PathBuf>) -> Self {
+        Self {
+            base_dir,
+            private_key_env: std::env::var(PRIVATE_KEY_ENV).ok().map(Into::into),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file; relative paths inside it are resolved against the
+    /// file's directory, and the private key may come from [`PRIVATE_KEY_ENV`].
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base_dir = path.parent().map(Path::to_path_buf);
+        Self::parse(&text, &KeySources::from_env(base_dir))
+    }
+
+    /// Parses and validates YAML text.
+    pub fn parse(text: &str, sources: &KeySources) -> Result<Self, ConfigError> {
+        let raw: RawConfig =
+            serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        raw.validate(sources)
+    }
+}
+
+impl RawConfig {
+    fn validate(self, sources: &KeySources) -> Result<Config, ConfigError> {
+        let listen = parse_addr("listen", &self.listen)?;
+        let admin_listen = parse_addr("admin_listen", &self.admin_listen)?;
+        let poynt = self.poynt.validate(sources)?;
+        let header = HeaderName::try_from(self.merchant.header.as_str()).map_err(|_| {
+            invalid(
+                "merchant.header",
+                format!("{:?} is not a valid HTTP header name", self.merchant.header),
+            )
+        })?;
+        let backend = match self.store.backend.as_str() {
+            "memory" => StoreBackend::Memory,
+            other => {
+                return Err(invalid(
+                    "store.backend",
+                    format!("expected one of: memory; found {other:?}"),
+                ));
+            }
+        };
+        Ok(Config {
+            listen,
+            admin_listen,
+            poynt,
+            merchant: MerchantConfig { header },
+            store: StoreConfig { backend },
+            server: self.server.validate()?,
+            tokens: self.tokens.validate()?,
+            oauth: self.oauth.validate()?,
+            log: LogConfig {
+                format: self.log.format,
+            },
+            admin: self.admin.validate(sources)?,
+        })
+    }
+}
+
+fn parse_addr(key: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("expected an IP:port socket address such as 127.0.0.1:8080; found {text:?}"),
+        )
+    })
+}
+
+/// Parses an http(s) URL with a host; `http` is allowed only for loopback hosts so that a
+/// token can never cross a network in clear text.
+fn parse_url(key: &'static str, text: &str) -> Result<Uri, ConfigError> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|_| invalid(key, format!("{text:?} is not an http(s) URL")))?;
+    let host = match (uri.scheme_str(), uri.host()) {
+        (Some("https" | "http"), Some(host)) => host,
+        _ => return Err(invalid(key, format!("{text:?} is not an http(s) URL"))),
+    };
+    if uri.scheme_str() == Some("http") && !is_loopback_host(host) {
+        return Err(invalid(
+            key,
+            format!(
+                "{text:?} uses http to a non-loopback host; expected https (http is allowed only for localhost and loopback addresses)"
+            ),
+        ));
+    }
+    Ok(uri)
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn require_positive(key: &'static str, value: Duration) -> Result<Duration, ConfigError> {
+    if value.is_zero() {
+        return Err(invalid(key, "expected a duration above zero; found 0s"));
+    }
+    Ok(value)
+}
+
+impl RawPoynt {
+    fn validate(self, sources: &KeySources) -> Result<PoyntConfig, ConfigError> {
+        let api_url = parse_url("poynt.api_url", &self.api_url)?;
+        if !matches!(api_url.path(), "" | "/") || api_url.query().is_some() {
+            return Err(invalid(
+                "poynt.api_url",
+                format!(
+                    "expected a scheme and host only (callers' paths are appended); found {:?}",
+                    self.api_url
+                ),
+            ));
+        }
+        let origin = self.api_url.trim_end_matches('/').to_owned();
+        let token_url = match &self.token_url {
+            Some(text) => parse_url("poynt.token_url", text)?,
+            None => parse_url("poynt.api_url", &format!("{origin}/token"))?,
+        };
+        let audience = match self.audience {
+            Some(aud) if aud.trim().is_empty() => {
+                return Err(invalid("poynt.audience", "expected a URL; found \"\""));
+            }
+            Some(aud) => aud,
+            None => origin,
+        };
+        let api_version = HeaderValue::try_from(self.api_version.as_str())
+            .ok()
+            .filter(|_| !self.api_version.is_empty())
+            .ok_or_else(|| {
+                invalid(
+                    "poynt.api_version",
+                    format!(
+                        "expected a version such as \"1.2\"; found {:?}",
+                        self.api_version
+                    ),
+                )
+            })?;
+        let application_id = match self.application_id {
+            Some(id) if id.starts_with("urn:aid:") => id,
+            Some(id) => {
+                return Err(invalid(
+                    "poynt.application_id",
+                    format!("expected an application ID starting with \"urn:aid:\"; found {id:?}"),
+                ));
+            }
+            None => {
+                return Err(invalid(
+                    "poynt.application_id",
+                    "missing; expected the app's ID (\"urn:aid:...\") from the Poynt developer portal",
+                ));
+            }
+        };
+        let private_key = load_key(self.private_key_file.as_deref(), sources)?;
+        let extra_roots = match self.ca_file {
+            Some(path) => crate::upstream::read_ca_file(&resolve(sources, &path))
+                .map_err(|e| invalid("poynt.ca_file", e.to_string()))?,
+            None => Vec::new(),
+        };
+        Ok(PoyntConfig {
+            api_url,
+            token_url,
+            audience,
+            api_version,
+            application_id,
+            private_key,
+            extra_roots,
+            connect_timeout: require_positive("poynt.connect_timeout", self.connect_timeout)?,
+            response_timeout: require_positive("poynt.response_timeout", self.response_timeout)?,
+            token_timeout: require_positive("poynt.token_timeout", self.token_timeout)?,
+        })
+    }
+}
+
+fn resolve(sources: &KeySources, path: &Path) -> PathBuf {
+    match &sources.base_dir {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_owned(),
+    }
+}
+
+fn load_key(file: Option<&Path>, sources: &KeySources) -> Result<AppKey, ConfigError> {
+    match (file, &sources.private_key_env) {
+        (Some(path), _) => {
+            let path = resolve(sources, path);
+            AppKey::from_pem_file(&path).map_err(|source| ConfigError::Key {
+                key: "poynt.private_key_file",
+                source,
+            })
+        }
+        (None, Some(pem)) => AppKey::from_pem(pem).map_err(|source| ConfigError::Key {
+            key: PRIVATE_KEY_ENV,
+            source,
+        }),
+        (None, None) => Err(invalid(
+            "poynt.private_key_file",
+            format!(
+                "missing; expected a PEM file path, or the key's PEM text in the {PRIVATE_KEY_ENV} environment variable"
+            ),
+        )),
+    }
+}
+
+impl RawServer {
+    fn validate(self) -> Result<ServerConfig, ConfigError> {
+        if self.max_connections == 0 {
+            return Err(invalid(
+                "server.max_connections",
+                "expected at least 1; found 0",
+            ));
+        }
+        if self.max_header_bytes < 8192 {
+            return Err(invalid(
+                "server.max_header_bytes",
+                format!("expected at least 8192; found {}", self.max_header_bytes),
+            ));
+        }
+        Ok(ServerConfig {
+            header_read_timeout: require_positive(
+                "server.header_read_timeout",
+                self.header_read_timeout,
+            )?,
+            max_header_bytes: self.max_header_bytes,
+            max_connections: self.max_connections,
+            http2_max_concurrent_streams: self.http2_max_concurrent_streams,
+            max_request_body_bytes: self.max_request_body_bytes,
+            retry_buffer_bytes: self.retry_buffer_bytes,
+            shutdown_grace: self.shutdown_grace,
+        })
+    }
+}
+
+impl RawTokens {
+    fn validate(self) -> Result<TokensConfig, ConfigError> {
+        if !(0.1..=0.95).contains(&self.refresh_at) {
+            return Err(invalid(
+                "tokens.refresh_at",
+                format!(
+                    "expected a fraction of the lifetime between 0.1 and 0.95; found {}",
+                    self.refresh_at
+                ),
+            ));
+        }
+        if !(0.0..=0.25).contains(&self.refresh_jitter) {
+            return Err(invalid(
+                "tokens.refresh_jitter",
+                format!(
+                    "expected a fraction between 0 and 0.25; found {}",
+                    self.refresh_jitter
+                ),
+            ));
+        }
+        if self.refresh_at + self.refresh_jitter > 0.9 {
+            return Err(invalid(
+                "tokens.refresh_jitter",
+                format!(
+                    "expected refresh_at + refresh_jitter to be at most 0.9, so renewal always starts before the token's last twentieth; found {} + {}",
+                    self.refresh_at, self.refresh_jitter
+                ),
+            ));
+        }
+        if self.backoff_max < self.backoff_initial {
+            return Err(invalid(
+                "tokens.backoff_max",
+                format!(
+                    "expected at least tokens.backoff_initial ({}); found {}",
+                    humantime::format_duration(self.backoff_initial),
+                    humantime::format_duration(self.backoff_max)
+                ),
+            ));
+        }
+        if self.max_concurrent_grants == 0 {
+            return Err(invalid(
+                "tokens.max_concurrent_grants",
+                "expected at least 1; found 0",
+            ));
+        }
+        if self.max_merchants == 0 {
+            return Err(invalid(
+                "tokens.max_merchants",
+                "expected at least 1; found 0",
+            ));
+        }
+        Ok(TokensConfig {
+            refresh_at: self.refresh_at,
+            refresh_jitter: self.refresh_jitter,
+            expiry_margin: self.expiry_margin,
+            backoff_initial: require_positive("tokens.backoff_initial", self.backoff_initial)?,
+            backoff_max: self.backoff_max,
+            max_concurrent_grants: self.max_concurrent_grants,
+            max_merchants: self.max_merchants,
+        })
+    }
+}
+
+impl RawAdmin {
+    fn validate(self, sources: &KeySources) -> Result<AdminConfig, ConfigError> {
+        let Some(path) = self.bearer_token_file else {
+            return Ok(AdminConfig::default());
+        };
+        let path = resolve(sources, &path);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            invalid(
+                "admin.bearer_token_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        let secret = text.trim();
+        if secret.len() < 16 {
+            return Err(invalid(
+                "admin.bearer_token_file",
+                format!(
+                    "expected a secret of at least 16 characters; found {} characters",
+                    secret.len()
+                ),
+            ));
+        }
+        Ok(AdminConfig {
+            bearer_token: Some(secret.to_owned().into()),
+        })
+    }
+}
+
+impl RawOauth {
+    fn validate(self) -> Result<OauthConfig, ConfigError> {
+        let authorize_url = parse_url("oauth.authorize_url", &self.authorize_url)?;
+        if let Some(uri) = &self.redirect_uri {
+            parse_url("oauth.redirect_uri", uri)?;
+        }
+        Ok(OauthConfig {
+            authorize_url,
+            redirect_uri: self.redirect_uri,
+        })
+    }
+}

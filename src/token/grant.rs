@@ -1,0 +1,419 @@
+//! The `/token` client. Every call to Poynt's token endpoint, whatever the grant, goes
+//! through [`TokenClient::request`], which caps concurrency, bounds time, logs one line
+//! and counts the outcome — and never lets a token, assertion or key reach a log or error.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::merchant::MerchantId;
+use crate::metrics::Metrics;
+use crate::poynt::{self, ErrorBody};
+use crate::token::assertion::{AssertionSigner, SignError};
+use crate::upstream::{BoxError, HttpClient};
+
+/// Largest `/token` response read; Poynt's are about 1.5 KB.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// A way to obtain an access token.
+pub enum Grant {
+    /// A self-signed assertion naming the merchant (`poynt.biz`): needs no stored credential.
+    JwtBearer(MerchantId),
+    /// The merchant's single-use refresh token.
+    RefreshToken(SecretString),
+    /// The code Poynt's authorization redirect delivered, with the redirect URI it was sent to.
+    AuthorizationCode {
+        /// The code (a JWT signed by poynt.net).
+        code: SecretString,
+        /// Must equal the URI the merchant was redirected to.
+        redirect_uri: String,
+    },
+}
+
+/// Which grant was used, as a bounded label for metrics, logs and the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantKind {
+    /// RFC 7523 JWT-bearer.
+    JwtBearer,
+    /// Refresh token.
+    RefreshToken,
+    /// Authorization code.
+    AuthorizationCode,
+}
+
+impl GrantKind {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::JwtBearer => "jwt_bearer",
+            Self::RefreshToken => "refresh_token",
+            Self::AuthorizationCode => "authorization_code",
+        }
+    }
+}
+
+impl Grant {
+    /// The grant's kind.
+    pub fn kind(&self) -> GrantKind {
+        match self {
+            Self::JwtBearer(_) => GrantKind::JwtBearer,
+            Self::RefreshToken(_) => GrantKind::RefreshToken,
+            Self::AuthorizationCode { .. } => GrantKind::AuthorizationCode,
+        }
+    }
+}
+
+/// A token Poynt issued.
+pub struct IssuedToken {
+    /// `Bearer <access token>`, ready to inject and marked sensitive (its `Debug` prints
+    /// nothing of the token).
+    pub bearer: HeaderValue,
+    /// The rotated refresh token, when Poynt sent one.
+    pub refresh_token: Option<SecretString>,
+    /// How long the token is good for from `received_at`: the earlier of `expiresIn` and the
+    /// token's own `exp` claim, so a skewed or inconsistent answer never overstates it.
+    pub lifetime: Duration,
+    /// When the response arrived (the clock the broker schedules renewals on).
+    pub received_at: Instant,
+    /// Wall-clock twin of `received_at`, for the admin API.
+    pub received_wall: SystemTime,
+    /// The merchant named by the token's `poynt.biz` claim, when present and well-formed.
+    pub merchant: Option<MerchantId>,
+}
+
+/// Why a `/token` call did not produce a token.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    /// No HTTP exchange happened (DNS, connect, TLS, reset...).
+    #[error("cannot reach Poynt's /token endpoint: {detail}")]
+    Transport {
+        /// The error chain, flattened (it names a certificate problem, for instance).
+        detail: String,
+    },
+    /// Poynt did not answer within the configured time.
+    #[error("Poynt's /token endpoint did not answer within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    /// Poynt refused the grant (4xx): the credential or merchant is not acceptable.
+    #[error("Poynt refused the {grant} grant: HTTP {status}, code {code:?}: {message}")]
+    Refused {
+        /// The grant.
+        grant: &'static str,
+        /// HTTP status.
+        status: u16,
+        /// Poynt's error `code`, when the body had one.
+        code: Option<String>,
+        /// Poynt's message, when the body had one.
+        message: String,
+    },
+    /// Poynt failed (5xx, 429): worth retrying later.
+    #[error("Poynt's /token endpoint failed: HTTP {status}, code {code:?}")]
+    Unavailable {
+        /// HTTP status.
+        status: u16,
+        /// Poynt's error `code`, when the body had one.
+        code: Option<String>,
+    },
+    /// A 200 whose body is not a token response.
+    #[error("Poynt's /token answer is malformed: {0}")]
+    Malformed(String),
+    /// The assertion could not be signed.
+    #[error(transparent)]
+    Sign(#[from] SignError),
+}
+
+impl GrantError {
+    /// Whether Poynt itself said no (as opposed to not answering properly).
+    pub fn is_refused(&self) -> bool {
+        matches!(self, Self::Refused { .. })
+    }
+
+    /// Poynt's error code, if it sent one.
+    pub fn poynt_code(&self) -> Option<&str> {
+        match self {
+            Self::Refused { code, .. } | Self::Unavailable { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn outcome(&self) -> &'static str {
+        if self.is_refused() {
+            "rejected"
+        } else {
+            "error"
+        }
+    }
+}
+
+/// Flattens an error and its sources into one line.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenResponse {
+    expires_in: u64,
+    access_token: SecretString,
+    refresh_token: Option<SecretString>,
+}
+
+#[derive(Deserialize)]
+struct AccessClaims {
+    exp: Option<u64>,
+    #[serde(rename = "poynt.biz")]
+    biz: Option<String>,
+}
+
+/// Talks to `/token`.
+#[derive(Clone)]
+pub struct TokenClient {
+    http: HttpClient,
+    token_url: Uri,
+    api_version: HeaderValue,
+    signer: AssertionSigner,
+    timeout: Duration,
+    permits: Arc<Semaphore>,
+    metrics: Metrics,
+}
+
+impl TokenClient {
+    /// `max_concurrent` caps `/token` calls in flight across all merchants.
+    pub fn new(
+        http: HttpClient,
+        token_url: Uri,
+        api_version: HeaderValue,
+        signer: AssertionSigner,
+        timeout: Duration,
+        max_concurrent: usize,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            http,
+            token_url,
+            api_version,
+            signer,
+            timeout,
+            permits: Arc::new(Semaphore::new(max_concurrent)),
+            metrics,
+        }
+    }
+
+    /// Performs one grant. `merchant` is for the log line only (a refresh token does not
+    /// name its merchant on the wire).
+    pub async fn request(
+        &self,
+        grant: &Grant,
+        merchant: Option<MerchantId>,
+    ) -> Result<IssuedToken, GrantError> {
+        let kind = grant.kind();
+        let request_id = uuid::Uuid::new_v4();
+        let started = Instant::now();
+        let result =
+            match tokio::time::timeout(self.timeout, self.exchange(grant, request_id)).await {
+                Ok(result) => result,
+                Err(_) => Err(GrantError::Timeout(self.timeout)),
+            };
+        let elapsed = started.elapsed();
+        let outcome = match &result {
+            Ok(_) => "success",
+            Err(e) => e.outcome(),
+        };
+        self.metrics.observe_grant(kind.as_str(), outcome, elapsed);
+        let merchant = merchant.map(|m| m.to_string());
+        match &result {
+            Ok(token) => tracing::info!(
+                target: "poynt_proxy::token",
+                grant = kind.as_str(),
+                merchant = merchant.as_deref(),
+                outcome,
+                latency_ms = elapsed.as_secs_f64() * 1e3,
+                lifetime_s = token.lifetime.as_secs(),
+                %request_id,
+                "token request"
+            ),
+            Err(error) => tracing::warn!(
+                target: "poynt_proxy::token",
+                grant = kind.as_str(),
+                merchant = merchant.as_deref(),
+                outcome,
+                latency_ms = elapsed.as_secs_f64() * 1e3,
+                poynt_code = error.poynt_code(),
+                %error,
+                %request_id,
+                "token request"
+            ),
+        }
+        result
+    }
+
+    async fn exchange(
+        &self,
+        grant: &Grant,
+        request_id: uuid::Uuid,
+    ) -> Result<IssuedToken, GrantError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| GrantError::Transport {
+                detail: "the token client is shutting down".into(),
+            })?;
+        let request = self.build_request(grant, request_id)?;
+        let response = self
+            .http
+            .request(request)
+            .await
+            .map_err(|e| GrantError::Transport {
+                detail: error_chain(&e),
+            })?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| GrantError::Transport {
+                detail: format!("reading the response body failed: {e}"),
+            })?
+            .to_bytes();
+        let received_at = Instant::now();
+        let received_wall = SystemTime::now();
+        if status != StatusCode::OK {
+            return Err(status_error(grant.kind(), status, &body));
+        }
+        parse_token_response(&body, received_at, received_wall)
+    }
+
+    fn build_request(
+        &self,
+        grant: &Grant,
+        request_id: uuid::Uuid,
+    ) -> Result<Request<crate::upstream::UpstreamBody>, GrantError> {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        let mut bearer = None;
+        match grant {
+            Grant::JwtBearer(merchant) => {
+                let assertion = self.signer.sign(Some(*merchant))?;
+                form.append_pair("grantType", poynt::GRANT_JWT_BEARER)
+                    .append_pair("assertion", assertion.expose_secret());
+            }
+            Grant::RefreshToken(refresh) => {
+                form.append_pair("grantType", poynt::GRANT_REFRESH_TOKEN)
+                    .append_pair("refreshToken", refresh.expose_secret());
+            }
+            Grant::AuthorizationCode { code, redirect_uri } => {
+                let assertion = self.signer.sign(None)?;
+                let mut value =
+                    HeaderValue::try_from(format!("Bearer {}", assertion.expose_secret()))
+                        .map_err(|_| {
+                            GrantError::Malformed("assertion is not header-safe".into())
+                        })?;
+                value.set_sensitive(true);
+                bearer = Some(value);
+                form.append_pair("grant_type", poynt::GRANT_AUTHORIZATION_CODE)
+                    .append_pair("redirect_uri", redirect_uri)
+                    .append_pair("client_id", self.signer.application_id())
+                    .append_pair("code", code.expose_secret());
+            }
+        }
+        let body: Bytes = form.finish().into();
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(self.token_url.clone())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(ACCEPT, "application/json")
+            .header(poynt::API_VERSION_HEADER, self.api_version.clone())
+            .header(poynt::REQUEST_ID_HEADER, request_id.to_string());
+        if let Some(value) = bearer {
+            builder = builder.header(AUTHORIZATION, value);
+        }
+        builder
+            .body(
+                Full::new(body)
+                    .map_err(|never| -> BoxError { match never {} })
+                    .boxed(),
+            )
+            .map_err(|e| GrantError::Malformed(format!("cannot build the request: {e}")))
+    }
+}
+
+fn status_error(kind: GrantKind, status: StatusCode, body: &[u8]) -> GrantError {
+    let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
+    let code = parsed.as_ref().map(|b| b.code.clone());
+    if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
+        GrantError::Refused {
+            grant: kind.as_str(),
+            status: status.as_u16(),
+            code,
+            message: parsed.map(|b| b.message).unwrap_or_default(),
+        }
+    } else {
+        GrantError::Unavailable {
+            status: status.as_u16(),
+            code,
+        }
+    }
+}
+
+/// Parses a 200 answer. Public for the benchmarks: this runs once per grant.
+pub fn parse_token_response(
+    body: &[u8],
+    received_at: Instant,
+    received_wall: SystemTime,
+) -> Result<IssuedToken, GrantError> {
+    let response: TokenResponse = serde_json::from_slice(body).map_err(|e| {
+        GrantError::Malformed(format!(
+            "expected JSON with expiresIn and accessToken; found a body that fails with: {e}"
+        ))
+    })?;
+    let claims: Option<AccessClaims> =
+        jsonwebtoken::dangerous::insecure_decode_claims(response.access_token.expose_secret()).ok();
+    let declared = Duration::from_secs(response.expires_in);
+    let exp = claims.as_ref().and_then(|c| c.exp);
+    let lifetime = match exp {
+        Some(exp) => (UNIX_EPOCH + Duration::from_secs(exp))
+            .duration_since(received_wall)
+            .unwrap_or_default()
+            .min(declared),
+        None => declared,
+    };
+    if lifetime.is_zero() {
+        return Err(GrantError::Malformed(format!(
+            "expected a token with a positive lifetime; found expiresIn {} and exp {exp:?}",
+            response.expires_in
+        )));
+    }
+    let mut bearer =
+        HeaderValue::try_from(format!("Bearer {}", response.access_token.expose_secret()))
+            .map_err(|_| {
+                GrantError::Malformed(
+                    "expected an access token of visible ASCII characters; found other bytes"
+                        .into(),
+                )
+            })?;
+    bearer.set_sensitive(true);
+    Ok(IssuedToken {
+        bearer,
+        refresh_token: response.refresh_token,
+        lifetime,
+        received_at,
+        received_wall,
+        merchant: claims
+            .and_then(|c| c.biz)
+            .and_then(|b| MerchantId::parse(&b).ok()),
+    })
+}

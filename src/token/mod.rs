@@ -1,0 +1,6 @@
+//! Getting and keeping Poynt access tokens: the self-signed assertion, the `/token` client
+//! and the per-merchant broker that caches and renews.
+
+pub mod assertion;
+pub mod broker;
+pub mod grant;

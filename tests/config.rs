@@ -1,0 +1,201 @@
+//! Configuration: every mistake is caught at start-up with the key path in the message, and
+//! the app key loads in both PEM forms.
+
+mod support;
+
+use poynt_proxy::config::{Config, KeySources, PRIVATE_KEY_ENV};
+use support::fixture;
+
+fn key_line(name: &str) -> String {
+    format!(
+        "  private_key_file: {:?}\n",
+        fixture(name).display().to_string()
+    )
+}
+
+fn base(poynt_extra: &str, top_extra: &str) -> String {
+    format!(
+        "listen: \"127.0.0.1:0\"\npoynt:\n  api_url: \"https://services.poynt.net\"\n  application_id: \"urn:aid:x\"\n{}{poynt_extra}{top_extra}",
+        key_line("app-key-pkcs8.pem")
+    )
+}
+
+fn error_of(yaml: &str) -> String {
+    match Config::parse(yaml, &KeySources::default()) {
+        Ok(_) => panic!("accepted:\n{yaml}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn a_full_config_parses_with_defaults() {
+    let config = Config::parse(&base("", ""), &KeySources::default()).expect("valid");
+    assert_eq!(config.poynt.token_url, "https://services.poynt.net/token");
+    assert_eq!(config.poynt.audience, "https://services.poynt.net");
+    assert_eq!(config.poynt.api_version, "1.2");
+    assert_eq!(config.merchant.header, "x-poynt-merchant-id");
+    assert_eq!(config.admin_listen.to_string(), "127.0.0.1:9090");
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.yaml"),
+    )
+    .expect("example exists");
+    let text = text.replace(
+        "app-key.pem",
+        &fixture("app-key-pkcs1.pem").display().to_string(),
+    );
+    Config::parse(&text, &KeySources::default()).expect("example.yaml is valid");
+}
+
+#[test]
+fn errors_name_the_key_and_what_was_wrong() {
+    let cases = [
+        (base("  apiurl: \"x\"\n", ""), "apiurl"),
+        (base("", "colour: blue\n"), "colour"),
+        (
+            base("", "").replace("https://services.poynt.net", "ftp://x"),
+            "poynt.api_url: \"ftp://x\" is not an http(s) URL",
+        ),
+        (
+            base("", "").replace("https://services.poynt.net", "http://poynt.example.com"),
+            "poynt.api_url: \"http://poynt.example.com\" uses http to a non-loopback host",
+        ),
+        (
+            base("  token_timeout: 10 parsecs\n", ""),
+            "poynt.token_timeout",
+        ),
+        (
+            base("", "tokens:\n  backoff_max: soon\n"),
+            "tokens.backoff_max",
+        ),
+        (
+            base("", "").replace("  application_id: \"urn:aid:x\"\n", ""),
+            "poynt.application_id: missing",
+        ),
+        (
+            base("", "").replace(
+                &fixture("app-key-pkcs8.pem").display().to_string(),
+                "/nonexistent/key.pem",
+            ),
+            "poynt.private_key_file: cannot read private key file /nonexistent/key.pem",
+        ),
+        (
+            base("", "store:\n  backend: cassandra\n"),
+            "store.backend: expected one of: memory; found \"cassandra\"",
+        ),
+        (
+            base("", "").replace("127.0.0.1:0", "localhost:eighty"),
+            "listen: expected an IP:port socket address",
+        ),
+        (
+            base("", "admin_listen: \"::1\"\n"),
+            "admin_listen: expected",
+        ),
+        (
+            base("  ca_file: \"/nonexistent/ca.pem\"\n", ""),
+            "poynt.ca_file: cannot read CA file",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let message = error_of(&yaml);
+        assert!(
+            message.contains(expected),
+            "expected {expected:?} in {message:?}"
+        );
+    }
+}
+
+#[test]
+fn unknown_nested_keys_name_their_section() {
+    let message = error_of(&base("", "tokens:\n  refresh_ahead: 0.5\n"));
+    assert!(message.starts_with("tokens"), "{message}");
+    assert!(message.contains("refresh_ahead"), "{message}");
+}
+
+#[test]
+fn pkcs1_and_pkcs8_keys_both_load() {
+    for name in ["app-key-pkcs1.pem", "app-key-pkcs8.pem"] {
+        let yaml = base("", "").replace("app-key-pkcs8.pem", name);
+        Config::parse(&yaml, &KeySources::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+#[test]
+fn a_corrupt_or_wrong_key_fails_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read_to_string(fixture("app-key-pkcs8.pem")).unwrap();
+    let mut lines: Vec<&str> = good.lines().collect();
+    lines.truncate(lines.len() / 2);
+    let corrupt = format!("{}\n-----END PRIVATE KEY-----\n", lines.join("\n"));
+    let cases = [
+        (
+            corrupt.as_str(),
+            "\"PRIVATE KEY\" PEM block that does not parse as an RSA key",
+        ),
+        (
+            std::fs::read_to_string(fixture("app-key-public.pem"))
+                .unwrap()
+                .leak() as &str,
+            "\"PUBLIC KEY\" PEM block",
+        ),
+        ("", "an empty file"),
+        ("hello", "text with no PEM block"),
+    ];
+    for (i, (text, expected)) in cases.into_iter().enumerate() {
+        let path = dir.path().join(format!("key{i}.pem"));
+        std::fs::write(&path, text).unwrap();
+        let yaml = base("", "").replace(
+            &fixture("app-key-pkcs8.pem").display().to_string(),
+            &path.display().to_string(),
+        );
+        let message = error_of(&yaml);
+        assert!(
+            message.starts_with("poynt.private_key_file: expected an RSA private key"),
+            "{message}"
+        );
+        assert!(
+            message.contains(expected),
+            "expected {expected:?} in {message:?}"
+        );
+        assert!(!message.contains("MII"), "key material leaked: {message}");
+    }
+}
+
+#[test]
+fn the_key_may_come_from_the_environment_variable() {
+    let yaml = base("", "").replace(&key_line("app-key-pkcs8.pem"), "");
+    let missing = error_of(&yaml);
+    assert!(missing.contains(PRIVATE_KEY_ENV), "{missing}");
+    let pem = std::fs::read_to_string(fixture("app-key-pkcs1.pem")).unwrap();
+    let sources = KeySources {
+        base_dir: None,
+        private_key_env: Some(pem.into()),
+    };
+    let config = Config::parse(&yaml, &sources).expect("env key accepted");
+    assert!(
+        !format!("{config:?}").contains("MII"),
+        "Debug shows key material"
+    );
+    let sources = KeySources {
+        base_dir: None,
+        private_key_env: Some("garbage".to_string().into()),
+    };
+    let message = Config::parse(&yaml, &sources).unwrap_err().to_string();
+    assert!(message.starts_with(PRIVATE_KEY_ENV), "{message}");
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("app-key-pkcs1.pem"), dir.path().join("app-key.pem")).unwrap();
+    let yaml = base("", "").replace(
+        &fixture("app-key-pkcs8.pem").display().to_string(),
+        "app-key.pem",
+    );
+    let path = dir.path().join("proxy.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    Config::load(&path).expect("key found next to the config");
+}
