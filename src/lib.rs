@@ -3,9 +3,33 @@
 //! Internal callers send plain HTTP naming a merchant in a header; the proxy injects that
 //! merchant's Poynt access token (obtained, cached and renewed by the token broker) and
 //! forwards the call to Poynt over TLS.
+//!
+//! The parts:
+//! - [`config`]: YAML → the checked `Config`.
+//! - [`lifecycle`]: [`start`], used by `main`, the demo and the tests alike.
+//! - [`server`]: listeners, connection limits, graceful drain.
+//! - [`proxy`]: the request phases (admit, guard, token, rewrite, send, retry, respond).
+//! - [`token`]: the self-signed assertion, the `/token` client, the per-merchant broker.
+//! - [`upstream`]: the pooled TLS client to Poynt.
+//! - [`admin`], [`metrics`], [`telemetry`]: what operators see.
+//! - [`emulator`]: a strict stand-in for Poynt, for the tests, the demo and the benchmarks.
+//! - [`demo`]: the emulator and the proxy wired together in one command.
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod config;
+pub mod demo;
 pub mod emulator;
+pub mod lifecycle;
 pub mod merchant;
+pub mod metrics;
+pub mod oauth;
 pub mod poynt;
+pub mod proxy;
+pub mod server;
+pub mod telemetry;
+pub mod token;
+pub mod upstream;
+
+pub use lifecycle::{Listeners, Running, StartError, start};

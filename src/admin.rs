@@ -1,0 +1,186 @@
+//! The admin listener: liveness, readiness, Prometheus metrics, and the token admin API.
+//! It binds to loopback by default; `/admin/*` can also require a bearer secret.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::merchant::MerchantId;
+use crate::metrics::Metrics;
+use crate::poynt::ErrorBody;
+use crate::token::broker::Broker;
+
+/// The admin service. Cloning shares it.
+#[derive(Clone)]
+pub struct Admin {
+    inner: Arc<AdminInner>,
+}
+
+struct AdminInner {
+    metrics: Metrics,
+    broker: Broker,
+    ready: Arc<AtomicBool>,
+    bearer: Option<SecretString>,
+}
+
+impl Admin {
+    /// `ready` is shared with the lifecycle: false until the listeners serve and again once
+    /// draining starts, so a load balancer stops sending traffic before connections close.
+    pub fn new(
+        metrics: Metrics,
+        broker: Broker,
+        ready: Arc<AtomicBool>,
+        bearer: Option<SecretString>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(AdminInner {
+                metrics,
+                broker,
+                ready,
+                bearer,
+            }),
+        }
+    }
+
+    /// Answers one admin request.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let inner = &self.inner;
+        let path = request.uri().path();
+        let method = request.method();
+        match (method, path) {
+            (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+            (&Method::GET, "/readyz") if inner.ready.load(Ordering::Acquire) => {
+                text(StatusCode::OK, "ready\n")
+            }
+            (&Method::GET, "/readyz") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+            (&Method::GET, "/metrics") => {
+                let (cached, backing_off) = inner.broker.counts();
+                inner.metrics.set_token_gauges(cached, backing_off);
+                let mut response = text(StatusCode::OK, inner.metrics.render());
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                response
+            }
+            (_, p) if p == "/admin" || p.starts_with("/admin/") => {
+                if !self.authorized(&request) {
+                    return error(
+                        StatusCode::UNAUTHORIZED,
+                        "ADMIN_UNAUTHORIZED",
+                        "expected Authorization: Bearer <admin secret>; found none or a wrong one",
+                    );
+                }
+                self.tokens_api(method, p).await
+            }
+            _ => error(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                format!(
+                    "expected /healthz, /readyz, /metrics or /admin/tokens; found {method} {path}"
+                ),
+            ),
+        }
+    }
+
+    fn authorized(&self, request: &Request<Incoming>) -> bool {
+        let Some(secret) = &self.inner.bearer else {
+            return true;
+        };
+        let presented = request
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        presented.is_some_and(|p| {
+            aws_lc_rs::constant_time::verify_slices_are_equal(
+                p.as_bytes(),
+                secret.expose_secret().as_bytes(),
+            )
+            .is_ok()
+        })
+    }
+
+    async fn tokens_api(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
+        let broker = &self.inner.broker;
+        let rest = path.trim_start_matches("/admin/tokens");
+        if rest.is_empty() || rest == "/" {
+            return match *method {
+                Method::GET => json(StatusCode::OK, &broker.statuses().await),
+                _ => method_not_allowed(method, path),
+            };
+        }
+        let mut parts = rest.trim_start_matches('/').splitn(2, '/');
+        let id = parts.next().unwrap_or_default();
+        let action = parts.next();
+        let Ok(merchant) = MerchantId::parse(id) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_MERCHANT_ID",
+                format!("expected /admin/tokens/<business id>; found {path:?}"),
+            );
+        };
+        match (method, action) {
+            (&Method::GET, None) => match broker.status(merchant).await {
+                Some(status) => json(StatusCode::OK, &status),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    "UNKNOWN_MERCHANT",
+                    format!("expected a merchant the proxy holds state for; found {merchant}"),
+                ),
+            },
+            (&Method::DELETE, None) => {
+                let evicted = broker.evict(merchant).await;
+                json(StatusCode::OK, &serde_json::json!({ "evicted": evicted }))
+            }
+            (&Method::POST, Some("refresh")) => match broker.renew_now(merchant).await {
+                Ok(_) => match broker.status(merchant).await {
+                    Some(status) => json(StatusCode::OK, &status),
+                    None => json(StatusCode::OK, &serde_json::json!({})),
+                },
+                Err(e) => error(StatusCode::BAD_GATEWAY, "TOKEN_UNAVAILABLE", e.to_string()),
+            },
+            _ => method_not_allowed(method, path),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response<Full<Bytes>> {
+    json(status, &ErrorBody::new(code, status.as_u16(), message))
+}
+
+fn method_not_allowed(method: &Method, path: &str) -> Response<Full<Bytes>> {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        format!("{method} is not supported on {path}"),
+    )
+}

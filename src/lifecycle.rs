@@ -1,0 +1,177 @@
+//! Starting and stopping the proxy: the one [`start`] that `main`, the demo and every test
+//! use, on listeners the caller bound, returning the real addresses and a handle to stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::server::{self, Limits};
+use crate::token::assertion::AssertionSigner;
+use crate::token::broker::Broker;
+use crate::token::grant::TokenClient;
+use crate::upstream::{self, UpstreamError};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A listener's address could not be read.
+    #[error("cannot read a listener's address: {0}")]
+    Addr(#[source] std::io::Error),
+    /// The metrics registry refused a family (a programming error).
+    #[error("metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The upstream client could not be built.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+/// The two bound listeners.
+pub struct Listeners {
+    /// For callers.
+    pub proxy: TcpListener,
+    /// For health, metrics and admin.
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses the configuration names.
+    pub async fn bind(config: &Config) -> Result<Self, StartError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        Ok(Self {
+            proxy: bind(config.listen).await?,
+            admin: bind(config.admin_listen).await?,
+        })
+    }
+}
+
+/// A running proxy.
+pub struct Running {
+    proxy_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    stop_proxy: watch::Sender<bool>,
+    stop_admin: watch::Sender<bool>,
+    ready: Arc<AtomicBool>,
+    proxy_task: JoinHandle<()>,
+    admin_task: JoinHandle<()>,
+}
+
+/// Starts the proxy and its admin listener on already-bound listeners.
+pub async fn start(config: Config, listeners: Listeners) -> Result<Running, StartError> {
+    let proxy_addr = listeners.proxy.local_addr().map_err(StartError::Addr)?;
+    let admin_addr = listeners.admin.local_addr().map_err(StartError::Addr)?;
+    let metrics = Metrics::new()?;
+    let poynt = &config.poynt;
+    let client = upstream::client(&poynt.extra_roots, poynt.connect_timeout)?;
+    let signer = AssertionSigner::new(
+        poynt.application_id.clone(),
+        poynt.audience.clone(),
+        poynt.private_key.clone(),
+    );
+    let token_client = TokenClient::new(
+        client.clone(),
+        poynt.token_url.clone(),
+        poynt.api_version.clone(),
+        signer,
+        poynt.token_timeout,
+        config.tokens.max_concurrent_grants,
+        metrics.clone(),
+    );
+    let broker = Broker::new(token_client, config.tokens.clone(), metrics.clone());
+    let proxy = Proxy::new(&config, broker.clone(), client, metrics.clone());
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin = Admin::new(
+        metrics,
+        broker,
+        ready.clone(),
+        config.admin.bearer_token.clone(),
+    );
+    let limits = Limits {
+        header_read_timeout: config.server.header_read_timeout,
+        max_header_bytes: config.server.max_header_bytes,
+        max_connections: config.server.max_connections,
+        max_concurrent_streams: config.server.http2_max_concurrent_streams,
+        grace: config.server.shutdown_grace,
+    };
+    let (stop_proxy, proxy_signal) = watch::channel(false);
+    let (stop_admin, admin_signal) = watch::channel(false);
+    let proxy_task = tokio::spawn(server::serve(
+        listeners.proxy,
+        move |request| {
+            let proxy = proxy.clone();
+            async move { proxy.handle(request).await }
+        },
+        limits,
+        proxy_signal,
+    ));
+    let admin_task = tokio::spawn(server::serve(
+        listeners.admin,
+        move |request| {
+            let admin = admin.clone();
+            async move { admin.handle(request).await }
+        },
+        limits,
+        admin_signal,
+    ));
+    ready.store(true, Ordering::Release);
+    tracing::info!(%proxy_addr, %admin_addr, upstream = %config.poynt.api_url, "poynt-proxy ready");
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        stop_proxy,
+        stop_admin,
+        ready,
+        proxy_task,
+        admin_task,
+    })
+}
+
+impl Running {
+    /// Where callers connect.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    /// Where health, metrics and admin are served.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Starts draining: not ready, no new connections, in-flight requests finish.
+    pub fn shutdown(&self) {
+        self.ready.store(false, Ordering::Release);
+        self.stop_proxy.send_replace(true);
+    }
+
+    /// Waits until the proxy has drained (after [`Running::shutdown`]), then stops the admin
+    /// listener, which stays up meanwhile so the drain can be watched.
+    pub async fn wait(self) {
+        if let Err(error) = self.proxy_task.await {
+            tracing::error!(%error, "proxy server task failed");
+        }
+        self.stop_admin.send_replace(true);
+        if let Err(error) = self.admin_task.await {
+            tracing::error!(%error, "admin server task failed");
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Every way a request can fail inside the proxy, and the one place that turns a failure
+//! into Poynt's JSON error shape. Upstream answers (errors included) are never rewritten:
+//! only failures of the proxy itself come through here.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::poynt::{ErrorBody, REQUEST_ID_HEADER};
+use crate::token::broker::BrokerError;
+
+/// Which side of the proxy a failure belongs to, for logs and alerts: a caller's mistake,
+/// Poynt's, or the proxy's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The caller sent something unacceptable.
+    Downstream,
+    /// Poynt failed or could not be reached.
+    Upstream,
+}
+
+impl Side {
+    /// The log field value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Downstream => "downstream",
+            Self::Upstream => "upstream",
+        }
+    }
+}
+
+/// A failure of one request, one variant per error code.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No merchant header.
+    #[error("expected the {header} header naming one merchant; found none")]
+    MissingMerchantId {
+        /// The configured header name.
+        header: String,
+    },
+    /// The merchant header is not exactly one business ID.
+    #[error("expected the {header} header to hold one business ID (a UUID); found {found}")]
+    InvalidMerchantId {
+        /// The configured header name.
+        header: String,
+        /// What was there (capped, escaped).
+        found: String,
+    },
+    /// The path names another merchant than the header.
+    #[error("the path names merchant {path_merchant}, but the {header} header names {merchant}")]
+    MerchantPathMismatch {
+        /// The configured header name.
+        header: String,
+        /// The header's merchant.
+        merchant: String,
+        /// What the path named.
+        path_merchant: String,
+    },
+    /// A path with dot segments, which upstream normalisation could point elsewhere.
+    #[error("expected a path without \".\" or \"..\" segments; found {0:?}")]
+    InvalidPath(String),
+    /// CONNECT (tunnelling) is not proxied.
+    #[error("expected any method but CONNECT; found CONNECT")]
+    MethodNotAllowed,
+    /// The request body is larger than the configured cap.
+    #[error("expected a request body of at most {limit} bytes; found {found}")]
+    PayloadTooLarge {
+        /// The cap.
+        limit: u64,
+        /// The declared length, or "more" for a stream that passed the cap.
+        found: String,
+    },
+    /// No token could be had for the merchant.
+    #[error("no access token for this merchant: {0}")]
+    Token(#[from] BrokerError),
+    /// Poynt could not be reached or the exchange broke.
+    #[error("Poynt could not be reached: {0}")]
+    UpstreamUnavailable(String),
+    /// Poynt did not send response headers in time.
+    #[error("Poynt did not answer within {}", humantime::format_duration(*.0))]
+    UpstreamTimeout(Duration),
+}
+
+impl ProxyError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingMerchantId { .. } | Self::InvalidMerchantId { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::InvalidPath(_) => StatusCode::BAD_REQUEST,
+            Self::MerchantPathMismatch { .. } => StatusCode::FORBIDDEN,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Token(BrokerError::Refused { .. }) => StatusCode::BAD_GATEWAY,
+            Self::Token(BrokerError::Unavailable { .. } | BrokerError::BackingOff { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The stable error code callers and alerts match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MissingMerchantId { .. } => "MISSING_MERCHANT_ID",
+            Self::InvalidMerchantId { .. } => "INVALID_MERCHANT_ID",
+            Self::MerchantPathMismatch { .. } => "MERCHANT_PATH_MISMATCH",
+            Self::InvalidPath(_) => "INVALID_PATH",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            Self::Token(_) => "TOKEN_UNAVAILABLE",
+            Self::UpstreamUnavailable(_) => "UPSTREAM_UNAVAILABLE",
+            Self::UpstreamTimeout(_) => "UPSTREAM_TIMEOUT",
+        }
+    }
+
+    /// Whose failure it is.
+    pub fn side(&self) -> Side {
+        match self {
+            Self::MissingMerchantId { .. }
+            | Self::InvalidMerchantId { .. }
+            | Self::MerchantPathMismatch { .. }
+            | Self::InvalidPath(_)
+            | Self::MethodNotAllowed
+            | Self::PayloadTooLarge { .. } => Side::Downstream,
+            Self::Token(_) | Self::UpstreamUnavailable(_) | Self::UpstreamTimeout(_) => {
+                Side::Upstream
+            }
+        }
+    }
+
+    /// Seconds a caller should wait before retrying, when that is known.
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Token(
+                BrokerError::Unavailable { retry_after, .. }
+                | BrokerError::BackingOff { retry_after, .. },
+            ) => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// The JSON error response, carrying the request id in the body and the header.
+    pub fn to_response(&self, request_id: &HeaderValue) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let mut body = ErrorBody::new(self.code(), status.as_u16(), self.to_string());
+        body.request_id = request_id.to_str().ok().map(str::to_owned);
+        let mut response = Response::new(Full::new(body.to_json()));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(REQUEST_ID_HEADER, request_id.clone());
+        if let Some(wait) = self.retry_after() {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            headers.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<ProxyError> {
+        let h = || "X-Poynt-Merchant-Id".to_string();
+        vec![
+            ProxyError::MissingMerchantId { header: h() },
+            ProxyError::InvalidMerchantId {
+                header: h(),
+                found: "\"abc\"".into(),
+            },
+            ProxyError::MerchantPathMismatch {
+                header: h(),
+                merchant: "a".into(),
+                path_merchant: "b".into(),
+            },
+            ProxyError::InvalidPath("/a/../b".into()),
+            ProxyError::MethodNotAllowed,
+            ProxyError::PayloadTooLarge {
+                limit: 1,
+                found: "2".into(),
+            },
+            ProxyError::Token(BrokerError::Refused {
+                reason: "no".into(),
+            }),
+            ProxyError::Token(BrokerError::Unavailable {
+                reason: "down".into(),
+                retry_after: Duration::from_millis(1500),
+            }),
+            ProxyError::Token(BrokerError::BackingOff {
+                last_error: "down".into(),
+                retry_after: Duration::from_secs(4),
+            }),
+            ProxyError::UpstreamUnavailable("reset".into()),
+            ProxyError::UpstreamTimeout(Duration::from_secs(60)),
+        ]
+    }
+
+    #[test]
+    fn every_variant_maps_to_its_status_code_and_side() {
+        let expected = [
+            (400, "MISSING_MERCHANT_ID", Side::Downstream),
+            (400, "INVALID_MERCHANT_ID", Side::Downstream),
+            (403, "MERCHANT_PATH_MISMATCH", Side::Downstream),
+            (400, "INVALID_PATH", Side::Downstream),
+            (405, "METHOD_NOT_ALLOWED", Side::Downstream),
+            (413, "PAYLOAD_TOO_LARGE", Side::Downstream),
+            (502, "TOKEN_UNAVAILABLE", Side::Upstream),
+            (503, "TOKEN_UNAVAILABLE", Side::Upstream),
+            (503, "TOKEN_UNAVAILABLE", Side::Upstream),
+            (502, "UPSTREAM_UNAVAILABLE", Side::Upstream),
+            (504, "UPSTREAM_TIMEOUT", Side::Upstream),
+        ];
+        for (error, (status, code, side)) in all().iter().zip(expected) {
+            assert_eq!(error.status().as_u16(), status, "{error:?}");
+            assert_eq!(error.code(), code, "{error:?}");
+            assert_eq!(error.side(), side, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn response_is_poynt_shaped_with_retry_after_rounded_up() {
+        let id = HeaderValue::from_static("req-1");
+        let error = ProxyError::Token(BrokerError::Unavailable {
+            reason: "down".into(),
+            retry_after: Duration::from_millis(1500),
+        });
+        let response = error.to_response(&id);
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()[RETRY_AFTER], "2");
+        assert_eq!(response.headers()[REQUEST_ID_HEADER], "req-1");
+    }
+}

@@ -1,0 +1,130 @@
+//! Phase 4: rewrite the caller's request head for Poynt. Hop-by-hop headers (and those the
+//! `Connection` header names), the merchant header, the caller's `Authorization` and `Host`
+//! go; the broker's token, `api-version` and `Poynt-Request-Id` come in.
+
+use http::header::{AUTHORIZATION, CONNECTION, HOST};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::poynt::{API_VERSION_HEADER, REQUEST_ID_HEADER};
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
+/// non-standard ones proxies conventionally drop.
+pub static HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including any named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Rewrites a request head in place for Poynt. The `Poynt-Request-Id` was settled when the
+/// request was admitted (see [`request_id`]) and is left as it is.
+pub fn rewrite_request(
+    headers: &mut HeaderMap,
+    merchant_header: &HeaderName,
+    bearer: &HeaderValue,
+    api_version: &HeaderValue,
+) {
+    strip_hop_by_hop(headers);
+    headers.remove(merchant_header);
+    headers.remove(HOST);
+    headers.insert(AUTHORIZATION, bearer.clone());
+    if !headers.contains_key(API_VERSION_HEADER) {
+        headers.insert(API_VERSION_HEADER, api_version.clone());
+    }
+}
+
+/// The request's `Poynt-Request-Id`, inserting a new UUID when the caller sent none.
+pub fn request_id(headers: &mut HeaderMap) -> HeaderValue {
+    headers
+        .entry(REQUEST_ID_HEADER)
+        .or_insert_with(|| {
+            let mut buf = uuid::Uuid::encode_buffer();
+            let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+            HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+        })
+        .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrite_drops_what_must_not_reach_poynt_and_adds_what_must() {
+        let merchant = HeaderName::from_static("x-poynt-merchant-id");
+        let mut headers = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("authorization", "Bearer caller"),
+            ("host", "proxy.internal"),
+            ("x-poynt-merchant-id", "m"),
+            ("x-kept", "yes"),
+        ] {
+            headers.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let bearer = HeaderValue::from_static("Bearer T");
+        let id = request_id(&mut headers);
+        rewrite_request(
+            &mut headers,
+            &merchant,
+            &bearer,
+            &HeaderValue::from_static("1.2"),
+        );
+        let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        for gone in [
+            "connection",
+            "x-secret-hop",
+            "keep-alive",
+            "te",
+            "upgrade",
+            "host",
+            "x-poynt-merchant-id",
+        ] {
+            assert!(!names.contains(&gone), "{gone} survived: {names:?}");
+        }
+        assert_eq!(headers["authorization"], "Bearer T");
+        assert_eq!(headers["api-version"], "1.2");
+        assert_eq!(headers["x-kept"], "yes");
+        assert_eq!(headers[REQUEST_ID_HEADER], id);
+        assert_eq!(id.len(), 36);
+    }
+
+    #[test]
+    fn caller_request_id_and_api_version_are_kept() {
+        let mut headers = HeaderMap::new();
+        headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("mine"));
+        headers.insert(API_VERSION_HEADER, HeaderValue::from_static("1.3"));
+        let id = request_id(&mut headers);
+        rewrite_request(
+            &mut headers,
+            &HeaderName::from_static("x-m"),
+            &HeaderValue::from_static("Bearer T"),
+            &HeaderValue::from_static("1.2"),
+        );
+        assert_eq!(id, "mine");
+        assert_eq!(headers[API_VERSION_HEADER], "1.3");
+    }
+}

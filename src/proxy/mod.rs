@@ -1,0 +1,358 @@
+//! The life of one proxied request, as phases:
+//!
+//! ```text
+//! 1 admit    method (CONNECT -> 405), body cap, merchant header -> MerchantId
+//! 2 guard    a /businesses/{id}/... path must name the same merchant
+//! 3 token    broker.token(merchant): cache hit, or one shared grant for all waiters
+//! 4 rewrite  upstream URI; drop hop-by-hop, merchant header, caller Authorization;
+//!            add Authorization, api-version, Poynt-Request-Id
+//! 5 send     pooled TLS client with a response-header timeout; bodies stream both ways
+//! 6 retry    upstream 401 -> drop exactly that token, get a fresh one, send once more
+//!            (only when the request body was small enough to keep)
+//! 7 respond  stream back; one metrics update and one log line per request
+//! ```
+//!
+//! [`Proxy::handle`] is the outer shell (request id, error → JSON, the record step);
+//! [`Proxy::handle_inner`] runs the phases in order.
+
+pub mod error;
+pub mod headers;
+pub mod merchant;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_LENGTH};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::merchant::MerchantId;
+use crate::metrics::Metrics;
+use crate::poynt::REQUEST_ID_HEADER;
+use crate::token::broker::{Broker, Token, TokenSource};
+use crate::token::grant::error_chain;
+use crate::upstream::{BoxError, HttpClient, UpstreamBody};
+
+use self::error::ProxyError;
+
+/// Body of every response to callers: Poynt's, streamed untouched, or the proxy's own error.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// The forwarding service. Cloning shares it.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<ProxyInner>,
+}
+
+struct ProxyInner {
+    broker: Broker,
+    client: HttpClient,
+    scheme: Scheme,
+    authority: Authority,
+    merchant_header: HeaderName,
+    api_version: HeaderValue,
+    max_body: u64,
+    retry_buffer: usize,
+    response_timeout: Duration,
+    metrics: Metrics,
+}
+
+/// What the phases learned, for the record step.
+#[derive(Default)]
+struct Context {
+    merchant: Option<MerchantId>,
+    source: Option<TokenSource>,
+    upstream_elapsed: Option<Duration>,
+    retried: bool,
+}
+
+/// A request body ready to send: kept whole (so a 401 can be retried) or streamed.
+enum Prepared {
+    Buffered(Bytes),
+    Streamed(UpstreamBody),
+}
+
+/// Raises the in-flight gauge for as long as it lives, so a request whose connection drops
+/// mid-way still lowers it.
+struct Inflight<'a>(&'a prometheus::IntGauge);
+
+impl<'a> Inflight<'a> {
+    fn new(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Proxy {
+    /// Builds the proxy over a broker and the upstream client.
+    pub fn new(config: &Config, broker: Broker, client: HttpClient, metrics: Metrics) -> Self {
+        let api = &config.poynt.api_url;
+        Self {
+            inner: Arc::new(ProxyInner {
+                broker,
+                client,
+                scheme: api.scheme().cloned().unwrap_or(Scheme::HTTPS),
+                authority: api
+                    .authority()
+                    .cloned()
+                    .unwrap_or_else(|| Authority::from_static("services.poynt.net")),
+                merchant_header: config.merchant.header.clone(),
+                api_version: config.poynt.api_version.clone(),
+                max_body: config.server.max_request_body_bytes,
+                retry_buffer: config.server.retry_buffer_bytes,
+                response_timeout: config.poynt.response_timeout,
+                metrics,
+            }),
+        }
+    }
+
+    /// Answers one caller request; never fails (failures become Poynt-shaped JSON errors).
+    pub async fn handle(&self, mut request: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let inner = &self.inner;
+        let _inflight = Inflight::new(inner.metrics.inflight());
+        let request_id = headers::request_id(request.headers_mut());
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        let mut ctx = Context::default();
+        let (mut response, error) = match self.handle_inner(request, &mut ctx).await {
+            Ok(response) => (response.map(Either::Left), None),
+            Err(error) => (
+                error.to_response(&request_id).map(Either::Right),
+                Some(error),
+            ),
+        };
+        response
+            .headers_mut()
+            .entry(REQUEST_ID_HEADER)
+            .or_insert_with(|| request_id.clone());
+        self.record(
+            &method,
+            &uri,
+            &request_id,
+            &response,
+            &ctx,
+            started,
+            error.as_ref(),
+        );
+        response
+    }
+
+    async fn handle_inner(
+        &self,
+        request: Request<Incoming>,
+        ctx: &mut Context,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let inner = &self.inner;
+        // 1 admit
+        if request.method() == Method::CONNECT {
+            return Err(ProxyError::MethodNotAllowed);
+        }
+        let merchant = merchant::merchant_from_headers(request.headers(), &inner.merchant_header)?;
+        ctx.merchant = Some(merchant);
+        let declared = declared_length(request.headers());
+        if let Some(length) = declared
+            && length > inner.max_body
+        {
+            return Err(ProxyError::PayloadTooLarge {
+                limit: inner.max_body,
+                found: length.to_string(),
+            });
+        }
+        // 2 guard
+        merchant::guard_path(request.uri().path(), merchant, &inner.merchant_header)?;
+        // 3 token
+        let (token, source) = inner.broker.token(merchant).await?;
+        ctx.source = Some(source);
+        // 4 rewrite
+        let (mut parts, body) = request.into_parts();
+        headers::rewrite_request(
+            &mut parts.headers,
+            &inner.merchant_header,
+            token.header(),
+            &inner.api_version,
+        );
+        parts.uri = self.upstream_uri(&parts.uri)?;
+        parts.version = Version::HTTP_11;
+        // 5 send
+        let bytes = match self.prepare_body(body).await? {
+            Prepared::Streamed(stream) => {
+                return self.send(Request::from_parts(parts, stream), ctx).await;
+            }
+            Prepared::Buffered(bytes) => bytes,
+        };
+        let retry_head = (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.headers.clone(),
+        );
+        let response = self
+            .send(Request::from_parts(parts, full(bytes.clone())), ctx)
+            .await?;
+        // 6 retry
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        self.retry_unauthorized(merchant, &token, retry_head, bytes, ctx)
+            .await
+    }
+
+    /// Phase 6: drop exactly the token Poynt refused, get a fresh one, and send once more.
+    async fn retry_unauthorized(
+        &self,
+        merchant: MerchantId,
+        refused: &Token,
+        (method, uri, mut headers): (Method, Uri, HeaderMap),
+        body: Bytes,
+        ctx: &mut Context,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let inner = &self.inner;
+        inner.metrics.unauthorized_retry();
+        ctx.retried = true;
+        inner
+            .broker
+            .invalidate(merchant, refused.generation())
+            .await;
+        let (token, _) = inner.broker.token(merchant).await?;
+        headers.insert(AUTHORIZATION, token.header().clone());
+        let mut request = Request::new(full(body));
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        self.send(request, ctx).await
+    }
+
+    fn upstream_uri(&self, caller: &Uri) -> Result<Uri, ProxyError> {
+        let path = caller
+            .path_and_query()
+            .filter(|pq| pq.path().starts_with('/'))
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        Uri::builder()
+            .scheme(self.inner.scheme.clone())
+            .authority(self.inner.authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|_| ProxyError::InvalidPath(caller.to_string()))
+    }
+
+    /// Keeps small bodies whole (they can be resent after a 401) and streams the rest under
+    /// the size cap, so a large upload is never held in memory.
+    async fn prepare_body(&self, body: Incoming) -> Result<Prepared, ProxyError> {
+        let inner = &self.inner;
+        if body.is_end_stream() {
+            return Ok(Prepared::Buffered(Bytes::new()));
+        }
+        let keep = body
+            .size_hint()
+            .upper()
+            .is_some_and(|upper| upper <= inner.retry_buffer as u64);
+        if !keep {
+            let limited = Limited::new(body, usize::try_from(inner.max_body).unwrap_or(usize::MAX));
+            return Ok(Prepared::Streamed(limited.map_err(BoxError::from).boxed()));
+        }
+        let collected = body.collect().await.map_err(|e| {
+            ProxyError::UpstreamUnavailable(format!("reading the caller's body failed: {e}"))
+        })?;
+        Ok(Prepared::Buffered(collected.to_bytes()))
+    }
+
+    /// Phase 5: one exchange with Poynt, bounded by the response-header timeout.
+    async fn send(
+        &self,
+        request: Request<UpstreamBody>,
+        ctx: &mut Context,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let inner = &self.inner;
+        let started = Instant::now();
+        let result =
+            tokio::time::timeout(inner.response_timeout, inner.client.request(request)).await;
+        let elapsed = started.elapsed();
+        inner.metrics.observe_upstream(elapsed);
+        *ctx.upstream_elapsed.get_or_insert_default() += elapsed;
+        match result {
+            Err(_) => Err(ProxyError::UpstreamTimeout(inner.response_timeout)),
+            Ok(Err(error)) if is_length_limit(&error) => Err(ProxyError::PayloadTooLarge {
+                limit: inner.max_body,
+                found: "a longer stream".into(),
+            }),
+            Ok(Err(error)) => Err(ProxyError::UpstreamUnavailable(error_chain(&error))),
+            Ok(Ok(mut response)) => {
+                headers::strip_hop_by_hop(response.headers_mut());
+                Ok(response)
+            }
+        }
+    }
+
+    /// Phase 7: the one metrics update and the one access-log line of a request.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        request_id: &HeaderValue,
+        response: &Response<ProxyBody>,
+        ctx: &Context,
+        started: Instant,
+        error: Option<&ProxyError>,
+    ) {
+        let elapsed = started.elapsed();
+        let status = response.status().as_u16();
+        self.inner.metrics.observe_request(method, status, elapsed);
+        let merchant = ctx.merchant.map(|m| m.to_string());
+        tracing::info!(
+            target: "poynt_proxy::access",
+            request_id = request_id.to_str().unwrap_or_default(),
+            merchant = merchant.as_deref(),
+            method = method.as_str(),
+            path = uri.path(),
+            status,
+            upstream_ms = ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1e3),
+            total_ms = elapsed.as_secs_f64() * 1e3,
+            token = ctx.source.map(TokenSource::as_str),
+            retried = ctx.retried,
+            error_code = error.map(ProxyError::code),
+            error_side = error.map(|e| e.side().as_str()),
+            error = error.map(tracing::field::display),
+            "request"
+        );
+    }
+}
+
+fn full(bytes: Bytes) -> UpstreamBody {
+    Full::new(bytes)
+        .map_err(|never| -> BoxError { match never {} })
+        .boxed()
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<LengthLimitError>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
