@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The project's test command (the README names it; CI runs it). On a fresh Debian machine it
+# first installs what the tests drive for real — curl (the demo test runs the printed curl
+# commands) and prometheus/promtool (the observability tests scrape the proxy with a real
+# Prometheus) — then runs the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+{ command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || missing+=(prometheus)
+if ((${#missing[@]})); then
+  echo "installing test dependencies: ${missing[*]}"
+  apt_get() { if [ "$(id -u)" = 0 ]; then apt-get "$@"; else sudo apt-get "$@"; fi; }
+  apt_get update -qq
+  DEBIAN_FRONTEND=noninteractive apt_get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+cargo test --locked "$@"

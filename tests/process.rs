@@ -1,0 +1,410 @@
+//! The real binary: streaming memory bounds, graceful shutdown on SIGTERM, the CLI's
+//! commands, and the demo's printed curl commands.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use support::{Builder, HEADER, eventually};
+
+const BIN: &str = env!("CARGO_BIN_EXE_poynt-proxy");
+
+/// A proxy process, killed on drop if still running.
+struct ProxyProcess {
+    child: Child,
+    proxy: String,
+    admin: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Forwards a child's stdout lines to a channel (read on a thread: std pipes block).
+fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits (at most 30 s) for a stdout line satisfying `pick`.
+fn wait_line<T>(rx: &mpsc::Receiver<String>, mut pick: impl FnMut(&str) -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("expected line before the deadline");
+        if let Some(found) = pick(&line) {
+            return found;
+        }
+    }
+}
+
+fn spawn_proxy(emulator: &poynt_proxy::emulator::Emulator, extra: &str) -> ProxyProcess {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = support::proxy_yaml(emulator, &dir, &format!("log:\n  format: json\n{extra}"));
+    let path = dir.path().join("proxy.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    let rx = lines_of(&mut child);
+    let (proxy, admin) = wait_line(&rx, |line| {
+        let v: Value = serde_json::from_str(line).ok()?;
+        (v["message"] == "poynt-proxy ready").then(|| {
+            (
+                v["proxy_addr"].as_str().unwrap().to_owned(),
+                v["admin_addr"].as_str().unwrap().to_owned(),
+            )
+        })
+    });
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+    ProxyProcess {
+        child,
+        proxy,
+        admin,
+        _dir: dir,
+    }
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc status")
+}
+
+fn pattern_chunk(offset: usize, len: usize) -> Vec<u8> {
+    (offset..offset + len).map(|i| (i % 251) as u8).collect()
+}
+
+#[tokio::test]
+async fn fifty_megabytes_stream_both_ways_in_bounded_memory() {
+    const SIZE: usize = 50 * 1024 * 1024;
+    const CHUNK: usize = 64 * 1024;
+    let m = support::merchant();
+    let emulator = Builder::default().emulator(&[m]).await;
+    let proxy = spawn_proxy(&emulator, "");
+    let client = support::client();
+    let url = format!("http://{}/businesses/{m}/uploads", proxy.proxy);
+
+    let mut expected = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for offset in (0..SIZE).step_by(CHUNK) {
+        expected.update(&pattern_chunk(offset, CHUNK));
+    }
+    let expected = support::hex(expected.finish().as_ref());
+    let upload = futures_util::stream::iter((0..SIZE).step_by(CHUNK))
+        .map(|offset| Ok::<_, std::io::Error>(pattern_chunk(offset, CHUNK)));
+    let response = client
+        .post(&url)
+        .header(HEADER, m.to_string())
+        .body(reqwest::Body::wrap_stream(upload))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let echo: Value = response.json().await.unwrap();
+    assert_eq!(echo["body_len"], SIZE);
+    assert_eq!(echo["body_sha256"], expected);
+
+    let response = client
+        .get(format!("{url}?_size={SIZE}"))
+        .header(HEADER, m.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    let mut got = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut total = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        total += chunk.len();
+        got.update(&chunk);
+    }
+    assert_eq!(total, SIZE);
+    assert_eq!(support::hex(got.finish().as_ref()), expected);
+
+    let peak = peak_rss_kib(proxy.child.id());
+    assert!(peak < 100 * 1024, "proxy peak RSS {peak} KiB");
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn sigterm_lets_twenty_slow_requests_finish_then_exits_zero() {
+    let m = support::merchant();
+    let emulator = Builder::default().emulator(&[m]).await;
+    let mut proxy = spawn_proxy(&emulator, "");
+    let client = support::client();
+    let url = format!(
+        "http://{}/businesses/{m}/orders?_delay_ms=1500",
+        proxy.proxy
+    );
+    let requests: Vec<_> = (0..20)
+        .map(|_| {
+            let request = client.get(&url).header(HEADER, m.to_string()).send();
+            tokio::spawn(request)
+        })
+        .collect();
+    let metrics = format!("http://{}/metrics", proxy.admin);
+    eventually("20 requests in flight", Duration::from_secs(10), || async {
+        let text = client
+            .get(&metrics)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .any(|l| l == "poynt_proxy_inflight_requests 20")
+    })
+    .await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &proxy.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    for request in requests {
+        let response = request.await.unwrap().expect("in-flight request completes");
+        assert_eq!(response.status(), 200);
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = proxy.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "proxy did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(0));
+    emulator.shutdown().await;
+}
+
+#[test]
+fn check_accepts_a_good_config_and_names_the_key_of_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = support::fixture("app-key-pkcs1.pem");
+    let good = format!(
+        "poynt:\n  application_id: \"urn:aid:x\"\n  private_key_file: {:?}\n",
+        key.display().to_string()
+    );
+    let path = dir.path().join("good.yaml");
+    std::fs::write(&path, &good).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+
+    let bad = good.replace("poynt:\n", "poynt:\n  api_url: \"ftp://x\"\n");
+    std::fs::write(&path, bad).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("poynt.api_url: \"ftp://x\" is not an http(s) URL"),
+        "{stderr}"
+    );
+
+    let corrupt = dir.path().join("corrupt.pem");
+    std::fs::write(
+        &corrupt,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &path,
+        good.replace(&key.display().to_string(), &corrupt.display().to_string()),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "a bad key fails at start-up");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("poynt.private_key_file: expected an RSA private key"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn authorize_url_encodes_the_redirect_app_and_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "poynt:\n  application_id: \"urn:aid:abc\"\n  private_key_file: {:?}\noauth:\n  redirect_uri: \"https://app.example.com/return?x=1\"\n",
+            support::fixture("app-key-pkcs8.pem").display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["authorize-url", "--context", "state 42", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "https://poynt.net/applications/authorize?redirect_uri=https%3A%2F%2Fapp.example.com%2Freturn%3Fx%3D1&client_id=urn%3Aaid%3Aabc&context=state+42"
+    );
+}
+
+#[test]
+fn every_command_has_help() {
+    for command in ["run", "check", "emulator", "demo", "authorize-url"] {
+        let out = Command::new(BIN)
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{command}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{command}"
+        );
+    }
+}
+
+fn curl_installed() -> bool {
+    Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn the_curl_commands_demo_prints_succeed() {
+    assert!(
+        curl_installed(),
+        "curl is needed (the test command installs it)"
+    );
+    let mut child = Command::new(BIN)
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rx = lines_of(&mut child);
+    let mut curls = Vec::new();
+    while curls.len() < 4 {
+        curls.push(wait_line(&rx, |l| {
+            l.starts_with("curl ").then(|| l.to_owned())
+        }));
+    }
+    for curl in &curls {
+        let out = Command::new("sh")
+            .args(["-c", &format!("{curl} --fail-with-body --max-time 20")])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{curl}\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!stdout.trim().is_empty(), "{curl} printed nothing");
+        if curl.contains("/businesses/") {
+            let echo: Value = serde_json::from_str(&stdout).expect("JSON echo");
+            assert_eq!(echo["headers"]["authorization"], "Bearer [redacted]");
+        }
+        if curl.contains("/metrics") {
+            assert!(
+                stdout.contains("poynt_proxy_requests_total{code=\"200\",method=\"GET\"} 1"),
+                "{stdout}"
+            );
+        }
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn the_emulator_command_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "emulator",
+            "--listen",
+            "127.0.0.1:0",
+            "--app-id",
+            "urn:aid:x",
+            "--app-private-key-out",
+        ])
+        .arg(dir.path().join("key.pem"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = lines_of(&mut child);
+    let base = wait_line(&rx, |l| {
+        l.strip_prefix("poynt-emulator listening on ")
+            .map(str::to_owned)
+    });
+    let out = Command::new("curl")
+        .args(["-s", "--fail", &format!("{base}/_emulator/stats")])
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(out.status.success());
+    let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["token_calls_total"], 0);
+    let key = std::fs::read_to_string(dir.path().join("key.pem")).unwrap();
+    assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"));
+}
