@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -51,16 +51,16 @@ impl Admin {
     /// Answers one admin request.
     pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let inner = &self.inner;
-        let path = request.uri().path();
-        let method = request.method();
-        match (method, path) {
+        let path = request.uri().path().to_owned();
+        let method = request.method().clone();
+        match (&method, path.as_str()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
             (&Method::GET, "/readyz") if inner.ready.load(Ordering::Acquire) => {
                 text(StatusCode::OK, "ready\n")
             }
             (&Method::GET, "/readyz") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
             (&Method::GET, "/metrics") => {
-                let (cached, backing_off) = inner.broker.counts();
+                let (cached, backing_off) = inner.broker.counts().await;
                 inner.metrics.set_token_gauges(cached, backing_off);
                 let mut response = text(StatusCode::OK, inner.metrics.render());
                 response.headers_mut().insert(
@@ -77,7 +77,8 @@ impl Admin {
                         "expected Authorization: Bearer <admin secret>; found none or a wrong one",
                     );
                 }
-                self.tokens_api(method, p).await
+                let (parts, body) = request.into_parts();
+                self.tokens_api(&parts.method, parts.uri.path(), body).await
             }
             _ => error(
                 StatusCode::NOT_FOUND,
@@ -109,7 +110,12 @@ impl Admin {
         })
     }
 
-    async fn tokens_api(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    async fn tokens_api(
+        &self,
+        method: &Method,
+        path: &str,
+        body: Incoming,
+    ) -> Response<Full<Bytes>> {
         let broker = &self.inner.broker;
         let rest = path.trim_start_matches("/admin/tokens");
         if rest.is_empty() || rest == "/" {
@@ -141,6 +147,24 @@ impl Admin {
                 let evicted = broker.evict(merchant).await;
                 json(StatusCode::OK, &serde_json::json!({ "evicted": evicted }))
             }
+            (&Method::POST, Some("authorization-code")) => {
+                let exchange = match read_json::<CodeExchange>(body).await {
+                    Ok(exchange) => exchange,
+                    Err(message) => {
+                        return error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", message);
+                    }
+                };
+                match broker
+                    .exchange_code(merchant, exchange.code, exchange.redirect_uri)
+                    .await
+                {
+                    Ok(()) => match broker.status(merchant).await {
+                        Some(status) => json(StatusCode::OK, &status),
+                        None => json(StatusCode::OK, &serde_json::json!({})),
+                    },
+                    Err(e) => error(StatusCode::BAD_GATEWAY, "TOKEN_UNAVAILABLE", e.to_string()),
+                }
+            }
             (&Method::POST, Some("refresh")) => match broker.renew_now(merchant).await {
                 Ok(_) => match broker.status(merchant).await {
                     Some(status) => json(StatusCode::OK, &status),
@@ -151,6 +175,29 @@ impl Admin {
             _ => method_not_allowed(method, path),
         }
     }
+}
+
+/// Body of `POST /admin/tokens/{merchant}/authorization-code`: what Poynt's redirect
+/// delivered to the app's callback.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CodeExchange {
+    code: SecretString,
+    redirect_uri: String,
+}
+
+/// Largest admin request body read.
+const MAX_ADMIN_BODY: usize = 16 * 1024;
+
+async fn read_json<T: serde::de::DeserializeOwned>(body: Incoming) -> Result<T, String> {
+    let bytes = http_body_util::Limited::new(body, MAX_ADMIN_BODY)
+        .collect()
+        .await
+        .map_err(|e| format!("expected a JSON body of at most {MAX_ADMIN_BODY} bytes: {e}"))?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| {
+        format!("expected JSON {{\"code\": ..., \"redirect_uri\": ...}}; found a body that fails with: {e}")
+    })
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

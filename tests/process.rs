@@ -3,90 +3,13 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::Value;
+use support::process::{BIN, lines_of, spawn_proxy, wait_line};
 use support::{Builder, HEADER, eventually};
-
-const BIN: &str = env!("CARGO_BIN_EXE_poynt-proxy");
-
-/// A proxy process, killed on drop if still running.
-struct ProxyProcess {
-    child: Child,
-    proxy: String,
-    admin: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Forwards a child's stdout lines to a channel (read on a thread: std pipes block).
-fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// Waits (at most 30 s) for a stdout line satisfying `pick`.
-fn wait_line<T>(rx: &mpsc::Receiver<String>, mut pick: impl FnMut(&str) -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .expect("expected line before the deadline");
-        if let Some(found) = pick(&line) {
-            return found;
-        }
-    }
-}
-
-fn spawn_proxy(emulator: &poynt_proxy::emulator::Emulator, extra: &str) -> ProxyProcess {
-    let dir = tempfile::tempdir().unwrap();
-    let yaml = support::proxy_yaml(emulator, &dir, &format!("log:\n  format: json\n{extra}"));
-    let path = dir.path().join("proxy.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("binary runs");
-    let rx = lines_of(&mut child);
-    let (proxy, admin) = wait_line(&rx, |line| {
-        let v: Value = serde_json::from_str(line).ok()?;
-        (v["message"] == "poynt-proxy ready").then(|| {
-            (
-                v["proxy_addr"].as_str().unwrap().to_owned(),
-                v["admin_addr"].as_str().unwrap().to_owned(),
-            )
-        })
-    });
-    std::thread::spawn(move || while rx.recv().is_ok() {});
-    ProxyProcess {
-        child,
-        proxy,
-        admin,
-        _dir: dir,
-    }
-}
 
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -183,27 +106,12 @@ async fn sigterm_lets_twenty_slow_requests_finish_then_exits_zero() {
             .any(|l| l == "poynt_proxy_inflight_requests 20")
     })
     .await;
-    let killed = Command::new("kill")
-        .args(["-TERM", &proxy.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    let waiter = tokio::task::spawn_blocking(move || proxy.terminate());
     for request in requests {
         let response = request.await.unwrap().expect("in-flight request completes");
         assert_eq!(response.status(), 200);
     }
-    let status = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = proxy.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(std::time::Instant::now() < deadline, "proxy did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    })
-    .await
-    .unwrap();
+    let status = waiter.await.unwrap();
     assert_eq!(status.code(), Some(0));
     emulator.shutdown().await;
 }

@@ -4,8 +4,6 @@ mod support;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{Request, StatusCode};
-use http_body_util::BodyExt;
 use poynt_proxy::config::{Config, KeySources};
 use poynt_proxy::merchant::MerchantId;
 use poynt_proxy::metrics::Metrics;
@@ -122,38 +120,21 @@ fn token_client(config: &Config) -> TokenClient {
     )
 }
 
-/// Walks the emulator's authorization page like a merchant's browser and returns the code.
 async fn authorization_code(setup: &Setup, redirect_uri: &str) -> SecretString {
-    let mut query = form_urlencoded::Serializer::new(String::new());
-    query
-        .append_pair("redirect_uri", redirect_uri)
-        .append_pair("client_id", APP_ID)
-        .append_pair("context", "csrf-123")
-        .append_pair("businessId", &setup.merchant.to_string());
-    let uri = format!(
-        "{}/applications/authorize?{}",
-        setup.emulator.base_url(),
-        query.finish()
+    let location =
+        support::authorization_redirect(&setup.emulator, setup.merchant, redirect_uri).await;
+    assert_eq!(location.split_once('?').unwrap().0, redirect_uri);
+    assert_eq!(
+        support::query_param(&location, "context").as_deref(),
+        Some("csrf-123")
     );
-    let request = Request::get(uri)
-        .body(http_body_util::Empty::new().map_err(|n| match n {}).boxed())
-        .unwrap();
-    let response = http_client(&setup.config)
-        .request(request)
-        .await
-        .expect("authorize page");
-    assert_eq!(response.status(), StatusCode::FOUND);
-    let location = response.headers()["location"].to_str().unwrap();
-    let (target, query) = location.split_once('?').expect("query in redirect");
-    assert_eq!(target, redirect_uri);
-    let param = |name: &str| {
-        form_urlencoded::parse(query.as_bytes())
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.into_owned())
-    };
-    assert_eq!(param("context").as_deref(), Some("csrf-123"));
-    assert_eq!(param("status").as_deref(), Some("AUTHORIZED"));
-    param("code").expect("code in redirect").into()
+    assert_eq!(
+        support::query_param(&location, "status").as_deref(),
+        Some("AUTHORIZED")
+    );
+    support::query_param(&location, "code")
+        .expect("code in redirect")
+        .into()
 }
 
 async fn three_grants_round_trip(tls: bool) {

@@ -130,6 +130,22 @@ pub enum BrokerError {
     },
 }
 
+impl BrokerError {
+    /// Classifies a failed grant: Poynt said no, or Poynt could not answer (worth a retry
+    /// after `retry_after`).
+    fn from_grant(error: &GrantError, retry_after: Duration) -> Self {
+        let reason = error.to_string();
+        if error.is_refused() {
+            Self::Refused { reason }
+        } else {
+            Self::Unavailable {
+                reason,
+                retry_after,
+            }
+        }
+    }
+}
+
 /// What the admin API shows of a merchant (never a token or refresh token).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MerchantStatus {
@@ -427,16 +443,40 @@ impl Broker {
             .saturating_mul(1 << exponent)
             .min(config.backoff_max);
         guard.backoff_until = Some(Instant::now() + backoff);
-        let reason = error.to_string();
-        guard.last_error = Some(reason.clone());
-        if error.is_refused() {
-            BrokerError::Refused { reason }
-        } else {
-            BrokerError::Unavailable {
-                reason,
-                retry_after: backoff,
-            }
+        guard.last_error = Some(error.to_string());
+        BrokerError::from_grant(&error, backoff)
+    }
+
+    /// Onboards a merchant: exchanges the authorization code Poynt's redirect delivered and
+    /// caches the token and refresh token. The merchant is trusted from the access token
+    /// Poynt returns over TLS (its `poynt.biz`), which must be the one asked for; a failed
+    /// exchange does not start a back-off (the code, not the merchant, was at fault).
+    pub async fn exchange_code(
+        &self,
+        merchant: MerchantId,
+        code: SecretString,
+        redirect_uri: String,
+    ) -> Result<(), BrokerError> {
+        let grant = Grant::AuthorizationCode { code, redirect_uri };
+        let issued = self
+            .inner
+            .client
+            .request(&grant, Some(merchant))
+            .await
+            .map_err(|e| BrokerError::from_grant(&e, self.inner.config.backoff_initial))?;
+        if issued.merchant != Some(merchant) {
+            return Err(BrokerError::Refused {
+                reason: format!(
+                    "expected the code to authorize merchant {merchant}; the token Poynt issued names {}",
+                    issued
+                        .merchant
+                        .map_or_else(|| "no merchant".to_owned(), |m| m.to_string())
+                ),
+            });
         }
+        self.adopt(merchant, issued, GrantKind::AuthorizationCode)
+            .await;
+        Ok(())
     }
 }
 
@@ -446,7 +486,9 @@ fn rfc3339(time: SystemTime) -> String {
 
 impl Broker {
     /// Number of cached tokens and of merchants backing off, for the gauges.
-    pub fn counts(&self) -> (u64, u64) {
+    pub async fn counts(&self) -> (u64, u64) {
+        // moka counts lazily; settle pending inserts and evictions so the gauge is exact.
+        self.inner.tokens.run_pending_tasks().await;
         let now = Instant::now();
         let backing_off = self
             .inner

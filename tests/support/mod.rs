@@ -2,6 +2,8 @@
 //! `start` as production, and hand back addresses, a client and handles.
 #![allow(dead_code)] // each test binary uses a different subset of the fixtures
 
+pub mod process;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -215,4 +217,62 @@ where
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The value of query parameter `name` in `url`.
+pub fn query_param(url: &str, name: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Walks the emulator's authorization page for `merchant` like a merchant's browser, with
+/// context `"csrf-123"`, and returns where it redirects to.
+pub async fn authorization_redirect(
+    emulator: &Emulator,
+    merchant: MerchantId,
+    redirect: &str,
+) -> String {
+    use http_body_util::BodyExt;
+    use rustls_pki_types::pem::PemObject;
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query
+        .append_pair("redirect_uri", redirect)
+        .append_pair("client_id", APP_ID)
+        .append_pair("context", "csrf-123")
+        .append_pair("businessId", &merchant.to_string());
+    let roots = rustls_pki_types::CertificateDer::pem_slice_iter(
+        emulator.ca_pem().unwrap_or_default().as_bytes(),
+    )
+    .collect::<Result<Vec<_>, _>>()
+    .expect("CA parses");
+    let client = poynt_proxy::upstream::client(&roots, Duration::from_secs(5)).expect("client");
+    let uri = format!(
+        "{}/applications/authorize?{}",
+        emulator.base_url(),
+        query.finish()
+    );
+    let request = http::Request::get(uri)
+        .body(http_body_util::Empty::new().map_err(|n| match n {}).boxed())
+        .expect("request");
+    let response = client
+        .request(request)
+        .await
+        .expect("authorize page answers");
+    assert_eq!(response.status(), 302);
+    response.headers()["location"]
+        .to_str()
+        .expect("ASCII location")
+        .to_owned()
+}
+
+/// The authorization code the emulator's page issues for `merchant`.
+pub async fn authorization_code(
+    emulator: &Emulator,
+    merchant: MerchantId,
+    redirect: &str,
+) -> String {
+    let location = authorization_redirect(emulator, merchant, redirect).await;
+    query_param(&location, "code").expect("code in the redirect")
 }

@@ -1,0 +1,136 @@
+//! Fixtures for tests that run the real binary.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_poynt-proxy");
+
+/// A proxy process, killed on drop if still running.
+pub struct ProxyProcess {
+    pub child: Child,
+    pub proxy: String,
+    pub admin: String,
+    /// Everything the process wrote to stdout so far.
+    pub output: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Forwards a child's stdout lines to a channel (read on a thread: std pipes block).
+pub fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits (at most 30 s) for a stdout line satisfying `pick`.
+pub fn wait_line<T>(rx: &mpsc::Receiver<String>, mut pick: impl FnMut(&str) -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("expected line before the deadline");
+        if let Some(found) = pick(&line) {
+            return found;
+        }
+    }
+}
+
+/// Starts `poynt-proxy run` against `emulator` with `extra` YAML at `RUST_LOG=info`.
+pub fn spawn_proxy(emulator: &poynt_proxy::emulator::Emulator, extra: &str) -> ProxyProcess {
+    spawn_proxy_logging(emulator, extra, "info")
+}
+
+/// Starts `poynt-proxy run` with JSON logs at `log_level`, waits for its "ready" line, and
+/// keeps collecting its stdout and stderr into [`ProxyProcess::output`].
+pub fn spawn_proxy_logging(
+    emulator: &poynt_proxy::emulator::Emulator,
+    extra: &str,
+    log_level: &str,
+) -> ProxyProcess {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = super::proxy_yaml(emulator, &dir, &format!("log:\n  format: json\n{extra}"));
+    let path = dir.path().join("proxy.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", log_level)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    let output = Arc::new(Mutex::new(String::new()));
+    let stderr = child.stderr.take().expect("piped stderr");
+    let sink = output.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut all = sink.lock().unwrap();
+            all.push_str(&line);
+            all.push('\n');
+        }
+    });
+    let rx = lines_of(&mut child);
+    let (proxy, admin) = wait_line(&rx, |line| {
+        let v: Value = serde_json::from_str(line).ok()?;
+        (v["message"] == "poynt-proxy ready").then(|| {
+            (
+                v["proxy_addr"].as_str().unwrap().to_owned(),
+                v["admin_addr"].as_str().unwrap().to_owned(),
+            )
+        })
+    });
+    let sink = output.clone();
+    std::thread::spawn(move || {
+        while let Ok(line) = rx.recv() {
+            let mut all = sink.lock().unwrap();
+            all.push_str(&line);
+            all.push('\n');
+        }
+    });
+    ProxyProcess {
+        child,
+        proxy,
+        admin,
+        output,
+        _dir: dir,
+    }
+}
+
+impl ProxyProcess {
+    /// Sends SIGTERM and waits (at most 30 s) for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "proxy did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
