@@ -313,11 +313,10 @@ impl Proxy {
         let elapsed = started.elapsed();
         let status = response.status().as_u16();
         self.inner.metrics.observe_request(method, status, elapsed);
-        let merchant = ctx.merchant.map(|m| m.to_string());
         tracing::info!(
             target: "poynt_proxy::access",
             request_id = request_id.to_str().unwrap_or_default(),
-            merchant = merchant.as_deref(),
+            merchant = ctx.merchant.map(tracing::field::display),
             method = method.as_str(),
             path = uri.path(),
             status,

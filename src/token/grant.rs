@@ -235,12 +235,12 @@ impl TokenClient {
             Err(e) => e.outcome(),
         };
         self.metrics.observe_grant(kind.as_str(), outcome, elapsed);
-        let merchant = merchant.map(|m| m.to_string());
+        let merchant = merchant.map(tracing::field::display);
         match &result {
             Ok(token) => tracing::info!(
                 target: "poynt_proxy::token",
                 grant = kind.as_str(),
-                merchant = merchant.as_deref(),
+                merchant,
                 outcome,
                 latency_ms = elapsed.as_secs_f64() * 1e3,
                 lifetime_s = token.lifetime.as_secs(),
@@ -250,7 +250,7 @@ impl TokenClient {
             Err(error) => tracing::warn!(
                 target: "poynt_proxy::token",
                 grant = kind.as_str(),
-                merchant = merchant.as_deref(),
+                merchant,
                 outcome,
                 latency_ms = elapsed.as_secs_f64() * 1e3,
                 poynt_code = error.poynt_code(),

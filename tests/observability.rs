@@ -1,0 +1,657 @@
+//! What operators see: metrics scraped by a real Prometheus, promtool's lints, the alert
+//! rules and dashboard, bounded label cardinality, the admin API, and no secret anywhere.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::process::spawn_proxy_logging;
+use support::{Builder, HEADER, Harness, eventually};
+
+fn repo(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+async fn metrics_text(client: &reqwest::Client, admin: &str) -> String {
+    client
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Runs promtool with `args`, feeding `stdin`; panics with its output unless it exits 0.
+fn promtool(args: &[&str], stdin: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (the test command installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A Prometheus server on loopback, killed on drop.
+struct Prometheus {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_prometheus(target: std::net::SocketAddr) -> Prometheus {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: poynt-proxy\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus is installed (the test command installs it)");
+    let prometheus = Prometheus {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    };
+    let client = support::client();
+    eventually("Prometheus ready", Duration::from_secs(30), || async {
+        client
+            .get(format!("{}/-/ready", prometheus.url))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    prometheus
+}
+
+/// Instant query; returns each series' labels (without `__name__`, `job`, `instance`) and value.
+async fn query(
+    client: &reqwest::Client,
+    prometheus: &Prometheus,
+    q: &str,
+) -> BTreeMap<String, f64> {
+    let body: Value = client
+        .get(format!(
+            "{}/api/v1/query?{}",
+            prometheus.url,
+            form_urlencoded::Serializer::new(String::new())
+                .append_pair("query", q)
+                .finish()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["status"], "success", "{body}");
+    body["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|series| {
+            let labels: Vec<String> = series["metric"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "__name__" | "job" | "instance"))
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+                .collect();
+            let value = series["value"][1].as_str().unwrap().parse().unwrap();
+            (labels.join(","), value)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_real_prometheus_scrapes_exactly_the_traffic_sent() {
+    let h = Harness::new().await;
+    let prometheus = start_prometheus(h.proxy.admin_addr()).await;
+    let m = h.merchants[0];
+    let stranger = support::merchant();
+    for _ in 0..6 {
+        assert_eq!(h.get(m, "/orders").await.status(), 200);
+    }
+    for _ in 0..3 {
+        let response = h
+            .client
+            .post(h.url(&format!("/businesses/{m}/orders")))
+            .header(HEADER, m.to_string())
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    for _ in 0..2 {
+        let response = h
+            .client
+            .get(h.url("/x"))
+            .header(HEADER, "nope")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400);
+    }
+    assert_eq!(h.get(stranger, "/orders").await.status(), 502);
+
+    let client = support::client();
+    eventually(
+        "Prometheus scraped all 12 requests",
+        Duration::from_secs(30),
+        || async {
+            query(&client, &prometheus, "sum(poynt_proxy_requests_total)")
+                .await
+                .values()
+                .sum::<f64>()
+                == 12.0
+        },
+    )
+    .await;
+    let requests = query(&client, &prometheus, "poynt_proxy_requests_total").await;
+    let expected: BTreeMap<String, f64> = [
+        ("code=200,method=GET", 6.0),
+        ("code=200,method=POST", 3.0),
+        ("code=400,method=GET", 2.0),
+        ("code=502,method=GET", 1.0),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    assert_eq!(requests, expected);
+    let grants = query(&client, &prometheus, "poynt_proxy_token_requests_total").await;
+    let expected: BTreeMap<String, f64> = [
+        ("grant=jwt_bearer,outcome=rejected", 1.0),
+        ("grant=jwt_bearer,outcome=success", 1.0),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    assert_eq!(grants, expected);
+    let lookups = query(
+        &client,
+        &prometheus,
+        "poynt_proxy_token_cache_lookups_total",
+    )
+    .await;
+    assert_eq!(lookups["result=hit"], 8.0, "{lookups:?}");
+    assert_eq!(lookups["result=miss"], 2.0, "{lookups:?}");
+    let histogram = query(
+        &client,
+        &prometheus,
+        "poynt_proxy_request_duration_seconds_count",
+    )
+    .await;
+    assert_eq!(histogram.values().sum::<f64>(), 12.0);
+    let cached = query(&client, &prometheus, "poynt_proxy_tokens_cached").await;
+    assert_eq!(cached.values().sum::<f64>(), 1.0);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn promtool_accepts_the_metrics_and_the_alert_rules() {
+    let h = Harness::new().await;
+    let m = h.merchants[0];
+    assert_eq!(h.get(m, "/orders").await.status(), 200);
+    let text = metrics_text(&h.client, &h.proxy.admin_addr().to_string()).await;
+    for family in [
+        "poynt_proxy_requests_total",
+        "poynt_proxy_request_duration_seconds",
+        "poynt_proxy_upstream_request_duration_seconds",
+        "poynt_proxy_token_cache_lookups_total",
+        "poynt_proxy_token_requests_total",
+        "poynt_proxy_token_request_duration_seconds",
+        "poynt_proxy_tokens_cached",
+        "poynt_proxy_merchants_backing_off",
+        "poynt_proxy_upstream_unauthorized_retries_total",
+        "poynt_proxy_inflight_requests",
+        "poynt_proxy_build_info",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family} missing"
+        );
+    }
+    promtool(&["check", "metrics"], &text);
+    let rules = repo("deploy/prometheus/alerts.yaml");
+    promtool(&["check", "rules", rules.to_str().unwrap()], "");
+    h.stop().await;
+}
+
+/// Metric families the proxy exports, from the `# TYPE` lines.
+fn exported_families(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every `expr` string anywhere in a JSON document.
+fn exprs(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("expr", Value::String(e)) => out.push(e.clone()),
+                    _ => exprs(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| exprs(v, out)),
+        _ => {}
+    }
+}
+
+/// Metric names (ours and the process collector's) an expression mentions.
+fn metric_names(expr: &str) -> Vec<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|w| w.starts_with("poynt_proxy_") || w.starts_with("process_"))
+        .map(|w| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| w.strip_suffix(s))
+                .unwrap_or(w)
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_metric_the_dashboard_and_alerts_query_is_exported() {
+    let h = Harness::new().await;
+    let exported =
+        exported_families(&metrics_text(&h.client, &h.proxy.admin_addr().to_string()).await);
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo("deploy/grafana/poynt-proxy.json")).unwrap(),
+    )
+    .expect("dashboard is JSON");
+    let mut queries = Vec::new();
+    exprs(&dashboard, &mut queries);
+    let rules: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo("deploy/prometheus/alerts.yaml")).unwrap(),
+    )
+    .unwrap();
+    let rules = serde_json::to_value(rules).unwrap();
+    let dashboard_count = queries.len();
+    exprs(&rules, &mut queries);
+    assert!(
+        dashboard_count >= 10,
+        "only {dashboard_count} dashboard queries"
+    );
+    assert!(
+        queries.len() > dashboard_count,
+        "no alert expressions found"
+    );
+    let mut used = BTreeSet::new();
+    for q in &queries {
+        let names = metric_names(q);
+        assert!(!names.is_empty(), "query names no proxy metric: {q}");
+        used.extend(names);
+    }
+    let unknown: Vec<_> = used.difference(&exported).collect();
+    assert!(unknown.is_empty(), "queried but not exported: {unknown:?}");
+    h.stop().await;
+}
+
+fn series_count(text: &str) -> usize {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count()
+}
+
+#[tokio::test]
+async fn a_flood_of_merchant_ids_adds_no_series() {
+    let h = Builder::default()
+        .yaml("tokens:\n  max_concurrent_grants: 4")
+        .start()
+        .await;
+    let admin = h.proxy.admin_addr().to_string();
+    // One request of each kind the flood sends, so every label value it can produce exists.
+    assert_eq!(h.get(support::merchant(), "/orders").await.status(), 502);
+    let bad = h
+        .client
+        .get(h.url("/orders"))
+        .header(HEADER, "x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let before = metrics_text(&h.client, &admin).await;
+
+    let flood = (0..1000).map(|i| {
+        let client = h.client.clone();
+        let url = h.url("/orders");
+        async move {
+            let id = if i % 2 == 0 {
+                uuid::Uuid::new_v4().to_string()
+            } else {
+                format!("not-a-merchant-{i}")
+            };
+            client
+                .get(url)
+                .header(HEADER, id)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    });
+    let statuses = futures_util::future::join_all(flood).await;
+    assert!(
+        statuses.iter().all(|s| matches!(s, 400 | 502 | 503)),
+        "{statuses:?}"
+    );
+    let after = metrics_text(&h.client, &admin).await;
+    assert_eq!(
+        series_count(&before),
+        series_count(&after),
+        "new series appeared"
+    );
+    assert!(!after.contains("not-a-merchant"));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn admin_api_shows_renews_evicts_and_onboards_without_tokens() {
+    let h = Harness::new().await;
+    let m = h.merchants[0];
+    assert_eq!(h.get(m, "/orders").await.status(), 200);
+    let all: Value = h
+        .client
+        .get(h.admin_url("/admin/tokens"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entry = &all.as_array().unwrap()[0];
+    assert_eq!(entry["merchant"], m.to_string());
+    assert_eq!(entry["grant"], "jwt_bearer");
+    assert_eq!(entry["has_refresh_token"], true);
+    assert!(entry["expires_at"].as_str().unwrap().ends_with('Z'));
+    assert!(entry["refresh_at"].is_string());
+    assert!(entry["last_renewal"].is_string());
+
+    let refreshed = h
+        .client
+        .post(h.admin_url(&format!("/admin/tokens/{m}/refresh")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refreshed.status(), 200);
+    let refreshed: Value = refreshed.json().await.unwrap();
+    assert_eq!(refreshed["grant"], "refresh_token");
+    assert_eq!(h.stats().token_calls.refresh_token.total, 1);
+
+    let evicted: Value = h
+        .client
+        .delete(h.admin_url(&format!("/admin/tokens/{m}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(evicted, json!({"evicted": true}));
+    assert_eq!(h.get(m, "/orders").await.status(), 200);
+    assert_eq!(
+        h.stats().token_calls_total,
+        3,
+        "eviction forced a new grant"
+    );
+
+    let unknown = h
+        .client
+        .get(h.admin_url(&format!("/admin/tokens/{}", support::merchant())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let bad = h
+        .client
+        .get(h.admin_url("/admin/tokens/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+
+    let newcomer = support::merchant();
+    let redirect = "https://app.example.com/poynt/return";
+    let code = support::authorization_code(&h.emulator, newcomer, redirect).await;
+    let onboarded = h
+        .client
+        .post(h.admin_url(&format!("/admin/tokens/{newcomer}/authorization-code")))
+        .json(&json!({"code": code, "redirect_uri": redirect}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(onboarded.status(), 200);
+    let onboarded: Value = onboarded.json().await.unwrap();
+    assert_eq!(onboarded["grant"], "authorization_code");
+    assert_eq!(onboarded["has_refresh_token"], true);
+    assert_eq!(h.get(newcomer, "/orders").await.status(), 200);
+    assert_eq!(h.stats().token_calls.authorization_code.total, 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn admin_api_can_require_a_bearer_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("admin-secret");
+    std::fs::write(&secret_file, "s3cret-admin-token-for-tests\n").unwrap();
+    let h = Builder::default()
+        .yaml(&format!(
+            "admin:\n  bearer_token_file: {:?}",
+            secret_file.display().to_string()
+        ))
+        .start()
+        .await;
+    let url = h.admin_url("/admin/tokens");
+    assert_eq!(h.client.get(&url).send().await.unwrap().status(), 401);
+    let wrong = h
+        .client
+        .get(&url)
+        .bearer_auth("s3cret-admin-token-for-test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let right = h
+        .client
+        .get(&url)
+        .bearer_auth("s3cret-admin-token-for-tests")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200);
+    assert_eq!(
+        h.client
+            .get(h.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn no_secret_appears_in_logs_metrics_admin_or_responses_at_trace_level() {
+    let [a, b, stranger, newcomer] = std::array::from_fn(|_| support::merchant());
+    let builder = Builder::default().tls().token_ttl(Duration::from_secs(4));
+    let emulator = builder.emulator(&[a, b]).await;
+    let mut proxy = spawn_proxy_logging(
+        &emulator,
+        "tokens:\n  refresh_at: 0.5\n  refresh_jitter: 0.1\n  backoff_initial: 100ms\n  backoff_max: 200ms\n",
+        "trace",
+    );
+    let client = support::client();
+    let mut seen = String::new();
+    let call = |m: poynt_proxy::merchant::MerchantId| {
+        client
+            .post(format!("http://{}/businesses/{m}/orders", proxy.proxy))
+            .header(HEADER, m.to_string())
+            .body("{\"amount\":1}")
+            .send()
+    };
+    // JWT-bearer, then renewals by refresh token under steady traffic.
+    let mut ticker = tokio::time::interval(Duration::from_millis(100));
+    for _ in 0..60 {
+        ticker.tick().await;
+        let response = call(a).await.unwrap();
+        assert_eq!(response.status(), 200);
+        seen.push_str(&response.text().await.unwrap());
+    }
+    // A revoked token: the 401 retry.
+    emulator.revoke(a);
+    let response = call(a).await.unwrap();
+    assert_eq!(response.status(), 200);
+    seen.push_str(&response.text().await.unwrap());
+    // Errors: a refused merchant, and /token failing for a cold one.
+    let response = call(stranger).await.unwrap();
+    assert_eq!(response.status(), 502);
+    seen.push_str(&response.text().await.unwrap());
+    emulator.set_fault(poynt_proxy::emulator::Fault {
+        token_status: Some(503),
+        ..Default::default()
+    });
+    let response = call(b).await.unwrap();
+    assert_eq!(response.status(), 503);
+    seen.push_str(&response.text().await.unwrap());
+    emulator.set_fault(Default::default());
+    // The authorization-code grant, through the admin API.
+    let redirect = "https://app.example.com/return";
+    let code = support::authorization_code(&emulator, newcomer, redirect).await;
+    let admin = |path: String| format!("http://{}{path}", proxy.admin);
+    let exchange = || {
+        client
+            .post(admin(format!(
+                "/admin/tokens/{newcomer}/authorization-code"
+            )))
+            .json(&json!({"code": code, "redirect_uri": redirect}))
+            .send()
+    };
+    let onboard = exchange().await.unwrap();
+    assert_eq!(onboard.status(), 200);
+    seen.push_str(&onboard.text().await.unwrap());
+    let reused = exchange().await.unwrap();
+    assert_eq!(reused.status(), 502);
+    seen.push_str(&reused.text().await.unwrap());
+    for path in [
+        "/admin/tokens".to_owned(),
+        format!("/admin/tokens/{a}"),
+        format!("/admin/tokens/{stranger}"),
+        "/metrics".to_owned(),
+    ] {
+        seen.push_str(
+            &client
+                .get(admin(path))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        );
+    }
+    seen.push_str(
+        &client
+            .post(admin(format!("/admin/tokens/{a}/refresh")))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    let status = proxy.terminate();
+    assert_eq!(status.code(), Some(0));
+
+    let stats = emulator.stats();
+    assert!(stats.token_calls.jwt_bearer.total >= 2, "{stats:?}");
+    assert!(stats.token_calls.refresh_token.total >= 3, "{stats:?}");
+    assert_eq!(stats.token_calls.authorization_code.total, 2, "{stats:?}");
+    assert!(stats.api_unauthorized >= 1, "{stats:?}");
+    let logs = proxy.output.lock().unwrap().clone();
+    assert!(
+        logs.contains("TRACE") || logs.contains("\"level\":\"TRACE\""),
+        "not at trace level"
+    );
+    assert!(logs.contains("token request"), "no /token log lines");
+    let mut secrets = emulator.issued_secrets();
+    secrets.push(code);
+    let key = std::fs::read_to_string(support::fixture("app-key-pkcs8.pem")).unwrap();
+    secrets.extend(
+        key.lines()
+            .filter(|l| !l.starts_with("-----"))
+            .map(str::to_owned),
+    );
+    assert!(
+        secrets.len() > 20,
+        "too few secrets to be a meaningful check"
+    );
+    for secret in secrets.iter().filter(|s| s.len() >= 16) {
+        let needle = secret.rsplit(':').next().unwrap_or(secret);
+        assert!(!logs.contains(needle), "a secret appears in the logs");
+        assert!(
+            !seen.contains(needle),
+            "a secret appears in a response, /metrics or the admin API"
+        );
+    }
+    emulator.shutdown().await;
+}
