@@ -80,7 +80,11 @@ async fn every_method_forwards_intact_with_the_token_and_without_caller_secrets(
         assert_eq!(headers["authorization"], "Bearer [redacted]");
         assert_eq!(headers["api-version"], "1.2");
         assert_eq!(headers["x-custom"], "kept");
-        assert_eq!(headers["host"], h.emulator.addr().to_string(), "Host is the upstream's");
+        assert_eq!(
+            headers["host"],
+            h.emulator.addr().to_string(),
+            "Host is the upstream's"
+        );
         for absent in ["x-poynt-merchant-id", "x-hop-secret", "connection"] {
             assert!(
                 !headers.contains_key(absent),
