@@ -294,10 +294,11 @@ fn exprs(value: &Value, out: &mut Vec<String>) {
     }
 }
 
-/// Metric names (ours and the process collector's) an expression mentions.
+/// Metric names an expression mentions: ours, the process collector's, and `up` (which
+/// Prometheus itself records for every target).
 fn metric_names(expr: &str) -> Vec<String> {
     expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
-        .filter(|w| w.starts_with("poynt_proxy_") || w.starts_with("process_"))
+        .filter(|w| w.starts_with("poynt_proxy_") || w.starts_with("process_") || *w == "up")
         .map(|w| {
             ["_bucket", "_sum", "_count"]
                 .iter()
@@ -311,8 +312,11 @@ fn metric_names(expr: &str) -> Vec<String> {
 #[tokio::test]
 async fn every_metric_the_dashboard_and_alerts_query_is_exported() {
     let h = Harness::new().await;
-    let exported =
+    // Labelled families appear once they have a series.
+    assert_eq!(h.get(h.merchants[0], "/orders").await.status(), 200);
+    let mut exported =
         exported_families(&metrics_text(&h.client, &h.proxy.admin_addr().to_string()).await);
+    exported.insert("up".to_owned());
     let dashboard: Value = serde_json::from_str(
         &std::fs::read_to_string(repo("deploy/grafana/poynt-proxy.json")).unwrap(),
     )
