@@ -77,6 +77,7 @@ async fn fixture_with(adjust: impl FnOnce(&mut EmulatorConfig)) -> Fixture {
         .expect("start emulator");
     let base = emulator.base_url();
     let client = reqwest::Client::builder()
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");
@@ -699,6 +700,31 @@ async fn another_merchants_token_is_forbidden() {
         0,
         "403 is not a token refusal"
     );
+}
+
+#[tokio::test]
+async fn minted_tokens_work_without_counting_as_grants() {
+    let fx = fixture().await;
+    let response = fx
+        .client
+        .post(format!(
+            "{}/_emulator/merchants/{MERCHANT_A}/token",
+            fx.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let tokens: Value = response.json().await.unwrap();
+    let response = fx
+        .api(
+            reqwest::Method::GET,
+            &format!("/businesses/{MERCHANT_A}/orders"),
+            tokens["accessToken"].as_str().unwrap(),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(fx.stats().await.token_calls_total, 0);
 }
 
 #[tokio::test]

@@ -1,6 +1,8 @@
 //! `/_emulator/...`: the control API, so a test-suite or demo driving the emulator from
 //! another process can do what the Rust API does (stats, faults, revocation, authorization,
-//! reset, keys).
+//! reset, keys), plus `POST merchants/{id}/token`, which mints a token pair for a merchant
+//! without a grant (not counted in the stats): the load benchmark gives nginx and HAProxy
+//! a static bearer token with it.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -89,6 +91,12 @@ async fn handle_inner(
                     shared.authorize(merchant);
                     Ok(json!({ "merchant": merchant.to_string(), "authorized": true }))
                 }
+                "token" => {
+                    let body = super::token::issue(shared, Some(merchant))?;
+                    serde_json::from_slice(&body).map_err(|error| {
+                        ApiError::Internal(format!("expected the issued token as JSON: {error}"))
+                    })
+                }
                 "unauthorize" => {
                     shared.unauthorize(merchant);
                     Ok(json!({ "merchant": merchant.to_string(), "authorized": false }))
@@ -98,13 +106,13 @@ async fn handle_inner(
         }
         (_, method) => Err(ApiError::NotFound(format!(
             "no control endpoint {method} {CONTROL_PREFIX}{path}; expected GET stats, GET|POST fault, POST reset, \
-             GET keys, POST merchants/{{id}}/(revoke|authorize|unauthorize)"
+             GET keys, POST merchants/{{id}}/(revoke|authorize|unauthorize|token)"
         ))),
     }
 }
 
 fn not_found(path: &str) -> ApiError {
     ApiError::NotFound(format!(
-        "no control endpoint {CONTROL_PREFIX}{path}; expected merchants/{{id}}/(revoke|authorize|unauthorize)"
+        "no control endpoint {CONTROL_PREFIX}{path}; expected merchants/{{id}}/(revoke|authorize|unauthorize|token)"
     ))
 }

@@ -359,7 +359,7 @@ pub(crate) fn user_number(id: uuid::Uuid) -> u64 {
 }
 
 /// Issues an access token and a refresh token for `merchant` (or the app) and records both.
-fn issue(shared: &Shared, merchant: Option<MerchantId>) -> Result<Bytes, ApiError> {
+pub(crate) fn issue(shared: &Shared, merchant: Option<MerchantId>) -> Result<Bytes, ApiError> {
     let iat = now_secs();
     let exp = iat + shared.token_ttl_secs;
     let claims = AccessClaims {
