@@ -21,27 +21,37 @@ pub static HOP_BY_HOP: [HeaderName; 9] = [
     http::header::UPGRADE,
 ];
 
-/// Removes hop-by-hop headers, including any named in `Connection`.
+/// Removes hop-by-hop headers, including any named in `Connection`. The usual
+/// `Connection: keep-alive` or `close` names nothing beyond the fixed set, so it costs no
+/// allocation.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
-        .collect();
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',').map(str::trim) {
+            let known = token.is_empty()
+                || token.eq_ignore_ascii_case("close")
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|name| name.as_str().eq_ignore_ascii_case(token));
+            if !known && let Ok(name) = HeaderName::try_from(token) {
+                named.push(name);
+            }
+        }
+    }
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
 }
 
-/// Rewrites a request head in place for Poynt. The `Poynt-Request-Id` was settled when the
-/// request was admitted (see [`request_id`]) and is left as it is.
+/// Rewrites a request head in place for Poynt: everything is removed before anything is
+/// added, so the map hyper parsed (sized to the caller's headers) rarely has to grow.
 pub fn rewrite_request(
     headers: &mut HeaderMap,
     merchant_header: &HeaderName,
     bearer: &HeaderValue,
     api_version: &HeaderValue,
+    request_id: &HeaderValue,
 ) {
     strip_hop_by_hop(headers);
     headers.remove(merchant_header);
@@ -50,18 +60,22 @@ pub fn rewrite_request(
     if !headers.contains_key(API_VERSION_HEADER) {
         headers.insert(API_VERSION_HEADER, api_version.clone());
     }
+    if !headers.contains_key(REQUEST_ID_HEADER) {
+        headers.insert(REQUEST_ID_HEADER, request_id.clone());
+    }
 }
 
-/// The request's `Poynt-Request-Id`, inserting a new UUID when the caller sent none.
-pub fn request_id(headers: &mut HeaderMap) -> HeaderValue {
-    headers
-        .entry(REQUEST_ID_HEADER)
-        .or_insert_with(|| {
+/// The request's `Poynt-Request-Id`: the caller's, or a new UUID. Settled when the request
+/// is admitted, so every answer (errors included) carries it.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    match headers.get(REQUEST_ID_HEADER) {
+        Some(id) => id.clone(),
+        None => {
             let mut buf = uuid::Uuid::encode_buffer();
             let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
             HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
-        })
-        .clone()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -86,12 +100,13 @@ mod tests {
             headers.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
         let bearer = HeaderValue::from_static("Bearer T");
-        let id = request_id(&mut headers);
+        let id = request_id(&headers);
         rewrite_request(
             &mut headers,
             &merchant,
             &bearer,
             &HeaderValue::from_static("1.2"),
+            &id,
         );
         let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
         for gone in [
@@ -117,14 +132,16 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("mine"));
         headers.insert(API_VERSION_HEADER, HeaderValue::from_static("1.3"));
-        let id = request_id(&mut headers);
+        let id = request_id(&headers);
         rewrite_request(
             &mut headers,
             &HeaderName::from_static("x-m"),
             &HeaderValue::from_static("Bearer T"),
             &HeaderValue::from_static("1.2"),
+            &id,
         );
         assert_eq!(id, "mine");
+        assert_eq!(headers[REQUEST_ID_HEADER], "mine");
         assert_eq!(headers[API_VERSION_HEADER], "1.3");
     }
 }

@@ -121,15 +121,15 @@ impl Proxy {
     }
 
     /// Answers one caller request; never fails (failures become Poynt-shaped JSON errors).
-    pub async fn handle(&self, mut request: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
         let inner = &self.inner;
         let _inflight = Inflight::new(inner.metrics.inflight());
-        let request_id = headers::request_id(request.headers_mut());
+        let request_id = headers::request_id(request.headers());
         let method = request.method().clone();
         let uri = request.uri().clone();
         let mut ctx = Context::default();
-        let (mut response, error) = match self.handle_inner(request, &mut ctx).await {
+        let (mut response, error) = match self.handle_inner(request, &request_id, &mut ctx).await {
             Ok(response) => (response.map(Either::Left), None),
             Err(error) => (
                 error.to_response(&request_id).map(Either::Right),
@@ -155,6 +155,7 @@ impl Proxy {
     async fn handle_inner(
         &self,
         request: Request<Incoming>,
+        request_id: &HeaderValue,
         ctx: &mut Context,
     ) -> Result<Response<Incoming>, ProxyError> {
         let inner = &self.inner;
@@ -185,6 +186,7 @@ impl Proxy {
             &inner.merchant_header,
             token.header(),
             &inner.api_version,
+            request_id,
         );
         parts.uri = self.upstream_uri(&parts.uri)?;
         parts.version = Version::HTTP_11;

@@ -17,8 +17,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
-use moka::Expiry;
-use moka::ops::compute::Op;
 use rand::Rng;
 use secrecy::SecretString;
 use tokio::time::Instant;
@@ -26,6 +24,7 @@ use tokio::time::Instant;
 use crate::config::TokensConfig;
 use crate::merchant::MerchantId;
 use crate::metrics::{Lookup, Metrics};
+use crate::token::cache::TokenCache;
 use crate::token::grant::{Grant, GrantError, GrantKind, IssuedToken, TokenClient};
 
 /// How long a merchant's broker state (refresh token, back-off) is kept after its last use.
@@ -78,6 +77,27 @@ impl Token {
     /// The grant that produced it.
     pub fn grant(&self) -> GrantKind {
         self.grant
+    }
+
+    /// From issue to expiry: how long the cache may keep it.
+    pub(crate) fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    /// A day-long token with this generation, for the cache's unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(generation: u64) -> Arc<Self> {
+        let lifetime = Duration::from_secs(86_400);
+        Arc::new(Self {
+            header: HeaderValue::from_static("Bearer test"),
+            generation,
+            refresh_at: Instant::now() + lifetime / 2,
+            usable_until: Instant::now() + lifetime,
+            lifetime,
+            expires_wall: SystemTime::now() + lifetime,
+            refresh_wall: SystemTime::now() + lifetime / 2,
+            grant: GrantKind::JwtBearer,
+        })
     }
 }
 
@@ -192,29 +212,6 @@ impl MerchantState {
     }
 }
 
-struct TokenExpiry;
-
-impl Expiry<MerchantId, Arc<Token>> for TokenExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &MerchantId,
-        value: &Arc<Token>,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(value.lifetime)
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &MerchantId,
-        value: &Arc<Token>,
-        _updated_at: std::time::Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.lifetime)
-    }
-}
-
 /// The broker. Cloning shares it.
 #[derive(Clone)]
 pub struct Broker {
@@ -222,7 +219,7 @@ pub struct Broker {
 }
 
 struct BrokerInner {
-    tokens: moka::future::Cache<MerchantId, Arc<Token>>,
+    tokens: TokenCache,
     states: moka::sync::Cache<MerchantId, Arc<MerchantState>>,
     client: TokenClient,
     config: TokensConfig,
@@ -233,10 +230,7 @@ struct BrokerInner {
 impl Broker {
     /// A broker granting through `client`.
     pub fn new(client: TokenClient, config: TokensConfig, metrics: Metrics) -> Self {
-        let tokens = moka::future::Cache::builder()
-            .max_capacity(config.max_merchants)
-            .expire_after(TokenExpiry)
-            .build();
+        let tokens = TokenCache::new(config.max_merchants);
         let states = moka::sync::Cache::builder()
             .max_capacity(config.max_merchants)
             .time_to_idle(STATE_IDLE_TIMEOUT)
@@ -260,7 +254,13 @@ impl Broker {
         merchant: MerchantId,
     ) -> Result<(Arc<Token>, TokenSource), BrokerError> {
         let inner = &self.inner;
-        if let Some(token) = inner.tokens.get(&merchant).await {
+        if let Some(token) = inner.tokens.indexed(merchant)
+            && Instant::now() < token.refresh_at
+        {
+            inner.metrics.lookup(Lookup::Hit);
+            return Ok((token, TokenSource::Hit));
+        }
+        if let Some(token) = inner.tokens.get(merchant).await {
             let now = Instant::now();
             if now < token.refresh_at {
                 inner.metrics.lookup(Lookup::Hit);
@@ -281,7 +281,7 @@ impl Broker {
         let this = self.clone();
         inner
             .tokens
-            .try_get_with(merchant, async move { this.obtain(merchant).await })
+            .get_or_obtain(merchant, async move { this.obtain(merchant).await })
             .await
             .map(|token| (token, TokenSource::Miss))
             .map_err(|e| (*e).clone())
@@ -290,22 +290,12 @@ impl Broker {
     /// Drops the token with this generation, if it is still the cached one; a newer token
     /// another request already fetched stays.
     pub async fn invalidate(&self, merchant: MerchantId, generation: u64) {
-        self.inner
-            .tokens
-            .entry(merchant)
-            .and_compute_with(|current| {
-                let op = match current {
-                    Some(entry) if entry.value().generation == generation => Op::Remove,
-                    _ => Op::Nop,
-                };
-                std::future::ready(op)
-            })
-            .await;
+        self.inner.tokens.invalidate(merchant, generation).await;
     }
 
     /// Drops whatever token is cached for `merchant` (admin eviction).
     pub async fn evict(&self, merchant: MerchantId) -> bool {
-        self.inner.tokens.remove(&merchant).await.is_some()
+        self.inner.tokens.remove(merchant).await
     }
 
     /// Renews now, whatever the refresh point, waiting for the result (admin refresh).
@@ -487,8 +477,6 @@ fn rfc3339(time: SystemTime) -> String {
 impl Broker {
     /// Number of cached tokens and of merchants backing off, for the gauges.
     pub async fn counts(&self) -> (u64, u64) {
-        // moka counts lazily; settle pending inserts and evictions so the gauge is exact.
-        self.inner.tokens.run_pending_tasks().await;
         let now = Instant::now();
         let backing_off = self
             .inner
@@ -496,7 +484,7 @@ impl Broker {
             .iter()
             .filter(|(_, state)| state.lock().backoff_until.is_some_and(|u| now < u))
             .count();
-        (self.inner.tokens.entry_count(), backing_off as u64)
+        (self.inner.tokens.len().await, backing_off as u64)
     }
 
     /// Every merchant the broker knows, sorted by ID.
@@ -506,7 +494,7 @@ impl Broker {
             .states
             .iter()
             .map(|(m, _)| *m)
-            .chain(self.inner.tokens.iter().map(|(m, _)| *m))
+            .chain(self.inner.tokens.merchants())
             .collect();
         merchants.sort_unstable();
         merchants.dedup();
@@ -519,7 +507,7 @@ impl Broker {
 
     /// What the broker holds for one merchant, if anything.
     pub async fn status(&self, merchant: MerchantId) -> Option<MerchantStatus> {
-        let token = self.inner.tokens.get(&merchant).await;
+        let token = self.inner.tokens.get(merchant).await;
         let state = self.inner.states.get(&merchant);
         if token.is_none() && state.is_none() {
             return None;

@@ -3,4 +3,5 @@
 
 pub mod assertion;
 pub mod broker;
+mod cache;
 pub mod grant;
