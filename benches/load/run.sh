@@ -1,0 +1,274 @@
+#!/usr/bin/env bash
+# Side-by-side load run on one machine, all on loopback: poynt-proxy, nginx and HAProxy
+# each forward to the same TLS upstream (nginx serving a fixed ~1 KB JSON) with a bearer
+# header injected, and the direct call goes to the upstream with no proxy at all.
+#
+#   benches/load/run.sh            # from the repository root; see docs/BENCHMARKS.md
+#
+# For each round (contestants in rotating order): requests/s at saturation (wrk), then
+# latency at a fixed rate (hey, every request's time kept, percentiles computed here).
+# Reports medians over the rounds, peak resident memory of each proxy, poynt-proxy's idle
+# memory and the /token calls made while measuring. Writes target/load/report.md.
+#
+# Knobs (environment): ROUNDS (3), DURATION seconds per measurement (8), RATE req/s for
+# the latency runs (2000), CONNECTIONS for saturation (64), BASE_PORT (18400),
+# PROXY_CPUS (cpu list the proxies run on; default the first CPU), LOADGEN_CPUS (the rest;
+# the load generators and the upstream run there), KEEP=1 keeps the work directory.
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-8}
+RATE=${RATE:-2000}
+CONNECTIONS=${CONNECTIONS:-64}
+BASE_PORT=${BASE_PORT:-18400}
+CPUS=$(nproc)
+if ((CPUS < 2)); then
+    echo "load: needs at least 2 CPUs (found $CPUS): the proxies and the load generator must not share one" >&2
+    exit 1
+fi
+PROXY_CPUS=${PROXY_CPUS:-0}
+LOADGEN_CPUS=${LOADGEN_CPUS:-1-$((CPUS - 1))}
+
+cpu_count() { # "0-2,5" -> 4
+    local n=0 part
+    IFS=, read -ra parts <<<"$1"
+    for part in "${parts[@]}"; do
+        if [[ $part == *-* ]]; then n=$((n + ${part#*-} - ${part%-*} + 1)); else n=$((n + 1)); fi
+    done
+    echo "$n"
+}
+PROXY_THREADS=$(cpu_count "$PROXY_CPUS")
+LOADGEN_THREADS=$(cpu_count "$LOADGEN_CPUS")
+
+UPSTREAM_PORT=$((BASE_PORT + 1))
+EMULATOR_PORT=$((BASE_PORT + 2))
+POYNT_PORT=$((BASE_PORT + 3))
+POYNT_ADMIN_PORT=$((BASE_PORT + 4))
+NGINX_PORT=$((BASE_PORT + 5))
+HAPROXY_PORT=$((BASE_PORT + 6))
+MERCHANT=5a2c1e7e-1b8e-4d4e-9f7a-3c2b1a0f9e8d
+APP_ID=urn:aid:4f1c2a3b-load-bench
+PATH_Q="/businesses/$MERCHANT/orders?limit=10"
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+OUT=$ROOT/target/load
+mkdir -p "$OUT"
+WORK=$(mktemp -d /tmp/poynt-load.XXXXXX)
+PIDS=()
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [[ ${KEEP:-0} == 1 ]]; then echo "load: kept $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say() { echo "load: $*" >&2; }
+
+# --- tools -----------------------------------------------------------------------------
+install_missing() {
+    local missing=() tool package
+    for pair in nginx:nginx-light haproxy:haproxy wrk:wrk hey:hey openssl:openssl curl:curl taskset:util-linux; do
+        tool=${pair%%:*} package=${pair#*:}
+        command -v "$tool" >/dev/null || [[ -x /usr/sbin/$tool ]] || missing+=("$package")
+    done
+    if ((${#missing[@]} == 0)); then return 0; fi
+    if [[ $(id -u) != 0 ]]; then
+        echo "load: missing ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root" >&2
+        exit 1
+    fi
+    say "installing ${missing[*]}"
+    # Packages must not start their system services (nginx on port 80, haproxy).
+    local policy=/usr/sbin/policy-rc.d made_policy=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if ((made_policy)); then rm -f "$policy"; fi
+}
+install_missing
+export PATH=$PATH:/usr/sbin
+
+say "building poynt-proxy (release)"
+(cd "$ROOT" && cargo build --release --locked --quiet)
+BIN=$ROOT/target/release/poynt-proxy
+
+# --- certificates: a CA and a leaf for localhost / 127.0.0.1 -----------------------------
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=poynt-load-ca \
+    -keyout "$WORK/ca.key" -out "$WORK/ca.crt" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj /CN=localhost \
+    -keyout "$WORK/upstream.key" -out "$WORK/upstream.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$WORK/leaf.ext"
+openssl x509 -req -in "$WORK/upstream.csr" -CA "$WORK/ca.crt" -CAkey "$WORK/ca.key" -CAcreateserial \
+    -days 2 -extfile "$WORK/leaf.ext" -out "$WORK/upstream.crt" 2>/dev/null
+
+# --- configs from the templates next to this script --------------------------------------
+BODY='{"businessId":"'$MERCHANT'","orders":['
+for i in 0 1 2 3 4 5 6 7 8; do
+    BODY+='{"id":"0b5e8e66-2c4f-4f6e-9d0a-2f1c6b1e4a7'$i'","amount":1250,"currency":"USD","status":"COMPLETED"},'
+done
+BODY+='{"id":"0b5e8e66-2c4f-4f6e-9d0a-2f1c6b1e4a79","amount":990,"currency":"USD","status":"OPENED"}]}'
+
+render() { # template -> file, replacing @NAME@ with the shell variable NAME
+    local text
+    text=$(<"$ROOT/benches/load/$1")
+    for name in WORK UPSTREAM_PORT EMULATOR_PORT POYNT_PORT POYNT_ADMIN_PORT NGINX_PORT HAPROXY_PORT \
+        PROXY_THREADS BODY TOKEN APP_ID EMULATOR_URL; do
+        text=${text//@$name@/${!name:-}}
+    done
+    printf '%s\n' "$text" >"$WORK/$2"
+}
+
+wait_ready() { # url [curl options...]: bounded poll until it answers 200
+    local url=$1 i
+    shift
+    for i in $(seq 1 100); do
+        if [[ $(curl -s -o /dev/null -w '%{http_code}' "$@" "$url" || true) == 200 ]]; then return 0; fi
+        sleep 0.1
+    done
+    echo "load: $url did not answer 200 within 10 s" >&2
+    return 1
+}
+
+start() { # name cpus command...: start in the background, remember the pid
+    local name=$1 cpus=$2
+    shift 2
+    taskset -c "$cpus" "$@" >"$WORK/$name.out" 2>&1 &
+    PIDS+=($!)
+    eval "PID_${name//-/_}=$!"
+}
+
+# --- upstream and emulator -----------------------------------------------------------------
+mkdir -p "$WORK/nginx-upstream" "$WORK/nginx-proxy"
+render nginx-upstream.conf nginx-upstream.conf
+start upstream "$LOADGEN_CPUS" nginx -p "$WORK/nginx-upstream" -c "$WORK/nginx-upstream.conf" -e "$WORK/nginx-upstream.err"
+wait_ready "https://127.0.0.1:$UPSTREAM_PORT/" --cacert "$WORK/ca.crt"
+
+start emulator "$LOADGEN_CPUS" env RUST_LOG=warn "$BIN" emulator --listen "127.0.0.1:$EMULATOR_PORT" \
+    --app-id "$APP_ID" --app-private-key-out "$WORK/app-key.pem" --merchant "$MERCHANT"
+EMULATOR_URL=http://127.0.0.1:$EMULATOR_PORT
+wait_ready "$EMULATOR_URL/_emulator/stats"
+
+# The static header nginx, HAProxy and the direct call send: a real token of the
+# emulator's (same size as the one poynt-proxy injects), minted without a grant.
+TOKEN=$(curl -sf -X POST "$EMULATOR_URL/_emulator/merchants/$MERCHANT/token" |
+    sed -n 's/.*"accessToken":"\([^"]*\)".*/\1/p')
+[[ -n $TOKEN ]] || { echo "load: the emulator minted no token" >&2; exit 1; }
+
+# --- contestants -----------------------------------------------------------------------------
+render poynt-proxy.yaml poynt-proxy.yaml
+start poynt-proxy "$PROXY_CPUS" env RUST_LOG=warn TOKIO_WORKER_THREADS="$PROXY_THREADS" \
+    "$BIN" run --config "$WORK/poynt-proxy.yaml"
+wait_ready "http://127.0.0.1:$POYNT_ADMIN_PORT/readyz"
+IDLE_RSS_KB=$(awk '/^VmRSS:/ {print $2}' "/proc/$PID_poynt_proxy/status")
+
+render nginx-proxy.conf nginx-proxy.conf
+start nginx "$PROXY_CPUS" nginx -p "$WORK/nginx-proxy" -c "$WORK/nginx-proxy.conf" -e "$WORK/nginx-proxy.err"
+render haproxy.cfg haproxy.cfg
+start haproxy "$PROXY_CPUS" haproxy -db -f "$WORK/haproxy.cfg"
+
+declare -A URL HEADER
+URL[direct]="https://127.0.0.1:$UPSTREAM_PORT$PATH_Q"
+HEADER[direct]="Authorization: Bearer $TOKEN"
+for name in poynt-proxy nginx haproxy; do HEADER[$name]="X-Poynt-Merchant-Id: $MERCHANT"; done
+URL[poynt-proxy]="http://127.0.0.1:$POYNT_PORT$PATH_Q"
+URL[nginx]="http://127.0.0.1:$NGINX_PORT$PATH_Q"
+URL[haproxy]="http://127.0.0.1:$HAPROXY_PORT$PATH_Q"
+CONTESTANTS=(direct poynt-proxy nginx haproxy)
+
+for name in "${CONTESTANTS[@]}"; do
+    wait_ready "${URL[$name]}" -k -H "${HEADER[$name]}"
+    [[ $(curl -sk -H "${HEADER[$name]}" "${URL[$name]}") == "$BODY" ]] ||
+        { echo "load: $name does not return the upstream's body" >&2; exit 1; }
+done
+
+token_calls() { curl -sf "$EMULATOR_URL/_emulator/stats" | sed -n 's/.*"token_calls_total":\([0-9]*\).*/\1/p'; }
+
+saturate() { # name [seconds] -> requests/s (fails on any error or non-2xx answer)
+    local name=$1 out
+    out=$(taskset -c "$LOADGEN_CPUS" wrk -t"$LOADGEN_THREADS" -c"$CONNECTIONS" -d"${2:-$DURATION}s" \
+        -H "${HEADER[$name]}" "${URL[$name]}")
+    if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
+        echo "load: $name answered errors under load:" >&2
+        echo "$out" >&2
+        exit 1
+    fi
+    awk '/^Requests\/sec:/ {print $2}' <<<"$out"
+}
+
+fixed_rate() { # name -> "p50 p99 p99.9 count", milliseconds
+    local name=$1 csv=$WORK/hey-$name.csv workers=50
+    taskset -c "$LOADGEN_CPUS" hey -z "${DURATION}s" -c "$workers" -q $((RATE / workers)) -o csv \
+        -H "${HEADER[$name]}" "${URL[$name]}" >"$csv"
+    # Columns: response-time (s), ..., status-code, offset.
+    if awk -F, 'NR > 1 && $7 != 200 {bad++} END {exit bad > 0 ? 0 : 1}' "$csv"; then
+        echo "load: $name answered non-200 at the fixed rate" >&2
+        exit 1
+    fi
+    awk -F, 'NR > 1 {print $1 * 1000}' "$csv" | sort -g | awk '
+        function rank(q,  i) { i = int(NR * q); if (i < NR * q) i++; if (i < 1) i = 1; return v[i] }
+        {v[NR] = $1}
+        END { if (NR == 0) exit 1; printf "%.3f %.3f %.3f %d\n", rank(0.5), rank(0.99), rank(0.999), NR }'
+}
+
+say "warming up"
+for name in "${CONTESTANTS[@]}"; do saturate "$name" 2 >/dev/null; done
+
+TOKEN_CALLS_BEFORE=$(token_calls)
+RESULTS=$OUT/results.tsv
+printf 'round\tcontestant\trps\tp50_ms\tp99_ms\tp999_ms\trequests\n' >"$RESULTS"
+for round in $(seq 1 "$ROUNDS"); do
+    for i in "${!CONTESTANTS[@]}"; do
+        name=${CONTESTANTS[$(((i + round - 1) % ${#CONTESTANTS[@]}))]}
+        rps=$(saturate "$name")
+        read -r p50 p99 p999 count < <(fixed_rate "$name")
+        say "round $round $name: $rps req/s; at $RATE req/s p50 $p50 ms, p99 $p99 ms, p99.9 $p999 ms"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$rps" "$p50" "$p99" "$p999" "$count" >>"$RESULTS"
+    done
+done
+TOKEN_CALLS_DURING=$(($(token_calls) - TOKEN_CALLS_BEFORE))
+
+peak_kb() { # pid and its children, summed
+    local total=0 pid
+    for pid in "$1" $(pgrep -P "$1" || true); do
+        total=$((total + $(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")))
+    done
+    echo "$total"
+}
+declare -A PEAK
+PEAK[poynt-proxy]=$(peak_kb "$PID_poynt_proxy")
+PEAK[nginx]=$(peak_kb "$PID_nginx")
+PEAK[haproxy]=$(peak_kb "$PID_haproxy")
+
+median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+column_of() { awk -F'\t' -v n="$1" -v c="$2" 'NR > 1 && $2 == n {print $c}' "$RESULTS" | median; }
+
+REPORT=$OUT/report.md
+{
+    echo "Machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $CPUS CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo); $(uname -sr)."
+    echo "Proxies on CPUs $PROXY_CPUS ($PROXY_THREADS worker thread/process each); wrk, hey and the upstream on CPUs $LOADGEN_CPUS."
+    echo "$ROUNDS rounds; saturation: wrk, $CONNECTIONS connections, ${DURATION}s; latency: hey, $RATE req/s, 50 connections, ${DURATION}s."
+    echo "Versions: $("$BIN" --version), $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)."
+    echo
+    echo "| contestant | req/s (median) | p50 ms | p99 ms | p99.9 ms | peak RSS MiB |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    for name in "${CONTESTANTS[@]}"; do
+        peak=${PEAK[$name]:-}
+        printf '| %s | %.0f | %s | %s | %s | %s |\n' "$name" "$(column_of "$name" 3)" "$(column_of "$name" 4)" \
+            "$(column_of "$name" 5)" "$(column_of "$name" 6)" "${peak:+$(awk -v k="$peak" 'BEGIN {printf "%.1f", k / 1024}')}"
+    done
+    echo
+    ratio() { awk -v a="$(column_of "$1" "$3")" -v b="$(column_of "$2" "$3")" 'BEGIN {printf "%.2f", a / b}'; }
+    echo "| ratio | req/s | p99 |"
+    echo "|---|---:|---:|"
+    echo "| poynt-proxy / nginx | $(ratio poynt-proxy nginx 3) | $(ratio poynt-proxy nginx 5) |"
+    echo "| poynt-proxy / haproxy | $(ratio poynt-proxy haproxy 3) | $(ratio poynt-proxy haproxy 5) |"
+    echo "| poynt-proxy / direct | $(ratio poynt-proxy direct 3) | $(ratio poynt-proxy direct 5) |"
+    echo
+    echo "poynt-proxy idle RSS (started, token not yet fetched): $(awk -v k="$IDLE_RSS_KB" 'BEGIN {printf "%.1f", k / 1024}') MiB."
+    echo "/token calls while measuring: $TOKEN_CALLS_DURING."
+} | tee "$REPORT"
+say "raw results in $RESULTS, report in $REPORT"

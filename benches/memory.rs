@@ -1,0 +1,67 @@
+//! Resident memory per cached merchant: fills a broker with 1, 10,000 and 100,000 tokens of
+//! realistic size (about 900 bytes) and reports the growth of VmRSS beyond the tokens' own
+//! bytes. Each size runs in a fresh child process, so memory freed by one size cannot be
+//! reused by the next and hide its cost. Run with `cargo bench --bench memory`.
+
+mod support;
+
+use std::process::Command;
+
+const SIZES: [usize; 3] = [1, 10_000, 100_000];
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS line in /proc/self/status")
+}
+
+/// Fills one broker with `n` merchants and prints one table row.
+fn measure(n: usize) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let config = support::config();
+    let merchants = support::merchants(n);
+    let own = (support::access_token(0).len() + support::refresh_token(0).len()) as f64;
+    let before = rss_kib();
+    let broker = runtime.block_on(support::filled_broker(&config, &merchants));
+    let (cached, _) = runtime.block_on(broker.counts());
+    assert_eq!(cached, n as u64, "every merchant's token is cached");
+    let after = rss_kib();
+    let per = (after.saturating_sub(before) * 1024) as f64 / n as f64;
+    println!(
+        "| {n} | {before} | {after} | {per:.0} | {own:.0} | {:.0} |",
+        per - own
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list" || a == "--test") {
+        return;
+    }
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--merchants")
+        .and_then(|i| args.get(i + 1))
+    {
+        measure(n.parse().expect("--merchants takes a count"));
+        return;
+    }
+    println!(
+        "| merchants | RSS before (KiB) | RSS after (KiB) | growth per merchant (B) | token bytes (B) | beyond token bytes (B) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let exe = std::env::current_exe().expect("own executable");
+    for n in SIZES {
+        let status = Command::new(&exe)
+            .args(["--merchants", &n.to_string()])
+            .status()
+            .expect("run the measuring child");
+        assert!(status.success(), "measuring {n} merchants failed: {status}");
+    }
+}
