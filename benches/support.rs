@@ -74,7 +74,12 @@ pub async fn filled_broker(config: &Config, merchants: &[MerchantId]) -> Broker 
         1,
         metrics.clone(),
     );
-    let broker = Broker::new(client, config.tokens.clone(), metrics);
+    let broker = Broker::new(
+        client,
+        config.tokens.clone(),
+        metrics,
+        tokio::runtime::Handle::current(),
+    );
     for (i, merchant) in merchants.iter().enumerate() {
         let issued = parse_token_response(
             &token_body(i),

@@ -164,6 +164,8 @@ pub struct ServerConfig {
     pub retry_buffer_bytes: usize,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Threads serving callers, each with its own event loop and upstream connections.
+    pub workers: usize,
 }
 
 /// Token broker tuning.
@@ -336,6 +338,7 @@ struct RawServer {
     retry_buffer_bytes: usize,
     #[serde(with = "humantime_serde")]
     shutdown_grace: Duration,
+    workers: Option<usize>,
 }
 
 impl Default for RawServer {
@@ -348,6 +351,7 @@ impl Default for RawServer {
             max_request_body_bytes: 1 << 30,
             retry_buffer_bytes: 64 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            workers: None,
         }
     }
 }
@@ -667,6 +671,16 @@ impl RawServer {
             max_request_body_bytes: self.max_request_body_bytes,
             retry_buffer_bytes: self.retry_buffer_bytes,
             shutdown_grace: self.shutdown_grace,
+            workers: match self.workers {
+                Some(0) => {
+                    return Err(invalid(
+                        "server.workers",
+                        "expected at least 1 (or no value for one per CPU); found 0",
+                    ));
+                }
+                Some(workers) => workers,
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            },
         })
     }
 }

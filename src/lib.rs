@@ -31,5 +31,6 @@ pub mod server;
 pub mod telemetry;
 pub mod token;
 pub mod upstream;
+pub mod workers;
 
 pub use lifecycle::{Listeners, Running, StartError, start};

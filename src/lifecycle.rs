@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -18,6 +19,7 @@ use crate::token::assertion::AssertionSigner;
 use crate::token::broker::Broker;
 use crate::token::grant::TokenClient;
 use crate::upstream::{self, UpstreamError};
+use crate::workers::{self, WorkerError, Workers};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,9 @@ pub enum StartError {
     /// The upstream client could not be built.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// A worker could not be started.
+    #[error(transparent)]
+    Workers(#[from] WorkerError),
 }
 
 /// The two bound listeners.
@@ -72,24 +77,26 @@ pub struct Running {
     stop_proxy: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
     ready: Arc<AtomicBool>,
-    proxy_task: JoinHandle<()>,
+    workers: Workers,
     admin_task: JoinHandle<()>,
 }
 
-/// Starts the proxy and its admin listener on already-bound listeners.
+/// Starts the proxy and its admin listener on already-bound listeners: `server.workers`
+/// threads serve callers; the admin listener and background token renewals run on the
+/// caller's runtime, which must outlive the returned [`Running`].
 pub async fn start(config: Config, listeners: Listeners) -> Result<Running, StartError> {
     let proxy_addr = listeners.proxy.local_addr().map_err(StartError::Addr)?;
     let admin_addr = listeners.admin.local_addr().map_err(StartError::Addr)?;
     let metrics = Metrics::new()?;
     let poynt = &config.poynt;
-    let client = upstream::client(&poynt.extra_roots, poynt.connect_timeout)?;
+    let connector = upstream::connector(&poynt.extra_roots, poynt.connect_timeout)?;
     let signer = AssertionSigner::new(
         poynt.application_id.clone(),
         poynt.audience.clone(),
         poynt.private_key.clone(),
     );
     let token_client = TokenClient::new(
-        client.clone(),
+        upstream::pooled(connector.clone()),
         poynt.token_url.clone(),
         poynt.api_version.clone(),
         signer,
@@ -97,12 +104,16 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         config.tokens.max_concurrent_grants,
         metrics.clone(),
     );
-    let broker = Broker::new(token_client, config.tokens.clone(), metrics.clone());
-    let proxy = Proxy::new(&config, broker.clone(), client, metrics.clone());
+    let broker = Broker::new(
+        token_client,
+        config.tokens.clone(),
+        metrics.clone(),
+        Handle::current(),
+    );
     let ready = Arc::new(AtomicBool::new(false));
     let admin = Admin::new(
-        metrics,
-        broker,
+        metrics.clone(),
+        broker.clone(),
         ready.clone(),
         config.admin.bearer_token.clone(),
     );
@@ -115,15 +126,25 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
     };
     let (stop_proxy, proxy_signal) = watch::channel(false);
     let (stop_admin, admin_signal) = watch::channel(false);
-    let proxy_task = tokio::spawn(server::serve(
+    let workers = workers::spawn(
         listeners.proxy,
-        move |request| {
-            let proxy = proxy.clone();
-            async move { proxy.handle(request).await }
+        config.server.workers,
+        || {
+            let proxy = Proxy::new(
+                &config,
+                broker.clone(),
+                upstream::pooled(connector.clone()),
+                metrics.clone(),
+            );
+            move |request| {
+                let proxy = proxy.clone();
+                async move { proxy.handle(request).await }
+            }
         },
         limits,
         proxy_signal,
-    ));
+    )
+    .await?;
     let admin_task = tokio::spawn(server::serve(
         listeners.admin,
         move |request| {
@@ -134,14 +155,14 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         admin_signal,
     ));
     ready.store(true, Ordering::Release);
-    tracing::info!(%proxy_addr, %admin_addr, upstream = %config.poynt.api_url, "poynt-proxy ready");
+    tracing::info!(%proxy_addr, %admin_addr, upstream = %config.poynt.api_url, workers = config.server.workers, "poynt-proxy ready");
     Ok(Running {
         proxy_addr,
         admin_addr,
         stop_proxy,
         stop_admin,
         ready,
-        proxy_task,
+        workers,
         admin_task,
     })
 }
@@ -166,9 +187,7 @@ impl Running {
     /// Waits until the proxy has drained (after [`Running::shutdown`]), then stops the admin
     /// listener, which stays up meanwhile so the drain can be watched.
     pub async fn wait(self) {
-        if let Err(error) = self.proxy_task.await {
-            tracing::error!(%error, "proxy server task failed");
-        }
+        self.workers.wait().await;
         self.stop_admin.send_replace(true);
         if let Err(error) = self.admin_task.await {
             tracing::error!(%error, "admin server task failed");

@@ -1,6 +1,7 @@
-//! The one HTTP client to Poynt: pooled keep-alive connections over rustls (TLS 1.2/1.3,
+//! HTTP clients to Poynt: pooled keep-alive connections over rustls (TLS 1.2/1.3,
 //! ALPN h2 and http/1.1), trusting the platform's roots plus an optional configured CA.
-//! Forwarded calls and `/token` calls share it, so both reuse the same warm connections.
+//! One connector (the TLS configuration) is built at start-up; each proxy worker and the
+//! `/token` client keep their own pool of connections over it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Body type of every request sent upstream: buffered or streamed, behind one type.
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 /// The pooled client.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+pub type HttpClient = Client<Connector, UpstreamBody>;
 
 /// Idle pooled connections are closed after this, below common server keep-alive limits.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -81,24 +82,42 @@ pub fn tls_config(
         .with_no_client_auth())
 }
 
-/// Builds the pooled client. `http://` is accepted only because configuration already
-/// restricted it to loopback hosts (the emulator in tests and the demo).
-pub fn client(
+/// How connections to Poynt are made: TCP with a connect timeout, then TLS (or plain HTTP,
+/// which configuration already restricted to loopback hosts — the emulator in tests and the
+/// demo). Cloning shares the TLS configuration.
+pub type Connector = HttpsConnector<HttpConnector>;
+
+/// Builds the connector once; every pool made from it shares its trust anchors.
+pub fn connector(
     extra_roots: &[CertificateDer<'static>],
     connect_timeout: Duration,
-) -> Result<HttpClient, UpstreamError> {
+) -> Result<Connector, UpstreamError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_nodelay(true);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls_config(extra_roots)?)
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
+        .wrap_connector(http))
+}
+
+/// A pool of keep-alive connections over `connector`. Each proxy worker owns one, so its
+/// connections are driven by its own event loop; the connections' tasks run on the runtime
+/// that first needs them.
+pub fn pooled(connector: Connector) -> HttpClient {
+    Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_max_idle_per_host(usize::MAX)
-        .build(https))
+        .build(connector)
+}
+
+/// A connector and its pool in one step, for callers that need a single client.
+pub fn client(
+    extra_roots: &[CertificateDer<'static>],
+    connect_timeout: Duration,
+) -> Result<HttpClient, UpstreamError> {
+    Ok(pooled(connector(extra_roots, connect_timeout)?))
 }

@@ -35,6 +35,11 @@ fn a_full_config_parses_with_defaults() {
     assert_eq!(config.poynt.api_version, "1.2");
     assert_eq!(config.merchant.header, "x-poynt-merchant-id");
     assert_eq!(config.admin_listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(
+        config.server.workers,
+        std::thread::available_parallelism().unwrap().get(),
+        "one worker per CPU the process may use"
+    );
 }
 
 #[test]
@@ -97,6 +102,10 @@ fn errors_name_the_key_and_what_was_wrong() {
         (
             base("  ca_file: \"/nonexistent/ca.pem\"\n", ""),
             "poynt.ca_file: cannot read CA file",
+        ),
+        (
+            base("", "server:\n  workers: 0\n"),
+            "server.workers: expected at least 1",
         ),
     ];
     for (yaml, expected) in cases {

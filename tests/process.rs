@@ -20,6 +20,18 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .expect("VmHWM in /proc status")
 }
 
+/// Names of the process's proxy worker threads, sorted.
+fn worker_threads(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).unwrap())
+        .map(|comm| comm.trim_end().to_owned())
+        .filter(|name| name.starts_with("poynt-worker-"))
+        .collect();
+    names.sort();
+    names
+}
+
 fn pattern_chunk(offset: usize, len: usize) -> Vec<u8> {
     (offset..offset + len).map(|i| (i % 251) as u8).collect()
 }
@@ -80,7 +92,12 @@ async fn fifty_megabytes_stream_both_ways_in_bounded_memory() {
 async fn sigterm_lets_twenty_slow_requests_finish_then_exits_zero() {
     let m = support::merchant();
     let emulator = Builder::default().emulator(&[m]).await;
-    let mut proxy = spawn_proxy(&emulator, "");
+    let mut proxy = spawn_proxy(&emulator, "server:\n  workers: 3\n");
+    assert_eq!(
+        worker_threads(proxy.child.id()),
+        ["poynt-worker-0", "poynt-worker-1", "poynt-worker-2"],
+        "server.workers starts that many serving threads"
+    );
     let client = support::client();
     let url = format!(
         "http://{}/businesses/{m}/orders?_delay_ms=1500",

@@ -160,8 +160,7 @@ TOKEN=$(curl -sf -X POST "$EMULATOR_URL/_emulator/merchants/$MERCHANT/token" |
 
 # --- contestants -----------------------------------------------------------------------------
 render poynt-proxy.yaml poynt-proxy.yaml
-start poynt-proxy "$PROXY_CPUS" env RUST_LOG=warn TOKIO_WORKER_THREADS="$PROXY_THREADS" \
-    "$BIN" run --config "$WORK/poynt-proxy.yaml"
+start poynt-proxy "$PROXY_CPUS" env RUST_LOG=warn "$BIN" run --config "$WORK/poynt-proxy.yaml"
 wait_ready "http://127.0.0.1:$POYNT_ADMIN_PORT/readyz"
 IDLE_RSS_KB=$(awk '/^VmRSS:/ {print $2}' "/proc/$PID_poynt_proxy/status")
 

@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use http::HeaderValue;
 use rand::Rng;
 use secrecy::SecretString;
+use tokio::runtime::Handle;
 use tokio::time::Instant;
 
 use crate::config::TokensConfig;
@@ -225,11 +226,19 @@ struct BrokerInner {
     config: TokensConfig,
     metrics: Metrics,
     generations: AtomicU64,
+    background: Handle,
 }
 
 impl Broker {
-    /// A broker granting through `client`.
-    pub fn new(client: TokenClient, config: TokensConfig, metrics: Metrics) -> Self {
+    /// A broker granting through `client`. Background renewals run on `background`, not on
+    /// the worker whose request noticed the refresh point: a renewal holds the merchant's
+    /// refresh token while in flight and must not die with a worker that is shutting down.
+    pub fn new(
+        client: TokenClient,
+        config: TokensConfig,
+        metrics: Metrics,
+        background: Handle,
+    ) -> Self {
         let tokens = TokenCache::new(config.max_merchants);
         let states = moka::sync::Cache::builder()
             .max_capacity(config.max_merchants)
@@ -243,6 +252,7 @@ impl Broker {
                 config,
                 metrics,
                 generations: AtomicU64::new(1),
+                background,
             }),
         }
     }
@@ -328,7 +338,7 @@ impl Broker {
             return true;
         }
         let this = self.clone();
-        tokio::spawn(async move {
+        self.inner.background.spawn(async move {
             if let Ok(token) = this.obtain(merchant).await {
                 this.inner.tokens.insert(merchant, token).await;
             }
