@@ -154,7 +154,8 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// Largest request head accepted (HTTP/1 read buffer, HTTP/2 header list).
     pub max_header_bytes: usize,
-    /// Connections beyond this wait in the kernel backlog instead of being served.
+    /// Connections beyond this (across all workers) wait in the kernel backlog instead of
+    /// being served.
     pub max_connections: usize,
     /// HTTP/2 streams one caller connection may have open at once.
     pub http2_max_concurrent_streams: u32,

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
@@ -117,10 +117,11 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         ready.clone(),
         config.admin.bearer_token.clone(),
     );
-    let limits = Limits {
+    // Each listener has its own connection cap, shared by whatever serves it.
+    let limits = || Limits {
         header_read_timeout: config.server.header_read_timeout,
         max_header_bytes: config.server.max_header_bytes,
-        max_connections: config.server.max_connections,
+        connections: Arc::new(Semaphore::new(config.server.max_connections)),
         max_concurrent_streams: config.server.http2_max_concurrent_streams,
         grace: config.server.shutdown_grace,
     };
@@ -141,7 +142,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
                 async move { proxy.handle(request).await }
             }
         },
-        limits,
+        limits(),
         proxy_signal,
     )
     .await?;
@@ -151,7 +152,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
             let admin = admin.clone();
             async move { admin.handle(request).await }
         },
-        limits,
+        limits(),
         admin_signal,
     ));
     ready.store(true, Ordering::Release);

@@ -20,15 +20,15 @@ use tokio::sync::{Semaphore, watch};
 /// loop does not spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
-/// Connection limits for one listener.
-#[derive(Debug, Clone, Copy)]
+/// Connection limits for one listener (shared by every worker serving it).
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Close connections that have not sent full request headers within this.
     pub header_read_timeout: Duration,
     /// Largest request head accepted.
     pub max_header_bytes: usize,
-    /// Connections served at once; more wait in the listen backlog.
-    pub max_connections: usize,
+    /// Connections served at once, across all workers; more wait in the listen backlog.
+    pub connections: Arc<Semaphore>,
     /// HTTP/2 streams one connection may have open at once.
     pub max_concurrent_streams: u32,
     /// After shutdown starts, how long open connections may take to finish.
@@ -53,7 +53,6 @@ pub async fn serve<F, Fut, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -72,7 +71,7 @@ pub async fn serve<F, Fut, B>(
     tokio::pin!(stop);
     loop {
         let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
+            permit = limits.connections.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break,
             },

@@ -82,6 +82,7 @@ where
         };
         let handler = handler_for();
         let shutdown = shutdown.clone();
+        let limits = limits.clone();
         let (started, started_rx) = oneshot::channel();
         let (done, done_rx) = oneshot::channel();
         std::thread::Builder::new()

@@ -474,3 +474,44 @@ async fn health_and_readiness() {
     assert_eq!(ready.status(), 200);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn the_connection_cap_is_shared_by_all_workers() {
+    let h = Builder::default()
+        .yaml("server:\n  workers: 3\n  max_connections: 2")
+        .start()
+        .await;
+    let m = h.merchants[0];
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let request = h
+                .client
+                .get(h.url(&format!("/businesses/{m}/orders?_delay_ms=2000")))
+                .header(HEADER, m.to_string())
+                .header("connection", "close")
+                .send();
+            tokio::spawn(request)
+        })
+        .collect();
+    eventually(
+        "two slow requests in flight",
+        Duration::from_secs(10),
+        || {
+            let h = &h;
+            async move { metric(h, "poynt_proxy_inflight_requests").await == 2.0 }
+        },
+    )
+    .await;
+    // A third connection is not served until one of the two closes, whichever worker
+    // would take it: so by the time it is answered, a slow request has been recorded.
+    let third = h.get(m, "/orders").await;
+    assert_eq!(third.status(), 200);
+    assert!(
+        metric(&h, "poynt_proxy_requests_total").await >= 2.0,
+        "the third connection was served while two connections held the cap of 2"
+    );
+    for request in slow {
+        assert_eq!(request.await.unwrap().unwrap().status(), 200);
+    }
+    h.stop().await;
+}
