@@ -264,14 +264,13 @@ impl Broker {
         merchant: MerchantId,
     ) -> Result<(Arc<Token>, TokenSource), BrokerError> {
         let inner = &self.inner;
-        if let Some(token) = inner.tokens.indexed(merchant)
-            && Instant::now() < token.refresh_at
-        {
-            inner.metrics.lookup(Lookup::Hit);
-            return Ok((token, TokenSource::Hit));
-        }
-        if let Some(token) = inner.tokens.get(merchant).await {
-            let now = Instant::now();
+        let now = Instant::now();
+        // The index answers fresh hits; anything else asks moka, which also re-indexes.
+        let cached = match inner.tokens.indexed(merchant) {
+            Some(token) if now < token.refresh_at => Some(token),
+            _ => inner.tokens.get(merchant).await,
+        };
+        if let Some(token) = cached {
             if now < token.refresh_at {
                 inner.metrics.lookup(Lookup::Hit);
                 return Ok((token, TokenSource::Hit));
