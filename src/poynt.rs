@@ -54,3 +54,27 @@ impl ErrorBody {
         bytes::Bytes::from(serde_json::to_vec(self).unwrap_or_default())
     }
 }
+
+/// Which grant produced a token, as a bounded label for metrics, logs, the admin API and the
+/// token store (which must not depend on the token module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantKind {
+    /// RFC 7523 JWT-bearer.
+    JwtBearer,
+    /// Refresh token.
+    RefreshToken,
+    /// Authorization code.
+    AuthorizationCode,
+}
+
+impl GrantKind {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::JwtBearer => "jwt_bearer",
+            Self::RefreshToken => "refresh_token",
+            Self::AuthorizationCode => "authorization_code",
+        }
+    }
+}

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::merchant::MerchantId;
 use crate::metrics::Metrics;
+pub use crate::poynt::GrantKind;
 use crate::poynt::{self, ErrorBody};
 use crate::token::assertion::{AssertionSigner, SignError};
 use crate::upstream::{BoxError, HttpClient};
@@ -36,29 +37,6 @@ pub enum Grant {
         /// Must equal the URI the merchant was redirected to.
         redirect_uri: String,
     },
-}
-
-/// Which grant was used, as a bounded label for metrics, logs and the admin API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GrantKind {
-    /// RFC 7523 JWT-bearer.
-    JwtBearer,
-    /// Refresh token.
-    RefreshToken,
-    /// Authorization code.
-    AuthorizationCode,
-}
-
-impl GrantKind {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::JwtBearer => "jwt_bearer",
-            Self::RefreshToken => "refresh_token",
-            Self::AuthorizationCode => "authorization_code",
-        }
-    }
 }
 
 impl Grant {
