@@ -14,7 +14,13 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::merchant::MerchantId;
 use crate::metrics::Metrics;
 use crate::poynt::ErrorBody;
+use crate::server::Limits;
 use crate::token::broker::Broker;
+
+/// Merchants per page of `GET /admin/tokens` unless `limit` says otherwise.
+const DEFAULT_PAGE: usize = 100;
+/// The largest page `limit` may ask for.
+const MAX_PAGE: usize = 1000;
 
 /// The admin service. Cloning shares it.
 #[derive(Clone)]
@@ -26,16 +32,20 @@ struct AdminInner {
     metrics: Metrics,
     broker: Broker,
     ready: Arc<AtomicBool>,
+    proxy_limits: Limits,
     bearer: Option<SecretString>,
 }
 
 impl Admin {
     /// `ready` is shared with the lifecycle: false until the listeners serve and again once
     /// draining starts, so a load balancer stops sending traffic before connections close.
+    /// `proxy_limits` is the callers' listener's: with every connection permit taken the
+    /// proxy cannot take a new caller, so it is not ready either.
     pub fn new(
         metrics: Metrics,
         broker: Broker,
         ready: Arc<AtomicBool>,
+        proxy_limits: Limits,
         bearer: Option<SecretString>,
     ) -> Self {
         Self {
@@ -43,9 +53,24 @@ impl Admin {
                 metrics,
                 broker,
                 ready,
+                proxy_limits,
                 bearer,
             }),
         }
+    }
+
+    /// Ready: started, not draining, and with room for one more caller connection.
+    fn readiness(&self) -> Result<(), &'static str> {
+        let inner = &self.inner;
+        if !inner.ready.load(Ordering::Acquire) {
+            return Err("not ready: starting or draining\n");
+        }
+        if inner.proxy_limits.connections.available_permits() == 0 {
+            return Err(
+                "not ready: every caller connection permit is taken (server.max_connections)\n",
+            );
+        }
+        Ok(())
     }
 
     /// Answers one admin request.
@@ -55,13 +80,15 @@ impl Admin {
         let method = request.method().clone();
         match (&method, path.as_str()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-            (&Method::GET, "/readyz") if inner.ready.load(Ordering::Acquire) => {
-                text(StatusCode::OK, "ready\n")
-            }
-            (&Method::GET, "/readyz") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+            (&Method::GET, "/readyz") => match self.readiness() {
+                Ok(()) => text(StatusCode::OK, "ready\n"),
+                Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
+            },
             (&Method::GET, "/metrics") => {
                 let (cached, backing_off) = inner.broker.counts().await;
                 inner.metrics.set_token_gauges(cached, backing_off);
+                let (open, available) = inner.proxy_limits.connection_counts();
+                inner.metrics.set_connections("proxy", open, available);
                 let mut response = text(StatusCode::OK, inner.metrics.render());
                 response.headers_mut().insert(
                     CONTENT_TYPE,
@@ -78,7 +105,7 @@ impl Admin {
                     );
                 }
                 let (parts, body) = request.into_parts();
-                self.tokens_api(&parts.method, parts.uri.path(), body).await
+                self.tokens_api(&parts.method, &parts.uri, body).await
             }
             _ => error(
                 StatusCode::NOT_FOUND,
@@ -113,14 +140,20 @@ impl Admin {
     async fn tokens_api(
         &self,
         method: &Method,
-        path: &str,
+        uri: &http::Uri,
         body: Incoming,
     ) -> Response<Full<Bytes>> {
         let broker = &self.inner.broker;
+        let path = uri.path();
         let rest = path.trim_start_matches("/admin/tokens");
         if rest.is_empty() || rest == "/" {
             return match *method {
-                Method::GET => json(StatusCode::OK, &broker.statuses().await),
+                Method::GET => match page(uri.query()) {
+                    Ok((after, limit)) => {
+                        json(StatusCode::OK, &broker.statuses(after, limit).await)
+                    }
+                    Err(message) => error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", message),
+                },
                 _ => method_not_allowed(method, path),
             };
         }
@@ -184,6 +217,34 @@ impl Admin {
 struct CodeExchange {
     code: SecretString,
     redirect_uri: String,
+}
+
+/// `?limit=&after=` of a paged list: how many, after which business ID.
+fn page(query: Option<&str>) -> Result<(Option<MerchantId>, usize), String> {
+    let mut after = None;
+    let mut limit = DEFAULT_PAGE;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match &*key {
+            "after" => {
+                after = Some(MerchantId::parse(&value).map_err(|e| format!("after: {e}"))?);
+            }
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| {
+                        format!("limit: expected a number from 1 to {MAX_PAGE}; found {value:?}")
+                    })?;
+            }
+            other => {
+                return Err(format!(
+                    "expected only the query parameters limit and after; found {other:?}"
+                ));
+            }
+        }
+    }
+    Ok((after, limit))
 }
 
 /// Largest admin request body read.

@@ -2,14 +2,17 @@
 //! [`Config`] the rest of the program trusts. Every error names the key path and says what
 //! was expected and what was found, and every check runs at start-up, never at a request.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Uri};
 use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 
+use crate::merchant::MerchantId;
 use crate::token::assertion::{AppKey, KeyError};
 
 /// Environment variable that may carry the app's private key as PEM text, so the key can
@@ -130,6 +133,8 @@ pub struct PoyntConfig {
 pub struct MerchantConfig {
     /// Header that carries the business ID; stripped before forwarding.
     pub header: HeaderName,
+    /// When set, only these merchants are served; any other gets 403 before any grant.
+    pub allow: Option<Arc<HashSet<MerchantId>>>,
 }
 
 /// Which store backs the token cache.
@@ -167,6 +172,14 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Threads serving callers, each with its own event loop and upstream connections.
     pub workers: usize,
+    /// An HTTP/2 connection with no open stream for this long gets GOAWAY and is closed.
+    pub idle_timeout: Duration,
+    /// A request body that makes no progress for this long ends the request (408).
+    pub body_read_timeout: Duration,
+    /// How often an HTTP/2 connection is PINGed to tell a live peer from a dead one.
+    pub http2_keep_alive_interval: Duration,
+    /// How long a PING may go unanswered before the connection is closed.
+    pub http2_keep_alive_timeout: Duration,
 }
 
 /// Token broker tuning.
@@ -187,6 +200,15 @@ pub struct TokensConfig {
     pub max_concurrent_grants: usize,
     /// Bound on merchants held in the cache.
     pub max_merchants: u64,
+    /// Grants per second for merchants never granted before (a token bucket's rate).
+    pub new_merchant_grants_per_second: u32,
+    /// How many such grants may happen at once before the rate applies (the bucket's size).
+    pub new_merchant_grant_burst: u32,
+    /// A token younger than this that Poynt answers 401 is not renewed (a fresh token
+    /// refused is not fixed by another one); the 401 reaches the caller.
+    pub unauthorized_min_token_age: Duration,
+    /// At most one 401-driven renewal per merchant within this interval.
+    pub unauthorized_renewal_interval: Duration,
 }
 
 /// Merchant onboarding.
@@ -294,12 +316,16 @@ fn default_token_timeout() -> Duration {
 struct RawMerchant {
     #[serde(default = "default_merchant_header")]
     header: String,
+    allow: Option<Vec<String>>,
+    allow_file: Option<PathBuf>,
 }
 
 impl Default for RawMerchant {
     fn default() -> Self {
         Self {
             header: default_merchant_header(),
+            allow: None,
+            allow_file: None,
         }
     }
 }
@@ -340,6 +366,14 @@ struct RawServer {
     #[serde(with = "humantime_serde")]
     shutdown_grace: Duration,
     workers: Option<usize>,
+    #[serde(with = "humantime_serde")]
+    idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    body_read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    http2_keep_alive_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    http2_keep_alive_timeout: Duration,
 }
 
 impl Default for RawServer {
@@ -353,6 +387,10 @@ impl Default for RawServer {
             retry_buffer_bytes: 64 * 1024,
             shutdown_grace: Duration::from_secs(30),
             workers: None,
+            idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(30),
+            http2_keep_alive_interval: Duration::from_secs(20),
+            http2_keep_alive_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -370,6 +408,12 @@ struct RawTokens {
     backoff_max: Duration,
     max_concurrent_grants: usize,
     max_merchants: u64,
+    new_merchant_grants_per_second: u32,
+    new_merchant_grant_burst: u32,
+    #[serde(with = "humantime_serde")]
+    unauthorized_min_token_age: Duration,
+    #[serde(with = "humantime_serde")]
+    unauthorized_renewal_interval: Duration,
 }
 
 impl Default for RawTokens {
@@ -382,6 +426,10 @@ impl Default for RawTokens {
             backoff_max: Duration::from_secs(60),
             max_concurrent_grants: 16,
             max_merchants: 1_000_000,
+            new_merchant_grants_per_second: 20,
+            new_merchant_grant_burst: 100,
+            unauthorized_min_token_age: Duration::from_secs(5),
+            unauthorized_renewal_interval: Duration::from_secs(30),
         }
     }
 }
@@ -471,12 +519,16 @@ impl RawConfig {
         let listen = parse_addr("listen", &self.listen)?;
         let admin_listen = parse_addr("admin_listen", &self.admin_listen)?;
         let poynt = self.poynt.validate(sources)?;
-        let header = HeaderName::try_from(self.merchant.header.as_str()).map_err(|_| {
-            invalid(
-                "merchant.header",
-                format!("{:?} is not a valid HTTP header name", self.merchant.header),
-            )
-        })?;
+        let merchant = self.merchant.validate(sources)?;
+        let admin = self.admin.validate(sources)?;
+        if !admin_listen.ip().is_loopback() && admin.bearer_token.is_none() {
+            return Err(invalid(
+                "admin.bearer_token_file",
+                format!(
+                    "admin_listen {admin_listen} is reachable from other hosts; expected a bearer secret file protecting /admin/*, found none"
+                ),
+            ));
+        }
         let backend = match self.store.backend.as_str() {
             "memory" => StoreBackend::Memory,
             other => {
@@ -490,7 +542,7 @@ impl RawConfig {
             listen,
             admin_listen,
             poynt,
-            merchant: MerchantConfig { header },
+            merchant,
             store: StoreConfig { backend },
             server: self.server.validate()?,
             tokens: self.tokens.validate()?,
@@ -498,7 +550,7 @@ impl RawConfig {
             log: LogConfig {
                 format: self.log.format,
             },
-            admin: self.admin.validate(sources)?,
+            admin,
         })
     }
 }
@@ -515,6 +567,17 @@ fn parse_addr(key: &'static str, text: &str) -> Result<SocketAddr, ConfigError> 
 /// Parses an http(s) URL with a host; `http` is allowed only for loopback hosts so that a
 /// token can never cross a network in clear text.
 fn parse_url(key: &'static str, text: &str) -> Result<Uri, ConfigError> {
+    if let Some((scheme, rest)) = text.split_once("://") {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        if let Some((_, host)) = authority.rsplit_once('@') {
+            return Err(invalid(
+                key,
+                format!(
+                    "expected a URL without user-info (credentials belong in files or the environment); found \"{scheme}://<redacted>@{host}\""
+                ),
+            ));
+        }
+    }
     let uri: Uri = text
         .parse()
         .map_err(|_| invalid(key, format!("{text:?} is not an http(s) URL")))?;
@@ -542,6 +605,54 @@ fn is_loopback_host(host: &str) -> bool {
 fn require_positive(key: &'static str, value: Duration) -> Result<Duration, ConfigError> {
     if value.is_zero() {
         return Err(invalid(key, "expected a duration above zero; found 0s"));
+    }
+    Ok(value)
+}
+
+/// Ceilings keep every duration far from what would overflow an instant, and every count
+/// within what the runtime can allocate: a typo of three zeros fails `check`, not `run`.
+const MAX_SHORT_TIMEOUT: Duration = Duration::from_secs(600);
+const MAX_LONG_TIMEOUT: Duration = Duration::from_secs(86_400);
+
+/// A positive duration of at most `max`.
+fn duration_within(
+    key: &'static str,
+    value: Duration,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    require_positive(key, value)?;
+    duration_at_most(key, value, max)
+}
+
+/// A duration (zero allowed) of at most `max`.
+fn duration_at_most(
+    key: &'static str,
+    value: Duration,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    if value > max {
+        return Err(invalid(
+            key,
+            format!(
+                "expected at most {}; found {}",
+                humantime::format_duration(max),
+                humantime::format_duration(value)
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+/// A count between `min` and `max`.
+fn count_within<T>(key: &'static str, value: T, min: T, max: T) -> Result<T, ConfigError>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    if value < min || value > max {
+        return Err(invalid(
+            key,
+            format!("expected between {min} and {max}; found {value}"),
+        ));
     }
     Ok(value)
 }
@@ -611,9 +722,21 @@ impl RawPoynt {
             application_id,
             private_key,
             extra_roots,
-            connect_timeout: require_positive("poynt.connect_timeout", self.connect_timeout)?,
-            response_timeout: require_positive("poynt.response_timeout", self.response_timeout)?,
-            token_timeout: require_positive("poynt.token_timeout", self.token_timeout)?,
+            connect_timeout: duration_within(
+                "poynt.connect_timeout",
+                self.connect_timeout,
+                MAX_SHORT_TIMEOUT,
+            )?,
+            response_timeout: duration_within(
+                "poynt.response_timeout",
+                self.response_timeout,
+                MAX_LONG_TIMEOUT,
+            )?,
+            token_timeout: duration_within(
+                "poynt.token_timeout",
+                self.token_timeout,
+                MAX_SHORT_TIMEOUT,
+            )?,
         })
     }
 }
@@ -649,39 +772,73 @@ fn load_key(file: Option<&Path>, sources: &KeySources) -> Result<AppKey, ConfigE
 
 impl RawServer {
     fn validate(self) -> Result<ServerConfig, ConfigError> {
-        if self.max_connections == 0 {
-            return Err(invalid(
-                "server.max_connections",
-                "expected at least 1; found 0",
-            ));
-        }
-        if self.max_header_bytes < 8192 {
-            return Err(invalid(
-                "server.max_header_bytes",
-                format!("expected at least 8192; found {}", self.max_header_bytes),
-            ));
-        }
+        let workers = match self.workers {
+            Some(workers) => count_within("server.workers", workers, 1, 1024)?,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let max_request_body_bytes = count_within(
+            "server.max_request_body_bytes",
+            self.max_request_body_bytes,
+            0,
+            1 << 40,
+        )?;
         Ok(ServerConfig {
-            header_read_timeout: require_positive(
+            header_read_timeout: duration_within(
                 "server.header_read_timeout",
                 self.header_read_timeout,
+                MAX_SHORT_TIMEOUT,
             )?,
-            max_header_bytes: self.max_header_bytes,
-            max_connections: self.max_connections,
-            http2_max_concurrent_streams: self.http2_max_concurrent_streams,
-            max_request_body_bytes: self.max_request_body_bytes,
-            retry_buffer_bytes: self.retry_buffer_bytes,
-            shutdown_grace: self.shutdown_grace,
-            workers: match self.workers {
-                Some(0) => {
-                    return Err(invalid(
-                        "server.workers",
-                        "expected at least 1 (or no value for one per CPU); found 0",
-                    ));
-                }
-                Some(workers) => workers,
-                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            },
+            max_header_bytes: count_within(
+                "server.max_header_bytes",
+                self.max_header_bytes,
+                8192,
+                1 << 20,
+            )?,
+            max_connections: count_within(
+                "server.max_connections",
+                self.max_connections,
+                1,
+                1_000_000,
+            )?,
+            http2_max_concurrent_streams: count_within(
+                "server.http2_max_concurrent_streams",
+                self.http2_max_concurrent_streams,
+                1,
+                10_000,
+            )?,
+            max_request_body_bytes,
+            retry_buffer_bytes: count_within(
+                "server.retry_buffer_bytes",
+                self.retry_buffer_bytes,
+                0,
+                16 << 20,
+            )?,
+            shutdown_grace: duration_at_most(
+                "server.shutdown_grace",
+                self.shutdown_grace,
+                MAX_LONG_TIMEOUT,
+            )?,
+            workers,
+            idle_timeout: duration_within(
+                "server.idle_timeout",
+                self.idle_timeout,
+                MAX_LONG_TIMEOUT,
+            )?,
+            body_read_timeout: duration_within(
+                "server.body_read_timeout",
+                self.body_read_timeout,
+                MAX_SHORT_TIMEOUT,
+            )?,
+            http2_keep_alive_interval: duration_within(
+                "server.http2_keep_alive_interval",
+                self.http2_keep_alive_interval,
+                MAX_LONG_TIMEOUT,
+            )?,
+            http2_keep_alive_timeout: duration_within(
+                "server.http2_keep_alive_timeout",
+                self.http2_keep_alive_timeout,
+                MAX_SHORT_TIMEOUT,
+            )?,
         })
     }
 }
@@ -725,26 +882,113 @@ impl RawTokens {
                 ),
             ));
         }
-        if self.max_concurrent_grants == 0 {
-            return Err(invalid(
-                "tokens.max_concurrent_grants",
-                "expected at least 1; found 0",
-            ));
-        }
-        if self.max_merchants == 0 {
-            return Err(invalid(
-                "tokens.max_merchants",
-                "expected at least 1; found 0",
-            ));
-        }
         Ok(TokensConfig {
             refresh_at: self.refresh_at,
             refresh_jitter: self.refresh_jitter,
-            expiry_margin: self.expiry_margin,
-            backoff_initial: require_positive("tokens.backoff_initial", self.backoff_initial)?,
-            backoff_max: self.backoff_max,
-            max_concurrent_grants: self.max_concurrent_grants,
-            max_merchants: self.max_merchants,
+            expiry_margin: duration_at_most(
+                "tokens.expiry_margin",
+                self.expiry_margin,
+                MAX_LONG_TIMEOUT,
+            )?,
+            backoff_initial: duration_within(
+                "tokens.backoff_initial",
+                self.backoff_initial,
+                MAX_LONG_TIMEOUT,
+            )?,
+            backoff_max: duration_at_most(
+                "tokens.backoff_max",
+                self.backoff_max,
+                MAX_LONG_TIMEOUT,
+            )?,
+            max_concurrent_grants: count_within(
+                "tokens.max_concurrent_grants",
+                self.max_concurrent_grants,
+                1,
+                10_000,
+            )?,
+            max_merchants: count_within(
+                "tokens.max_merchants",
+                self.max_merchants,
+                1,
+                100_000_000,
+            )?,
+            new_merchant_grants_per_second: count_within(
+                "tokens.new_merchant_grants_per_second",
+                self.new_merchant_grants_per_second,
+                1,
+                100_000,
+            )?,
+            new_merchant_grant_burst: count_within(
+                "tokens.new_merchant_grant_burst",
+                self.new_merchant_grant_burst,
+                1,
+                1_000_000,
+            )?,
+            unauthorized_min_token_age: duration_at_most(
+                "tokens.unauthorized_min_token_age",
+                self.unauthorized_min_token_age,
+                MAX_SHORT_TIMEOUT,
+            )?,
+            unauthorized_renewal_interval: duration_at_most(
+                "tokens.unauthorized_renewal_interval",
+                self.unauthorized_renewal_interval,
+                MAX_LONG_TIMEOUT,
+            )?,
+        })
+    }
+}
+
+impl RawMerchant {
+    fn validate(self, sources: &KeySources) -> Result<MerchantConfig, ConfigError> {
+        let header = HeaderName::try_from(self.header.as_str()).map_err(|_| {
+            invalid(
+                "merchant.header",
+                format!("{:?} is not a valid HTTP header name", self.header),
+            )
+        })?;
+        if self.allow.is_none() && self.allow_file.is_none() {
+            return Ok(MerchantConfig {
+                header,
+                allow: None,
+            });
+        }
+        let mut allow = HashSet::new();
+        for (index, text) in self.allow.iter().flatten().enumerate() {
+            let id = MerchantId::parse(text.trim())
+                .map_err(|e| invalid("merchant.allow", format!("entry {}: {e}", index + 1)))?;
+            allow.insert(id);
+        }
+        if let Some(path) = &self.allow_file {
+            let path = resolve(sources, path);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                invalid(
+                    "merchant.allow_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            for (number, line) in text.lines().enumerate() {
+                let line = line.split('#').next().unwrap_or_default().trim();
+                if line.is_empty() {
+                    continue;
+                }
+                let id = MerchantId::parse(line).map_err(|e| {
+                    invalid(
+                        "merchant.allow_file",
+                        format!("{} line {}: {e}", path.display(), number + 1),
+                    )
+                })?;
+                allow.insert(id);
+            }
+        }
+        if allow.is_empty() {
+            return Err(invalid(
+                "merchant.allow",
+                "expected at least one business ID in merchant.allow or merchant.allow_file; found none (remove both to serve every merchant)",
+            ));
+        }
+        Ok(MerchantConfig {
+            header,
+            allow: Some(Arc::new(allow)),
         })
     }
 }

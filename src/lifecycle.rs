@@ -111,20 +111,27 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         Handle::current(),
     );
     let ready = Arc::new(AtomicBool::new(false));
+    // Each listener has its own connection cap, shared by whatever serves it.
+    let server = &config.server;
+    let limits = || Limits {
+        header_read_timeout: server.header_read_timeout,
+        max_header_bytes: server.max_header_bytes,
+        connections: Arc::new(Semaphore::new(server.max_connections)),
+        max_connections: server.max_connections,
+        max_concurrent_streams: server.http2_max_concurrent_streams,
+        idle_timeout: server.idle_timeout,
+        keep_alive_interval: server.http2_keep_alive_interval,
+        keep_alive_timeout: server.http2_keep_alive_timeout,
+        grace: server.shutdown_grace,
+    };
+    let proxy_limits = limits();
     let admin = Admin::new(
         metrics.clone(),
         broker.clone(),
         ready.clone(),
+        proxy_limits.clone(),
         config.admin.bearer_token.clone(),
     );
-    // Each listener has its own connection cap, shared by whatever serves it.
-    let limits = || Limits {
-        header_read_timeout: config.server.header_read_timeout,
-        max_header_bytes: config.server.max_header_bytes,
-        connections: Arc::new(Semaphore::new(config.server.max_connections)),
-        max_concurrent_streams: config.server.http2_max_concurrent_streams,
-        grace: config.server.shutdown_grace,
-    };
     let (stop_proxy, proxy_signal) = watch::channel(false);
     let (stop_admin, admin_signal) = watch::channel(false);
     let workers = workers::spawn(
@@ -142,7 +149,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
                 async move { proxy.handle(request).await }
             }
         },
-        limits(),
+        proxy_limits,
         proxy_signal,
     )
     .await?;

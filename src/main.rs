@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use poynt_proxy::config::{Config, LogFormat};
 use poynt_proxy::{Listeners, demo, emulator, start, telemetry};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// A token-brokering reverse proxy for the Poynt Cloud API.
 ///
@@ -72,12 +73,24 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Run { config } => {
             let config = Config::load(&config)?;
             telemetry::init(config.log.format);
+            // Installed before anything starts, so no signal ever meets the default action
+            // (which for SIGHUP is to die without draining).
+            let mut signals = Signals::install()?;
             let listeners = Listeners::bind(&config).await?;
             let running = start(config, listeners).await?;
-            shutdown_signal().await?;
-            tracing::info!("shutdown requested; draining");
+            let signal = signals.stop().await;
+            tracing::info!(
+                signal,
+                "shutdown requested; draining (a second SIGTERM or SIGINT exits at once)"
+            );
             running.shutdown();
-            running.wait().await;
+            tokio::select! {
+                () = running.wait() => {}
+                signal = signals.stop() => {
+                    tracing::warn!(signal, "second stop signal; exiting without finishing the drain");
+                    std::process::exit(FORCED_EXIT);
+                }
+            }
             tracing::info!("stopped");
             Ok(())
         }
@@ -100,7 +113,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Demo(args) => {
             telemetry::init(LogFormat::Text);
-            Ok(demo::run(args, shutdown_signal()).await?)
+            let mut signals = Signals::install()?;
+            let stop = async move { Ok::<_, std::convert::Infallible>(signals.stop().await) };
+            Ok(demo::run(args, async move { stop.await.map(drop) }).await?)
         }
         Command::AuthorizeUrl { config, context } => {
             let config = Config::load(&config)?;
@@ -112,13 +127,38 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        result = tokio::signal::ctrl_c() => result.context("cannot watch SIGINT")?,
+/// Exit status when a second stop signal cuts the drain short (128 + SIGINT, as shells do).
+const FORCED_EXIT: i32 = 130;
+
+/// The signals the process answers: SIGTERM and SIGINT stop it; SIGHUP never kills it.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        let watch = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("cannot watch {name}"))
+        };
+        Ok(Self {
+            term: watch(SignalKind::terminate(), "SIGTERM")?,
+            int: watch(SignalKind::interrupt(), "SIGINT")?,
+            hup: watch(SignalKind::hangup(), "SIGHUP")?,
+        })
     }
-    Ok(())
+
+    /// Waits for SIGTERM or SIGINT and names it; a SIGHUP meanwhile is logged and ignored.
+    async fn stop(&mut self) -> &'static str {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return "SIGTERM",
+                _ = self.int.recv() => return "SIGINT",
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP received: configuration reload is not available in this version; ignored");
+                }
+            }
+        }
+    }
 }

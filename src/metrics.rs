@@ -42,6 +42,16 @@ pub enum Lookup {
     Stale,
 }
 
+/// What the broker did with an upstream 401.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unauthorized {
+    /// The refused token was dropped so the next request gets a new one.
+    Renewed,
+    /// Renewing was rate-limited (token too young, or a 401 renewal happened recently); the
+    /// 401 went to the caller and the token stayed.
+    PassedThrough,
+}
+
 /// All metric handles. Cloning is cheap (one `Arc`).
 #[derive(Clone)]
 pub struct Metrics {
@@ -59,6 +69,9 @@ struct Inner {
     tokens_cached: IntGauge,
     merchants_backing_off: IntGauge,
     unauthorized_retries: IntCounter,
+    unauthorized: [IntCounter; 2],
+    grants_throttled: IntCounter,
+    connections: IntGaugeVec,
     inflight: IntGauge,
 }
 
@@ -121,6 +134,26 @@ impl Metrics {
             "poynt_proxy_upstream_unauthorized_retries_total",
             "Requests resent with a fresh token after Poynt answered 401.",
         )?;
+        let unauthorized_vec = IntCounterVec::new(
+            Opts::new(
+                "poynt_proxy_upstream_unauthorized_total",
+                "Upstream 401 answers, by what the broker did: renewed (the token was dropped) or passed_through (renewal rate-limited; the 401 reached the caller).",
+            ),
+            &["action"],
+        )?;
+        let unauthorized = ["renewed", "passed_through"]
+            .map(|action| unauthorized_vec.with_label_values(&[action]));
+        let grants_throttled = IntCounter::new(
+            "poynt_proxy_token_grants_throttled_total",
+            "Grants for never-granted merchants refused because the new-merchant grant budget was spent.",
+        )?;
+        let connections = IntGaugeVec::new(
+            Opts::new(
+                "poynt_proxy_connections",
+                "Connections per listener: open now, and available (permits left under the listener's cap).",
+            ),
+            &["listener", "state"],
+        )?;
         let inflight = IntGauge::new(
             "poynt_proxy_inflight_requests",
             "Caller requests being processed now.",
@@ -144,6 +177,9 @@ impl Metrics {
         registry.register(Box::new(tokens_cached.clone()))?;
         registry.register(Box::new(merchants_backing_off.clone()))?;
         registry.register(Box::new(unauthorized_retries.clone()))?;
+        registry.register(Box::new(unauthorized_vec))?;
+        registry.register(Box::new(grants_throttled.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(build_info))?;
         registry.register(Box::new(
@@ -161,6 +197,9 @@ impl Metrics {
                 tokens_cached,
                 merchants_backing_off,
                 unauthorized_retries,
+                unauthorized,
+                grants_throttled,
+                connections,
                 inflight,
             }),
         })
@@ -211,6 +250,32 @@ impl Metrics {
     /// Counts a 401 that was retried with a fresh token.
     pub fn unauthorized_retry(&self) {
         self.inner.unauthorized_retries.inc();
+    }
+
+    /// Counts what the broker did with an upstream 401.
+    pub fn unauthorized(&self, action: Unauthorized) {
+        let index = match action {
+            Unauthorized::Renewed => 0,
+            Unauthorized::PassedThrough => 1,
+        };
+        self.inner.unauthorized[index].inc();
+    }
+
+    /// Counts a new merchant's grant refused by the grant budget.
+    pub fn grant_throttled(&self) {
+        self.inner.grants_throttled.inc();
+    }
+
+    /// Sets a listener's connection gauges (read from its cap at scrape time).
+    pub fn set_connections(&self, listener: &str, open: usize, available: usize) {
+        let set = |state: &str, value: usize| {
+            self.inner
+                .connections
+                .with_label_values(&[listener, state])
+                .set(i64::try_from(value).unwrap_or(i64::MAX));
+        };
+        set("open", open);
+        set("available", available);
     }
 
     /// The in-flight gauge, raised for the life of a request by the caller.

@@ -1,24 +1,43 @@
 //! Listeners and connections: HTTP/1.1 and h2c through hyper-util's auto builder, a cap on
-//! concurrent connections, header limits, and a graceful drain. The server runs on a
-//! listener its caller bound (so tests bind port 0) and stops when told through a value.
+//! concurrent connections, deadlines on silent connections, and a graceful drain. The
+//! server runs on a listener its caller bound (so tests bind port 0) and stops when told
+//! through a value.
+//!
+//! A connection must earn its place under the cap:
+//! - until its first request head has arrived (whatever the protocol, the first byte and an
+//!   HTTP/2 preface included) it has `header_read_timeout`, then it is closed; after that
+//!   hyper enforces the same bound on every HTTP/1 request head;
+//! - an HTTP/2 connection is PINGed every `http2_keep_alive_interval` (a peer that stops
+//!   answering is closed) and, with no open stream for `idle_timeout`, gets GOAWAY;
+//! - once a GOAWAY is sent (idle, or draining) and no stream is left, the connection is
+//!   closed after a short linger, whether or not the peer acknowledges.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
-use hyper::body::{Body, Incoming};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again, so the
 /// loop does not spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// After a GOAWAY, with no stream left, how long the connection is kept so the frame is
+/// flushed and a well-behaved peer can close first.
+const GOAWAY_LINGER: Duration = Duration::from_millis(500);
 
 /// Connection limits for one listener (shared by every worker serving it).
 #[derive(Debug, Clone)]
@@ -29,17 +48,33 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Connections served at once, across all workers; more wait in the listen backlog.
     pub connections: Arc<Semaphore>,
+    /// The size `connections` started with, to tell how many are open.
+    pub max_connections: usize,
     /// HTTP/2 streams one connection may have open at once.
     pub max_concurrent_streams: u32,
+    /// An HTTP/2 connection with no open stream for this long gets GOAWAY.
+    pub idle_timeout: Duration,
+    /// How often an HTTP/2 connection is PINGed.
+    pub keep_alive_interval: Duration,
+    /// How long a PING may go unanswered.
+    pub keep_alive_timeout: Duration,
     /// After shutdown starts, how long open connections may take to finish.
     pub grace: Duration,
+}
+
+impl Limits {
+    /// Connections open now and permits left.
+    pub fn connection_counts(&self) -> (usize, usize) {
+        let available = self.connections.available_permits();
+        (self.max_connections.saturating_sub(available), available)
+    }
 }
 
 /// A shutdown signal: `true` once the server should stop accepting and drain.
 pub type ShutdownSignal = watch::Receiver<bool>;
 
 /// Serves `listener` until `shutdown` turns true, then lets open connections finish their
-/// in-flight requests for up to `limits.grace`.
+/// in-flight requests for up to `limits.grace` and closes what remains.
 pub async fn serve<F, Fut, B>(
     listener: TcpListener,
     handler: F,
@@ -48,11 +83,9 @@ pub async fn serve<F, Fut, B>(
 ) where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -63,55 +96,227 @@ pub async fn serve<F, Fut, B>(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(limits.max_concurrent_streams);
-    let stop = async move {
-        // An Err means the sender is gone, which also means stop.
-        let _ = shutdown.wait_for(|stop| *stop).await;
-    };
-    tokio::pin!(stop);
-    loop {
-        let permit = tokio::select! {
-            permit = limits.connections.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = &mut stop => break,
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .keep_alive_interval(Some(limits.keep_alive_interval))
+        .keep_alive_timeout(limits.keep_alive_timeout);
+    let mut connections = JoinSet::new();
+    {
+        let stop = shutdown.clone();
+        let stop = async move {
+            let mut stop = stop;
+            // An Err means the sender is gone, which also means stop.
+            let _ = stop.wait_for(|stop| *stop).await;
         };
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    continue;
-                }
-            },
-            () = &mut stop => break,
-        };
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "TCP_NODELAY not set");
+        let mut stop = pin!(stop);
+        loop {
+            while connections.try_join_next().is_some() {}
+            let permit = tokio::select! {
+                permit = limits.connections.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                () = &mut stop => break,
+            };
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                        continue;
+                    }
+                },
+                () = &mut stop => break,
+            };
+            connections.spawn(connection(
+                stream,
+                handler.clone(),
+                builder.clone(),
+                limits.clone(),
+                shutdown.clone(),
+                permit,
+            ));
         }
-        let handler = handler.clone();
-        let service = service_fn(move |request| {
-            let response = handler(request);
-            async move { Ok::<_, Infallible>(response.await) }
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(error = %error, "connection ended with an error");
-            }
-            drop(permit);
-        });
     }
     drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => tracing::debug!("all connections drained"),
-        () = tokio::time::sleep(limits.grace) => {
-            tracing::warn!(grace = %humantime::format_duration(limits.grace), "grace period over; closing the remaining connections");
+    let _ = shutdown.wait_for(|stop| *stop).await;
+    let drained = tokio::time::timeout(limits.grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    match drained {
+        Ok(()) => tracing::debug!("all connections drained"),
+        Err(_) => {
+            tracing::warn!(grace = %humantime::format_duration(limits.grace), remaining = connections.len(), "grace period over; closing the remaining connections");
+            connections.shutdown().await;
         }
+    }
+}
+
+/// Serves one connection under the deadlines described in the module documentation.
+async fn connection<F, Fut, B>(
+    stream: TcpStream,
+    handler: F,
+    builder: auto::Builder<TokioExecutor>,
+    limits: Limits,
+    mut shutdown: ShutdownSignal,
+    permit: OwnedSemaphorePermit,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "TCP_NODELAY not set");
+    }
+    let activity = Arc::new(Activity::new());
+    let tracked = activity.clone();
+    let service = service_fn(move |request| {
+        let guard = tracked.begin();
+        let response = handler(request);
+        async move {
+            let response = response.await;
+            Ok::<_, Infallible>(response.map(|body| Tracked {
+                body,
+                _guard: guard,
+            }))
+        }
+    });
+    let mut conn = pin!(
+        builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned()
+    );
+    let first_request = tokio::time::sleep(limits.header_read_timeout);
+    let mut first_request = pin!(first_request);
+    let mut first_request_due = true;
+    let mut goaway_sent = false;
+    // `select!` evaluates each `if` once per turn of the loop, and a turn lasts until some
+    // branch fires: conditions are plain flags, and what changes under them is checked in
+    // the branch.
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+                break;
+            }
+            () = &mut first_request, if first_request_due => {
+                first_request_due = false;
+                if activity.requests() == 0 {
+                    tracing::debug!(timeout = %humantime::format_duration(limits.header_read_timeout), "no request head in time; closing the connection");
+                    break;
+                }
+            }
+            () = activity.idle_for(limits.idle_timeout), if !goaway_sent => {
+                tracing::debug!("connection idle; sending GOAWAY");
+                conn.as_mut().graceful_shutdown();
+                goaway_sent = true;
+            }
+            _ = shutdown.wait_for(|stop| *stop), if !goaway_sent => {
+                conn.as_mut().graceful_shutdown();
+                goaway_sent = true;
+            }
+            () = activity.idle_for(GOAWAY_LINGER), if goaway_sent => {
+                break;
+            }
+        }
+    }
+    drop(permit);
+}
+
+/// What a connection is doing: requests begun, requests open, and since when none is open.
+struct Activity {
+    born: Instant,
+    requests: AtomicU64,
+    open: AtomicUsize,
+    /// Milliseconds after `born` when the last open request ended (or the connection began).
+    idle_since_ms: AtomicU64,
+    became_idle: Notify,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            born: Instant::now(),
+            requests: AtomicU64::new(0),
+            open: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            became_idle: Notify::new(),
+        }
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Acquire)
+    }
+
+    /// Marks a request open until the returned guard (carried by its response body) drops.
+    fn begin(self: &Arc<Self>) -> OpenRequest {
+        self.requests.fetch_add(1, Ordering::AcqRel);
+        self.open.fetch_add(1, Ordering::AcqRel);
+        OpenRequest(self.clone())
+    }
+
+    /// Resolves once no request has been open for `period`.
+    async fn idle_for(&self, period: Duration) {
+        loop {
+            let notified = self.became_idle.notified();
+            let mut notified = pin!(notified);
+            notified.as_mut().enable();
+            if self.open.load(Ordering::Acquire) > 0 {
+                notified.await;
+                continue;
+            }
+            let since = self.idle_since_ms.load(Ordering::Acquire);
+            let deadline = self.born + Duration::from_millis(since) + period;
+            tokio::time::sleep_until(deadline).await;
+            if self.open.load(Ordering::Acquire) == 0
+                && self.idle_since_ms.load(Ordering::Acquire) == since
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// One open request; dropping it (with its response body) may make the connection idle.
+struct OpenRequest(Arc<Activity>);
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        if activity.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let ms = u64::try_from(activity.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+            activity.idle_since_ms.store(ms, Ordering::Release);
+            activity.became_idle.notify_waiters();
+        }
+    }
+}
+
+/// A response body that keeps its request open until it has been sent (or dropped).
+struct Tracked<B> {
+    body: B,
+    _guard: OpenRequest,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

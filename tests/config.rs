@@ -105,7 +105,7 @@ fn errors_name_the_key_and_what_was_wrong() {
         ),
         (
             base("", "server:\n  workers: 0\n"),
-            "server.workers: expected at least 1",
+            "server.workers: expected between 1 and 1024; found 0",
         ),
     ];
     for (yaml, expected) in cases {
@@ -207,4 +207,150 @@ fn relative_paths_resolve_against_the_config_file() {
     let path = dir.path().join("proxy.yaml");
     std::fs::write(&path, yaml).unwrap();
     Config::load(&path).expect("key found next to the config");
+}
+
+#[test]
+fn huge_numbers_and_durations_fail_check_instead_of_run() {
+    for (yaml, expected) in [
+        (
+            "server:\n  max_connections: 10000000000\n",
+            "server.max_connections: expected between 1 and 1000000; found 10000000000",
+        ),
+        (
+            "server:\n  http2_max_concurrent_streams: 0\n",
+            "server.http2_max_concurrent_streams: expected between 1 and 10000; found 0",
+        ),
+        (
+            "server:\n  header_read_timeout: 100years\n",
+            "server.header_read_timeout: expected at most 10m; found 100years",
+        ),
+        (
+            "server:\n  idle_timeout: 0s\n",
+            "server.idle_timeout: expected a duration above zero",
+        ),
+        (
+            "tokens:\n  backoff_max: 5000years\n",
+            "tokens.backoff_max: expected at most 1day",
+        ),
+        (
+            "tokens:\n  max_merchants: 18446744073709551615\n",
+            "tokens.max_merchants: expected between 1 and 100000000",
+        ),
+        (
+            "tokens:\n  new_merchant_grant_burst: 0\n",
+            "tokens.new_merchant_grant_burst: expected between 1 and 1000000; found 0",
+        ),
+    ] {
+        let message = error_of(&base("", yaml));
+        assert!(
+            message.contains(expected),
+            "expected {expected:?} in {message:?}"
+        );
+    }
+    let message = error_of(&base("  response_timeout: 10000000days\n", ""));
+    assert!(
+        message.contains("poynt.response_timeout: expected at most 1day"),
+        "{message}"
+    );
+}
+
+#[test]
+fn urls_with_credentials_are_refused_without_printing_them() {
+    let yaml = base("", "").replace(
+        "https://services.poynt.net",
+        "https://user:s3cret@services.poynt.net",
+    );
+    let message = error_of(&yaml);
+    assert!(
+        message.starts_with("poynt.api_url: expected a URL without user-info"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("s3cret") && !message.contains("user:"),
+        "{message}"
+    );
+    assert!(
+        message.contains("https://<redacted>@services.poynt.net"),
+        "{message}"
+    );
+    let yaml = base(
+        "",
+        "oauth:\n  authorize_url: \"https://a:b@poynt.net/applications/authorize\"\n",
+    );
+    assert!(error_of(&yaml).starts_with("oauth.authorize_url: expected a URL without user-info"));
+}
+
+#[test]
+fn an_admin_listener_reachable_from_other_hosts_needs_a_bearer_secret() {
+    let message = error_of(&base("", "admin_listen: \"0.0.0.0:9090\"\n"));
+    assert!(
+        message.starts_with(
+            "admin.bearer_token_file: admin_listen 0.0.0.0:9090 is reachable from other hosts"
+        ),
+        "{message}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("admin.secret");
+    std::fs::write(&secret, "0123456789abcdef0123").unwrap();
+    let yaml = base(
+        "",
+        &format!(
+            "admin_listen: \"0.0.0.0:9090\"\nadmin:\n  bearer_token_file: {:?}\n",
+            secret.display().to_string()
+        ),
+    );
+    Config::parse(&yaml, &KeySources::default())
+        .expect("a protected public admin listener is fine");
+    Config::parse(
+        &base("", "admin_listen: \"[::1]:9090\"\n"),
+        &KeySources::default(),
+    )
+    .expect("loopback needs no secret");
+}
+
+#[test]
+fn the_merchant_allow_list_comes_from_the_file_and_the_list_and_names_bad_entries() {
+    let a = "11111111-1111-4111-8111-111111111111";
+    let b = "22222222-2222-4222-8222-222222222222";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("allow.txt");
+    std::fs::write(&file, format!("# onboarded merchants\n{b}  # second\n\n")).unwrap();
+    let yaml = base(
+        "",
+        &format!(
+            "merchant:\n  allow: [\"{}\"]\n  allow_file: {:?}\n",
+            a.to_uppercase(),
+            file.display().to_string()
+        ),
+    );
+    let config = Config::parse(&yaml, &KeySources::default()).unwrap();
+    let allow = config.merchant.allow.expect("an allow-list");
+    assert_eq!(allow.len(), 2);
+    assert!(allow.contains(&a.parse().unwrap()) && allow.contains(&b.parse().unwrap()));
+
+    let message = error_of(&base(
+        "",
+        &format!("merchant:\n  allow: [\"{a}\", \"nope\"]\n"),
+    ));
+    assert!(
+        message.starts_with("merchant.allow: entry 2: expected a business ID"),
+        "{message}"
+    );
+    std::fs::write(&file, format!("{a}\nnot-a-uuid\n")).unwrap();
+    let message = error_of(&base(
+        "",
+        &format!(
+            "merchant:\n  allow_file: {:?}\n",
+            file.display().to_string()
+        ),
+    ));
+    assert!(
+        message.starts_with("merchant.allow_file: ") && message.contains("line 2"),
+        "{message}"
+    );
+    let message = error_of(&base("", "merchant:\n  allow: []\n"));
+    assert!(
+        message.starts_with("merchant.allow: expected at least one business ID"),
+        "{message}"
+    );
 }

@@ -5,12 +5,15 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderValue, Response, StatusCode};
+use http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::poynt::{ErrorBody, REQUEST_ID_HEADER};
 use crate::token::broker::BrokerError;
+
+/// The methods forwarded to Poynt, as the `Allow` header of a 405 lists them.
+pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
 /// Which side of the proxy a failure belongs to, for logs and alerts: a caller's mistake,
 /// Poynt's, or the proxy's own.
@@ -59,12 +62,25 @@ pub enum ProxyError {
         /// What the path named.
         path_merchant: String,
     },
-    /// A path with dot segments, which upstream normalisation could point elsewhere.
-    #[error("expected a path without \".\" or \"..\" segments; found {0:?}")]
+    /// The header names a merchant outside `merchant.allow`.
+    #[error("expected a merchant this proxy is configured to serve; found {merchant}")]
+    MerchantNotAllowed {
+        /// The header's merchant.
+        merchant: String,
+    },
+    /// A request target the path guard refuses (see `proxy::path`): what was expected and
+    /// what was found.
+    #[error("{0}")]
     InvalidPath(String),
-    /// CONNECT (tunnelling) is not proxied.
-    #[error("expected any method but CONNECT; found CONNECT")]
-    MethodNotAllowed,
+    /// A method outside the ones Poynt's API uses (CONNECT, TRACE, extension methods).
+    #[error("expected one of {ALLOWED_METHODS}; found {0}")]
+    MethodNotAllowed(Method),
+    /// The caller's body is malformed (broken chunked framing, cut short).
+    #[error("{0}")]
+    InvalidRequestBody(String),
+    /// The caller stopped sending its body.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The request body is larger than the configured cap.
     #[error("expected a request body of at most {limit} bytes; found {found}")]
     PayloadTooLarge {
@@ -91,14 +107,19 @@ impl ProxyError {
             Self::MissingMerchantId { .. } | Self::InvalidMerchantId { .. } => {
                 StatusCode::BAD_REQUEST
             }
-            Self::InvalidPath(_) => StatusCode::BAD_REQUEST,
-            Self::MerchantPathMismatch { .. } => StatusCode::FORBIDDEN,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::InvalidPath(_) | Self::InvalidRequestBody(_) => StatusCode::BAD_REQUEST,
+            Self::MerchantPathMismatch { .. } | Self::MerchantNotAllowed { .. } => {
+                StatusCode::FORBIDDEN
+            }
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Token(BrokerError::Refused { .. }) => StatusCode::BAD_GATEWAY,
-            Self::Token(BrokerError::Unavailable { .. } | BrokerError::BackingOff { .. }) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Token(
+                BrokerError::Unavailable { .. }
+                | BrokerError::BackingOff { .. }
+                | BrokerError::Throttled { .. },
+            ) => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -110,8 +131,11 @@ impl ProxyError {
             Self::MissingMerchantId { .. } => "MISSING_MERCHANT_ID",
             Self::InvalidMerchantId { .. } => "INVALID_MERCHANT_ID",
             Self::MerchantPathMismatch { .. } => "MERCHANT_PATH_MISMATCH",
+            Self::MerchantNotAllowed { .. } => "MERCHANT_NOT_ALLOWED",
             Self::InvalidPath(_) => "INVALID_PATH",
-            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
+            Self::InvalidRequestBody(_) => "INVALID_REQUEST_BODY",
+            Self::RequestTimeout(_) => "REQUEST_TIMEOUT",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::Token(_) => "TOKEN_UNAVAILABLE",
             Self::UpstreamUnavailable(_) => "UPSTREAM_UNAVAILABLE",
@@ -125,8 +149,11 @@ impl ProxyError {
             Self::MissingMerchantId { .. }
             | Self::InvalidMerchantId { .. }
             | Self::MerchantPathMismatch { .. }
+            | Self::MerchantNotAllowed { .. }
             | Self::InvalidPath(_)
-            | Self::MethodNotAllowed
+            | Self::MethodNotAllowed(_)
+            | Self::InvalidRequestBody(_)
+            | Self::RequestTimeout(_)
             | Self::PayloadTooLarge { .. } => Side::Downstream,
             Self::Token(_) | Self::UpstreamUnavailable(_) | Self::UpstreamTimeout(_) => {
                 Side::Upstream
@@ -139,7 +166,8 @@ impl ProxyError {
         match self {
             Self::Token(
                 BrokerError::Unavailable { retry_after, .. }
-                | BrokerError::BackingOff { retry_after, .. },
+                | BrokerError::BackingOff { retry_after, .. }
+                | BrokerError::Throttled { retry_after },
             ) => Some(*retry_after),
             _ => None,
         }
@@ -155,6 +183,9 @@ impl ProxyError {
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(REQUEST_ID_HEADER, request_id.clone());
+        if matches!(self, Self::MethodNotAllowed(_)) {
+            headers.insert(ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+        }
         if let Some(wait) = self.retry_after() {
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             headers.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
@@ -180,8 +211,13 @@ mod tests {
                 merchant: "a".into(),
                 path_merchant: "b".into(),
             },
+            ProxyError::MerchantNotAllowed {
+                merchant: "a".into(),
+            },
             ProxyError::InvalidPath("/a/../b".into()),
-            ProxyError::MethodNotAllowed,
+            ProxyError::MethodNotAllowed(Method::TRACE),
+            ProxyError::InvalidRequestBody("bad chunk".into()),
+            ProxyError::RequestTimeout("stalled".into()),
             ProxyError::PayloadTooLarge {
                 limit: 1,
                 found: "2".into(),
@@ -197,6 +233,9 @@ mod tests {
                 last_error: "down".into(),
                 retry_after: Duration::from_secs(4),
             }),
+            ProxyError::Token(BrokerError::Throttled {
+                retry_after: Duration::from_millis(50),
+            }),
             ProxyError::UpstreamUnavailable("reset".into()),
             ProxyError::UpstreamTimeout(Duration::from_secs(60)),
         ]
@@ -208,15 +247,20 @@ mod tests {
             (400, "MISSING_MERCHANT_ID", Side::Downstream),
             (400, "INVALID_MERCHANT_ID", Side::Downstream),
             (403, "MERCHANT_PATH_MISMATCH", Side::Downstream),
+            (403, "MERCHANT_NOT_ALLOWED", Side::Downstream),
             (400, "INVALID_PATH", Side::Downstream),
             (405, "METHOD_NOT_ALLOWED", Side::Downstream),
+            (400, "INVALID_REQUEST_BODY", Side::Downstream),
+            (408, "REQUEST_TIMEOUT", Side::Downstream),
             (413, "PAYLOAD_TOO_LARGE", Side::Downstream),
             (502, "TOKEN_UNAVAILABLE", Side::Upstream),
+            (503, "TOKEN_UNAVAILABLE", Side::Upstream),
             (503, "TOKEN_UNAVAILABLE", Side::Upstream),
             (503, "TOKEN_UNAVAILABLE", Side::Upstream),
             (502, "UPSTREAM_UNAVAILABLE", Side::Upstream),
             (504, "UPSTREAM_TIMEOUT", Side::Upstream),
         ];
+        assert_eq!(all().len(), expected.len());
         for (error, (status, code, side)) in all().iter().zip(expected) {
             assert_eq!(error.status().as_u16(), status, "{error:?}");
             assert_eq!(error.code(), code, "{error:?}");
@@ -235,5 +279,11 @@ mod tests {
         assert_eq!(response.status(), 503);
         assert_eq!(response.headers()[RETRY_AFTER], "2");
         assert_eq!(response.headers()[REQUEST_ID_HEADER], "req-1");
+        let throttled = ProxyError::Token(BrokerError::Throttled {
+            retry_after: Duration::from_millis(50),
+        });
+        assert_eq!(throttled.to_response(&id).headers()[RETRY_AFTER], "1");
+        let trace = ProxyError::MethodNotAllowed(Method::TRACE).to_response(&id);
+        assert_eq!(trace.headers()[ALLOW], ALLOWED_METHODS);
     }
 }

@@ -1,8 +1,10 @@
 //! Phase 4: rewrite the caller's request head for Poynt. Hop-by-hop headers (and those the
-//! `Connection` header names), the merchant header, the caller's `Authorization` and `Host`
-//! go; the broker's token, `api-version` and `Poynt-Request-Id` come in.
+//! `Connection` header names), the merchant header, the caller's `Authorization`, `Host`,
+//! `Forwarded` and `X-Forwarded-*` (internal topology is not Poynt's business, and a caller
+//! must not speak for the proxy) go; the broker's token, `api-version` and
+//! `Poynt-Request-Id` come in.
 
-use http::header::{AUTHORIZATION, CONNECTION, HOST};
+use http::header::{AUTHORIZATION, CONNECTION, FORWARDED, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::poynt::{API_VERSION_HEADER, REQUEST_ID_HEADER};
@@ -56,26 +58,53 @@ pub fn rewrite_request(
     strip_hop_by_hop(headers);
     headers.remove(merchant_header);
     headers.remove(HOST);
+    headers.remove(FORWARDED);
+    if headers
+        .keys()
+        .any(|name| name.as_str().starts_with(X_FORWARDED))
+    {
+        let named: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with(X_FORWARDED))
+            .cloned()
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
     headers.insert(AUTHORIZATION, bearer.clone());
     if !headers.contains_key(API_VERSION_HEADER) {
         headers.insert(API_VERSION_HEADER, api_version.clone());
     }
-    if !headers.contains_key(REQUEST_ID_HEADER) {
-        headers.insert(REQUEST_ID_HEADER, request_id.clone());
-    }
+    headers.insert(REQUEST_ID_HEADER, request_id.clone());
 }
 
-/// The request's `Poynt-Request-Id`: the caller's, or a new UUID. Settled when the request
-/// is admitted, so every answer (errors included) carries it.
+/// Prefix of the de-facto forwarding headers (`X-Forwarded-For`, `-Host`, `-Proto`...).
+const X_FORWARDED: &str = "x-forwarded-";
+/// Longest caller `Poynt-Request-Id` kept.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The request's `Poynt-Request-Id`: the caller's when it is at most 128 characters of
+/// `[A-Za-z0-9._:-]` (safe in logs and headers everywhere), else a new UUID. Settled when
+/// the request is admitted, so every answer (errors included) carries it.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    match headers.get(REQUEST_ID_HEADER) {
-        Some(id) => id.clone(),
-        None => {
+    let mut ids = headers.get_all(REQUEST_ID_HEADER).iter();
+    match (ids.next(), ids.next()) {
+        (Some(id), None) if is_acceptable_request_id(id.as_bytes()) => id.clone(),
+        _ => {
             let mut buf = uuid::Uuid::encode_buffer();
             let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
             HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
         }
     }
+}
+
+fn is_acceptable_request_id(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 #[cfg(test)]
@@ -95,6 +124,9 @@ mod tests {
             ("authorization", "Bearer caller"),
             ("host", "proxy.internal"),
             ("x-poynt-merchant-id", "m"),
+            ("forwarded", "for=10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-host", "internal"),
             ("x-kept", "yes"),
         ] {
             headers.append(HeaderName::from_static(k), HeaderValue::from_static(v));
@@ -117,6 +149,9 @@ mod tests {
             "upgrade",
             "host",
             "x-poynt-merchant-id",
+            "forwarded",
+            "x-forwarded-for",
+            "x-forwarded-host",
         ] {
             assert!(!names.contains(&gone), "{gone} survived: {names:?}");
         }
@@ -143,5 +178,34 @@ mod tests {
         assert_eq!(id, "mine");
         assert_eq!(headers[REQUEST_ID_HEADER], "mine");
         assert_eq!(headers[API_VERSION_HEADER], "1.3");
+    }
+
+    #[test]
+    fn only_short_plain_request_ids_are_kept() {
+        let long = "a".repeat(129);
+        let max = "a".repeat(128);
+        for (given, kept) in [
+            ("abc-DEF_1.2:3", true),
+            (max.as_str(), true),
+            (long.as_str(), false),
+            ("", false),
+            ("has space", false),
+            ("semi;colon", false),
+            ("quote\"", false),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(REQUEST_ID_HEADER, HeaderValue::from_str(given).unwrap());
+            let id = request_id(&headers);
+            assert_eq!(id == given, kept, "{given:?} -> {id:?}");
+            assert!(is_acceptable_request_id(id.as_bytes()), "{id:?}");
+        }
+        let mut twice = HeaderMap::new();
+        twice.append(REQUEST_ID_HEADER, HeaderValue::from_static("one"));
+        twice.append(REQUEST_ID_HEADER, HeaderValue::from_static("two"));
+        assert_eq!(
+            request_id(&twice).len(),
+            36,
+            "two ids are replaced by a new one"
+        );
     }
 }

@@ -1,24 +1,29 @@
 //! The life of one proxied request, as phases:
 //!
 //! ```text
-//! 1 admit    method (CONNECT -> 405), body cap, merchant header -> MerchantId
-//! 2 guard    a /businesses/{id}/... path must name the same merchant
+//! 1 admit    method (GET HEAD POST PUT PATCH DELETE OPTIONS, else 405), declared body
+//!            size, merchant header -> MerchantId, allow-list
+//! 2 guard    the normalised path; a /businesses/{id}/... path must name the same merchant
 //! 3 token    broker.token(merchant): cache hit, or one shared grant for all waiters
 //! 4 rewrite  upstream URI; drop hop-by-hop, merchant header, caller Authorization;
 //!            add Authorization, api-version, Poynt-Request-Id
-//! 5 send     pooled TLS client with a response-header timeout; bodies stream both ways
-//! 6 retry    upstream 401 -> drop exactly that token, get a fresh one, send once more
-//!            (only when the request body was small enough to keep)
+//! 5 send     pooled TLS client with a response-header timeout; bodies stream both ways,
+//!            the caller's under a size cap and a progress deadline, trailers dropped
+//! 6 retry    upstream 401 -> drop exactly that token (rate-limited by the broker), get a
+//!            fresh one, send once more (only when the request body was small enough to keep)
 //! 7 respond  stream back; one metrics update and one log line per request
 //! ```
 //!
 //! [`Proxy::handle`] is the outer shell (request id, error → JSON, the record step);
 //! [`Proxy::handle_inner`] runs the phases in order.
 
+pub mod body;
 pub mod error;
 pub mod headers;
 pub mod merchant;
+pub mod path;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +34,7 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
 };
 use http_body::Body as _;
-use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -37,10 +42,11 @@ use crate::config::Config;
 use crate::merchant::MerchantId;
 use crate::metrics::Metrics;
 use crate::poynt::REQUEST_ID_HEADER;
-use crate::token::broker::{Broker, Token, TokenSource};
+use crate::token::broker::{Broker, TokenSource, UnauthorizedAction};
 use crate::token::grant::error_chain;
 use crate::upstream::{BoxError, HttpClient, UpstreamBody};
 
+use self::body::{BodyError, CallerBody};
 use self::error::ProxyError;
 
 /// Body of every response to callers: Poynt's, streamed untouched, or the proxy's own error.
@@ -58,9 +64,11 @@ struct ProxyInner {
     scheme: Scheme,
     authority: Authority,
     merchant_header: HeaderName,
+    allow: Option<Arc<HashSet<MerchantId>>>,
     api_version: HeaderValue,
     max_body: u64,
     retry_buffer: usize,
+    body_read_timeout: Duration,
     response_timeout: Duration,
     metrics: Metrics,
 }
@@ -111,9 +119,11 @@ impl Proxy {
                     .cloned()
                     .unwrap_or_else(|| Authority::from_static("services.poynt.net")),
                 merchant_header: config.merchant.header.clone(),
+                allow: config.merchant.allow.clone(),
                 api_version: config.poynt.api_version.clone(),
                 max_body: config.server.max_request_body_bytes,
                 retry_buffer: config.server.retry_buffer_bytes,
+                body_read_timeout: config.server.body_read_timeout,
                 response_timeout: config.poynt.response_timeout,
                 metrics,
             }),
@@ -160,11 +170,18 @@ impl Proxy {
     ) -> Result<Response<Incoming>, ProxyError> {
         let inner = &self.inner;
         // 1 admit
-        if request.method() == Method::CONNECT {
-            return Err(ProxyError::MethodNotAllowed);
+        if !is_forwarded_method(request.method()) {
+            return Err(ProxyError::MethodNotAllowed(request.method().clone()));
         }
         let merchant = merchant::merchant_from_headers(request.headers(), &inner.merchant_header)?;
         ctx.merchant = Some(merchant);
+        if let Some(allow) = &inner.allow
+            && !allow.contains(&merchant)
+        {
+            return Err(ProxyError::MerchantNotAllowed {
+                merchant: merchant.to_string(),
+            });
+        }
         let declared = declared_length(request.headers());
         if let Some(length) = declared
             && length > inner.max_body
@@ -175,7 +192,7 @@ impl Proxy {
             });
         }
         // 2 guard
-        merchant::guard_path(request.uri().path(), merchant, &inner.merchant_header)?;
+        let path = path::guard_path(request.uri().path(), merchant, &inner.merchant_header)?;
         // 3 token
         let (token, source) = inner.broker.token(merchant).await?;
         ctx.source = Some(source);
@@ -188,12 +205,17 @@ impl Proxy {
             &inner.api_version,
             request_id,
         );
-        parts.uri = self.upstream_uri(&parts.uri)?;
+        parts.uri = self.upstream_uri(path, parts.uri.query())?;
         parts.version = Version::HTTP_11;
         // 5 send
         let bytes = match self.prepare_body(body).await? {
             Prepared::Streamed(stream) => {
-                return self.send(Request::from_parts(parts, stream), ctx).await;
+                let response = self.send(Request::from_parts(parts, stream), ctx).await?;
+                if response.status() == StatusCode::UNAUTHORIZED {
+                    // Not resendable, but the refused token must not serve the next request.
+                    inner.broker.unauthorized(merchant, &token).await;
+                }
+                return Ok(response);
             }
             Prepared::Buffered(bytes) => bytes,
         };
@@ -206,18 +228,19 @@ impl Proxy {
             .send(Request::from_parts(parts, full(bytes.clone())), ctx)
             .await?;
         // 6 retry
-        if response.status() != StatusCode::UNAUTHORIZED {
+        if response.status() != StatusCode::UNAUTHORIZED
+            || inner.broker.unauthorized(merchant, &token).await != UnauthorizedAction::Renew
+        {
             return Ok(response);
         }
-        self.retry_unauthorized(merchant, &token, retry_head, bytes, ctx)
+        self.retry_unauthorized(merchant, retry_head, bytes, ctx)
             .await
     }
 
-    /// Phase 6: drop exactly the token Poynt refused, get a fresh one, and send once more.
+    /// Phase 6: the refused token is gone; get a fresh one and send once more.
     async fn retry_unauthorized(
         &self,
         merchant: MerchantId,
-        refused: &Token,
         (method, uri, mut headers): (Method, Uri, HeaderMap),
         body: Bytes,
         ctx: &mut Context,
@@ -225,10 +248,6 @@ impl Proxy {
         let inner = &self.inner;
         inner.metrics.unauthorized_retry();
         ctx.retried = true;
-        inner
-            .broker
-            .invalidate(merchant, refused.generation())
-            .await;
         let (token, _) = inner.broker.token(merchant).await?;
         headers.insert(AUTHORIZATION, token.header().clone());
         let mut request = Request::new(full(body));
@@ -238,22 +257,25 @@ impl Proxy {
         self.send(request, ctx).await
     }
 
-    fn upstream_uri(&self, caller: &Uri) -> Result<Uri, ProxyError> {
-        let path = caller
-            .path_and_query()
-            .filter(|pq| pq.path().starts_with('/'))
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    fn upstream_uri(&self, path: String, query: Option<&str>) -> Result<Uri, ProxyError> {
+        let path_and_query = match query {
+            Some(query) => format!("{path}?{query}"),
+            None => path,
+        };
+        let path_and_query = PathAndQuery::try_from(path_and_query).map_err(|e| {
+            ProxyError::InvalidPath(format!("expected a valid request target; {e}"))
+        })?;
         Uri::builder()
             .scheme(self.inner.scheme.clone())
             .authority(self.inner.authority.clone())
-            .path_and_query(path)
+            .path_and_query(path_and_query)
             .build()
-            .map_err(|_| ProxyError::InvalidPath(caller.to_string()))
+            .map_err(|e| ProxyError::InvalidPath(format!("expected a valid request target; {e}")))
     }
 
     /// Keeps small bodies whole (they can be resent after a 401) and streams the rest under
-    /// the size cap, so a large upload is never held in memory.
+    /// the size cap, so a large upload is never held in memory. Either way the body must
+    /// keep arriving: a gap of `server.body_read_timeout` ends the request.
     async fn prepare_body(&self, body: Incoming) -> Result<Prepared, ProxyError> {
         let inner = &self.inner;
         if body.is_end_stream() {
@@ -263,14 +285,27 @@ impl Proxy {
             .size_hint()
             .upper()
             .is_some_and(|upper| upper <= inner.retry_buffer as u64);
+        let body = CallerBody::new(body, inner.max_body, inner.body_read_timeout);
         if !keep {
-            let limited = Limited::new(body, usize::try_from(inner.max_body).unwrap_or(usize::MAX));
-            return Ok(Prepared::Streamed(limited.map_err(BoxError::from).boxed()));
+            return Ok(Prepared::Streamed(body.map_err(BoxError::from).boxed()));
         }
-        let collected = body.collect().await.map_err(|e| {
-            ProxyError::UpstreamUnavailable(format!("reading the caller's body failed: {e}"))
-        })?;
+        let collected = body
+            .collect()
+            .await
+            .map_err(|error| self.body_error(&error))?;
         Ok(Prepared::Buffered(collected.to_bytes()))
+    }
+
+    /// What the caller is told when its body failed.
+    fn body_error(&self, error: &BodyError) -> ProxyError {
+        match error {
+            BodyError::Stalled(_) => ProxyError::RequestTimeout(error.to_string()),
+            BodyError::TooLarge { limit } => ProxyError::PayloadTooLarge {
+                limit: *limit,
+                found: "a longer stream".into(),
+            },
+            BodyError::Malformed(_) => ProxyError::InvalidRequestBody(error_chain(error)),
+        }
     }
 
     /// Phase 5: one exchange with Poynt, bounded by the response-header timeout.
@@ -288,11 +323,10 @@ impl Proxy {
         *ctx.upstream_elapsed.get_or_insert_default() += elapsed;
         match result {
             Err(_) => Err(ProxyError::UpstreamTimeout(inner.response_timeout)),
-            Ok(Err(error)) if is_length_limit(&error) => Err(ProxyError::PayloadTooLarge {
-                limit: inner.max_body,
-                found: "a longer stream".into(),
-            }),
-            Ok(Err(error)) => Err(ProxyError::UpstreamUnavailable(error_chain(&error))),
+            Ok(Err(error)) => match caller_body_error(&error) {
+                Some(body_error) => Err(self.body_error(body_error)),
+                None => Err(ProxyError::UpstreamUnavailable(error_chain(&error))),
+            },
             Ok(Ok(mut response)) => {
                 headers::strip_hop_by_hop(response.headers_mut());
                 Ok(response)
@@ -347,13 +381,28 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+/// The caller's body error behind a failed upstream exchange, if that is what failed it.
+fn caller_body_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyError> {
     let mut current = Some(error);
     while let Some(e) = current {
-        if e.is::<LengthLimitError>() {
-            return true;
+        if let Some(body_error) = e.downcast_ref::<BodyError>() {
+            return Some(body_error);
         }
         current = e.source();
     }
-    false
+    None
+}
+
+/// The methods Poynt's API uses; anything else (CONNECT, TRACE, extensions) is refused.
+fn is_forwarded_method(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET
+            | Method::HEAD
+            | Method::POST
+            | Method::PUT
+            | Method::PATCH
+            | Method::DELETE
+            | Method::OPTIONS
+    )
 }

@@ -1,19 +1,24 @@
 //! The token broker: holds a valid access token for every merchant the proxy serves.
 //!
-//! A hit is a cache lookup and a reference-count increment. A miss makes every concurrent
-//! caller for that merchant wait on one grant. A hit past the token's refresh point starts
-//! one background renewal while callers keep the current token (stale-while-revalidate).
-//! A merchant whose grant fails backs off, so bad or unauthorized IDs cannot flood `/token`.
+//! A hit is a cache lookup and a reference-count increment. Everything that needs a new
+//! token — a miss, a hit past the refresh point, a 401 from Poynt, an admin refresh — goes
+//! through one *flight* per merchant: the first starts a grant on its own task (on the
+//! control runtime), everyone else for that merchant joins it, and a caller that goes away
+//! only stops waiting. So at most one grant per merchant is ever in flight, a refresh token
+//! is never presented twice, and it is never lost to a cancelled request.
+//!
+//! Renewal order: the refresh token when one is held, else a JWT-bearer assertion naming the
+//! merchant. A failed grant starts a growing per-merchant back-off; merchants never granted
+//! before share a small grant budget, so unknown business IDs cannot flood `/token`. A 401
+//! drops exactly the token Poynt refused, at most once per interval and never a token just
+//! issued, so a misbehaving upstream cannot drive a `/token` storm either.
 //!
 //! "Refresh due" and "expired" are decided on Tokio's clock from instants stored in the
 //! token; moka's own expiry only bounds memory.
-//!
-//! The seam for a persistent store is [`Broker::obtain`]: the one place a token is made,
-//! which a store would consult before granting and update after.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
@@ -24,17 +29,21 @@ use tokio::time::Instant;
 
 use crate::config::TokensConfig;
 use crate::merchant::MerchantId;
-use crate::metrics::{Lookup, Metrics};
+use crate::metrics::{Lookup, Metrics, Unauthorized};
+use crate::poynt::GrantKind;
+use crate::token::budget::GrantBudget;
 use crate::token::cache::TokenCache;
-use crate::token::grant::{Grant, GrantError, GrantKind, IssuedToken, TokenClient};
+use crate::token::grant::{Grant, GrantError, IssuedToken, TokenClient};
+use crate::token::state::{Flight, MerchantState, Outcome, States};
 
-/// How long a merchant's broker state (refresh token, back-off) is kept after its last use.
-const STATE_IDLE_TIMEOUT: Duration = Duration::from_secs(48 * 3600);
+/// How long after a grant task ends abnormally (a panic) callers are told to come back.
+const ABNORMAL_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// A merchant's access token, ready to inject.
 pub struct Token {
     header: HeaderValue,
     generation: u64,
+    received_at: Instant,
     refresh_at: Instant,
     usable_until: Instant,
     lifetime: Duration,
@@ -89,11 +98,13 @@ impl Token {
     #[cfg(test)]
     pub(crate) fn for_test(generation: u64) -> Arc<Self> {
         let lifetime = Duration::from_secs(86_400);
+        let now = Instant::now();
         Arc::new(Self {
             header: HeaderValue::from_static("Bearer test"),
             generation,
-            refresh_at: Instant::now() + lifetime / 2,
-            usable_until: Instant::now() + lifetime,
+            received_at: now,
+            refresh_at: now + lifetime / 2,
+            usable_until: now + lifetime,
             lifetime,
             expires_wall: SystemTime::now() + lifetime,
             refresh_wall: SystemTime::now() + lifetime / 2,
@@ -149,6 +160,14 @@ pub enum BrokerError {
         /// Time left.
         retry_after: Duration,
     },
+    /// The merchant was never granted a token and the budget for such grants is spent.
+    #[error(
+        "expected a merchant granted before, or room in the budget for new merchants' grants; found the budget spent"
+    )]
+    Throttled {
+        /// When the budget has room again.
+        retry_after: Duration,
+    },
 }
 
 impl BrokerError {
@@ -167,50 +186,45 @@ impl BrokerError {
     }
 }
 
-/// What the admin API shows of a merchant (never a token or refresh token).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct MerchantStatus {
-    /// The merchant.
-    pub merchant: String,
-    /// Token expiry, RFC 3339, when a token is cached.
-    pub expires_at: Option<String>,
-    /// When the next renewal starts, RFC 3339.
-    pub refresh_at: Option<String>,
-    /// Grant of the cached token.
-    pub grant: Option<GrantKind>,
-    /// Whether a refresh token is held.
-    pub has_refresh_token: bool,
-    /// When the last successful grant arrived, RFC 3339.
-    pub last_renewal: Option<String>,
-    /// The last grant failure.
-    pub last_error: Option<String>,
-    /// Seconds until the next grant attempt is allowed; 0 when not backing off.
-    pub backoff_remaining_secs: u64,
-    /// Consecutive failures.
-    pub failures: u32,
+/// What the proxy should do with an upstream 401.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnauthorizedAction {
+    /// The refused token was dropped: the next token will be a new one, so a kept request
+    /// body can be sent once more.
+    Renew,
+    /// Renewing now would not help or would storm `/token` (the token is brand new, or a
+    /// 401 already forced a renewal recently): the 401 goes to the caller as it is.
+    PassThrough,
 }
 
-#[derive(Default)]
-struct StateInner {
-    refresh_token: Option<SecretString>,
-    failures: u32,
-    backoff_until: Option<Instant>,
-    last_error: Option<String>,
-    last_renewal: Option<SystemTime>,
+/// What would satisfy whoever asks for a grant, so a flight is not started when a token
+/// that does already arrived.
+#[derive(Debug, Clone, Copy)]
+enum Want {
+    /// Any usable token (a miss).
+    Usable,
+    /// A token other than this generation (a renewal, a 401).
+    Replacing(u64),
+    /// A new grant whatever is cached, past any back-off or budget (an operator's refresh).
+    Forced,
 }
 
-#[derive(Default)]
-struct MerchantState {
-    inner: Mutex<StateInner>,
-    renewing: AtomicBool,
-}
-
-impl MerchantState {
-    fn lock(&self) -> MutexGuard<'_, StateInner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+impl Want {
+    fn satisfied_by(self, token: &Token, now: Instant) -> bool {
+        match self {
+            Self::Usable => now < token.usable_until,
+            Self::Replacing(generation) => {
+                token.generation != generation && now < token.usable_until
+            }
+            Self::Forced => false,
+        }
     }
+}
+
+/// Either a token at hand or a flight to wait for.
+enum Boarding {
+    Ready(Arc<Token>),
+    Waiting(Flight),
 }
 
 /// The broker. Cloning shares it.
@@ -219,36 +233,37 @@ pub struct Broker {
     inner: Arc<BrokerInner>,
 }
 
-struct BrokerInner {
-    tokens: TokenCache,
-    states: moka::sync::Cache<MerchantId, Arc<MerchantState>>,
+pub(crate) struct BrokerInner {
+    pub(crate) tokens: TokenCache,
+    pub(crate) states: States,
     client: TokenClient,
     config: TokensConfig,
     metrics: Metrics,
     generations: AtomicU64,
+    budget: GrantBudget,
     background: Handle,
 }
 
 impl Broker {
-    /// A broker granting through `client`. Background renewals run on `background`, not on
-    /// the worker whose request noticed the refresh point: a renewal holds the merchant's
-    /// refresh token while in flight and must not die with a worker that is shutting down.
+    /// A broker granting through `client`. Grants run on `background`, not on the worker
+    /// whose request needed them: a grant holds the merchant's refresh token while in flight
+    /// and must finish even if every caller waiting for it goes away or its worker drains.
     pub fn new(
         client: TokenClient,
         config: TokensConfig,
         metrics: Metrics,
         background: Handle,
     ) -> Self {
-        let tokens = TokenCache::new(config.max_merchants);
-        let states = moka::sync::Cache::builder()
-            .max_capacity(config.max_merchants)
-            .time_to_idle(STATE_IDLE_TIMEOUT)
-            .build();
+        let newcomer_ttl = config.backoff_max + Duration::from_secs(60);
         Self {
             inner: Arc::new(BrokerInner {
-                tokens,
-                states,
+                tokens: TokenCache::new(config.max_merchants),
+                states: States::new(config.max_merchants, newcomer_ttl),
                 client,
+                budget: GrantBudget::new(
+                    config.new_merchant_grants_per_second,
+                    config.new_merchant_grant_burst,
+                ),
                 config,
                 metrics,
                 generations: AtomicU64::new(1),
@@ -257,8 +272,12 @@ impl Broker {
         }
     }
 
+    pub(crate) fn inner(&self) -> &BrokerInner {
+        &self.inner
+    }
+
     /// A token for `merchant`: from the cache when one is usable (starting a background
-    /// renewal past the refresh point), else from one grant shared by all waiting callers.
+    /// renewal past the refresh point), else from the merchant's flight.
     pub async fn token(
         &self,
         merchant: MerchantId,
@@ -276,112 +295,158 @@ impl Broker {
                 return Ok((token, TokenSource::Hit));
             }
             if now < token.usable_until {
-                let renewing = self.renew_in_background(merchant);
-                inner.metrics.lookup(if renewing {
+                let renewing = self.boarding(merchant, Want::Replacing(token.generation));
+                inner.metrics.lookup(if renewing.is_ok() {
                     Lookup::RefreshAhead
                 } else {
                     Lookup::Stale
                 });
                 return Ok((token, TokenSource::Renewal));
             }
-            self.invalidate(merchant, token.generation).await;
+            inner.tokens.invalidate(merchant, token.generation).await;
         }
         inner.metrics.lookup(Lookup::Miss);
-        let this = self.clone();
-        inner
-            .tokens
-            .get_or_obtain(merchant, async move { this.obtain(merchant).await })
-            .await
-            .map(|token| (token, TokenSource::Miss))
-            .map_err(|e| (*e).clone())
+        let token = self.fly(merchant, Want::Usable).await?;
+        Ok((token, TokenSource::Miss))
     }
 
-    /// Drops the token with this generation, if it is still the cached one; a newer token
-    /// another request already fetched stays.
-    pub async fn invalidate(&self, merchant: MerchantId, generation: u64) {
-        self.inner.tokens.invalidate(merchant, generation).await;
+    /// Decides what an upstream 401 on `refused` means: drop exactly that token (so the next
+    /// request gets a new one), unless the token is too young to blame or a 401 already
+    /// forced a renewal for this merchant within `tokens.unauthorized_renewal_interval`.
+    pub async fn unauthorized(&self, merchant: MerchantId, refused: &Token) -> UnauthorizedAction {
+        let inner = &self.inner;
+        let config = &inner.config;
+        let now = Instant::now();
+        let state = inner.states.get_or_create(merchant);
+        {
+            let mut guard = state.lock();
+            let young = now.saturating_duration_since(refused.received_at)
+                < config.unauthorized_min_token_age;
+            let recent = guard.unauthorized_renewal.is_some_and(|at| {
+                now.saturating_duration_since(at) < config.unauthorized_renewal_interval
+            });
+            if young || recent {
+                inner.metrics.unauthorized(Unauthorized::PassedThrough);
+                return UnauthorizedAction::PassThrough;
+            }
+            guard.unauthorized_renewal = Some(now);
+        }
+        inner.metrics.unauthorized(Unauthorized::Renewed);
+        inner.tokens.invalidate(merchant, refused.generation).await;
+        UnauthorizedAction::Renew
     }
 
-    /// Drops whatever token is cached for `merchant` (admin eviction).
+    /// Drops whatever token is cached for `merchant` (admin eviction); whether there was
+    /// one. A grant already in flight still lands: it is a new token, not the evicted one.
     pub async fn evict(&self, merchant: MerchantId) -> bool {
         self.inner.tokens.remove(merchant).await
     }
 
-    /// Renews now, whatever the refresh point, waiting for the result (admin refresh).
+    /// Renews now, whatever the refresh point, back-off or budget, joining a grant already in
+    /// flight (admin refresh).
     pub async fn renew_now(&self, merchant: MerchantId) -> Result<Arc<Token>, BrokerError> {
-        let token = self.obtain(merchant).await?;
-        self.inner.tokens.insert(merchant, token.clone()).await;
-        Ok(token)
+        self.fly(merchant, Want::Forced).await
     }
 
     /// Caches a token obtained elsewhere — the seam where a persistent store hands back the
     /// tokens it kept across a restart; the benchmarks fill the cache through it too.
     pub async fn adopt(&self, merchant: MerchantId, issued: IssuedToken, grant: GrantKind) {
-        let state = self.state(merchant);
-        let token = self.record_success(&state, issued, grant);
+        let state = self.inner.states.get_or_create(merchant);
+        let token = self.record_success(merchant, &state, issued, grant);
         self.inner.tokens.insert(merchant, token).await;
     }
 
-    /// Starts one background renewal unless one is running or the merchant is backing off.
-    /// Returns whether a renewal is (now) under way.
-    fn renew_in_background(&self, merchant: MerchantId) -> bool {
-        let state = self.state(merchant);
-        if state
-            .lock()
-            .backoff_until
-            .is_some_and(|until| Instant::now() < until)
-        {
-            return false;
+    /// Waits for a token that satisfies `want`, boarding (or starting) the merchant's flight.
+    async fn fly(&self, merchant: MerchantId, want: Want) -> Outcome {
+        match self.boarding(merchant, want)? {
+            Boarding::Ready(token) => Ok(token),
+            Boarding::Waiting(mut flight) => match flight.wait_for(Option::is_some).await {
+                Ok(outcome) => outcome.clone().unwrap_or_else(|| Err(abnormal_end())),
+                Err(_) => Err(abnormal_end()),
+            },
         }
-        if state.renewing.swap(true, Ordering::AcqRel) {
-            return true;
-        }
-        let this = self.clone();
-        self.inner.background.spawn(async move {
-            if let Ok(token) = this.obtain(merchant).await {
-                this.inner.tokens.insert(merchant, token).await;
-            }
-            state.renewing.store(false, Ordering::Release);
-        });
-        true
     }
 
-    fn state(&self, merchant: MerchantId) -> Arc<MerchantState> {
-        self.inner.states.get_with(merchant, Default::default)
+    /// Joins the merchant's flight, or starts one unless a token satisfying `want` is
+    /// already cached or the merchant may not be granted now (back-off, budget). Deciding
+    /// under the merchant's lock makes "at most one grant in flight" hold whatever asks.
+    fn boarding(&self, merchant: MerchantId, want: Want) -> Result<Boarding, BrokerError> {
+        let inner = &self.inner;
+        let state = inner.states.get_or_create(merchant);
+        let mut guard = state.lock();
+        if let Some(flight) = &guard.flight {
+            return Ok(Boarding::Waiting(flight.clone()));
+        }
+        let now = Instant::now();
+        // A flight that just ended cached its token before it left the slot: seen here.
+        if let Some(token) = inner.tokens.indexed(merchant)
+            && want.satisfied_by(&token, now)
+        {
+            return Ok(Boarding::Ready(token));
+        }
+        if !matches!(want, Want::Forced) {
+            if let Some(until) = guard.backoff_until
+                && now < until
+            {
+                return Err(BrokerError::BackingOff {
+                    last_error: guard.last_error.clone().unwrap_or_default(),
+                    retry_after: until - now,
+                });
+            }
+            if !guard.granted
+                && let Err(retry_after) = inner.budget.take()
+            {
+                inner.metrics.grant_throttled();
+                return Err(BrokerError::Throttled { retry_after });
+            }
+        }
+        let (sender, flight) = tokio::sync::watch::channel(None);
+        guard.flight = Some(flight.clone());
+        drop(guard);
+        let this = self.clone();
+        inner.background.spawn(async move {
+            let mut landing = Landing {
+                broker: &this,
+                merchant,
+                state: &state,
+                landed: false,
+            };
+            let outcome = this.obtain(merchant, &state).await;
+            if let Ok(token) = &outcome {
+                this.inner.tokens.insert(merchant, token.clone()).await;
+            }
+            landing.land();
+            let _ = sender.send(Some(outcome));
+        });
+        Ok(Boarding::Waiting(flight))
     }
 
     /// Makes a new token: the refresh token when one is held (a refused one is dropped and
-    /// the JWT-bearer grant tried), else a JWT-bearer assertion naming the merchant. Honours
-    /// and updates the merchant's back-off.
-    async fn obtain(&self, merchant: MerchantId) -> Result<Arc<Token>, BrokerError> {
-        let state = self.state(merchant);
-        let refresh = {
-            let mut guard = state.lock();
-            if let Some(until) = guard.backoff_until {
-                let now = Instant::now();
-                if now < until {
-                    return Err(BrokerError::BackingOff {
-                        last_error: guard.last_error.clone().unwrap_or_default(),
-                        retry_after: until - now,
-                    });
-                }
-            }
-            // Taken, not copied: a refresh token is single-use, so two grants in flight
-            // must never both present it.
-            guard.refresh_token.take()
-        };
+    /// the JWT-bearer grant tried), else a JWT-bearer assertion naming the merchant.
+    ///
+    /// A refresh token is taken out of the state while it is presented. It goes back only
+    /// if the request certainly never reached Poynt; after any other failure Poynt may have
+    /// rotated it, and presenting it again would be a reuse, so it is dropped and the next
+    /// grant uses the key (which can always prove who we are).
+    async fn obtain(&self, merchant: MerchantId, state: &Arc<MerchantState>) -> Outcome {
+        let refresh = state.lock().refresh_token.take();
         if let Some(refresh) = refresh {
             let grant = Grant::RefreshToken(refresh.clone());
             match self.inner.client.request(&grant, Some(merchant)).await {
                 Ok(issued) => {
-                    return Ok(self.record_success(&state, issued, GrantKind::RefreshToken));
+                    return Ok(self.record_success(
+                        merchant,
+                        state,
+                        issued,
+                        GrantKind::RefreshToken,
+                    ));
                 }
-                // A refused refresh token is dropped; the key can still prove who we are.
                 Err(error) if error.is_refused() => {}
                 Err(error) => {
-                    // Poynt may not have seen it: keep it for the next attempt.
-                    state.lock().refresh_token.get_or_insert(refresh);
-                    return Err(self.record_failure(&state, error));
+                    if error.is_unsent() {
+                        state.lock().refresh_token.get_or_insert(refresh);
+                    }
+                    return Err(self.record_failure(state, &error.to_string(), Some(&error)));
                 }
             }
         }
@@ -391,48 +456,75 @@ impl Broker {
             .request(&Grant::JwtBearer(merchant), Some(merchant))
             .await
         {
-            Ok(issued) => Ok(self.record_success(&state, issued, GrantKind::JwtBearer)),
-            Err(error) => Err(self.record_failure(&state, error)),
+            Ok(issued) => Ok(self.record_success(merchant, state, issued, GrantKind::JwtBearer)),
+            Err(error) => Err(self.record_failure(state, &error.to_string(), Some(&error))),
         }
     }
 
     fn record_success(
         &self,
-        state: &MerchantState,
+        merchant: MerchantId,
+        state: &Arc<MerchantState>,
         issued: IssuedToken,
         grant: GrantKind,
     ) -> Arc<Token> {
-        let mut guard = state.lock();
-        guard.failures = 0;
-        guard.backoff_until = None;
-        guard.last_error = None;
-        guard.last_renewal = Some(issued.received_wall);
-        if let Some(refresh) = issued.refresh_token {
-            guard.refresh_token = Some(refresh);
+        let was_known = {
+            let mut guard = state.lock();
+            guard.failures = 0;
+            guard.backoff_until = None;
+            guard.last_error = None;
+            guard.last_renewal = Some(issued.received_wall);
+            if let Some(refresh) = issued.refresh_token {
+                guard.refresh_token = Some(refresh);
+            }
+            std::mem::replace(&mut guard.granted, true)
+        };
+        if !was_known {
+            self.inner.states.promote(merchant, state);
         }
-        drop(guard);
         let config = &self.inner.config;
         let jitter = if config.refresh_jitter > 0.0 {
             rand::rng().random_range(-config.refresh_jitter..=config.refresh_jitter)
         } else {
             0.0
         };
+        // The grant client clamps lifetimes, so none of these instants can overflow; the
+        // checked forms keep it so even if that bound were lifted.
         let lifetime = issued.lifetime;
         let refresh_after = lifetime.mul_f64((config.refresh_at + jitter).clamp(0.05, 0.95));
         let margin = config.expiry_margin.min(lifetime / 20);
+        let at = |after: Duration| {
+            issued
+                .received_at
+                .checked_add(after)
+                .unwrap_or(issued.received_at)
+        };
+        let wall = |after: Duration| {
+            issued
+                .received_wall
+                .checked_add(after)
+                .unwrap_or(issued.received_wall)
+        };
         Arc::new(Token {
             header: issued.bearer,
             generation: self.inner.generations.fetch_add(1, Ordering::Relaxed),
-            refresh_at: issued.received_at + refresh_after,
-            usable_until: issued.received_at + (lifetime - margin),
+            received_at: issued.received_at,
+            refresh_at: at(refresh_after),
+            usable_until: at(lifetime.saturating_sub(margin)),
             lifetime,
-            expires_wall: issued.received_wall + lifetime,
-            refresh_wall: issued.received_wall + refresh_after,
+            expires_wall: wall(lifetime),
+            refresh_wall: wall(refresh_after),
             grant,
         })
     }
 
-    fn record_failure(&self, state: &MerchantState, error: GrantError) -> BrokerError {
+    /// Records a failed grant and starts (or lengthens) the merchant's back-off.
+    fn record_failure(
+        &self,
+        state: &MerchantState,
+        reason: &str,
+        error: Option<&GrantError>,
+    ) -> BrokerError {
         let config = &self.inner.config;
         let mut guard = state.lock();
         guard.failures = guard.failures.saturating_add(1);
@@ -441,9 +533,16 @@ impl Broker {
             .backoff_initial
             .saturating_mul(1 << exponent)
             .min(config.backoff_max);
-        guard.backoff_until = Some(Instant::now() + backoff);
-        guard.last_error = Some(error.to_string());
-        BrokerError::from_grant(&error, backoff)
+        let now = Instant::now();
+        guard.backoff_until = Some(now.checked_add(backoff).unwrap_or(now));
+        guard.last_error = Some(reason.to_owned());
+        match error {
+            Some(error) => BrokerError::from_grant(error, backoff),
+            None => BrokerError::Unavailable {
+                reason: reason.to_owned(),
+                retry_after: backoff,
+            },
+        }
     }
 
     /// Onboards a merchant: exchanges the authorization code Poynt's redirect delivered and
@@ -479,72 +578,38 @@ impl Broker {
     }
 }
 
-fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time).to_string()
+fn abnormal_end() -> BrokerError {
+    BrokerError::Unavailable {
+        reason: "the grant ended without an answer (its task stopped)".into(),
+        retry_after: ABNORMAL_RETRY_AFTER,
+    }
 }
 
-impl Broker {
-    /// Number of cached tokens and of merchants backing off, for the gauges.
-    pub async fn counts(&self) -> (u64, u64) {
-        let now = Instant::now();
-        let backing_off = self
-            .inner
-            .states
-            .iter()
-            .filter(|(_, state)| state.lock().backoff_until.is_some_and(|u| now < u))
-            .count();
-        (self.inner.tokens.len().await, backing_off as u64)
-    }
+/// Ends a flight whatever happens to its task: on the normal path `land` clears the slot
+/// after the token is cached; if the task panics or is dropped first, the drop clears the
+/// slot and records the failure, so the merchant is never stuck "renewing".
+struct Landing<'a> {
+    broker: &'a Broker,
+    merchant: MerchantId,
+    state: &'a Arc<MerchantState>,
+    landed: bool,
+}
 
-    /// Every merchant the broker knows, sorted by ID.
-    pub async fn statuses(&self) -> Vec<MerchantStatus> {
-        let mut merchants: Vec<MerchantId> = self
-            .inner
-            .states
-            .iter()
-            .map(|(m, _)| *m)
-            .chain(self.inner.tokens.merchants())
-            .collect();
-        merchants.sort_unstable();
-        merchants.dedup();
-        let mut statuses = Vec::with_capacity(merchants.len());
-        for merchant in merchants {
-            statuses.extend(self.status(merchant).await);
-        }
-        statuses
+impl Landing<'_> {
+    fn land(&mut self) {
+        self.state.lock().flight = None;
+        self.landed = true;
     }
+}
 
-    /// What the broker holds for one merchant, if anything.
-    pub async fn status(&self, merchant: MerchantId) -> Option<MerchantStatus> {
-        let token = self.inner.tokens.get(merchant).await;
-        let state = self.inner.states.get(&merchant);
-        if token.is_none() && state.is_none() {
-            return None;
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        if !self.landed {
+            self.state.lock().flight = None;
+            let _ = self
+                .broker
+                .record_failure(self.state, "the grant task ended abnormally", None);
+            tracing::error!(merchant = %self.merchant, "grant task ended abnormally; the merchant backs off");
         }
-        let now = Instant::now();
-        let (has_refresh_token, last_renewal, last_error, backoff, failures) = match &state {
-            Some(state) => {
-                let s = state.lock();
-                (
-                    s.refresh_token.is_some(),
-                    s.last_renewal,
-                    s.last_error.clone(),
-                    s.backoff_until.map(|u| u.saturating_duration_since(now)),
-                    s.failures,
-                )
-            }
-            None => (false, None, None, None, 0),
-        };
-        Some(MerchantStatus {
-            merchant: merchant.to_string(),
-            expires_at: token.as_ref().map(|t| rfc3339(t.expires_wall)),
-            refresh_at: token.as_ref().map(|t| rfc3339(t.refresh_wall)),
-            grant: token.as_ref().map(|t| t.grant),
-            has_refresh_token,
-            last_renewal: last_renewal.map(rfc3339),
-            last_error,
-            backoff_remaining_secs: backoff.map_or(0, |d| d.as_secs_f64().ceil() as u64),
-            failures,
-        })
     }
 }

@@ -1,5 +1,5 @@
-//! The broker's token cache: moka owns the tokens — the `max_merchants` bound, expiry, one
-//! grant per cold merchant — and a lock-free papaya index mirrors them for the hot path.
+//! The broker's token cache: moka owns the tokens — the `max_merchants` bound and expiry —
+//! and a lock-free papaya index mirrors them for the hot path.
 //!
 //! Why two structures: every moka read records itself for the eviction policy (read
 //! buffer, access-order deque, expiry timer wheel), which costs three to five times the
@@ -22,7 +22,7 @@ use moka::notification::RemovalCause;
 use moka::ops::compute::Op;
 
 use crate::merchant::MerchantId;
-use crate::token::broker::{BrokerError, Token};
+use crate::token::broker::Token;
 
 type Index = papaya::HashMap<MerchantId, Arc<Token>, foldhash::fast::RandomState>;
 
@@ -88,34 +88,29 @@ impl TokenCache {
     /// The authoritative token, re-indexing it when the index has lost track of it.
     pub(crate) async fn get(&self, merchant: MerchantId) -> Option<Arc<Token>> {
         let token = self.store.get(&merchant).await?;
-        let index = self.index.pin();
-        if !index
+        let indexed = self
+            .index
+            .pin()
             .get(&merchant)
-            .is_some_and(|held| Arc::ptr_eq(held, &token))
-        {
-            index.insert(merchant, token.clone());
+            .is_some_and(|held| Arc::ptr_eq(held, &token));
+        if !indexed {
+            self.index.pin().insert(merchant, token.clone());
+            // A removal (eviction, invalidation) may have run between the read above and
+            // this insert; if moka no longer holds this token, take it back out, so an
+            // evicted token is never resurrected in the index.
+            let still_held = self
+                .store
+                .get(&merchant)
+                .await
+                .is_some_and(|held| Arc::ptr_eq(&held, &token));
+            if !still_held {
+                let _ = self
+                    .index
+                    .pin()
+                    .remove_if(&merchant, |_, held| Arc::ptr_eq(held, &token));
+            }
         }
         Some(token)
-    }
-
-    /// The cached token, or the one `obtain` makes; concurrent callers for one merchant
-    /// share a single `obtain`.
-    pub(crate) async fn get_or_obtain<F>(
-        &self,
-        merchant: MerchantId,
-        obtain: F,
-    ) -> Result<Arc<Token>, Arc<BrokerError>>
-    where
-        F: Future<Output = Result<Arc<Token>, BrokerError>>,
-    {
-        let index = &self.index;
-        self.store
-            .try_get_with(merchant, async move {
-                let token = obtain.await?;
-                index.pin().insert(merchant, token.clone());
-                Ok(token)
-            })
-            .await
     }
 
     /// Caches `token` for `merchant`, replacing any other.

@@ -23,6 +23,9 @@ use crate::upstream::{BoxError, HttpClient};
 
 /// Largest `/token` response read; Poynt's are about 1.5 KB.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// Longest token lifetime believed: Poynt's are a day; a larger `expiresIn` (up to
+/// `u64::MAX`) is clamped to this, so no instant computed from it can overflow.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
 
 /// A way to obtain an access token.
 pub enum Grant {
@@ -71,15 +74,21 @@ pub struct IssuedToken {
 /// Why a `/token` call did not produce a token.
 #[derive(Debug, thiserror::Error)]
 pub enum GrantError {
-    /// No HTTP exchange happened (DNS, connect, TLS, reset...).
+    /// No HTTP answer arrived (DNS, connect, TLS, reset...).
     #[error("cannot reach Poynt's /token endpoint: {detail}")]
     Transport {
         /// The error chain, flattened (it names a certificate problem, for instance).
         detail: String,
+        /// Whether the request certainly never reached Poynt (no connection was made).
+        unsent: bool,
     },
     /// Poynt did not answer within the configured time.
     #[error("Poynt's /token endpoint did not answer within {}", humantime::format_duration(*.0))]
     Timeout(Duration),
+    /// The call waited for a slot under `tokens.max_concurrent_grants` for the whole
+    /// `poynt.token_timeout` and was never sent.
+    #[error("no /token call slot became free within {}", humantime::format_duration(*.0))]
+    Queued(Duration),
     /// Poynt refused the grant (4xx): the credential or merchant is not acceptable.
     #[error("Poynt refused the {grant} grant: HTTP {status}, code {code:?}: {message}")]
     Refused {
@@ -112,6 +121,19 @@ impl GrantError {
     /// Whether Poynt itself said no (as opposed to not answering properly).
     pub fn is_refused(&self) -> bool {
         matches!(self, Self::Refused { .. })
+    }
+
+    /// Whether the request certainly never reached Poynt, so a refresh token it carried is
+    /// still unused and may be presented again.
+    pub fn is_unsent(&self) -> bool {
+        match self {
+            Self::Transport { unsent, .. } => *unsent,
+            Self::Queued(_) | Self::Sign(_) => true,
+            Self::Timeout(_)
+            | Self::Refused { .. }
+            | Self::Unavailable { .. }
+            | Self::Malformed(_) => false,
+        }
     }
 
     /// Poynt's error code, if it sent one.
@@ -202,11 +224,19 @@ impl TokenClient {
         let kind = grant.kind();
         let request_id = uuid::Uuid::new_v4();
         let started = Instant::now();
-        let result =
-            match tokio::time::timeout(self.timeout, self.exchange(grant, request_id)).await {
-                Ok(result) => result,
-                Err(_) => Err(GrantError::Timeout(self.timeout)),
-            };
+        let result = match tokio::time::timeout(self.timeout, self.permits.acquire()).await {
+            Err(_) => Err(GrantError::Queued(self.timeout)),
+            Ok(Err(_)) => Err(GrantError::Transport {
+                detail: "the token client is shutting down".into(),
+                unsent: true,
+            }),
+            Ok(Ok(_permit)) => {
+                match tokio::time::timeout(self.timeout, self.exchange(grant, request_id)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(GrantError::Timeout(self.timeout)),
+                }
+            }
+        };
         let elapsed = started.elapsed();
         let outcome = match &result {
             Ok(_) => "success",
@@ -245,13 +275,6 @@ impl TokenClient {
         grant: &Grant,
         request_id: uuid::Uuid,
     ) -> Result<IssuedToken, GrantError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| GrantError::Transport {
-                detail: "the token client is shutting down".into(),
-            })?;
         let request = self.build_request(grant, request_id)?;
         let response = self
             .http
@@ -259,6 +282,7 @@ impl TokenClient {
             .await
             .map_err(|e| GrantError::Transport {
                 detail: error_chain(&e),
+                unsent: e.is_connect(),
             })?;
         let status = response.status();
         let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
@@ -266,6 +290,7 @@ impl TokenClient {
             .await
             .map_err(|e| GrantError::Transport {
                 detail: format!("reading the response body failed: {e}"),
+                unsent: false,
             })?
             .to_bytes();
         let received_at = Instant::now();
@@ -360,11 +385,12 @@ pub fn parse_token_response(
     })?;
     let claims: Option<AccessClaims> =
         jsonwebtoken::dangerous::insecure_decode_claims(response.access_token.expose_secret()).ok();
-    let declared = Duration::from_secs(response.expires_in);
+    let declared = Duration::from_secs(response.expires_in).min(MAX_TOKEN_LIFETIME);
     let exp = claims.as_ref().and_then(|c| c.exp);
     let lifetime = match exp {
-        Some(exp) => (UNIX_EPOCH + Duration::from_secs(exp))
-            .duration_since(received_wall)
+        Some(exp) => UNIX_EPOCH
+            .checked_add(Duration::from_secs(exp))
+            .and_then(|exp| exp.duration_since(received_wall).ok())
             .unwrap_or_default()
             .min(declared),
         None => declared,

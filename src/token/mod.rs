@@ -3,5 +3,8 @@
 
 pub mod assertion;
 pub mod broker;
+mod budget;
 mod cache;
 pub mod grant;
+mod state;
+pub mod status;

@@ -35,11 +35,14 @@ pub fn merchant() -> MerchantId {
     MerchantId::parse(&uuid::Uuid::new_v4().to_string()).expect("uuid")
 }
 
-/// An HTTP client for the proxy (plain HTTP, never through an environment proxy).
+/// An HTTP client for the proxy (plain HTTP, never through an environment proxy). Like any
+/// well-behaved caller it drops idle connections before the proxy's `header_read_timeout`
+/// (10 s) would close them, so a reused connection never races the proxy's close.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(64)
+        .pool_idle_timeout(Duration::from_secs(5))
         .build()
         .expect("client")
 }

@@ -1,0 +1,237 @@
+//! Phase 2, the path guard: a caller may spend a merchant's token only on that merchant's
+//! data, however the path is spelled.
+//!
+//! The guard works on what an upstream could make of the path, not on its spelling. Its
+//! rules, applied to the path of an origin-form request target (the query is not part of
+//! it, and is forwarded untouched):
+//!
+//! 1. The path starts with `/`. Asterisk-form (`*`) and authority-form targets are refused.
+//! 2. Percent-encodings are decoded once, per RFC 3986 §6.2.2: an encoded *unreserved*
+//!    character (`A-Z a-z 0-9 - . _ ~`) becomes the character; any other encoding stays
+//!    encoded, with its hex digits in upper case. A `%` not followed by two hex digits is
+//!    refused.
+//! 3. Refused outright (400 `INVALID_PATH`), because some server between the proxy and the
+//!    data may read them as structure: an encoded `/` (`%2F`) or `\` (`%5C`); a raw `\`; an
+//!    encoded `%` (`%25`, a second layer of encoding); a `;` raw or encoded (`%3B`, path
+//!    parameters such as `..;` or `;v=1`); a dot segment (`.` or `..`, in any spelling,
+//!    e.g. `%2e%2E`); an empty segment anywhere but at the end (`//`, which servers collapse).
+//! 4. What is left is compared, with `businesses` in any letter case: a path whose first
+//!    segment is `businesses` must have the header's merchant as its second segment (a
+//!    business ID in any letter case), else 403 `MERCHANT_PATH_MISMATCH` — `/businesses`
+//!    alone names no merchant and is refused too. Other paths name no merchant and pass.
+//! 5. The normalised path (step 2) is what is forwarded, so Poynt receives exactly the
+//!    spelling that was checked.
+//!
+//! A property test (`tests/path_guard.rs`) checks the promise against an upstream that
+//! decodes everything, resolves dot segments, collapses slashes and treats `\` and `;` as
+//! separators: whatever the guard lets through names the header's merchant or no merchant.
+
+use http::HeaderName;
+
+use crate::merchant::MerchantId;
+use crate::proxy::error::ProxyError;
+
+/// Longest part of a refused path quoted back in an error message.
+const QUOTED: usize = 200;
+
+/// Checks `path` for `merchant` and returns the normalised path to forward.
+pub fn guard_path(
+    path: &str,
+    merchant: MerchantId,
+    header: &HeaderName,
+) -> Result<String, ProxyError> {
+    let normalised = normalise(path)?;
+    let mut segments = normalised.split('/').skip(1);
+    let first = segments.next().unwrap_or_default();
+    if !first.eq_ignore_ascii_case("businesses") {
+        return Ok(normalised);
+    }
+    let named = segments.next().unwrap_or_default();
+    match MerchantId::parse(named) {
+        Ok(id) if id == merchant => Ok(normalised),
+        _ => Err(ProxyError::MerchantPathMismatch {
+            header: header.to_string(),
+            merchant: merchant.to_string(),
+            path_merchant: format!("{:?}", named.chars().take(64).collect::<String>()),
+        }),
+    }
+}
+
+/// Rules 1–3: the normalised path, or why it is refused.
+pub fn normalise(path: &str) -> Result<String, ProxyError> {
+    let refuse = |why: &str| {
+        ProxyError::InvalidPath(format!(
+            "{why}; found {:?}",
+            path.chars().take(QUOTED).collect::<String>()
+        ))
+    };
+    if !path.starts_with('/') {
+        return Err(refuse("expected an origin-form path starting with \"/\""));
+    }
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let byte = bytes[index];
+        match byte {
+            b'%' => {
+                let decoded = bytes
+                    .get(index + 1..index + 3)
+                    .and_then(|hex| std::str::from_utf8(hex).ok())
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                    .ok_or_else(|| refuse("expected \"%\" to start a two-hex-digit escape"))?;
+                match decoded {
+                    b'/' | b'\\' => {
+                        return Err(refuse("expected no encoded \"/\" or \"\\\" in the path"));
+                    }
+                    b'%' => return Err(refuse("expected no doubly-encoded \"%25\" in the path")),
+                    b';' => return Err(refuse("expected no \";\" path parameters")),
+                    c if is_unreserved(c) => out.push(char::from(c)),
+                    c => {
+                        out.push('%');
+                        out.push(char::from(HEX_UPPER[usize::from(c >> 4)]));
+                        out.push(char::from(HEX_UPPER[usize::from(c & 0x0f)]));
+                    }
+                }
+                index += 3;
+            }
+            b'\\' => return Err(refuse("expected no \"\\\" in the path")),
+            b';' => return Err(refuse("expected no \";\" path parameters")),
+            _ => {
+                // The request target was parsed by `http::Uri`, so this is ASCII; a
+                // multi-byte character is copied whole.
+                let width = utf8_width(byte);
+                out.push_str(&path[index..index + width]);
+                index += width;
+                continue;
+            }
+        }
+    }
+    let segments: Vec<&str> = out.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (position, segment) in segments.iter().enumerate() {
+        if *segment == "." || *segment == ".." {
+            return Err(refuse("expected no \".\" or \"..\" segments"));
+        }
+        if segment.is_empty() && position != last {
+            return Err(refuse("expected no empty segments (\"//\")"));
+        }
+    }
+    Ok(out)
+}
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+fn is_unreserved(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
+}
+
+fn utf8_width(first: u8) -> usize {
+    match first {
+        0xF0..=0xF7 => 4,
+        0xE0..=0xEF => 3,
+        0xC0..=0xDF => 2,
+        _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: &str = "c9580c24-b61e-4e0d-ad26-1dd1d3943d2c";
+    const OTHER: &str = "00000000-0000-4000-8000-000000000000";
+
+    fn header() -> HeaderName {
+        HeaderName::from_static("x-poynt-merchant-id")
+    }
+
+    fn guard(path: &str) -> Result<String, &'static str> {
+        guard_path(path, MerchantId::parse(M).unwrap(), &header()).map_err(|e| e.code())
+    }
+
+    #[test]
+    fn a_table_of_spellings() {
+        let m = M;
+        let upper = M.to_uppercase();
+        let o = OTHER;
+        let ok = |path: String, forwarded: String| (path, Ok(forwarded));
+        let bad = |path: String, code: &'static str| (path, Err(code));
+        let table: Vec<(String, Result<String, &'static str>)> = vec![
+            ok(
+                format!("/businesses/{m}/orders"),
+                format!("/businesses/{m}/orders"),
+            ),
+            ok(
+                format!("/BUSINESSES/{upper}"),
+                format!("/BUSINESSES/{upper}"),
+            ),
+            ok(format!("/businesses/{m}/"), format!("/businesses/{m}/")),
+            ok(
+                format!("/%62usinesses/{m}/orders"),
+                format!("/businesses/{m}/orders"),
+            ),
+            ok(
+                format!("/businesses/%63{}", &m[1..]),
+                format!("/businesses/{m}"),
+            ),
+            ok(
+                format!("/businesses/{m}/a%20b"),
+                format!("/businesses/{m}/a%20b"),
+            ),
+            ok(
+                format!("/businesses/{m}/a%c3%a9"),
+                format!("/businesses/{m}/a%C3%A9"),
+            ),
+            ok("/catalogs/x".into(), "/catalogs/x".into()),
+            ok("/".into(), "/".into()),
+            ok("/businessesX/y".into(), "/businessesX/y".into()),
+            ok(
+                format!("/businesses/{m}/orders/..x"),
+                format!("/businesses/{m}/orders/..x"),
+            ),
+            bad(format!("/businesses/{o}/orders"), "MERCHANT_PATH_MISMATCH"),
+            bad(
+                format!("/%62usinesses/{o}/orders"),
+                "MERCHANT_PATH_MISMATCH",
+            ),
+            bad(
+                format!("/businesse%73/{o}/orders"),
+                "MERCHANT_PATH_MISMATCH",
+            ),
+            bad(format!("/%42%55SINESSES/{o}"), "MERCHANT_PATH_MISMATCH"),
+            bad(
+                format!("/businesses/%30{}", &o[1..]),
+                "MERCHANT_PATH_MISMATCH",
+            ),
+            bad("/businesses".into(), "MERCHANT_PATH_MISMATCH"),
+            bad("/businesses/".into(), "MERCHANT_PATH_MISMATCH"),
+            bad(format!("/businesses/{m}x/orders"), "MERCHANT_PATH_MISMATCH"),
+            bad(format!("/businesses/%20{m}"), "MERCHANT_PATH_MISMATCH"),
+            bad(format!("/businesses;v=1/{o}/orders"), "INVALID_PATH"),
+            bad(format!("/businesses/{m}/..;/{o}/orders"), "INVALID_PATH"),
+            bad(format!("/businesses/{m}/..%2F{o}/orders"), "INVALID_PATH"),
+            bad(format!("/businesses/{m}/..%2f{o}/orders"), "INVALID_PATH"),
+            bad(format!("/businesses/{m}/%252e%252e/{o}"), "INVALID_PATH"),
+            bad(format!("/businesses/{m}/%5C..%5C{o}"), "INVALID_PATH"),
+            bad(format!("/businesses/{m}/\\..\\{o}"), "INVALID_PATH"),
+            bad(format!("/businesses/{m}/../{o}"), "INVALID_PATH"),
+            bad(format!("/businesses/{m}/%2e%2e/{o}"), "INVALID_PATH"),
+            bad(format!("/businesses/{m}/%2E./{o}"), "INVALID_PATH"),
+            bad(format!("/businesses/{m}/./orders"), "INVALID_PATH"),
+            bad(format!("/businesses/{m}/%2e/orders"), "INVALID_PATH"),
+            bad(format!("//businesses/{o}/orders"), "INVALID_PATH"),
+            bad(format!("/x//businesses/{o}"), "INVALID_PATH"),
+            bad(format!("/businesses/{m}%3B/orders"), "INVALID_PATH"),
+            bad(format!("/businesses/{m};jsessionid=1"), "INVALID_PATH"),
+            bad("/businesses/%zz".into(), "INVALID_PATH"),
+            bad("/businesses/%4".into(), "INVALID_PATH"),
+            bad("*".into(), "INVALID_PATH"),
+            bad("businesses/x".into(), "INVALID_PATH"),
+        ];
+        assert!(table.len() >= 30);
+        for (path, expected) in table {
+            assert_eq!(guard(&path), expected, "{path}");
+        }
+    }
+}
