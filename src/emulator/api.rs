@@ -79,7 +79,13 @@ async fn handle_inner(
     let query = parts.uri.query();
     let knobs = Knobs::parse(query)?;
 
-    let (body_len, body_sha256) = hash_body(body).await?;
+    let (body_len, body_sha256, trailers) = match hash_body(body).await {
+        Ok(read) => read,
+        Err(error) => {
+            shared.counters.api_incomplete_body();
+            return Err(error);
+        }
+    };
     if let Some(delay) = knobs.delay {
         tokio::time::sleep(delay).await;
     }
@@ -96,6 +102,7 @@ async fn handle_inner(
             headers: echo_headers(&parts.headers),
             body_len,
             body_sha256: &body_sha256,
+            trailers,
         };
         let json = serde_json::to_vec(&echo).map_err(|error| {
             ApiError::Internal(format!("expected to serialise the echo: {error}"))
@@ -133,6 +140,8 @@ struct Echo<'a> {
     headers: BTreeMap<&'a str, String>,
     body_len: u64,
     body_sha256: &'a str,
+    /// Names of the trailer fields that came after the body, if any.
+    trailers: Vec<String>,
 }
 
 /// Request headers by (lowercase) name, repeated ones joined with ", ". The bearer token is
@@ -158,22 +167,30 @@ fn echo_headers(headers: &HeaderMap) -> BTreeMap<&str, String> {
     echoed
 }
 
-/// Reads the request body to its end, hashing as it streams; nothing is kept.
-async fn hash_body(mut body: Incoming) -> Result<(u64, String), ApiError> {
+/// Reads the request body to its end, hashing as it streams; only trailer names are kept.
+async fn hash_body(mut body: Incoming) -> Result<(u64, String, Vec<String>), ApiError> {
     let mut context = digest::Context::new(&digest::SHA256);
     let mut len = 0u64;
+    let mut trailers = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|error| {
             ApiError::InvalidRequest(format!(
                 "expected a complete request body; reading it failed: {error}"
             ))
         })?;
-        if let Ok(data) = frame.into_data() {
-            len += data.len() as u64;
-            context.update(&data);
+        match frame.into_data() {
+            Ok(data) => {
+                len += data.len() as u64;
+                context.update(&data);
+            }
+            Err(frame) => {
+                if let Ok(fields) = frame.into_trailers() {
+                    trailers.extend(fields.keys().map(|name| name.as_str().to_owned()));
+                }
+            }
         }
     }
-    Ok((len, hex(context.finish().as_ref())))
+    Ok((len, hex(context.finish().as_ref()), trailers))
 }
 
 /// Lowercase hex.

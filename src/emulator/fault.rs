@@ -20,6 +20,10 @@ pub struct Fault {
     /// Wait this long before handling every `/token` call (Poynt slow).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_delay_ms: Option<u64>,
+    /// Issue tokens with this `expiresIn` (and an `exp` that far ahead, saturating), instead
+    /// of the configured lifetime: a hostile or broken Poynt, e.g. `u64::MAX`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_expires_in: Option<u64>,
 }
 
 impl Fault {

@@ -24,6 +24,10 @@ pub struct Stats {
     pub api_calls: u64,
     /// Calls under `/businesses/` refused with 401 `INVALID_ACCESS_TOKEN`.
     pub api_unauthorized: u64,
+    /// Calls under `/businesses/` whose request body broke off before its end (the sender
+    /// aborted it).
+    #[serde(default)]
+    pub api_incomplete_bodies: u64,
 }
 
 /// `/token` counters per grant type.
@@ -73,6 +77,8 @@ pub(crate) struct Counters {
     api_calls: AtomicU64,
     /// `Stats::api_unauthorized`.
     api_unauthorized: AtomicU64,
+    /// `Stats::api_incomplete_bodies`.
+    api_incomplete_bodies: AtomicU64,
 }
 
 /// The mutex-guarded part of the counters.
@@ -133,6 +139,11 @@ impl Counters {
         self.api_unauthorized.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a `/businesses/` call whose request body broke off.
+    pub(crate) fn api_incomplete_body(&self) {
+        self.api_incomplete_bodies.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A consistent-enough snapshot (the atomics are read after the token lock is dropped).
     pub(crate) fn snapshot(&self) -> Stats {
         let (token_calls, token_calls_total, token_faulted, refresh_token_reuse) = {
@@ -151,6 +162,7 @@ impl Counters {
             refresh_token_reuse,
             api_calls: self.api_calls.load(Ordering::Relaxed),
             api_unauthorized: self.api_unauthorized.load(Ordering::Relaxed),
+            api_incomplete_bodies: self.api_incomplete_bodies.load(Ordering::Relaxed),
         }
     }
 
@@ -159,6 +171,7 @@ impl Counters {
         *self.token() = TokenCounters::default();
         self.api_calls.store(0, Ordering::Relaxed);
         self.api_unauthorized.store(0, Ordering::Relaxed);
+        self.api_incomplete_bodies.store(0, Ordering::Relaxed);
     }
 
     fn token(&self) -> std::sync::MutexGuard<'_, TokenCounters> {

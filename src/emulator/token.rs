@@ -361,7 +361,11 @@ pub(crate) fn user_number(id: uuid::Uuid) -> u64 {
 /// Issues an access token and a refresh token for `merchant` (or the app) and records both.
 pub(crate) fn issue(shared: &Shared, merchant: Option<MerchantId>) -> Result<Bytes, ApiError> {
     let iat = now_secs();
-    let exp = iat + shared.token_ttl_secs;
+    let expires_in = shared
+        .fault()
+        .token_expires_in
+        .unwrap_or(shared.token_ttl_secs);
+    let exp = iat.saturating_add(expires_in);
     let claims = AccessClaims {
         iss: &shared.base_url,
         sub: &shared.app_id,
@@ -394,7 +398,7 @@ pub(crate) fn issue(shared: &Shared, merchant: Option<MerchantId>) -> Result<Byt
     shared.remember_secret(&access_token);
     shared.remember_secret(&refresh_token);
     let body = TokenResponse {
-        expires_in: shared.token_ttl_secs,
+        expires_in,
         access_token: &access_token,
         refresh_token: &refresh_token,
         scope: "ALL",
