@@ -387,13 +387,13 @@ pub fn parse_token_response(
         jsonwebtoken::dangerous::insecure_decode_claims(response.access_token.expose_secret()).ok();
     let declared = Duration::from_secs(response.expires_in).min(MAX_TOKEN_LIFETIME);
     let exp = claims.as_ref().and_then(|c| c.exp);
-    let lifetime = match exp {
-        Some(exp) => UNIX_EPOCH
-            .checked_add(Duration::from_secs(exp))
-            .and_then(|exp| exp.duration_since(received_wall).ok())
+    let lifetime = match exp.map(|exp| UNIX_EPOCH.checked_add(Duration::from_secs(exp))) {
+        Some(Some(exp)) => exp
+            .duration_since(received_wall)
             .unwrap_or_default()
             .min(declared),
-        None => declared,
+        // No `exp`, or one beyond what the clock can represent: `expiresIn` (clamped) rules.
+        Some(None) | None => declared,
     };
     if lifetime.is_zero() {
         return Err(GrantError::Malformed(format!(

@@ -184,6 +184,23 @@ impl Harness {
             .expect("proxy answers")
     }
 
+    /// Sums every series of the proxy's /metrics whose line starts with `selector`.
+    pub async fn metric(&self, selector: &str) -> f64 {
+        let text = self
+            .client
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .filter(|l| l.starts_with(selector))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// The emulator's counters.
     pub fn stats(&self) -> Stats {
         self.emulator.stats()
@@ -278,4 +295,18 @@ pub async fn authorization_code(
 ) -> String {
     let location = authorization_redirect(emulator, merchant, redirect).await;
     query_param(&location, "code").expect("code in the redirect")
+}
+
+/// Asserts a body is the proxy's own error in Poynt's shape with this code and status.
+pub fn assert_poynt_error(body: &serde_json::Value, code: &str, status: u16) {
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["httpStatus"], status, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(
+        body["requestId"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
 }

@@ -119,18 +119,46 @@ pub fn spawn_proxy_logging(
 impl ProxyProcess {
     /// Sends SIGTERM and waits (at most 30 s) for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let killed = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+        self.signal("TERM");
+        self.exit_within(Duration::from_secs(30))
+            .expect("proxy exits within 30 s of SIGTERM")
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`, `KILL`...).
+    pub fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .unwrap();
-        assert!(killed.success());
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        assert!(sent.success(), "kill -{name} failed");
+    }
+
+    /// The exit status, if the process exits within `limit` (polled every 20 ms).
+    pub fn exit_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
+                return Some(status);
             }
-            assert!(std::time::Instant::now() < deadline, "proxy did not exit");
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+
+    /// Everything the process logged so far.
+    pub fn logs(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+}
+
+/// A process's resident memory now, in KiB (from /proc).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
 }
