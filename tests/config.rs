@@ -182,6 +182,7 @@ fn the_key_may_come_from_the_environment_variable() {
     let sources = KeySources {
         base_dir: None,
         private_key_env: Some(pem.into()),
+        ..KeySources::default()
     };
     let config = Config::parse(&yaml, &sources).expect("env key accepted");
     assert!(
@@ -191,6 +192,7 @@ fn the_key_may_come_from_the_environment_variable() {
     let sources = KeySources {
         base_dir: None,
         private_key_env: Some("garbage".to_string().into()),
+        ..KeySources::default()
     };
     let message = Config::parse(&yaml, &sources).unwrap_err().to_string();
     assert!(message.starts_with(PRIVATE_KEY_ENV), "{message}");
