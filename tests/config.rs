@@ -216,7 +216,11 @@ fn relative_paths_resolve_against_the_config_file() {
 }
 
 /// The checked store section of `store` (indented YAML), paths resolved in `dir`.
-fn store_of(store: &str, dir: &std::path::Path, sources: KeySources) -> Result<StoreConfig, String> {
+fn store_of(
+    store: &str,
+    dir: &std::path::Path,
+    sources: KeySources,
+) -> Result<StoreConfig, String> {
     let sources = KeySources {
         base_dir: Some(dir.to_owned()),
         ..sources
@@ -259,7 +263,10 @@ fn store_errors_name_the_key_and_what_was_wrong() {
     std::fs::create_dir(dir.path().join("adir")).unwrap();
     let cases = [
         ("  path: \"\"\n", "store.path: expected a file path"),
-        ("  path: adir\n", "store.path: expected a file; found the directory"),
+        (
+            "  path: adir\n",
+            "store.path: expected a file; found the directory",
+        ),
         (
             "  redis_url: \"http://127.0.0.1:6379\"\n",
             "store.redis_url: expected redis://",
@@ -268,9 +275,18 @@ fn store_errors_name_the_key_and_what_was_wrong() {
             "  redis_url: \"nonsense\"\n",
             "store.redis_url: expected redis://",
         ),
-        ("  key_prefix: \"\"\n", "store.key_prefix: expected a non-empty name"),
-        ("  key_prefix: \"a b\"\n", "store.key_prefix: expected a non-empty name"),
-        ("  key_file: nowhere.key\n", "store.key_file: cannot read key file"),
+        (
+            "  key_prefix: \"\"\n",
+            "store.key_prefix: expected a non-empty name",
+        ),
+        (
+            "  key_prefix: \"a b\"\n",
+            "store.key_prefix: expected a non-empty name",
+        ),
+        (
+            "  key_file: nowhere.key\n",
+            "store.key_file: cannot read key file",
+        ),
         (
             "  key_file: short.key\n",
             "store.key_file: expected the base64 of 32 random bytes (`poynt-proxy store keygen` prints one); found 5 bytes",
@@ -279,7 +295,10 @@ fn store_errors_name_the_key_and_what_was_wrong() {
             "  key_file: good.key\n  previous_key_files: [good.key, short.key]\n",
             "store.previous_key_files[1]: expected the base64 of 32 random bytes",
         ),
-        ("  timeout: 0s\n", "store.timeout: expected a duration above zero"),
+        (
+            "  timeout: 0s\n",
+            "store.timeout: expected a duration above zero",
+        ),
         ("  timeout: soon\n", "store.timeout"),
         ("  color: blue\n", "color"),
         (
@@ -316,7 +335,11 @@ fn the_environment_overrides_the_store_key_and_the_redis_url() {
     let env_key = keys::generate();
     let sources = || KeySources {
         store_key_env: Some(env_key.expose_secret().to_owned().into()),
-        redis_url_env: Some("rediss://proxy:hunter2-secret@redis.internal:6380/2".to_owned().into()),
+        redis_url_env: Some(
+            "rediss://proxy:hunter2-secret@redis.internal:6380/2"
+                .to_owned()
+                .into(),
+        ),
         ..KeySources::default()
     };
     let store = store_of(
@@ -330,11 +353,20 @@ fn the_environment_overrides_the_store_key_and_the_redis_url() {
         Some(keys::parse(env_key.expose_secret()).unwrap().id()),
         "{STORE_KEY_ENV} wins over store.key_file"
     );
-    assert_eq!(store.redis_url.shown(), "rediss://proxy@redis.internal:6380/2");
+    assert_eq!(
+        store.redis_url.shown(),
+        "rediss://proxy@redis.internal:6380/2"
+    );
     assert!(store.redis_url.expose().contains("hunter2-secret"));
     let shown = format!("{store:?}");
-    assert!(!shown.contains("hunter2"), "Debug shows the Redis password: {shown}");
-    assert!(!shown.contains(env_key.expose_secret()), "Debug shows the key");
+    assert!(
+        !shown.contains("hunter2"),
+        "Debug shows the Redis password: {shown}"
+    );
+    assert!(
+        !shown.contains(env_key.expose_secret()),
+        "Debug shows the key"
+    );
 
     let bad_url = KeySources {
         redis_url_env: Some("http://user:hunter2-secret@x".to_owned().into()),
@@ -342,7 +374,10 @@ fn the_environment_overrides_the_store_key_and_the_redis_url() {
     };
     let message = store_of("  backend: redis\n", dir.path(), bad_url).unwrap_err();
     assert!(message.starts_with(REDIS_URL_ENV), "{message}");
-    assert!(!message.contains("hunter2"), "the error echoes a password: {message}");
+    assert!(
+        !message.contains("hunter2"),
+        "the error echoes a password: {message}"
+    );
     let bad_key = KeySources {
         store_key_env: Some("not a key".to_owned().into()),
         ..KeySources::default()

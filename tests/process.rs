@@ -223,24 +223,34 @@ fn check_names_the_store_and_warns_when_its_key_sits_beside_the_data() {
     );
     let stderr = String::from_utf8_lossy(&beside.stderr);
     assert!(
-        stderr.contains("warning") && stderr.contains("tokens.redb.key") && stderr.contains("store.key_file"),
+        stderr.contains("warning")
+            && stderr.contains("tokens.redb.key")
+            && stderr.contains("store.key_file"),
         "{stderr}"
     );
     assert!(!data.exists(), "check creates nothing");
 
-    let keygen = Command::new(BIN).args(["store", "keygen"]).output().unwrap();
+    let keygen = Command::new(BIN)
+        .args(["store", "keygen"])
+        .output()
+        .unwrap();
     assert!(keygen.status.success());
     std::fs::write(dir.path().join("store.key"), &keygen.stdout).unwrap();
     let keyed = config("store:\n  key_file: store.key\n");
     assert!(keyed.status.success(), "{keyed:?}: the generated key loads");
-    assert!(keyed.stderr.is_empty(), "no warning with a key configured: {keyed:?}");
+    assert!(
+        keyed.stderr.is_empty(),
+        "no warning with a key configured: {keyed:?}"
+    );
 
     let redis = config(
         "store:\n  backend: redis\n  key_file: store.key\n  redis_url: \"redis://app:pa55word@10.0.0.5:6380/1\"\n",
     );
     let stdout = String::from_utf8_lossy(&redis.stdout);
     assert!(
-        stdout.contains("store: redis at redis://app@10.0.0.5:6380/1 (keys under poynt-proxy:urn:aid:x:)"),
+        stdout.contains(
+            "store: redis at redis://app@10.0.0.5:6380/1 (keys under poynt-proxy:urn:aid:x:)"
+        ),
         "{stdout}"
     );
     assert!(!stdout.contains("pa55word"));

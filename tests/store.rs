@@ -67,6 +67,16 @@ fn redis_config(server: &RedisServer, dir: &Path) -> StoreConfig {
     )
 }
 
+/// One config per backend: memory, an embedded file in `dir`, and `server`.
+fn every_backend(dir: &Path, server: &RedisServer) -> [StoreConfig; 3] {
+    key_file(dir, "store.key");
+    [
+        store_config("  backend: memory\n", dir),
+        embedded(dir, "store.key"),
+        redis_config(server, dir),
+    ]
+}
+
 async fn open(config: &StoreConfig) -> (Store, Metrics) {
     let metrics = Metrics::new().unwrap();
     let store = Store::open(config, APP_ID, &metrics)
@@ -91,13 +101,25 @@ fn record(generation: u64, tag: &str) -> Record {
 
 fn tokens_of(record: &Record) -> [String; 2] {
     [
-        record.access_token.as_ref().unwrap().expose_secret().to_owned(),
-        record.refresh_token.as_ref().unwrap().expose_secret().to_owned(),
+        record
+            .access_token
+            .as_ref()
+            .unwrap()
+            .expose_secret()
+            .to_owned(),
+        record
+            .refresh_token
+            .as_ref()
+            .unwrap()
+            .expose_secret()
+            .to_owned(),
     ]
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
 }
 
 async fn generation_of(store: &Store, merchant: MerchantId) -> Option<u64> {
@@ -168,11 +190,20 @@ async fn embedded_records_persist_across_close_and_reopen() {
     let (a, b) = (merchant(), merchant());
     {
         let (store, _) = open(&config).await;
-        assert_eq!(store.save(a, &record(1, "a")).await.unwrap(), Saved::Written);
-        assert_eq!(store.save(b, &record(5, "b")).await.unwrap(), Saved::Written);
+        assert_eq!(
+            store.save(a, &record(1, "a")).await.unwrap(),
+            Saved::Written
+        );
+        assert_eq!(
+            store.save(b, &record(5, "b")).await.unwrap(),
+            Saved::Written
+        );
         assert!(store.delete(b).await.unwrap());
         assert!(!store.delete(b).await.unwrap(), "already gone");
-        assert_eq!(store.save(b, &record(6, "b")).await.unwrap(), Saved::Written);
+        assert_eq!(
+            store.save(b, &record(6, "b")).await.unwrap(),
+            Saved::Written
+        );
     }
     let (store, metrics) = open(&config).await;
     let mut all = store.load_all().await.unwrap();
@@ -180,7 +211,9 @@ async fn embedded_records_persist_across_close_and_reopen() {
     let mut expected = vec![(a, 1), (b, 6)];
     expected.sort();
     assert_eq!(
-        all.iter().map(|(m, r)| (*m, r.generation)).collect::<Vec<_>>(),
+        all.iter()
+            .map(|(m, r)| (*m, r.generation))
+            .collect::<Vec<_>>(),
         expected
     );
     let loaded = store.load(a).await.unwrap().expect("a survived");
@@ -200,7 +233,10 @@ async fn embedded_records_persist_across_close_and_reopen() {
 async fn an_auto_created_key_and_the_file_are_private_and_reused() {
     capture_logs();
     let dir = tempfile::tempdir().unwrap();
-    let config = store_config("  backend: embedded\n  path: data/tokens.redb\n", dir.path());
+    let config = store_config(
+        "  backend: embedded\n  path: data/tokens.redb\n",
+        dir.path(),
+    );
     assert_eq!(
         config.key_beside_data(),
         Some(dir.path().join("data/tokens.redb.key"))
@@ -216,7 +252,11 @@ async fn an_auto_created_key_and_the_file_are_private_and_reused() {
         let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{} has mode {mode:o}", path.display());
     }
-    let warned = log_lines(&["WARN", "created the store key beside the data", "tokens.redb.key"]);
+    let warned = log_lines(&[
+        "WARN",
+        "created the store key beside the data",
+        "tokens.redb.key",
+    ]);
     assert_eq!(warned.len(), 1, "{warned:?}");
     let (store, _) = open(&config).await;
     assert_eq!(
@@ -274,7 +314,10 @@ async fn a_second_process_on_the_same_file_fails_naming_store_path() {
         .lines()
         .find(|l| l.starts_with(&m.to_string()))
         .unwrap_or_else(|| panic!("{m} not listed: {stdout}"));
-    assert!(row.contains("refresh_token") && row.contains("yes") && row.ends_with('9'), "{row}");
+    assert!(
+        row.contains("refresh_token") && row.contains("yes") && row.ends_with('9'),
+        "{row}"
+    );
     let everything = [listed.stdout, listed.stderr].concat();
     for token in tokens_of(&saved) {
         assert!(!contains(&everything, &token), "store list printed a token");
@@ -341,8 +384,16 @@ async fn rotation_opens_old_records_and_seals_them_again_with_the_new_key() {
         assert_eq!(generation_of(&store, b).await, Some(2));
     }
     let (store, metrics) = open(&embedded(dir.path(), "new.key")).await;
-    assert_eq!(generation_of(&store, a).await, Some(1), "re-sealed with the new key");
-    assert_eq!(generation_of(&store, b).await, Some(2), "re-sealed with the new key");
+    assert_eq!(
+        generation_of(&store, a).await,
+        Some(1),
+        "re-sealed with the new key"
+    );
+    assert_eq!(
+        generation_of(&store, b).await,
+        Some(2),
+        "re-sealed with the new key"
+    );
     assert!(
         metrics
             .render()
@@ -437,7 +488,10 @@ async fn a_record_copied_under_another_merchant_reads_as_absent() {
         txn.commit().unwrap();
     }
     let (store, metrics) = open(&config).await;
-    assert!(store.load(thief).await.unwrap().is_none(), "embedded: copied record opened");
+    assert!(
+        store.load(thief).await.unwrap().is_none(),
+        "embedded: copied record opened"
+    );
     assert_eq!(generation_of(&store, victim).await, Some(4));
     assert_eq!(store.load_all().await.unwrap().len(), 1);
 
@@ -461,7 +515,10 @@ async fn a_record_copied_under_another_merchant_reads_as_absent() {
         .query_async(&mut connection)
         .await
         .unwrap();
-    assert!(shared.load(thief).await.unwrap().is_none(), "redis: copied record opened");
+    assert!(
+        shared.load(thief).await.unwrap().is_none(),
+        "redis: copied record opened"
+    );
     assert_eq!(generation_of(&shared, victim).await, Some(4));
     assert!(
         metrics
@@ -476,18 +533,15 @@ async fn a_record_copied_under_another_merchant_reads_as_absent() {
 #[tokio::test]
 async fn saves_are_compare_and_set_on_the_generation_on_every_backend() {
     let dir = tempfile::tempdir().unwrap();
-    key_file(dir.path(), "store.key");
     let server = RedisServer::start();
-    let configs = [
-        store_config("  backend: memory\n", dir.path()),
-        embedded(dir.path(), "store.key"),
-        redis_config(&server, dir.path()),
-    ];
-    for config in &configs {
+    for config in &every_backend(dir.path(), &server) {
         let (store, metrics) = open(config).await;
         let m = merchant();
         let backend = store.backend().as_str();
-        assert_eq!(store.save(m, &record(2, "cas")).await.unwrap(), Saved::Written);
+        assert_eq!(
+            store.save(m, &record(2, "cas")).await.unwrap(),
+            Saved::Written
+        );
         for older in [2, 1, 0] {
             assert_eq!(
                 store.save(m, &record(older, "cas")).await.unwrap(),
@@ -497,10 +551,17 @@ async fn saves_are_compare_and_set_on_the_generation_on_every_backend() {
                 "{backend}: generation {older} over 2"
             );
         }
-        assert_eq!(store.save(m, &record(3, "cas")).await.unwrap(), Saved::Written);
+        assert_eq!(
+            store.save(m, &record(3, "cas")).await.unwrap(),
+            Saved::Written
+        );
         let loaded = store.load(m).await.unwrap().unwrap();
         assert_eq!(loaded.generation, 3, "{backend}");
-        assert_eq!(tokens_of(&loaded), tokens_of(&record(3, "cas")), "{backend}");
+        assert_eq!(
+            tokens_of(&loaded),
+            tokens_of(&record(3, "cas")),
+            "{backend}"
+        );
         assert!(
             metrics
                 .render()
@@ -513,25 +574,30 @@ async fn saves_are_compare_and_set_on_the_generation_on_every_backend() {
 #[tokio::test]
 async fn spent_states_are_single_use_and_expire_on_every_backend() {
     let dir = tempfile::tempdir().unwrap();
-    key_file(dir.path(), "store.key");
     let server = RedisServer::start();
-    let configs = [
-        store_config("  backend: memory\n", dir.path()),
-        embedded(dir.path(), "store.key"),
-        redis_config(&server, dir.path()),
-    ];
-    for config in &configs {
+    for config in &every_backend(dir.path(), &server) {
         let (store, _) = open(config).await;
         let backend = store.backend().as_str();
-        let (state, other) = (*uuid::Uuid::new_v4().as_bytes(), *uuid::Uuid::new_v4().as_bytes());
+        let (state, other) = (
+            *uuid::Uuid::new_v4().as_bytes(),
+            *uuid::Uuid::new_v4().as_bytes(),
+        );
         let ttl = Duration::from_millis(300);
         assert!(store.spend_state(&state, ttl).await.unwrap(), "{backend}");
-        assert!(!store.spend_state(&state, ttl).await.unwrap(), "{backend}: spent twice");
+        assert!(
+            !store.spend_state(&state, ttl).await.unwrap(),
+            "{backend}: spent twice"
+        );
         assert!(store.spend_state(&other, ttl).await.unwrap(), "{backend}");
         eventually(
             &format!("{backend}: the spent state to expire"),
             Duration::from_secs(5),
-            || async { store.spend_state(&state, Duration::from_secs(60)).await.unwrap() },
+            || async {
+                store
+                    .spend_state(&state, Duration::from_secs(60))
+                    .await
+                    .unwrap()
+            },
         )
         .await;
         assert!(
@@ -573,7 +639,10 @@ async fn the_redis_lock_is_exclusive_expires_and_releases_only_its_own() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    first.release().await.expect("releasing an expired lock is fine");
+    first
+        .release()
+        .await
+        .expect("releasing an expired lock is fine");
     assert!(
         a.lock(m, Duration::from_secs(10)).await.unwrap().is_none(),
         "releasing the expired lock deleted its successor"
@@ -583,9 +652,19 @@ async fn the_redis_lock_is_exclusive_expires_and_releases_only_its_own() {
     let memory = store_config("  backend: memory\n", dir.path());
     let (local, _) = open(&memory).await;
     assert!(!local.is_shared());
-    assert!(local.lock(m, Duration::from_secs(1)).await.unwrap().is_some());
     assert!(
-        local.lock(m, Duration::from_secs(1)).await.unwrap().is_some(),
+        local
+            .lock(m, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        local
+            .lock(m, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_some(),
         "one process: the broker's single flight is the lock"
     );
     assert!(local.events().is_none());
@@ -638,11 +717,15 @@ async fn a_redis_outage_fails_fast_is_logged_once_and_ends_in_a_resync() {
     let (store, metrics) = open(&redis_config(&server, dir.path())).await;
     let mut events = store.events().unwrap();
     let m = merchant();
-    assert_eq!(store.save(m, &record(1, "outage")).await.unwrap(), Saved::Written);
+    assert_eq!(
+        store.save(m, &record(1, "outage")).await.unwrap(),
+        Saved::Written
+    );
     assert!(
-        next_event(&mut events, Duration::from_secs(10), |e| *e == Event::Resync)
-            .await
-            .is_some(),
+        next_event(&mut events, Duration::from_secs(10), |e| *e
+            == Event::Resync)
+        .await
+        .is_some(),
         "subscribed"
     );
 
@@ -665,14 +748,17 @@ async fn a_redis_outage_fails_fast_is_logged_once_and_ends_in_a_resync() {
     assert_eq!(warned.len(), 1, "one warning per outage: {warned:?}");
 
     server.restart();
-    eventually("the store to answer again", Duration::from_secs(10), || async {
-        store.load(m).await.is_ok()
-    })
+    eventually(
+        "the store to answer again",
+        Duration::from_secs(10),
+        || async { store.load(m).await.is_ok() },
+    )
     .await;
     assert!(
-        next_event(&mut events, Duration::from_secs(10), |e| *e == Event::Resync)
-            .await
-            .is_some(),
+        next_event(&mut events, Duration::from_secs(10), |e| *e
+            == Event::Resync)
+        .await
+        .is_some(),
         "a resync after resubscribing"
     );
     assert!(store.is_reachable());
@@ -686,4 +772,85 @@ async fn a_redis_outage_fails_fast_is_logged_once_and_ends_in_a_resync() {
     assert_eq!(warned.len(), 1, "{warned:?}");
     let back = log_lines(&["INFO", "token store reachable again", &port]);
     assert_eq!(back.len(), 1, "{back:?}");
+}
+
+#[tokio::test]
+async fn the_redis_acl_in_the_operations_guide_is_enough() {
+    let guide =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/OPERATIONS.md"))
+            .unwrap();
+    let rule = guide
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("`ACL SETUSER ")?.strip_suffix('`'))
+        .expect("the guide has an ACL SETUSER line")
+        .replace(">PASSWORD", ">acl-test-password");
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start();
+    let mut admin = ::redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = ::redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(rule.split_whitespace().collect::<Vec<_>>())
+        .query_async(&mut admin)
+        .await
+        .expect("the guide's ACL rule is valid");
+    key_file(dir.path(), "shared.key");
+    let url = format!(
+        "redis://poynt-proxy:acl-test-password@127.0.0.1:{}/0",
+        server.port()
+    );
+    let config = store_config(
+        &format!("  backend: redis\n  redis_url: \"{url}\"\n  key_file: shared.key\n"),
+        dir.path(),
+    );
+    let (store, _) = open(&config).await;
+    let mut events = store.events().unwrap();
+    assert!(
+        next_event(&mut events, Duration::from_secs(10), |e| *e
+            == Event::Resync)
+        .await
+        .is_some(),
+        "the restricted user may subscribe"
+    );
+    let m = merchant();
+    assert_eq!(
+        store.save(m, &record(1, "acl")).await.unwrap(),
+        Saved::Written
+    );
+    assert!(
+        next_event(&mut events, Duration::from_secs(5), |e| matches!(
+            e,
+            Event::Saved { generation: 1, .. }
+        ))
+        .await
+        .is_some()
+    );
+    assert_eq!(generation_of(&store, m).await, Some(1));
+    assert_eq!(store.load_all().await.unwrap().len(), 1);
+    let lock = store
+        .lock(m, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    lock.release().await.unwrap();
+    assert!(
+        store
+            .spend_state(&[7; 16], Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    assert!(store.delete(m).await.unwrap());
+    let mut restricted = ::redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let outside: ::redis::RedisResult<Option<String>> = ::redis::cmd("GET")
+        .arg("other-app:secret")
+        .query_async(&mut restricted)
+        .await;
+    assert!(outside.is_err(), "the rule confines the user to its prefix");
 }
