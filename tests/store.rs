@@ -16,7 +16,7 @@ use poynt_proxy::metrics::Metrics;
 use poynt_proxy::poynt::GrantKind;
 use poynt_proxy::store::{Event, Record, Saved, Store, StoreError, keys};
 use secrecy::ExposeSecret as _;
-use support::redis::RedisServer;
+use support::redis::{RedisServer, TlsFiles};
 use support::{APP_ID, eventually, fixture, merchant};
 use tokio::sync::broadcast;
 
@@ -853,4 +853,68 @@ async fn the_redis_acl_in_the_operations_guide_is_enough() {
         .query_async(&mut restricted)
         .await;
     assert!(outside.is_err(), "the rule confines the user to its prefix");
+}
+
+/// A CA and a `localhost` certificate it issued, as PEM: (CA, certificate, key).
+fn certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca_pem, cert.pem(), key.serialize_pem())
+}
+
+#[test]
+fn rediss_is_verified_against_the_bundle_ssl_cert_file_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates();
+    let (other_ca, _, _) = certificates();
+    for (name, pem) in [
+        ("ca.pem", &ca),
+        ("cert.pem", &cert),
+        ("key.pem", &key),
+        ("other-ca.pem", &other_ca),
+    ] {
+        std::fs::write(dir.path().join(name), pem).unwrap();
+    }
+    let server = RedisServer::start_tls(TlsFiles {
+        cert: &dir.path().join("cert.pem"),
+        key: &dir.path().join("key.pem"),
+        ca: &dir.path().join("ca.pem"),
+    });
+    key_file(dir.path(), "shared.key");
+    let config = dir.path().join("proxy.yaml");
+    std::fs::write(
+        &config,
+        config_yaml(&format!(
+            "  backend: redis\n  redis_url: \"rediss://localhost:{}/0\"\n  key_file: shared.key\n",
+            server.port()
+        )),
+    )
+    .unwrap();
+    let list = |bundle: &str| {
+        std::process::Command::new(support::process::BIN)
+            .args(["store", "list", "--config"])
+            .arg(&config)
+            .env("SSL_CERT_FILE", dir.path().join(bundle))
+            .output()
+            .unwrap()
+    };
+    let trusted = list("ca.pem");
+    assert!(trusted.status.success(), "{trusted:?}");
+    assert!(String::from_utf8_lossy(&trusted.stderr).contains("0 merchants"));
+    let untrusted = list("other-ca.pem");
+    assert!(
+        !untrusted.status.success(),
+        "a server certificate from an untrusted CA was accepted"
+    );
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(stderr.contains("unavailable"), "{stderr}");
 }

@@ -1,5 +1,6 @@
 //! A real `redis-server` on a free loopback port, persistence off, in a temporary directory;
-//! it can be stopped and started again on the same port (outage tests) and is killed on drop.
+//! it can be stopped and started again on the same port (outage tests), can serve TLS only,
+//! and is killed on drop.
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -11,11 +12,43 @@ pub struct RedisServer {
     port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// `--tls-*` arguments when it serves TLS only.
+    tls: Vec<String>,
+}
+
+/// PEM files for a TLS server.
+pub struct TlsFiles<'a> {
+    /// The server's certificate chain.
+    pub cert: &'a std::path::Path,
+    /// The server's private key.
+    pub key: &'a std::path::Path,
+    /// The CA that issued it.
+    pub ca: &'a std::path::Path,
 }
 
 impl RedisServer {
     /// Starts a server on a port the OS picks, and waits until it answers PING.
     pub fn start() -> Self {
+        Self::start_with(Vec::new())
+    }
+
+    /// Starts a server that speaks TLS only (no client certificates), and waits until its
+    /// port accepts connections.
+    pub fn start_tls(files: TlsFiles<'_>) -> Self {
+        let path = |p: &std::path::Path| p.display().to_string();
+        Self::start_with(vec![
+            "--tls-cert-file".into(),
+            path(files.cert),
+            "--tls-key-file".into(),
+            path(files.key),
+            "--tls-ca-cert-file".into(),
+            path(files.ca),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ])
+    }
+
+    fn start_with(tls: Vec<String>) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free loopback port")
@@ -24,6 +57,7 @@ impl RedisServer {
             port,
             child: None,
             dir: tempfile::tempdir().expect("tempdir"),
+            tls,
         };
         server.restart();
         server
@@ -50,8 +84,15 @@ impl RedisServer {
     /// Starts the server again on the same port and waits (at most 10 s) until it answers.
     pub fn restart(&mut self) {
         self.stop();
+        let port = self.port.to_string();
+        let ports = if self.tls.is_empty() {
+            ["--port", &port, "--tls-port", "0"]
+        } else {
+            ["--port", "0", "--tls-port", &port]
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+            .args(ports)
+            .args(&self.tls)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -78,10 +119,14 @@ impl RedisServer {
         }
     }
 
+    /// PING in clear; a TLS-only server is ready when its port accepts connections.
     fn answers_ping(&self) -> bool {
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
+        if !self.tls.is_empty() {
+            return true;
+        }
         let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
         let mut reply = [0u8; 7];
         stream.write_all(b"PING\r\n").is_ok()
