@@ -31,9 +31,6 @@ const RECORDS: TableDefinition<&[u8; 16], (u64, &[u8])> = TableDefinition::new("
 const STATES: TableDefinition<&[u8; 16], u64> = TableDefinition::new("spent_states");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const CANARY: &str = "canary";
-/// Associated data of the canary: names what it is and whose store it is.
-const CANARY_DOMAIN: &[u8] = b"poynt-proxy store canary v1";
-const CANARY_TEXT: &[u8] = b"poynt-proxy store key check";
 
 /// A cloneable handle on the open file; the file closes when the last clone is dropped.
 #[derive(Clone)]
@@ -297,10 +294,6 @@ fn create_private(path: &Path) -> std::io::Result<()> {
     }
 }
 
-fn canary_aad(application_id: &str) -> Vec<u8> {
-    [CANARY_DOMAIN, b"\0", application_id.as_bytes()].concat()
-}
-
 /// Opens the canary with the configured keys: a new store gets one; a store a previous key
 /// sealed is sealed again, records and canary, in one transaction.
 fn check_key(db: &Database, sealer: &Sealer) -> Result<KeyCheck, redb::Error> {
@@ -308,14 +301,13 @@ fn check_key(db: &Database, sealer: &Sealer) -> Result<KeyCheck, redb::Error> {
     // Creating the tables here means every later read finds them.
     txn.open_table(RECORDS)?;
     txn.open_table(STATES)?;
-    let aad = canary_aad(sealer.application_id());
     let canary = txn
         .open_table(META)?
         .get(CANARY)?
         .map(|v| v.value().to_vec());
-    let by_current_key = match canary.map(|c| sealer.keys().open(&aad, &c)) {
+    let by_current_key = match canary.map(|c| sealer.open_canary(&c)) {
         None => false,
-        Some(Ok(opened)) => opened.by_current_key,
+        Some(Ok(by_current_key)) => by_current_key,
         Some(Err(error)) => {
             txn.abort()?;
             return Ok(KeyCheck::Wrong(error));
@@ -325,7 +317,7 @@ fn check_key(db: &Database, sealer: &Sealer) -> Result<KeyCheck, redb::Error> {
     if !by_current_key {
         resealed = reseal(&txn, sealer)?;
         txn.open_table(META)?
-            .insert(CANARY, sealer.keys().seal(&aad, CANARY_TEXT).as_slice())?;
+            .insert(CANARY, sealer.seal_canary().as_slice())?;
     }
     txn.commit()?;
     Ok(KeyCheck::Fits { resealed })

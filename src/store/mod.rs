@@ -113,7 +113,7 @@ pub enum StoreError {
         /// The file.
         path: PathBuf,
     },
-    /// No configured key opens the embedded store.
+    /// No configured key opens the store's check value.
     #[error(
         "{origin} does not open the store at {location} ({source}); configure the key it was sealed with, listing the old one in store.previous_key_files when rotating"
     )]
@@ -248,8 +248,9 @@ fn ok<T>(_: &T) -> StoreOutcome {
 
 impl Store {
     /// Opens the configured backend for `application_id`: the embedded file is created,
-    /// locked and checked against its key here; Redis is connected lazily (a Redis that is
-    /// down at start-up makes operations fail fast, not the start).
+    /// locked and checked against its key here; Redis is checked against its key when it
+    /// answers, and otherwise connected lazily (a Redis that is down at start-up makes
+    /// operations fail fast, not the start).
     pub async fn open(
         config: &StoreConfig,
         application_id: &str,
@@ -262,7 +263,9 @@ impl Store {
             StoreBackend::Embedded => {
                 Store::Embedded(EmbeddedStore::open(config, application_id, metrics).await?)
             }
-            StoreBackend::Redis => Store::Redis(RedisStore::open(config, application_id, metrics)?),
+            StoreBackend::Redis => {
+                Store::Redis(RedisStore::open(config, application_id, metrics).await?)
+            }
         })
     }
 

@@ -18,6 +18,10 @@ use crate::poynt::GrantKind;
 
 /// Names what a sealed record is, so no other sealed value can stand in for one.
 const RECORD_DOMAIN: &[u8] = b"poynt-proxy token record v1";
+/// Names the store's check value: a known text sealed with the current key, so a store
+/// opened with the wrong key fails at once instead of reading every record as absent.
+const CANARY_DOMAIN: &[u8] = b"poynt-proxy store canary v1";
+const CANARY_TEXT: &[u8] = b"poynt-proxy store key check";
 
 /// One merchant's stored credentials.
 #[derive(Clone)]
@@ -156,14 +160,19 @@ impl Sealer {
         }
     }
 
-    /// The keys, for values other than records (the embedded canary).
-    pub(super) fn keys(&self) -> &Keys {
-        &self.keys
+    /// The check value, sealed with the current key.
+    pub(super) fn seal_canary(&self) -> Vec<u8> {
+        self.keys.seal(&self.canary_aad(), CANARY_TEXT)
     }
 
-    /// The application the store belongs to.
-    pub(super) fn application_id(&self) -> &str {
-        &self.application_id
+    /// Opens the check value: whether the current key (true) or a previous one (false)
+    /// sealed it, or why no configured key opens it.
+    pub(super) fn open_canary(&self, sealed: &[u8]) -> Result<bool, SealError> {
+        Ok(self.keys.open(&self.canary_aad(), sealed)?.by_current_key)
+    }
+
+    fn canary_aad(&self) -> Vec<u8> {
+        [CANARY_DOMAIN, b"\0", self.application_id.as_bytes()].concat()
     }
 
     fn aad(&self, merchant: MerchantId) -> Vec<u8> {

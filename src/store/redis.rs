@@ -4,7 +4,9 @@
 //! Keys, under `{prefix}:{app}:`: `token:{merchant}` holds `"<generation>:<sealed record>"`
 //! (plain `GET` works, and a Lua script compares generations without the key);
 //! `lock:{merchant}` holds a random token; `state:{hex id}` marks a spent onboarding state;
-//! `events` is the pub/sub channel (`saved:{merchant}:{generation}`, `deleted:{merchant}`).
+//! `canary` holds a known text sealed with the current key (a replica with the wrong key
+//! fails at start); `events` is the pub/sub channel (`saved:{merchant}:{generation}`,
+//! `deleted:{merchant}`).
 //!
 //! A record lives until its access token expires, or 30 days past that when it holds a
 //! refresh token (the merchant's durable credential). Every operation is bounded by
@@ -23,6 +25,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, RedisResult, Script};
 use tokio::sync::{broadcast, watch};
 
+use super::keys::KeyOrigin;
 use super::record::Sealer;
 use super::seal::Keys;
 use super::{Event, Record, Saved, StoreError, Unavailable};
@@ -117,6 +120,10 @@ impl Names {
         format!("{}lock:{merchant}", self.base)
     }
 
+    fn canary(&self) -> String {
+        format!("{}canary", self.base)
+    }
+
     fn state(&self, id: &[u8; 16]) -> String {
         format!("{}state:{}", self.base, super::seal::hex(id))
     }
@@ -205,8 +212,9 @@ fn millis(duration: Duration) -> u64 {
 
 impl RedisStore {
     /// Prepares the connection (made lazily, so a Redis that is down at start-up does not
-    /// stop the proxy) and starts the events task.
-    pub(super) fn open(
+    /// stop the proxy), starts the events task, and checks the key against the store's
+    /// check value.
+    pub(super) async fn open(
         config: &StoreConfig,
         application_id: &str,
         metrics: StoreMetrics,
@@ -248,7 +256,7 @@ impl RedisStore {
             stopped,
         ));
         let keys = Keys::new(key.key, config.previous_keys.clone());
-        Ok(Self {
+        let store = Self {
             inner: Arc::new(Inner {
                 connection,
                 sealer: Sealer::new(keys, application_id, metrics),
@@ -261,7 +269,47 @@ impl RedisStore {
                 release: Script::new(RELEASE_SCRIPT),
                 _stop: stop,
             }),
-        })
+        };
+        store.check_key(&key.origin).await?;
+        Ok(store)
+    }
+
+    /// A replica with the wrong key refuses to start, instead of reading every record as
+    /// absent and overwriting its peers' records with ones they cannot open. The check value
+    /// is created when absent and sealed again when a previous key sealed it. While Redis
+    /// cannot be reached the check is skipped (and said so).
+    async fn check_key(&self, origin: &KeyOrigin) -> Result<(), StoreError> {
+        let key = self.inner.names.canary();
+        let mut connection = self.connection();
+        let stored: Option<Vec<u8>> = match self
+            .run(redis::cmd("GET").arg(&key).query_async(&mut connection))
+            .await
+        {
+            Ok(stored) => stored,
+            Err(StoreError::Unavailable { .. }) => {
+                tracing::warn!(store = %self.inner.health.shown, "the store key was not checked: Redis is unreachable");
+                return Ok(());
+            }
+            Err(error) => return Err(error),
+        };
+        let mut set = redis::cmd("SET");
+        set.arg(&key).arg(self.inner.sealer.seal_canary());
+        match stored.map(|sealed| self.inner.sealer.open_canary(&sealed)) {
+            Some(Ok(true)) => return Ok(()),
+            Some(Ok(false)) => {}
+            None => {
+                set.arg("NX");
+            }
+            Some(Err(source)) => {
+                return Err(StoreError::WrongKey {
+                    origin: origin.to_string(),
+                    location: self.inner.health.shown.clone(),
+                    source,
+                });
+            }
+        }
+        let _: Option<String> = self.run(set.query_async(&mut connection)).await?;
+        Ok(())
     }
 
     /// Runs one command under `store.timeout`, keeping the reachability state.
