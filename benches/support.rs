@@ -18,7 +18,7 @@ pub fn config() -> Config {
         "/tests/fixtures/app-key-pkcs8.pem"
     );
     let yaml = format!(
-        "poynt:\n  api_url: \"http://127.0.0.1:9\"\n  application_id: \"urn:aid:bench\"\n  private_key_file: {key:?}\n"
+        "poynt:\n  api_url: \"http://127.0.0.1:9\"\n  application_id: \"urn:aid:bench\"\n  private_key_file: {key:?}\nstore:\n  backend: memory\n"
     );
     Config::parse(&yaml, &KeySources::default()).expect("bench config")
 }

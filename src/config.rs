@@ -13,6 +13,8 @@ use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 
 use crate::merchant::MerchantId;
+use crate::store::keys::{self as store_keys, KeyOrigin, STORE_KEY_ENV, StoreKey};
+use crate::store::seal::Key;
 use crate::token::assertion::{AppKey, KeyError};
 
 /// Environment variable that may carry the app's private key as PEM text, so the key can
@@ -27,6 +29,16 @@ pub const DEFAULT_API_VERSION: &str = "1.2";
 pub const DEFAULT_AUTHORIZE_URL: &str = "https://poynt.net/applications/authorize";
 /// The header callers name their merchant in.
 pub const DEFAULT_MERCHANT_HEADER: &str = "X-Poynt-Merchant-Id";
+/// The embedded store's file, relative to the config file's directory.
+pub const DEFAULT_STORE_PATH: &str = "data/tokens.redb";
+/// Where the Redis backend connects unless told otherwise.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+/// The namespace of every Redis key the proxy writes.
+pub const DEFAULT_KEY_PREFIX: &str = "poynt-proxy";
+/// Bound on one store operation: a slow store must not hold up a grant.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Environment variable that overrides `store.redis_url`, so a password need not sit in a file.
+pub const REDIS_URL_ENV: &str = "POYNT_PROXY_REDIS_URL";
 
 /// Why a configuration was refused. The message always starts with the key path.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +71,15 @@ pub enum ConfigError {
         /// Why it was refused.
         #[source]
         source: KeyError,
+    },
+    /// A store key could not be loaded or parsed.
+    #[error("{key}: {source}")]
+    StoreKey {
+        /// Where the key was looked for, e.g. `store.previous_key_files[1]`.
+        key: String,
+        /// Why it was refused.
+        #[source]
+        source: store_keys::KeyError,
     },
 }
 
@@ -138,11 +159,25 @@ pub struct MerchantConfig {
 }
 
 /// Which store backs the token cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreBackend {
+    /// One local file (redb), sealed: tokens survive restarts of this one process.
+    Embedded,
+    /// Redis, sealed: replicas share one token per merchant.
+    Redis,
     /// Process memory only: tokens are fetched anew after a restart.
     Memory,
+}
+
+impl StoreBackend {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Embedded => "embedded",
+            Self::Redis => "redis",
+            Self::Memory => "memory",
+        }
+    }
 }
 
 /// Token persistence.
@@ -150,6 +185,55 @@ pub enum StoreBackend {
 pub struct StoreConfig {
     /// The backend in use.
     pub backend: StoreBackend,
+    /// Embedded: the data file, resolved against the config file's directory.
+    pub path: PathBuf,
+    /// Redis: where to connect ([`REDIS_URL_ENV`] overrides the file).
+    pub redis_url: RedisUrl,
+    /// Redis: the namespace of every key.
+    pub key_prefix: String,
+    /// The key that seals every write, when configured (embedded and redis only). Without
+    /// one the embedded backend keeps a key beside its file; redis requires one.
+    pub key: Option<StoreKey>,
+    /// Keys that still open values sealed before a rotation; never used to seal.
+    pub previous_keys: Vec<Key>,
+    /// Bound on one store operation.
+    pub timeout: Duration,
+}
+
+impl StoreConfig {
+    /// Where the embedded key sits when it sits beside the data (no key configured), so
+    /// `check` and start-up can say that a copy of the directory holds both.
+    pub fn key_beside_data(&self) -> Option<PathBuf> {
+        (self.backend == StoreBackend::Embedded && self.key.is_none())
+            .then(|| store_keys::beside(&self.path))
+    }
+}
+
+/// A Redis URL. It may hold a password, so only [`RedisUrl::shown`] (scheme, user, host,
+/// port, database) is ever printed.
+#[derive(Clone)]
+pub struct RedisUrl {
+    url: secrecy::SecretString,
+    shown: String,
+}
+
+impl RedisUrl {
+    /// The full URL, to connect with.
+    pub fn expose(&self) -> &str {
+        use secrecy::ExposeSecret as _;
+        self.url.expose_secret()
+    }
+
+    /// The URL without its password, for logs and messages.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
 }
 
 /// Limits on the caller-facing listener.
@@ -335,22 +419,30 @@ fn default_merchant_header() -> String {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 struct RawStore {
-    #[serde(default = "default_backend")]
     backend: String,
+    path: PathBuf,
+    redis_url: String,
+    key_prefix: String,
+    key_file: Option<PathBuf>,
+    previous_key_files: Vec<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    timeout: Duration,
 }
 
 impl Default for RawStore {
     fn default() -> Self {
         Self {
-            backend: default_backend(),
+            backend: StoreBackend::Embedded.as_str().into(),
+            path: DEFAULT_STORE_PATH.into(),
+            redis_url: DEFAULT_REDIS_URL.into(),
+            key_prefix: DEFAULT_KEY_PREFIX.into(),
+            key_file: None,
+            previous_key_files: Vec::new(),
+            timeout: DEFAULT_STORE_TIMEOUT,
         }
     }
-}
-
-fn default_backend() -> String {
-    "memory".into()
 }
 
 #[derive(Deserialize)]
@@ -474,22 +566,31 @@ fn default_log_format() -> LogFormat {
     LogFormat::Text
 }
 
-/// Where the private key comes from when `poynt.private_key_file` is absent. Passed in (not
-/// read inside `parse`) so tests never touch the process environment.
+/// What the environment may supply instead of the file: the private key, the store key and
+/// the Redis URL. Passed in (not read inside `parse`) so tests never touch the process
+/// environment.
 #[derive(Default)]
 pub struct KeySources {
     /// Directory that relative paths in the file are resolved against.
     pub base_dir: Option<PathBuf>,
     /// PEM text from [`PRIVATE_KEY_ENV`], if set.
     pub private_key_env: Option<secrecy::SecretString>,
+    /// The store key from [`STORE_KEY_ENV`], if set; it overrides `store.key_file`.
+    pub store_key_env: Option<secrecy::SecretString>,
+    /// The Redis URL from [`REDIS_URL_ENV`], if set; it overrides `store.redis_url`.
+    pub redis_url_env: Option<secrecy::SecretString>,
 }
 
 impl KeySources {
-    /// Reads [`PRIVATE_KEY_ENV`] from the process environment.
+    /// Reads [`PRIVATE_KEY_ENV`], [`STORE_KEY_ENV`] and [`REDIS_URL_ENV`] from the process
+    /// environment.
     pub fn from_env(base_dir: Option<PathBuf>) -> Self {
+        let var = |name| std::env::var(name).ok().map(Into::into);
         Self {
             base_dir,
-            private_key_env: std::env::var(PRIVATE_KEY_ENV).ok().map(Into::into),
+            private_key_env: var(PRIVATE_KEY_ENV),
+            store_key_env: var(STORE_KEY_ENV),
+            redis_url_env: var(REDIS_URL_ENV),
         }
     }
 }
@@ -529,21 +630,12 @@ impl RawConfig {
                 ),
             ));
         }
-        let backend = match self.store.backend.as_str() {
-            "memory" => StoreBackend::Memory,
-            other => {
-                return Err(invalid(
-                    "store.backend",
-                    format!("expected one of: memory; found {other:?}"),
-                ));
-            }
-        };
         Ok(Config {
             listen,
             admin_listen,
             poynt,
             merchant,
-            store: StoreConfig { backend },
+            store: self.store.validate(sources)?,
             server: self.server.validate()?,
             tokens: self.tokens.validate()?,
             oauth: self.oauth.validate()?,
@@ -1032,4 +1124,157 @@ impl RawOauth {
             redirect_uri: self.redirect_uri,
         })
     }
+}
+
+impl RawStore {
+    fn validate(self, sources: &KeySources) -> Result<StoreConfig, ConfigError> {
+        let backend = match self.backend.as_str() {
+            "embedded" => StoreBackend::Embedded,
+            "redis" => StoreBackend::Redis,
+            "memory" => StoreBackend::Memory,
+            other => {
+                return Err(invalid(
+                    "store.backend",
+                    format!("expected one of: embedded, redis, memory; found {other:?}"),
+                ));
+            }
+        };
+        if self.path.as_os_str().is_empty() {
+            return Err(invalid("store.path", "expected a file path; found \"\""));
+        }
+        let path = resolve(sources, &self.path);
+        if path.is_dir() {
+            return Err(invalid(
+                "store.path",
+                format!("expected a file; found the directory {}", path.display()),
+            ));
+        }
+        let redis_url = match &sources.redis_url_env {
+            Some(url) => {
+                use secrecy::ExposeSecret as _;
+                parse_redis_url(REDIS_URL_ENV, url.expose_secret())?
+            }
+            None => parse_redis_url("store.redis_url", &self.redis_url)?,
+        };
+        if self.key_prefix.is_empty()
+            || self
+                .key_prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(
+                "store.key_prefix",
+                format!(
+                    "expected a non-empty name without spaces; found {:?}",
+                    self.key_prefix
+                ),
+            ));
+        }
+        let sealed = backend != StoreBackend::Memory;
+        let key = if sealed {
+            current_store_key(self.key_file.as_deref(), sources)?
+        } else {
+            None
+        };
+        if backend == StoreBackend::Redis && key.is_none() {
+            return Err(invalid(
+                "store.key_file",
+                format!(
+                    "missing; the redis backend needs one key shared by every replica: set store.key_file, or {STORE_KEY_ENV} (`poynt-proxy store keygen` prints a new key)"
+                ),
+            ));
+        }
+        let mut previous_keys = Vec::new();
+        if sealed {
+            for (i, file) in self.previous_key_files.iter().enumerate() {
+                let key = store_keys::read_file(&resolve(sources, file)).map_err(|source| {
+                    ConfigError::StoreKey {
+                        key: format!("store.previous_key_files[{i}]"),
+                        source,
+                    }
+                })?;
+                previous_keys.push(key);
+            }
+        }
+        Ok(StoreConfig {
+            backend,
+            path,
+            redis_url,
+            key_prefix: self.key_prefix,
+            key,
+            previous_keys,
+            timeout: require_positive("store.timeout", self.timeout)?,
+        })
+    }
+}
+
+/// The configured current store key: [`STORE_KEY_ENV`] if set, else `store.key_file`.
+fn current_store_key(
+    file: Option<&Path>,
+    sources: &KeySources,
+) -> Result<Option<StoreKey>, ConfigError> {
+    if let Some(text) = &sources.store_key_env {
+        use secrecy::ExposeSecret as _;
+        let key =
+            store_keys::parse(text.expose_secret()).map_err(|source| ConfigError::StoreKey {
+                key: STORE_KEY_ENV.into(),
+                source,
+            })?;
+        return Ok(Some(StoreKey {
+            origin: KeyOrigin::Env,
+            key,
+        }));
+    }
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    let path = resolve(sources, file);
+    let key = store_keys::read_file(&path).map_err(|source| ConfigError::StoreKey {
+        key: "store.key_file".into(),
+        source,
+    })?;
+    Ok(Some(StoreKey {
+        origin: KeyOrigin::File(path),
+        key,
+    }))
+}
+
+/// Checks a `redis://` or `rediss://` URL and keeps a printable form without its password.
+/// The URL itself is never echoed in an error, since it may hold one.
+fn parse_redis_url(key: &'static str, text: &str) -> Result<RedisUrl, ConfigError> {
+    let expected = "expected redis://[user[:password]@]host[:port][/db] or rediss://... (TLS)";
+    let url = redis::parse_redis_url(text)
+        .filter(|url| matches!(url.scheme(), "redis" | "rediss") && url.host_str().is_some())
+        .ok_or_else(|| {
+            invalid(
+                key,
+                format!(
+                    "{expected}; found a value that is not one (not shown: it may hold a password)"
+                ),
+            )
+        })?;
+    redis::Client::open(text).map_err(|e| {
+        invalid(
+            key,
+            format!(
+                "{expected}; found one the Redis client refuses ({:?})",
+                e.kind()
+            ),
+        )
+    })?;
+    let user = match url.username() {
+        "" => String::new(),
+        name => format!("{name}@"),
+    };
+    let shown = format!(
+        "{}://{user}{}:{}{}",
+        url.scheme(),
+        url.host_str().unwrap_or_default(),
+        url.port().unwrap_or(6379),
+        url.path()
+    );
+    Ok(RedisUrl {
+        url: text.to_owned().into(),
+        shown,
+    })
 }

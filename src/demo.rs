@@ -94,6 +94,7 @@ pub async fn run<E: std::fmt::Display>(
     let sources = KeySources {
         base_dir: None,
         private_key_env: Some(private_pem.into()),
+        ..KeySources::default()
     };
     let mut config = Config::parse(&text, &sources)?;
     let ca = emulator.ca_pem().unwrap_or_default();

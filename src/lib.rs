@@ -11,6 +11,7 @@
 //! - [`proxy`]: the request phases (admit, guard, token, rewrite, send, retry, respond).
 //! - [`token`]: the self-signed assertion, the `/token` client, the per-merchant broker.
 //! - [`upstream`]: the pooled TLS client to Poynt.
+//! - [`store`]: where tokens outlive the process (memory, an embedded file, or Redis), sealed.
 //! - [`admin`], [`metrics`], [`telemetry`]: what operators see.
 //! - [`emulator`]: a strict stand-in for Poynt, for the tests, the demo and the benchmarks.
 //! - [`demo`]: the emulator and the proxy wired together in one command.
@@ -28,6 +29,7 @@ pub mod oauth;
 pub mod poynt;
 pub mod proxy;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 pub mod token;
 pub mod upstream;

@@ -1,13 +1,16 @@
 //! The `poynt-proxy` command: run the proxy, check a config, run the Poynt emulator or the
-//! demo, or print a merchant authorization URL.
+//! demo, print a merchant authorization URL, or make a store key and list the store.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use poynt_proxy::config::{Config, LogFormat};
+use poynt_proxy::config::{Config, LogFormat, StoreBackend};
+use poynt_proxy::metrics::Metrics;
+use poynt_proxy::store::{Store, keys};
 use poynt_proxy::{Listeners, demo, emulator, start, telemetry};
+use secrecy::ExposeSecret as _;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// A token-brokering reverse proxy for the Poynt Cloud API.
@@ -47,6 +50,26 @@ enum Command {
         /// Opaque value Poynt passes back untouched; use it as the CSRF state.
         #[arg(long)]
         context: Option<String>,
+    },
+    /// Make a store key, or list what the token store holds.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Print a new store key (the base64 of 32 random bytes) for store.key_file or
+    /// POYNT_PROXY_STORE_KEY.
+    Keygen,
+    /// List the stored merchants (id, token expiry, grant, whether a refresh token is held,
+    /// when onboarded) without starting the proxy. Never prints a token. The embedded file
+    /// cannot be read while a proxy holds it (use GET /admin/tokens on that proxy instead).
+    List {
+        /// The YAML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
     },
 }
 
@@ -104,8 +127,25 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 config.poynt.api_url,
                 config.poynt.application_id
             );
+            println!("{}", describe_store(&config));
+            if let Some(key) = config.store.key_beside_data() {
+                eprintln!(
+                    "warning: no store key is configured, so the key sits beside the data at {} (created at first start): whoever copies that directory can read every stored token; keep the key elsewhere with store.key_file or {}",
+                    key.display(),
+                    keys::STORE_KEY_ENV
+                );
+            }
             Ok(())
         }
+        Command::Store {
+            command: StoreCommand::Keygen,
+        } => {
+            println!("{}", keys::generate().expose_secret());
+            Ok(())
+        }
+        Command::Store {
+            command: StoreCommand::List { config },
+        } => list_store(&Config::load(&config)?).await,
         Command::Emulator(args) => {
             telemetry::init(LogFormat::Text);
             emulator::run_cli(args).await?;
@@ -161,4 +201,57 @@ impl Signals {
             }
         }
     }
+}
+
+/// One line naming the store `check` found.
+fn describe_store(config: &Config) -> String {
+    let store = &config.store;
+    match store.backend {
+        StoreBackend::Memory => "store: memory (tokens do not outlive the process)".into(),
+        StoreBackend::Embedded => format!("store: embedded at {}", store.path.display()),
+        StoreBackend::Redis => format!(
+            "store: redis at {} (keys under {}:{}:)",
+            store.redis_url.shown(),
+            store.key_prefix,
+            config.poynt.application_id
+        ),
+    }
+}
+
+/// Prints the stored merchants, one line each, sorted by ID; never a token.
+async fn list_store(config: &Config) -> anyhow::Result<()> {
+    if config.store.backend == StoreBackend::Embedded && !config.store.path.exists() {
+        eprintln!(
+            "nothing stored: {} does not exist yet",
+            config.store.path.display()
+        );
+        return Ok(());
+    }
+    let metrics = Metrics::new()?;
+    let store = Store::open(&config.store, &config.poynt.application_id, &metrics).await?;
+    let mut records = store.load_all().await?;
+    records.sort_by_key(|(merchant, _)| *merchant);
+    println!(
+        "{:<36}  {:<20}  {:<18}  {:<13}  {:<20}  generation",
+        "merchant", "expires_at", "grant", "refresh_token", "onboarded_at"
+    );
+    for (merchant, record) in &records {
+        let onboarded = record.onboarded_at.map_or_else(
+            || "-".to_owned(),
+            |t| humantime::format_rfc3339_seconds(t).to_string(),
+        );
+        println!(
+            "{merchant:<36}  {:<20}  {:<18}  {:<13}  {onboarded:<20}  {}",
+            humantime::format_rfc3339_seconds(record.expires_at).to_string(),
+            record.grant.as_str(),
+            if record.refresh_token.is_some() {
+                "yes"
+            } else {
+                "no"
+            },
+            record.generation
+        );
+    }
+    eprintln!("{} merchants ({})", records.len(), describe_store(config));
+    Ok(())
 }

@@ -32,6 +32,12 @@ impl MerchantId {
             .map_err(|_| InvalidMerchantId::from_input(text))
     }
 
+    /// The merchant a UUID names (any UUID is a well-formed business ID), for keys read
+    /// back from the token store.
+    pub fn from_uuid(uuid: Uuid) -> Self {
+        Self(uuid)
+    }
+
     /// The parsed UUID.
     pub fn uuid(&self) -> Uuid {
         self.0

@@ -73,6 +73,7 @@ struct Inner {
     grants_throttled: IntCounter,
     connections: IntGaugeVec,
     inflight: IntGauge,
+    store: StoreMetrics,
 }
 
 fn histogram(name: &str, help: &str) -> HistogramOpts {
@@ -182,6 +183,7 @@ impl Metrics {
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(build_info))?;
+        let store = StoreMetrics::register(&registry)?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -201,6 +203,7 @@ impl Metrics {
                 grants_throttled,
                 connections,
                 inflight,
+                store,
             }),
         })
     }
@@ -293,6 +296,11 @@ impl Metrics {
             .set(i64::try_from(backing_off).unwrap_or(i64::MAX));
     }
 
+    /// The token store's handles.
+    pub fn store(&self) -> &StoreMetrics {
+        &self.inner.store
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -301,5 +309,208 @@ impl Metrics {
             tracing::error!(%error, "encoding metrics failed");
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token store (src/store): operations, lock waits, records loaded at start-up, reachability.
+// ---------------------------------------------------------------------------------------------
+
+/// A store operation, as a bounded label value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    /// Read one merchant's record.
+    Load,
+    /// Read every record (start-up, `store list`).
+    LoadAll,
+    /// Compare-and-set one record.
+    Save,
+    /// Forget one record.
+    Delete,
+    /// Take a merchant's cluster-wide lock.
+    Lock,
+    /// Give a lock back.
+    Release,
+    /// Mark an onboarding state as used.
+    SpendState,
+}
+
+impl StoreOp {
+    const ALL: [StoreOp; 7] = [
+        Self::Load,
+        Self::LoadAll,
+        Self::Save,
+        Self::Delete,
+        Self::Lock,
+        Self::Release,
+        Self::SpendState,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Load => "load",
+            Self::LoadAll => "load_all",
+            Self::Save => "save",
+            Self::Delete => "delete",
+            Self::Lock => "lock",
+            Self::Release => "release",
+            Self::SpendState => "spend_state",
+        }
+    }
+}
+
+/// How a store operation ended, as a bounded label value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOutcome {
+    /// Done.
+    Ok,
+    /// A save lost the compare-and-set: the store holds the same or a newer generation.
+    Stale,
+    /// A lock is held by another replica.
+    Busy,
+    /// The store could not be reached in time.
+    Unavailable,
+    /// The store answered with an error.
+    Error,
+}
+
+impl StoreOutcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Stale => "stale",
+            Self::Busy => "busy",
+            Self::Unavailable => "unavailable",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// How a wait for another replica's lock on a merchant ended (counted by the broker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockWait {
+    /// The holder's record arrived and was adopted.
+    Adopted,
+    /// The lock came free and this replica took it.
+    Acquired,
+    /// The wait was given up; this replica granted on its own.
+    TimedOut,
+}
+
+impl LockWait {
+    const ALL: [LockWait; 3] = [Self::Adopted, Self::Acquired, Self::TimedOut];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Adopted => "adopted",
+            Self::Acquired => "acquired",
+            Self::TimedOut => "timed_out",
+        }
+    }
+}
+
+/// The token store's metric handles. Every family is registered (and every op has an `ok`
+/// series) even with the memory store, so dashboards and alerts find them on any backend.
+#[derive(Clone)]
+pub struct StoreMetrics {
+    operations: IntCounterVec,
+    duration: HistogramVec,
+    lock_waits: IntCounterVec,
+    records_loaded: IntGauge,
+    reachable: IntGauge,
+    refused: IntCounter,
+}
+
+impl StoreMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let operations = IntCounterVec::new(
+            Opts::new(
+                "poynt_proxy_store_operations_total",
+                "Token store operations, by operation and outcome.",
+            ),
+            &["op", "outcome"],
+        )?;
+        let duration = HistogramVec::new(
+            histogram(
+                "poynt_proxy_store_operation_duration_seconds",
+                "Duration of token store operations.",
+            ),
+            &["op"],
+        )?;
+        let lock_waits = IntCounterVec::new(
+            Opts::new(
+                "poynt_proxy_store_lock_waits_total",
+                "Waits for another replica's lock on a merchant, by how they ended.",
+            ),
+            &["outcome"],
+        )?;
+        let records_loaded = IntGauge::new(
+            "poynt_proxy_store_records_loaded",
+            "Records read from the token store by the last full load (start-up).",
+        )?;
+        let reachable = IntGauge::new(
+            "poynt_proxy_store_reachable",
+            "1 while the token store answers, 0 while it cannot be reached.",
+        )?;
+        let refused = IntCounter::new(
+            "poynt_proxy_store_records_refused_total",
+            "Stored records that failed to open (unknown key, tampered, or copied under another merchant) and were treated as absent.",
+        )?;
+        for op in StoreOp::ALL {
+            operations.with_label_values(&[op.as_str(), StoreOutcome::Ok.as_str()]);
+            duration.with_label_values(&[op.as_str()]);
+        }
+        for wait in LockWait::ALL {
+            lock_waits.with_label_values(&[wait.as_str()]);
+        }
+        reachable.set(1);
+        registry.register(Box::new(operations.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(lock_waits.clone()))?;
+        registry.register(Box::new(records_loaded.clone()))?;
+        registry.register(Box::new(reachable.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
+        Ok(Self {
+            operations,
+            duration,
+            lock_waits,
+            records_loaded,
+            reachable,
+            refused,
+        })
+    }
+
+    /// Counts and times one store operation.
+    pub fn observe(&self, op: StoreOp, outcome: StoreOutcome, elapsed: Duration) {
+        self.operations
+            .with_label_values(&[op.as_str(), outcome.as_str()])
+            .inc();
+        self.duration
+            .with_label_values(&[op.as_str()])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts how a wait for another replica's lock ended.
+    pub fn lock_wait(&self, outcome: LockWait) {
+        self.lock_waits.with_label_values(&[outcome.as_str()]).inc();
+    }
+
+    /// Records how many records the last full load read.
+    pub fn set_records_loaded(&self, count: usize) {
+        self.records_loaded
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Says whether the store answers.
+    pub fn set_reachable(&self, reachable: bool) {
+        self.reachable.set(i64::from(reachable));
+    }
+
+    /// Counts a stored record that failed to open.
+    pub fn record_refused(&self) {
+        self.refused.inc();
     }
 }

@@ -3,7 +3,11 @@
 
 mod support;
 
-use poynt_proxy::config::{Config, KeySources, PRIVATE_KEY_ENV};
+use poynt_proxy::config::{
+    Config, KeySources, PRIVATE_KEY_ENV, REDIS_URL_ENV, StoreBackend, StoreConfig,
+};
+use poynt_proxy::store::keys::{self, STORE_KEY_ENV};
+use secrecy::ExposeSecret as _;
 use support::fixture;
 
 fn key_line(name: &str) -> String {
@@ -89,7 +93,7 @@ fn errors_name_the_key_and_what_was_wrong() {
         ),
         (
             base("", "store:\n  backend: cassandra\n"),
-            "store.backend: expected one of: memory; found \"cassandra\"",
+            "store.backend: expected one of: embedded, redis, memory; found \"cassandra\"",
         ),
         (
             base("", "").replace("127.0.0.1:0", "localhost:eighty"),
@@ -182,6 +186,7 @@ fn the_key_may_come_from_the_environment_variable() {
     let sources = KeySources {
         base_dir: None,
         private_key_env: Some(pem.into()),
+        ..KeySources::default()
     };
     let config = Config::parse(&yaml, &sources).expect("env key accepted");
     assert!(
@@ -191,6 +196,7 @@ fn the_key_may_come_from_the_environment_variable() {
     let sources = KeySources {
         base_dir: None,
         private_key_env: Some("garbage".to_string().into()),
+        ..KeySources::default()
     };
     let message = Config::parse(&yaml, &sources).unwrap_err().to_string();
     assert!(message.starts_with(PRIVATE_KEY_ENV), "{message}");
@@ -207,6 +213,177 @@ fn relative_paths_resolve_against_the_config_file() {
     let path = dir.path().join("proxy.yaml");
     std::fs::write(&path, yaml).unwrap();
     Config::load(&path).expect("key found next to the config");
+}
+
+/// The checked store section of `store` (indented YAML), paths resolved in `dir`.
+fn store_of(
+    store: &str,
+    dir: &std::path::Path,
+    sources: KeySources,
+) -> Result<StoreConfig, String> {
+    let sources = KeySources {
+        base_dir: Some(dir.to_owned()),
+        ..sources
+    };
+    Config::parse(&base("", &format!("store:\n{store}")), &sources)
+        .map(|c| c.store)
+        .map_err(|e| e.to_string())
+}
+
+fn write_key(dir: &std::path::Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+#[test]
+fn the_store_defaults_to_an_embedded_file_beside_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.yaml");
+    std::fs::write(&path, base("", "")).unwrap();
+    let store = Config::load(&path).expect("valid").store;
+    assert_eq!(store.backend, StoreBackend::Embedded);
+    assert_eq!(store.path, dir.path().join("data/tokens.redb"));
+    assert_eq!(store.timeout, std::time::Duration::from_millis(500));
+    assert_eq!(store.key_prefix, "poynt-proxy");
+    assert_eq!(store.redis_url.shown(), "redis://127.0.0.1:6379/0");
+    assert!(store.key.is_none());
+    assert_eq!(
+        store.key_beside_data(),
+        Some(dir.path().join("data/tokens.redb.key")),
+        "no key configured: it will sit beside the data"
+    );
+    assert!(!dir.path().join("data").exists(), "parsing creates nothing");
+}
+
+#[test]
+fn store_errors_name_the_key_and_what_was_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = keys::generate();
+    write_key(dir.path(), "good.key", good.expose_secret());
+    write_key(dir.path(), "short.key", "c2hvcnQ=");
+    std::fs::create_dir(dir.path().join("adir")).unwrap();
+    let cases = [
+        ("  path: \"\"\n", "store.path: expected a file path"),
+        (
+            "  path: adir\n",
+            "store.path: expected a file; found the directory",
+        ),
+        (
+            "  redis_url: \"http://127.0.0.1:6379\"\n",
+            "store.redis_url: expected redis://",
+        ),
+        (
+            "  redis_url: \"nonsense\"\n",
+            "store.redis_url: expected redis://",
+        ),
+        (
+            "  key_prefix: \"\"\n",
+            "store.key_prefix: expected a non-empty name",
+        ),
+        (
+            "  key_prefix: \"a b\"\n",
+            "store.key_prefix: expected a non-empty name",
+        ),
+        (
+            "  key_file: nowhere.key\n",
+            "store.key_file: cannot read key file",
+        ),
+        (
+            "  key_file: short.key\n",
+            "store.key_file: expected the base64 of 32 random bytes (`poynt-proxy store keygen` prints one); found 5 bytes",
+        ),
+        (
+            "  key_file: good.key\n  previous_key_files: [good.key, short.key]\n",
+            "store.previous_key_files[1]: expected the base64 of 32 random bytes",
+        ),
+        (
+            "  timeout: 0s\n",
+            "store.timeout: expected a duration above zero",
+        ),
+        ("  timeout: soon\n", "store.timeout"),
+        ("  color: blue\n", "color"),
+        (
+            "  backend: redis\n",
+            "store.key_file: missing; the redis backend needs one key shared by every replica",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let message = store_of(yaml, dir.path(), KeySources::default()).unwrap_err();
+        assert!(
+            message.contains(expected),
+            "expected {expected:?} in {message:?}"
+        );
+    }
+}
+
+#[test]
+fn the_memory_store_ignores_key_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_of(
+        "  backend: memory\n  key_file: nowhere.key\n  previous_key_files: [gone.key]\n",
+        dir.path(),
+        KeySources::default(),
+    )
+    .expect("memory needs no key");
+    assert!(store.key.is_none() && store.previous_keys.is_empty());
+    assert_eq!(store.key_beside_data(), None);
+}
+
+#[test]
+fn the_environment_overrides_the_store_key_and_the_redis_url() {
+    let dir = tempfile::tempdir().unwrap();
+    write_key(dir.path(), "file.key", keys::generate().expose_secret());
+    let env_key = keys::generate();
+    let sources = || KeySources {
+        store_key_env: Some(env_key.expose_secret().to_owned().into()),
+        redis_url_env: Some(
+            "rediss://proxy:hunter2-secret@redis.internal:6380/2"
+                .to_owned()
+                .into(),
+        ),
+        ..KeySources::default()
+    };
+    let store = store_of(
+        "  backend: redis\n  key_file: file.key\n  redis_url: \"redis://127.0.0.1/0\"\n",
+        dir.path(),
+        sources(),
+    )
+    .expect("valid");
+    assert_eq!(
+        store.key.as_ref().map(|k| k.key.id()),
+        Some(keys::parse(env_key.expose_secret()).unwrap().id()),
+        "{STORE_KEY_ENV} wins over store.key_file"
+    );
+    assert_eq!(
+        store.redis_url.shown(),
+        "rediss://proxy@redis.internal:6380/2"
+    );
+    assert!(store.redis_url.expose().contains("hunter2-secret"));
+    let shown = format!("{store:?}");
+    assert!(
+        !shown.contains("hunter2"),
+        "Debug shows the Redis password: {shown}"
+    );
+    assert!(
+        !shown.contains(env_key.expose_secret()),
+        "Debug shows the key"
+    );
+
+    let bad_url = KeySources {
+        redis_url_env: Some("http://user:hunter2-secret@x".to_owned().into()),
+        ..sources()
+    };
+    let message = store_of("  backend: redis\n", dir.path(), bad_url).unwrap_err();
+    assert!(message.starts_with(REDIS_URL_ENV), "{message}");
+    assert!(
+        !message.contains("hunter2"),
+        "the error echoes a password: {message}"
+    );
+    let bad_key = KeySources {
+        store_key_env: Some("not a key".to_owned().into()),
+        ..KeySources::default()
+    };
+    let message = store_of("  backend: embedded\n", dir.path(), bad_key).unwrap_err();
+    assert!(message.starts_with(STORE_KEY_ENV), "{message}");
 }
 
 #[test]

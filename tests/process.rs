@@ -194,6 +194,69 @@ fn check_accepts_a_good_config_and_names_the_key_of_a_bad_one() {
 }
 
 #[test]
+fn check_names_the_store_and_warns_when_its_key_sits_beside_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = support::fixture("app-key-pkcs8.pem");
+    let config = |store: &str| {
+        let path = dir.path().join("store.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "poynt:\n  application_id: \"urn:aid:x\"\n  private_key_file: {:?}\n{store}",
+                key.display().to_string()
+            ),
+        )
+        .unwrap();
+        Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let beside = config("");
+    assert!(beside.status.success());
+    let data = dir.path().join("data/tokens.redb");
+    assert!(
+        String::from_utf8_lossy(&beside.stdout)
+            .contains(&format!("store: embedded at {}", data.display())),
+        "{beside:?}"
+    );
+    let stderr = String::from_utf8_lossy(&beside.stderr);
+    assert!(
+        stderr.contains("warning")
+            && stderr.contains("tokens.redb.key")
+            && stderr.contains("store.key_file"),
+        "{stderr}"
+    );
+    assert!(!data.exists(), "check creates nothing");
+
+    let keygen = Command::new(BIN)
+        .args(["store", "keygen"])
+        .output()
+        .unwrap();
+    assert!(keygen.status.success());
+    std::fs::write(dir.path().join("store.key"), &keygen.stdout).unwrap();
+    let keyed = config("store:\n  key_file: store.key\n");
+    assert!(keyed.status.success(), "{keyed:?}: the generated key loads");
+    assert!(
+        keyed.stderr.is_empty(),
+        "no warning with a key configured: {keyed:?}"
+    );
+
+    let redis = config(
+        "store:\n  backend: redis\n  key_file: store.key\n  redis_url: \"redis://app:pa55word@10.0.0.5:6380/1\"\n",
+    );
+    let stdout = String::from_utf8_lossy(&redis.stdout);
+    assert!(
+        stdout.contains(
+            "store: redis at redis://app@10.0.0.5:6380/1 (keys under poynt-proxy:urn:aid:x:)"
+        ),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("pa55word"));
+}
+
+#[test]
 fn authorize_url_encodes_the_redirect_app_and_context() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.yaml");
@@ -223,7 +286,7 @@ fn authorize_url_encodes_the_redirect_app_and_context() {
 
 #[test]
 fn every_command_has_help() {
-    for command in ["run", "check", "emulator", "demo", "authorize-url"] {
+    for command in ["run", "check", "emulator", "demo", "authorize-url", "store"] {
         let out = Command::new(BIN)
             .args([command, "--help"])
             .output()

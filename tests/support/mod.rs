@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset of the fixtures
 
 pub mod process;
+pub mod redis;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -140,8 +141,9 @@ impl Builder {
     }
 }
 
-/// A proxy config pointing at `emulator`, on port 0, with `extra` appended. Writes the
-/// emulator's CA (if any) into `dir`.
+/// A proxy config pointing at `emulator`, on port 0, with `extra` appended, and the memory
+/// store unless `extra` has its own `store:` section. Writes the emulator's CA (if any) into
+/// `dir`.
 pub fn proxy_yaml(emulator: &Emulator, dir: &tempfile::TempDir, extra: &str) -> String {
     let ca_line = match emulator.ca_pem() {
         Some(pem) => {
@@ -151,8 +153,14 @@ pub fn proxy_yaml(emulator: &Emulator, dir: &tempfile::TempDir, extra: &str) -> 
         }
         None => String::new(),
     };
+    // The default backend writes a file; tests keep tokens in memory unless they say otherwise.
+    let store = if extra.lines().any(|line| line.starts_with("store:")) {
+        ""
+    } else {
+        "store:\n  backend: memory\n"
+    };
     format!(
-        "listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\npoynt:\n  api_url: \"{}\"\n  application_id: \"{APP_ID}\"\n  private_key_file: {:?}\n{ca_line}{extra}",
+        "listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\npoynt:\n  api_url: \"{}\"\n  application_id: \"{APP_ID}\"\n  private_key_file: {:?}\n{ca_line}{store}{extra}",
         emulator.base_url(),
         fixture("app-key-pkcs8.pem").display().to_string(),
     )

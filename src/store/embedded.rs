@@ -1,0 +1,342 @@
+//! The embedded backend: one redb file (mode 0600) held by one process. Every change is one
+//! write transaction, and its `commit()` is the durability point: when `save` returns
+//! `Written`, the record survives a crash. redb locks the file, so a second process on the
+//! same `store.path` fails at start. Blocking file I/O runs on Tokio's blocking pool.
+//!
+//! Layout: `records` (merchant UUID → generation, sealed record), `spent_states` (state id →
+//! expiry, Unix milliseconds) and `meta` (`canary`: a known text sealed with the current key,
+//! so a wrong key fails at open, naming where it came from, instead of every record reading
+//! as absent).
+
+use std::fs::{DirBuilder, OpenOptions, Permissions};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redb::{
+    Database, DatabaseError, ReadableDatabase as _, ReadableTable as _, TableDefinition,
+    WriteTransaction,
+};
+
+use super::keys::{self, STORE_KEY_ENV, StoreKey};
+use super::record::Sealer;
+use super::seal::{Key, Keys, SealError};
+use super::{Record, Saved, StoreError};
+use crate::config::StoreConfig;
+use crate::merchant::MerchantId;
+use crate::metrics::StoreMetrics;
+
+const RECORDS: TableDefinition<&[u8; 16], (u64, &[u8])> = TableDefinition::new("records");
+const STATES: TableDefinition<&[u8; 16], u64> = TableDefinition::new("spent_states");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const CANARY: &str = "canary";
+
+/// A cloneable handle on the open file; the file closes when the last clone is dropped.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    path: PathBuf,
+    sealer: Sealer,
+    metrics: StoreMetrics,
+}
+
+/// What the canary said about the configured keys.
+enum KeyCheck {
+    /// The current key opens the store; `resealed` records were sealed again with it
+    /// (rotation from a previous key).
+    Fits { resealed: usize },
+    /// No configured key opens the canary.
+    Wrong(SealError),
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the file, checks the key against the canary, and re-seals what a
+    /// previous key sealed.
+    pub(super) async fn open(
+        config: &StoreConfig,
+        application_id: &str,
+        metrics: StoreMetrics,
+    ) -> Result<Self, StoreError> {
+        let path = config.path.clone();
+        let key = config.key.clone();
+        let previous = config.previous_keys.clone();
+        let application_id = application_id.to_owned();
+        tokio::task::spawn_blocking(move || {
+            open_blocking(path, key, previous, &application_id, metrics)
+        })
+        .await
+        .map_err(StoreError::Task)?
+    }
+
+    pub(super) fn metrics(&self) -> &StoreMetrics {
+        &self.inner.metrics
+    }
+
+    /// Runs `work` on the blocking pool.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Inner) -> Result<T, redb::Error> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            work(&inner).map_err(|source| StoreError::Database {
+                path: inner.path.clone(),
+                source,
+            })
+        })
+        .await
+        .map_err(StoreError::Task)?
+    }
+
+    pub(super) async fn load(&self, merchant: MerchantId) -> Result<Option<Record>, StoreError> {
+        self.run(move |inner| {
+            let txn = inner.db.begin_read()?;
+            let table = txn.open_table(RECORDS)?;
+            let Some(value) = table.get(merchant.uuid().as_bytes())? else {
+                return Ok(None);
+            };
+            let (generation, sealed) = value.value();
+            Ok(inner
+                .sealer
+                .open(merchant, generation, sealed)
+                .map(|(record, _)| record))
+        })
+        .await
+    }
+
+    pub(super) async fn load_all(&self) -> Result<Vec<(MerchantId, Record)>, StoreError> {
+        self.run(|inner| {
+            let txn = inner.db.begin_read()?;
+            let table = txn.open_table(RECORDS)?;
+            let mut records = Vec::new();
+            for entry in table.iter()? {
+                let (key, value) = entry?;
+                let merchant = MerchantId::from_uuid(uuid::Uuid::from_bytes(*key.value()));
+                let (generation, sealed) = value.value();
+                if let Some((record, _)) = inner.sealer.open(merchant, generation, sealed) {
+                    records.push((merchant, record));
+                }
+            }
+            Ok(records)
+        })
+        .await
+    }
+
+    pub(super) async fn save(
+        &self,
+        merchant: MerchantId,
+        record: &Record,
+    ) -> Result<Saved, StoreError> {
+        let generation = record.generation;
+        let sealed = self.inner.sealer.seal(merchant, record);
+        self.run(move |inner| {
+            let key = merchant.uuid().into_bytes();
+            let txn = inner.db.begin_write()?;
+            let stored = txn.open_table(RECORDS)?.get(&key)?.map(|v| v.value().0);
+            if let Some(current_generation) = stored.filter(|g| *g >= generation) {
+                txn.abort()?;
+                return Ok(Saved::Stale { current_generation });
+            }
+            txn.open_table(RECORDS)?
+                .insert(&key, (generation, sealed.as_slice()))?;
+            // The durability point: once commit returns, the record survives a crash.
+            txn.commit()?;
+            Ok(Saved::Written)
+        })
+        .await
+    }
+
+    pub(super) async fn delete(&self, merchant: MerchantId) -> Result<bool, StoreError> {
+        self.run(move |inner| {
+            let txn = inner.db.begin_write()?;
+            let removed = txn
+                .open_table(RECORDS)?
+                .remove(merchant.uuid().as_bytes())?
+                .is_some();
+            txn.commit()?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    pub(super) async fn spend_state(
+        &self,
+        id: &[u8; 16],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let id = *id;
+        self.run(move |inner| {
+            let now = unix_millis(SystemTime::now());
+            let expiry = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+            let txn = inner.db.begin_write()?;
+            let spent = {
+                let mut states = txn.open_table(STATES)?;
+                let spent = states.get(&id)?.is_some_and(|v| v.value() > now);
+                if !spent {
+                    states.retain(|_, until| until > now)?;
+                    states.insert(&id, expiry)?;
+                }
+                spent
+            };
+            if spent {
+                txn.abort()?;
+                return Ok(false);
+            }
+            // The durability point: a state spent before a crash stays spent after it.
+            txn.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+}
+
+fn unix_millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn open_blocking(
+    path: PathBuf,
+    configured: Option<StoreKey>,
+    previous: Vec<Key>,
+    application_id: &str,
+    metrics: StoreMetrics,
+) -> Result<EmbeddedStore, StoreError> {
+    let file_error = |source| StoreError::File {
+        path: path.clone(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(file_error)?;
+    }
+    let current = match configured {
+        Some(key) => key,
+        None => {
+            let (key, created) = keys::load_or_create_beside(&path)?;
+            if created {
+                tracing::warn!(
+                    key_file = %keys::beside(&path).display(),
+                    "created the store key beside the data: whoever copies both files can read every stored token; keep the key elsewhere (store.key_file or {STORE_KEY_ENV})"
+                );
+            }
+            key
+        }
+    };
+    create_private(&path).map_err(file_error)?;
+    let db = Database::create(&path).map_err(|source| match source {
+        DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.clone() },
+        source => StoreError::Open {
+            path: path.clone(),
+            source,
+        },
+    })?;
+    let sealer = Sealer::new(
+        Keys::new(current.key.clone(), previous),
+        application_id,
+        metrics.clone(),
+    );
+    let database_error = |source: redb::Error| StoreError::Database {
+        path: path.clone(),
+        source,
+    };
+    match check_key(&db, &sealer).map_err(database_error)? {
+        KeyCheck::Fits { resealed: 0 } => {}
+        KeyCheck::Fits { resealed } => tracing::info!(
+            resealed,
+            path = %path.display(),
+            "sealed the store again with the current key; the previous keys can be retired"
+        ),
+        KeyCheck::Wrong(source) => {
+            return Err(StoreError::WrongKey {
+                origin: current.origin.to_string(),
+                location: path.display().to_string(),
+                source,
+            });
+        }
+    }
+    Ok(EmbeddedStore {
+        inner: Arc::new(Inner {
+            db,
+            path,
+            sealer,
+            metrics,
+        }),
+    })
+}
+
+/// Creates the file with mode 0600 before redb opens it, or tightens an existing file's mode.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let mode = std::fs::metadata(path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                std::fs::set_permissions(path, Permissions::from_mode(0o600))?;
+                tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "the store file was readable by others; its mode is now 0600");
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens the canary with the configured keys: a new store gets one; a store a previous key
+/// sealed is sealed again, records and canary, in one transaction.
+fn check_key(db: &Database, sealer: &Sealer) -> Result<KeyCheck, redb::Error> {
+    let txn = db.begin_write()?;
+    // Creating the tables here means every later read finds them.
+    txn.open_table(RECORDS)?;
+    txn.open_table(STATES)?;
+    let canary = txn
+        .open_table(META)?
+        .get(CANARY)?
+        .map(|v| v.value().to_vec());
+    let by_current_key = match canary.map(|c| sealer.open_canary(&c)) {
+        None => false,
+        Some(Ok(by_current_key)) => by_current_key,
+        Some(Err(error)) => {
+            txn.abort()?;
+            return Ok(KeyCheck::Wrong(error));
+        }
+    };
+    let mut resealed = 0;
+    if !by_current_key {
+        resealed = reseal(&txn, sealer)?;
+        txn.open_table(META)?
+            .insert(CANARY, sealer.seal_canary().as_slice())?;
+    }
+    txn.commit()?;
+    Ok(KeyCheck::Fits { resealed })
+}
+
+/// Seals again, with the current key, every record a previous key sealed.
+fn reseal(txn: &WriteTransaction, sealer: &Sealer) -> Result<usize, redb::Error> {
+    let mut table = txn.open_table(RECORDS)?;
+    let mut again = Vec::new();
+    for entry in table.iter()? {
+        let (key, value) = entry?;
+        let merchant = MerchantId::from_uuid(uuid::Uuid::from_bytes(*key.value()));
+        let (generation, sealed) = value.value();
+        if let Some((record, false)) = sealer.open(merchant, generation, sealed) {
+            again.push((*key.value(), generation, sealer.seal(merchant, &record)));
+        }
+    }
+    for (key, generation, sealed) in &again {
+        table.insert(key, (*generation, sealed.as_slice()))?;
+    }
+    Ok(again.len())
+}

@@ -1,0 +1,409 @@
+//! The token store: where each merchant's record (access token, refresh token, expiry, grant,
+//! generation) outlives the process and, with Redis, is shared by replicas.
+//!
+//! One interface over three backends, dispatched by [`Store`]'s variants (no trait objects):
+//! - [`memory`]: this process only (today's behaviour; the demo and most tests);
+//! - [`embedded`]: one redb file, sealed, held by one process (the default);
+//! - [`redis`]: shared by replicas, sealed, with a per-merchant lock and an events channel.
+//!
+//! Records are sealed ([`seal`]) under keys from [`keys`] before they reach a file or Redis.
+//! Every save is a compare-and-set on the record's generation (the fencing token), so a
+//! writer that lost its lock cannot overwrite a newer record. A cache hit in the broker never
+//! reaches this module.
+
+pub mod embedded;
+pub mod keys;
+pub mod memory;
+pub mod record;
+pub mod redis;
+pub mod seal;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub use record::Record;
+
+use crate::config::{StoreBackend, StoreConfig};
+use crate::merchant::MerchantId;
+use crate::metrics::{Metrics, StoreMetrics, StoreOp, StoreOutcome};
+use embedded::EmbeddedStore;
+use memory::MemoryStore;
+use redis::{RedisLock, RedisStore};
+
+/// The token store. Cloning is cheap (one `Arc` per backend); every clone is the same store.
+#[derive(Clone)]
+pub enum Store {
+    /// In-process.
+    Memory(MemoryStore),
+    /// One redb file.
+    Embedded(EmbeddedStore),
+    /// Redis, shared by replicas.
+    Redis(RedisStore),
+}
+
+/// What a compare-and-set save did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Saved {
+    /// Stored: there was no record, or an older generation.
+    Written,
+    /// Not stored: the store holds this generation or a newer one.
+    Stale {
+        /// The generation the store holds.
+        current_generation: u64,
+    },
+}
+
+/// A change another holder of the store made (Redis only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A record was written with this generation.
+    Saved {
+        /// Whose.
+        merchant: MerchantId,
+        /// The generation now stored.
+        generation: u64,
+    },
+    /// A record was deleted.
+    Deleted {
+        /// Whose.
+        merchant: MerchantId,
+    },
+    /// The events subscription was (re)established: anything published meanwhile was missed,
+    /// so reconcile with the store.
+    Resync,
+}
+
+/// Why the store could not be reached in time.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    /// No answer within `store.timeout`.
+    #[error("no answer within {} (store.timeout)", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    /// The connection failed or dropped.
+    #[error(transparent)]
+    Redis(::redis::RedisError),
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached in time; the caller should carry on without it.
+    #[error("token store at {target} is unavailable: {cause}")]
+    Unavailable {
+        /// The store, without any password.
+        target: String,
+        /// What happened.
+        #[source]
+        cause: Unavailable,
+    },
+    /// Redis answered with an error (a refused command, an ACL denial...).
+    #[error("token store at {target} refused a command: {source}")]
+    Redis {
+        /// The store, without any password.
+        target: String,
+        /// What Redis said.
+        #[source]
+        source: ::redis::RedisError,
+    },
+    /// Another process holds the embedded file.
+    #[error(
+        "store.path: {} is open in another process (the embedded store admits one); stop that process or point store.path at another file", path.display()
+    )]
+    Locked {
+        /// The file.
+        path: PathBuf,
+    },
+    /// No configured key opens the store's check value.
+    #[error(
+        "{origin} does not open the store at {location} ({source}); configure the key it was sealed with, listing the old one in store.previous_key_files when rotating"
+    )]
+    WrongKey {
+        /// Where the current key came from.
+        origin: String,
+        /// The store.
+        location: String,
+        /// Why the store's check value did not open.
+        #[source]
+        source: seal::SealError,
+    },
+    /// The sealed backends need a key, and none was configured.
+    #[error(
+        "store.key_file: missing; the redis backend needs one key shared by every replica (store.key_file or {})",
+        keys::STORE_KEY_ENV
+    )]
+    MissingKey,
+    /// The key beside the embedded file could not be read or created.
+    #[error("store key: {0}")]
+    Key(#[from] keys::KeyError),
+    /// The embedded file or its directory could not be created or read.
+    #[error("store.path: {}: {source}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// redb refused to open the file.
+    #[error("store.path: cannot open {} as a token store: {source}", path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// What redb said.
+        #[source]
+        source: ::redb::DatabaseError,
+    },
+    /// A transaction on the embedded file failed.
+    #[error("token store {}: {source}", path.display())]
+    Database {
+        /// The file.
+        path: PathBuf,
+        /// What redb said.
+        #[source]
+        source: ::redb::Error,
+    },
+    /// Too many unexpired onboarding states are held in memory.
+    #[error(
+        "onboarding states: expected fewer than {capacity} unexpired states; found that many (refusing more until some expire)"
+    )]
+    StatesFull {
+        /// The bound.
+        capacity: usize,
+    },
+    /// A blocking task of the embedded store panicked or was cancelled.
+    #[error("token store task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+impl StoreError {
+    fn outcome(&self) -> StoreOutcome {
+        match self {
+            Self::Unavailable { .. } => StoreOutcome::Unavailable,
+            Self::Redis { .. }
+            | Self::Locked { .. }
+            | Self::WrongKey { .. }
+            | Self::MissingKey
+            | Self::Key(_)
+            | Self::File { .. }
+            | Self::Open { .. }
+            | Self::Database { .. }
+            | Self::StatesFull { .. }
+            | Self::Task(_) => StoreOutcome::Error,
+        }
+    }
+}
+
+/// A merchant's lock, held until released or until its TTL passes.
+pub struct Lock {
+    held: Held,
+    metrics: StoreMetrics,
+}
+
+enum Held {
+    /// One process: the broker's own single flight is the lock.
+    Local,
+    Redis(RedisLock),
+}
+
+impl std::fmt::Debug for Lock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.held {
+            Held::Local => "Lock(local)",
+            Held::Redis(_) => "Lock(redis)",
+        })
+    }
+}
+
+impl Lock {
+    /// Gives the lock back: a compare-and-delete on Redis (a lock that expired and was taken
+    /// by another holder is left alone); nothing otherwise.
+    pub async fn release(self) -> Result<(), StoreError> {
+        match self.held {
+            Held::Local => Ok(()),
+            Held::Redis(lock) => timed(&self.metrics, StoreOp::Release, ok, lock.release()).await,
+        }
+    }
+}
+
+/// Counts and times one operation, its outcome read from the result.
+async fn timed<T>(
+    metrics: &StoreMetrics,
+    op: StoreOp,
+    classify: impl FnOnce(&T) -> StoreOutcome,
+    work: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let started = Instant::now();
+    let result = work.await;
+    let outcome = match &result {
+        Ok(value) => classify(value),
+        Err(error) => error.outcome(),
+    };
+    metrics.observe(op, outcome, started.elapsed());
+    result
+}
+
+fn ok<T>(_: &T) -> StoreOutcome {
+    StoreOutcome::Ok
+}
+
+impl Store {
+    /// Opens the configured backend for `application_id`: the embedded file is created,
+    /// locked and checked against its key here; Redis is checked against its key when it
+    /// answers, and otherwise connected lazily (a Redis that is down at start-up makes
+    /// operations fail fast, not the start).
+    pub async fn open(
+        config: &StoreConfig,
+        application_id: &str,
+        metrics: &Metrics,
+    ) -> Result<Store, StoreError> {
+        let metrics = metrics.store().clone();
+        metrics.set_reachable(true);
+        Ok(match config.backend {
+            StoreBackend::Memory => Store::Memory(MemoryStore::new(metrics)),
+            StoreBackend::Embedded => {
+                Store::Embedded(EmbeddedStore::open(config, application_id, metrics).await?)
+            }
+            StoreBackend::Redis => {
+                Store::Redis(RedisStore::open(config, application_id, metrics).await?)
+            }
+        })
+    }
+
+    fn metrics(&self) -> &StoreMetrics {
+        match self {
+            Store::Memory(store) => store.metrics(),
+            Store::Embedded(store) => store.metrics(),
+            Store::Redis(store) => store.metrics(),
+        }
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> StoreBackend {
+        match self {
+            Store::Memory(..) => StoreBackend::Memory,
+            Store::Embedded(..) => StoreBackend::Embedded,
+            Store::Redis(..) => StoreBackend::Redis,
+        }
+    }
+
+    /// True when other replicas share this store (Redis): locks and events matter.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Store::Redis(..))
+    }
+
+    /// `merchant`'s record; `None` when there is none or it does not open (counted).
+    pub async fn load(&self, merchant: MerchantId) -> Result<Option<Record>, StoreError> {
+        let work = async {
+            match self {
+                Store::Memory(store) => Ok(store.load(merchant)),
+                Store::Embedded(store) => store.load(merchant).await,
+                Store::Redis(store) => store.load(merchant).await,
+            }
+        };
+        timed(self.metrics(), StoreOp::Load, ok, work).await
+    }
+
+    /// Every record that opens (start-up, `store list`); sets the records-loaded gauge.
+    pub async fn load_all(&self) -> Result<Vec<(MerchantId, Record)>, StoreError> {
+        let work = async {
+            match self {
+                Store::Memory(store) => Ok(store.load_all()),
+                Store::Embedded(store) => store.load_all().await,
+                Store::Redis(store) => store.load_all().await,
+            }
+        };
+        let records = timed(self.metrics(), StoreOp::LoadAll, ok, work).await?;
+        self.metrics().set_records_loaded(records.len());
+        Ok(records)
+    }
+
+    /// Atomic compare-and-set: written only if no record exists or the stored generation is
+    /// lower than `record.generation`; otherwise `Stale` with the stored generation. On Redis
+    /// the same script sets the record's TTL and publishes [`Event::Saved`].
+    pub async fn save(&self, merchant: MerchantId, record: &Record) -> Result<Saved, StoreError> {
+        let work = async {
+            match self {
+                Store::Memory(store) => Ok(store.save(merchant, record)),
+                Store::Embedded(store) => store.save(merchant, record).await,
+                Store::Redis(store) => store.save(merchant, record).await,
+            }
+        };
+        let classify = |saved: &Saved| match saved {
+            Saved::Written => StoreOutcome::Ok,
+            Saved::Stale { .. } => StoreOutcome::Stale,
+        };
+        timed(self.metrics(), StoreOp::Save, classify, work).await
+    }
+
+    /// Forgets `merchant` (admin "forget"); true if there was a record. On Redis publishes
+    /// [`Event::Deleted`].
+    pub async fn delete(&self, merchant: MerchantId) -> Result<bool, StoreError> {
+        let work = async {
+            match self {
+                Store::Memory(store) => Ok(store.delete(merchant)),
+                Store::Embedded(store) => store.delete(merchant).await,
+                Store::Redis(store) => store.delete(merchant).await,
+            }
+        };
+        timed(self.metrics(), StoreOp::Delete, ok, work).await
+    }
+
+    /// Takes `merchant`'s lock for at most `ttl`: on Redis `None` while another replica holds
+    /// it; on the single-process backends always granted (the broker's own single flight is
+    /// the lock there).
+    pub async fn lock(
+        &self,
+        merchant: MerchantId,
+        ttl: Duration,
+    ) -> Result<Option<Lock>, StoreError> {
+        let lock = |held| Lock {
+            held,
+            metrics: self.metrics().clone(),
+        };
+        let work = async {
+            match self {
+                Store::Memory(..) | Store::Embedded(..) => Ok(Some(lock(Held::Local))),
+                Store::Redis(store) => Ok(store
+                    .lock(merchant, ttl)
+                    .await?
+                    .map(|held| lock(Held::Redis(held)))),
+            }
+        };
+        let classify = |lock: &Option<Lock>| match lock {
+            Some(_) => StoreOutcome::Ok,
+            None => StoreOutcome::Busy,
+        };
+        timed(self.metrics(), StoreOp::Lock, classify, work).await
+    }
+
+    /// Changes other replicas made (Redis only). After every (re)subscription an
+    /// [`Event::Resync`] arrives; a receiver that lags gets `Lagged` and should reconcile
+    /// the same way. A replica also receives the events of its own saves.
+    pub fn events(&self) -> Option<tokio::sync::broadcast::Receiver<Event>> {
+        match self {
+            Store::Redis(store) => Some(store.events()),
+            Store::Memory(..) | Store::Embedded(..) => None,
+        }
+    }
+
+    /// Marks an onboarding state `id` as spent for `ttl`: true the first time, false if it
+    /// was already spent and has not expired.
+    pub async fn spend_state(&self, id: &[u8; 16], ttl: Duration) -> Result<bool, StoreError> {
+        let work = async {
+            match self {
+                Store::Memory(store) => store.spend_state(id, ttl),
+                Store::Embedded(store) => store.spend_state(id, ttl).await,
+                Store::Redis(store) => store.spend_state(id, ttl).await,
+            }
+        };
+        timed(self.metrics(), StoreOp::SpendState, ok, work).await
+    }
+
+    /// False while the store cannot be reached (Redis only; local backends always answer).
+    pub fn is_reachable(&self) -> bool {
+        match self {
+            Store::Redis(store) => store.is_reachable(),
+            Store::Memory(..) | Store::Embedded(..) => true,
+        }
+    }
+}

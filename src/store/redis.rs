@@ -1,0 +1,690 @@
+//! The Redis backend: replicas share one sealed record per merchant, a per-merchant lock, the
+//! onboarding states, and an events channel.
+//!
+//! Keys, under `{prefix}:{app}:`: `token:{merchant}` holds `"<generation>:<sealed record>"`
+//! (plain `GET` works, and a Lua script compares generations without the key);
+//! `lock:{merchant}` holds a random token; `state:{hex id}` marks a spent onboarding state;
+//! `canary` holds a known text sealed with the current key (a replica with the wrong key
+//! fails at start); `events` is the pub/sub channel (`saved:{merchant}:{generation}`,
+//! `deleted:{merchant}`).
+//!
+//! A record lives until its access token expires, or 30 days past that when it holds a
+//! refresh token (the merchant's durable credential). Every operation is bounded by
+//! `store.timeout`; when Redis cannot be reached, operations fail fast with
+//! [`StoreError::Unavailable`], the outage is logged once when it starts and once when it
+//! ends, and the `poynt_proxy_store_reachable` gauge follows it. The connection manager
+//! reconnects on the next operation; the events task reconnects with back-off on its own.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt as _;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, RedisResult, Script};
+use tokio::sync::{broadcast, watch};
+
+use super::keys::KeyOrigin;
+use super::record::Sealer;
+use super::seal::Keys;
+use super::{Event, Record, Saved, StoreError, Unavailable};
+use crate::config::StoreConfig;
+use crate::merchant::MerchantId;
+use crate::metrics::StoreMetrics;
+
+/// How long a record holding a refresh token outlives its access token's expiry.
+pub const REFRESH_TOKEN_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Events buffered per receiver; a receiver that falls further behind gets `Lagged` and
+/// should reconcile as on [`Event::Resync`].
+const EVENT_CAPACITY: usize = 4096;
+/// First and longest pause between attempts to resubscribe to the events channel.
+const RESUBSCRIBE_MIN: Duration = Duration::from_millis(100);
+const RESUBSCRIBE_MAX: Duration = Duration::from_secs(2);
+/// Keys fetched per `MGET` (and asked per `SCAN` step) when loading everything.
+const BATCH: usize = 500;
+
+/// Compare-and-set on the generation, then TTL and PUBLISH, atomically. Returns nil when
+/// written, or the stored generation when it is the same or newer. Generations are compared
+/// as decimal strings (length, then digits), so they are exact beyond Lua's 2^53.
+const SAVE_SCRIPT: &str = r"
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  local g = string.match(stored, '^(%d+):')
+  if g and (#g > #ARGV[1] or (#g == #ARGV[1] and g >= ARGV[1])) then
+    return g
+  end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('PUBLISH', KEYS[2], ARGV[4])
+return false
+";
+
+/// Deletes a record and publishes that it is gone, atomically.
+const DELETE_SCRIPT: &str = r"
+if redis.call('DEL', KEYS[1]) == 1 then
+  redis.call('PUBLISH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+";
+
+/// Deletes a lock only if it still holds our token (Redis's documented single-instance lock).
+const RELEASE_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// A cloneable handle; the events task stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connection: ConnectionManager,
+    sealer: Sealer,
+    names: Names,
+    timeout: Duration,
+    health: Arc<Health>,
+    events: broadcast::Sender<Event>,
+    save: Script,
+    delete: Script,
+    release: Script,
+    /// Dropped with the store, which ends the events task.
+    _stop: watch::Sender<()>,
+}
+
+/// Key names under `{prefix}:{app}:`.
+struct Names {
+    base: String,
+    channel: String,
+}
+
+impl Names {
+    fn new(prefix: &str, application_id: &str) -> Self {
+        let base = format!("{prefix}:{application_id}:");
+        Self {
+            channel: format!("{base}events"),
+            base,
+        }
+    }
+
+    fn token(&self, merchant: MerchantId) -> String {
+        format!("{}token:{merchant}", self.base)
+    }
+
+    fn lock(&self, merchant: MerchantId) -> String {
+        format!("{}lock:{merchant}", self.base)
+    }
+
+    fn canary(&self) -> String {
+        format!("{}canary", self.base)
+    }
+
+    fn state(&self, id: &[u8; 16]) -> String {
+        format!("{}state:{}", self.base, super::seal::hex(id))
+    }
+
+    /// A `SCAN MATCH` pattern for every record key, glob characters in the prefix escaped.
+    fn token_pattern(&self) -> String {
+        let mut pattern = String::new();
+        for c in format!("{}token:", self.base).chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('*');
+        pattern
+    }
+
+    fn merchant_of(&self, key: &str) -> Option<MerchantId> {
+        let id = key.strip_prefix(&self.base)?.strip_prefix("token:")?;
+        MerchantId::parse(id).ok()
+    }
+}
+
+/// Whether Redis answers, shared by the operations and the events task, so an outage is
+/// logged once when it starts and once when it ends however many calls see it.
+struct Health {
+    shown: String,
+    reachable: AtomicBool,
+    metrics: StoreMetrics,
+}
+
+impl Health {
+    fn up(&self) {
+        if !self.reachable.swap(true, Ordering::AcqRel) {
+            self.metrics.set_reachable(true);
+            tracing::info!(store = %self.shown, "token store reachable again");
+        }
+    }
+
+    fn down(&self, reason: &dyn fmt::Display) {
+        if self.reachable.swap(false, Ordering::AcqRel) {
+            self.metrics.set_reachable(false);
+            tracing::warn!(store = %self.shown, %reason, "token store unreachable; tokens are served from the local cache until it returns");
+        }
+    }
+
+    fn unavailable(&self, cause: Unavailable) -> StoreError {
+        self.down(&cause);
+        StoreError::Unavailable {
+            target: self.shown.clone(),
+            cause,
+        }
+    }
+}
+
+/// Whether an error says Redis could not be reached (as opposed to an answer refusing).
+fn is_unreachable(error: &RedisError) -> bool {
+    error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error()
+}
+
+/// Splits `"<generation>:<sealed>"`.
+fn split_value(value: &[u8]) -> Option<(u64, &[u8])> {
+    let colon = value.iter().position(|b| *b == b':')?;
+    let generation = std::str::from_utf8(&value[..colon]).ok()?.parse().ok()?;
+    Some((generation, &value[colon + 1..]))
+}
+
+/// How long a record is kept: to its expiry, or [`REFRESH_TOKEN_RETENTION`] past it when it
+/// holds a refresh token; at least a second (Redis refuses a zero TTL).
+fn record_ttl(record: &Record, now: SystemTime) -> Duration {
+    let until = match record.refresh_token {
+        Some(_) => record.expires_at + REFRESH_TOKEN_RETENTION,
+        None => record.expires_at,
+    };
+    until
+        .duration_since(now)
+        .unwrap_or_default()
+        .max(Duration::from_secs(1))
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+impl RedisStore {
+    /// Prepares the connection (made lazily, so a Redis that is down at start-up does not
+    /// stop the proxy), starts the events task, and checks the key against the store's
+    /// check value.
+    pub(super) async fn open(
+        config: &StoreConfig,
+        application_id: &str,
+        metrics: StoreMetrics,
+    ) -> Result<Self, StoreError> {
+        let shown = config.redis_url.shown().to_owned();
+        let key = config.key.clone().ok_or(StoreError::MissingKey)?;
+        let client =
+            redis::Client::open(config.redis_url.expose()).map_err(|source| StoreError::Redis {
+                target: shown.clone(),
+                source,
+            })?;
+        let timeout = config.timeout;
+        let connection = ConnectionManager::new_lazy_with_config(
+            client.clone(),
+            ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(timeout),
+        )
+        .map_err(|source| StoreError::Redis {
+            target: shown.clone(),
+            source,
+        })?;
+        let names = Names::new(&config.key_prefix, application_id);
+        let health = Arc::new(Health {
+            shown,
+            reachable: AtomicBool::new(true),
+            metrics: metrics.clone(),
+        });
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let (stop, stopped) = watch::channel(());
+        tokio::spawn(forward_events(
+            client,
+            names.channel.clone(),
+            events.clone(),
+            health.clone(),
+            timeout,
+            stopped,
+        ));
+        let keys = Keys::new(key.key, config.previous_keys.clone());
+        let store = Self {
+            inner: Arc::new(Inner {
+                connection,
+                sealer: Sealer::new(keys, application_id, metrics),
+                names,
+                timeout,
+                health,
+                events,
+                save: Script::new(SAVE_SCRIPT),
+                delete: Script::new(DELETE_SCRIPT),
+                release: Script::new(RELEASE_SCRIPT),
+                _stop: stop,
+            }),
+        };
+        store.check_key(&key.origin).await?;
+        Ok(store)
+    }
+
+    /// A replica with the wrong key refuses to start, instead of reading every record as
+    /// absent and overwriting its peers' records with ones they cannot open. The check value
+    /// is created when absent and sealed again when a previous key sealed it. While Redis
+    /// cannot be reached the check is skipped (and said so).
+    async fn check_key(&self, origin: &KeyOrigin) -> Result<(), StoreError> {
+        let key = self.inner.names.canary();
+        let mut connection = self.connection();
+        let stored: Option<Vec<u8>> = match self
+            .run(redis::cmd("GET").arg(&key).query_async(&mut connection))
+            .await
+        {
+            Ok(stored) => stored,
+            Err(StoreError::Unavailable { .. }) => {
+                tracing::warn!(store = %self.inner.health.shown, "the store key was not checked: Redis is unreachable");
+                return Ok(());
+            }
+            Err(error) => return Err(error),
+        };
+        let mut set = redis::cmd("SET");
+        set.arg(&key).arg(self.inner.sealer.seal_canary());
+        match stored.map(|sealed| self.inner.sealer.open_canary(&sealed)) {
+            Some(Ok(true)) => return Ok(()),
+            Some(Ok(false)) => {}
+            None => {
+                set.arg("NX");
+            }
+            Some(Err(source)) => {
+                return Err(StoreError::WrongKey {
+                    origin: origin.to_string(),
+                    location: self.inner.health.shown.clone(),
+                    source,
+                });
+            }
+        }
+        let _: Option<String> = self.run(set.query_async(&mut connection)).await?;
+        Ok(())
+    }
+
+    /// Runs one command under `store.timeout`, keeping the reachability state.
+    async fn run<T>(&self, work: impl Future<Output = RedisResult<T>>) -> Result<T, StoreError> {
+        let health = &self.inner.health;
+        match tokio::time::timeout(self.inner.timeout, work).await {
+            Err(_) => Err(health.unavailable(Unavailable::Timeout(self.inner.timeout))),
+            Ok(Err(error)) if is_unreachable(&error) => {
+                Err(health.unavailable(Unavailable::Redis(error)))
+            }
+            Ok(Err(source)) => {
+                health.up();
+                Err(StoreError::Redis {
+                    target: health.shown.clone(),
+                    source,
+                })
+            }
+            Ok(Ok(value)) => {
+                health.up();
+                Ok(value)
+            }
+        }
+    }
+
+    pub(super) fn metrics(&self) -> &StoreMetrics {
+        &self.inner.health.metrics
+    }
+
+    fn connection(&self) -> ConnectionManager {
+        self.inner.connection.clone()
+    }
+
+    fn open_value(&self, merchant: MerchantId, value: &[u8]) -> Option<Record> {
+        let Some((generation, sealed)) = split_value(value) else {
+            self.inner
+                .sealer
+                .refuse(merchant, &"expected \"<generation>:<sealed record>\"");
+            return None;
+        };
+        self.inner
+            .sealer
+            .open(merchant, generation, sealed)
+            .map(|(record, _)| record)
+    }
+
+    pub(super) async fn load(&self, merchant: MerchantId) -> Result<Option<Record>, StoreError> {
+        let mut connection = self.connection();
+        let value: Option<Vec<u8>> = self
+            .run(
+                redis::cmd("GET")
+                    .arg(self.inner.names.token(merchant))
+                    .query_async(&mut connection),
+            )
+            .await?;
+        Ok(value.and_then(|v| self.open_value(merchant, &v)))
+    }
+
+    pub(super) async fn load_all(&self) -> Result<Vec<(MerchantId, Record)>, StoreError> {
+        let mut connection = self.connection();
+        let pattern = self.inner.names.token_pattern();
+        let mut keys = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .run(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(BATCH)
+                        .query_async(&mut connection),
+                )
+                .await?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        // SCAN may return a key twice.
+        keys.sort_unstable();
+        keys.dedup();
+        let mut records = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(BATCH) {
+            let values: Vec<Option<Vec<u8>>> = self
+                .run(redis::cmd("MGET").arg(chunk).query_async(&mut connection))
+                .await?;
+            for (key, value) in chunk.iter().zip(values) {
+                let (Some(merchant), Some(value)) = (self.inner.names.merchant_of(key), value)
+                else {
+                    continue;
+                };
+                if let Some(record) = self.open_value(merchant, &value) {
+                    records.push((merchant, record));
+                }
+            }
+        }
+        Ok(records)
+    }
+
+    pub(super) async fn save(
+        &self,
+        merchant: MerchantId,
+        record: &Record,
+    ) -> Result<Saved, StoreError> {
+        let generation = record.generation.to_string();
+        let value = [
+            generation.as_bytes(),
+            b":",
+            &self.inner.sealer.seal(merchant, record),
+        ]
+        .concat();
+        let ttl = millis(record_ttl(record, SystemTime::now()));
+        let mut connection = self.connection();
+        let stale: Option<String> = self
+            .run(
+                self.inner
+                    .save
+                    .key(self.inner.names.token(merchant))
+                    .key(&self.inner.names.channel)
+                    .arg(&generation)
+                    .arg(value)
+                    .arg(ttl)
+                    .arg(format!("saved:{merchant}:{generation}"))
+                    .invoke_async(&mut connection),
+            )
+            .await?;
+        Ok(match stale {
+            None => Saved::Written,
+            Some(stored) => Saved::Stale {
+                current_generation: stored.parse().unwrap_or(u64::MAX),
+            },
+        })
+    }
+
+    pub(super) async fn delete(&self, merchant: MerchantId) -> Result<bool, StoreError> {
+        let mut connection = self.connection();
+        let deleted: u8 = self
+            .run(
+                self.inner
+                    .delete
+                    .key(self.inner.names.token(merchant))
+                    .key(&self.inner.names.channel)
+                    .arg(format!("deleted:{merchant}"))
+                    .invoke_async(&mut connection),
+            )
+            .await?;
+        Ok(deleted == 1)
+    }
+
+    /// `SET NX PX` with a random token: the lock, or `None` while another holder has it.
+    pub(super) async fn lock(
+        &self,
+        merchant: MerchantId,
+        ttl: Duration,
+    ) -> Result<Option<RedisLock>, StoreError> {
+        let key = self.inner.names.lock(merchant);
+        let mut token = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut token).expect("system random number generator");
+        let token = super::seal::hex(&token);
+        let mut connection = self.connection();
+        let set: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(ttl))
+                    .query_async(&mut connection),
+            )
+            .await?;
+        Ok(set.map(|_| RedisLock {
+            store: self.clone(),
+            key,
+            token,
+        }))
+    }
+
+    pub(super) async fn spend_state(
+        &self,
+        id: &[u8; 16],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut connection = self.connection();
+        let set: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(self.inner.names.state(id))
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(ttl))
+                    .query_async(&mut connection),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
+    pub(super) fn events(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    pub(super) fn is_reachable(&self) -> bool {
+        self.inner.health.reachable.load(Ordering::Acquire)
+    }
+}
+
+/// A held Redis lock: its key and the random token that proves it is ours.
+pub struct RedisLock {
+    store: RedisStore,
+    key: String,
+    token: String,
+}
+
+impl RedisLock {
+    /// Compare-and-delete: a lock that expired and was taken by another holder is left alone.
+    pub(super) async fn release(self) -> Result<(), StoreError> {
+        let mut connection = self.store.connection();
+        let released: u8 = self
+            .store
+            .run(
+                self.store
+                    .inner
+                    .release
+                    .key(&self.key)
+                    .arg(&self.token)
+                    .invoke_async(&mut connection),
+            )
+            .await?;
+        if released == 0 {
+            tracing::debug!(lock = %self.key, "lock had expired before its release");
+        }
+        Ok(())
+    }
+}
+
+/// Subscribes to the events channel on a dedicated connection and forwards what arrives;
+/// after every (re)subscription sends [`Event::Resync`] (events published meanwhile were
+/// missed). Reconnects with back-off until the store is dropped.
+async fn forward_events(
+    client: redis::Client,
+    channel: String,
+    events: broadcast::Sender<Event>,
+    health: Arc<Health>,
+    timeout: Duration,
+    mut stop: watch::Receiver<()>,
+) {
+    let mut pause = RESUBSCRIBE_MIN;
+    loop {
+        let subscribe = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            RedisResult::Ok(pubsub)
+        };
+        let subscribed = tokio::select! {
+            _ = stop.changed() => return,
+            subscribed = tokio::time::timeout(timeout, subscribe) => subscribed,
+        };
+        match subscribed {
+            Ok(Ok(mut pubsub)) => {
+                health.up();
+                pause = RESUBSCRIBE_MIN;
+                let _ = events.send(Event::Resync);
+                let mut messages = pubsub.on_message();
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        message = messages.next() => match message {
+                            Some(message) => {
+                                if let Some(event) = parse_event(message.get_payload_bytes()) {
+                                    let _ = events.send(event);
+                                }
+                            }
+                            None => break,
+                        },
+                    }
+                }
+                health.down(&"the events subscription was cut");
+            }
+            Ok(Err(error)) => health.down(&error),
+            Err(_) => health.down(&Unavailable::Timeout(timeout)),
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(RESUBSCRIBE_MAX);
+    }
+}
+
+/// Parses `saved:{merchant}:{generation}` or `deleted:{merchant}`.
+fn parse_event(payload: &[u8]) -> Option<Event> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut parts = text.split(':');
+    let event = match (parts.next()?, parts.next()?, parts.next()) {
+        ("saved", merchant, Some(generation)) => Event::Saved {
+            merchant: MerchantId::parse(merchant).ok()?,
+            generation: generation.parse().ok()?,
+        },
+        ("deleted", merchant, None) => Event::Deleted {
+            merchant: MerchantId::parse(merchant).ok()?,
+        },
+        _ => return None,
+    };
+    parts.next().is_none().then_some(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::poynt::GrantKind;
+
+    #[test]
+    fn events_parse_and_garbage_is_ignored() {
+        let m = MerchantId::parse("11111111-1111-4111-8111-111111111111").unwrap();
+        assert_eq!(
+            parse_event(format!("saved:{m}:42").as_bytes()),
+            Some(Event::Saved {
+                merchant: m,
+                generation: 42
+            })
+        );
+        assert_eq!(
+            parse_event(format!("deleted:{m}").as_bytes()),
+            Some(Event::Deleted { merchant: m })
+        );
+        for bad in [
+            "saved:x:1",
+            "deleted",
+            "saved:{m}",
+            "other:a:b",
+            "saved:a:b:c",
+        ] {
+            assert_eq!(parse_event(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn values_split_at_the_first_colon() {
+        assert_eq!(split_value(b"17:\x01:x"), Some((17, &b"\x01:x"[..])));
+        assert_eq!(split_value(b"x:1"), None);
+        assert_eq!(split_value(b"17"), None);
+    }
+
+    #[test]
+    fn records_with_a_refresh_token_are_kept_30_days_past_expiry() {
+        let now = SystemTime::now();
+        let mut record = Record {
+            access_token: None,
+            refresh_token: None,
+            expires_at: now + Duration::from_secs(3600),
+            issued_at: now,
+            grant: GrantKind::JwtBearer,
+            generation: 1,
+            onboarded_at: None,
+        };
+        assert_eq!(record_ttl(&record, now), Duration::from_secs(3600));
+        record.refresh_token = Some("r".to_owned().into());
+        assert_eq!(
+            record_ttl(&record, now),
+            Duration::from_secs(3600) + REFRESH_TOKEN_RETENTION
+        );
+        record.refresh_token = None;
+        record.expires_at = now - Duration::from_secs(10);
+        assert_eq!(record_ttl(&record, now), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_scan_pattern_escapes_globs() {
+        let names = Names::new("p*x", "urn:aid:[1]");
+        assert_eq!(names.token_pattern(), "p\\*x:urn:aid:\\[1\\]:token:*");
+        let m = MerchantId::parse("11111111-1111-4111-8111-111111111111").unwrap();
+        assert_eq!(names.merchant_of(&names.token(m)), Some(m));
+        assert_eq!(names.merchant_of(&names.lock(m)), None);
+    }
+}
