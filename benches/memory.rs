@@ -1,7 +1,9 @@
-//! Resident memory per cached merchant: fills a broker with 1, 10,000 and 100,000 tokens of
-//! realistic size (about 900 bytes) and reports the growth of VmRSS beyond the tokens' own
-//! bytes. Each size runs in a fresh child process, so memory freed by one size cannot be
-//! reused by the next and hide its cost. Run with `cargo bench --bench memory`.
+//! Resident memory per cached merchant: writes 1, 10,000 and 100,000 tokens of realistic
+//! size (about 900 bytes) to an embedded store file (the default backend), then restores a
+//! fresh broker from it as a restart does, and reports the growth of VmRSS across the
+//! restore beyond the tokens' own bytes (redb's bounded page cache included). Each size runs
+//! in a fresh child process, so memory freed by one size cannot be reused by the next and
+//! hide its cost. Run with `cargo bench --bench memory`.
 
 mod support;
 
@@ -24,11 +26,12 @@ fn measure(n: usize) {
         .enable_all()
         .build()
         .expect("runtime");
-    let config = support::config();
     let merchants = support::merchants(n);
     let own = (support::access_token(0).len() + support::refresh_token(0).len()) as f64;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = runtime.block_on(support::stored(dir.path(), &merchants));
     let before = rss_kib();
-    let broker = runtime.block_on(support::filled_broker(&config, &merchants));
+    let broker = runtime.block_on(support::restored_broker(&config));
     let (cached, _) = runtime.block_on(broker.counts());
     assert_eq!(cached, n as u64, "every merchant's token is cached");
     let after = rss_kib();

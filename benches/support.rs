@@ -1,14 +1,18 @@
-//! Shared set-up for the benchmarks: a broker whose cache is filled through `adopt` (the
-//! store seam), so lookups are measured without any I/O.
+//! Shared set-up for the benchmarks: a broker whose cache is filled before measuring, so
+//! lookups are measured without any I/O — through `adopt` on the memory store, or through
+//! `restore` from an embedded store file as after a restart.
+#![allow(dead_code)] // each bench uses a different subset of the set-up
 
+use std::path::Path;
 use std::time::SystemTime;
 
 use poynt_proxy::config::{Config, KeySources};
 use poynt_proxy::merchant::MerchantId;
 use poynt_proxy::metrics::Metrics;
+use poynt_proxy::store::Store;
 use poynt_proxy::token::assertion::AssertionSigner;
 use poynt_proxy::token::broker::Broker;
-use poynt_proxy::token::grant::{GrantKind, TokenClient, parse_token_response};
+use poynt_proxy::token::grant::{GrantKind, IssuedToken, TokenClient, parse_token_response};
 use poynt_proxy::upstream;
 
 /// A config whose /token endpoint is never reached (the benchmarks only hit the cache).
@@ -61,8 +65,69 @@ pub fn merchants(n: usize) -> Vec<MerchantId> {
         .collect()
 }
 
-/// A broker holding a day-long token for each of `merchants`.
+/// A broker holding a day-long token for each of `merchants`, kept in the memory store.
 pub async fn filled_broker(config: &Config, merchants: &[MerchantId]) -> Broker {
+    let broker = broker(
+        config,
+        Store::open(
+            &config.store,
+            "urn:aid:bench",
+            &Metrics::new().expect("metrics"),
+        )
+        .await
+        .expect("memory store"),
+    )
+    .await;
+    for (i, merchant) in merchants.iter().enumerate() {
+        broker
+            .adopt(*merchant, issued(i), GrantKind::JwtBearer)
+            .await;
+    }
+    broker
+}
+
+/// An embedded store file in `dir` holding a day-long token for each of `merchants`.
+pub async fn stored(dir: &Path, merchants: &[MerchantId]) -> Config {
+    let config = embedded_config(dir);
+    let broker = broker(&config, open(&config).await).await;
+    for (i, merchant) in merchants.iter().enumerate() {
+        broker
+            .adopt(*merchant, issued(i), GrantKind::JwtBearer)
+            .await;
+    }
+    config
+}
+
+/// A broker over the embedded store `config` names, its tokens restored from the file.
+pub async fn restored_broker(config: &Config) -> Broker {
+    let broker = broker(config, open(config).await).await;
+    broker.restore().await.expect("records restore");
+    broker
+}
+
+fn embedded_config(dir: &Path) -> Config {
+    let key = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/app-key-pkcs8.pem"
+    );
+    let yaml = format!(
+        "poynt:\n  api_url: \"http://127.0.0.1:9\"\n  application_id: \"urn:aid:bench\"\n  private_key_file: {key:?}\nstore:\n  backend: embedded\n  path: {:?}\n",
+        dir.join("tokens.redb").display().to_string()
+    );
+    Config::parse(&yaml, &KeySources::default()).expect("bench config")
+}
+
+async fn open(config: &Config) -> Store {
+    Store::open(
+        &config.store,
+        "urn:aid:bench",
+        &Metrics::new().expect("metrics"),
+    )
+    .await
+    .expect("embedded store opens")
+}
+
+async fn broker(config: &Config, store: Store) -> Broker {
     let metrics = Metrics::new().expect("metrics");
     let http = upstream::client(&[], config.poynt.connect_timeout).expect("client");
     let client = TokenClient::new(
@@ -74,20 +139,20 @@ pub async fn filled_broker(config: &Config, merchants: &[MerchantId]) -> Broker 
         1,
         metrics.clone(),
     );
-    let broker = Broker::new(
+    Broker::new(
         client,
         config.tokens.clone(),
         metrics,
         tokio::runtime::Handle::current(),
-    );
-    for (i, merchant) in merchants.iter().enumerate() {
-        let issued = parse_token_response(
-            &token_body(i),
-            tokio::time::Instant::now(),
-            SystemTime::now(),
-        )
-        .expect("token body parses");
-        broker.adopt(*merchant, issued, GrantKind::JwtBearer).await;
-    }
-    broker
+        store,
+    )
+}
+
+fn issued(seed: usize) -> IssuedToken {
+    parse_token_response(
+        &token_body(seed),
+        tokio::time::Instant::now(),
+        SystemTime::now(),
+    )
+    .expect("token body parses")
 }

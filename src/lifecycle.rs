@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::server::{self, Limits};
+use crate::store::{Store, StoreError};
 use crate::token::assertion::AssertionSigner;
 use crate::token::broker::Broker;
 use crate::token::grant::TokenClient;
@@ -45,6 +46,9 @@ pub enum StartError {
     /// A worker could not be started.
     #[error(transparent)]
     Workers(#[from] WorkerError),
+    /// The token store could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// The two bound listeners.
@@ -104,12 +108,24 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         config.tokens.max_concurrent_grants,
         metrics.clone(),
     );
+    let store = Store::open(&config.store, &poynt.application_id, &metrics).await?;
     let broker = Broker::new(
         token_client,
         config.tokens.clone(),
         metrics.clone(),
         Handle::current(),
+        store,
     );
+    match broker.restore().await {
+        Ok(cached) => tracing::info!(cached, "tokens restored from the store"),
+        // A shared store that is down at start-up is an outage like any other: callers are
+        // served with local grants meanwhile, and the events task reconciles when it returns.
+        Err(error @ StoreError::Unavailable { .. }) => {
+            tracing::warn!(%error, "the token store is unavailable at start-up; starting without its records");
+        }
+        Err(error) => return Err(error.into()),
+    }
+    broker.watch_store();
     let ready = Arc::new(AtomicBool::new(false));
     // Each listener has its own connection cap, shared by whatever serves it.
     let server = &config.server;

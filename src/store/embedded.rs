@@ -32,6 +32,11 @@ const STATES: TableDefinition<&[u8; 16], u64> = TableDefinition::new("spent_stat
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const CANARY: &str = "canary";
 
+/// redb's page cache. Records are read in full only at start-up and each renewal touches a
+/// few pages, so a small cache costs nothing measurable, while redb's default (1 GiB) would
+/// let a store of a million merchants grow the proxy's memory by as much.
+const CACHE_BYTES: usize = 4 << 20;
+
 /// A cloneable handle on the open file; the file closes when the last clone is dropped.
 #[derive(Clone)]
 pub struct EmbeddedStore {
@@ -232,13 +237,16 @@ fn open_blocking(
         }
     };
     create_private(&path).map_err(file_error)?;
-    let db = Database::create(&path).map_err(|source| match source {
-        DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.clone() },
-        source => StoreError::Open {
-            path: path.clone(),
-            source,
-        },
-    })?;
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(&path)
+        .map_err(|source| match source {
+            DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.clone() },
+            source => StoreError::Open {
+                path: path.clone(),
+                source,
+            },
+        })?;
     let sealer = Sealer::new(
         Keys::new(current.key.clone(), previous),
         application_id,

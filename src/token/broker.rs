@@ -13,12 +13,16 @@
 //! drops exactly the token Poynt refused, at most once per interval and never a token just
 //! issued, so a misbehaving upstream cannot drive a `/token` storm either.
 //!
+//! Every token is written to the token store before any caller uses it, and every grant is
+//! decided against the store's record under the merchant's lock (`persist.rs`), so with
+//! Redis the replicas of a fleet make one grant per merchant between them. A cache hit never
+//! touches the store.
+//!
 //! "Refresh due" and "expired" are decided on Tokio's clock from instants stored in the
 //! token; moka's own expiry only bounds memory.
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
@@ -31,6 +35,7 @@ use crate::config::TokensConfig;
 use crate::merchant::MerchantId;
 use crate::metrics::{Lookup, Metrics, Unauthorized};
 use crate::poynt::GrantKind;
+use crate::store::Store;
 use crate::token::budget::GrantBudget;
 use crate::token::cache::TokenCache;
 use crate::token::grant::{Grant, GrantError, IssuedToken, TokenClient};
@@ -200,7 +205,7 @@ pub enum UnauthorizedAction {
 /// What would satisfy whoever asks for a grant, so a flight is not started when a token
 /// that does already arrived.
 #[derive(Debug, Clone, Copy)]
-enum Want {
+pub(crate) enum Want {
     /// Any usable token (a miss).
     Usable,
     /// A token other than this generation (a renewal, a 401).
@@ -210,7 +215,7 @@ enum Want {
 }
 
 impl Want {
-    fn satisfied_by(self, token: &Token, now: Instant) -> bool {
+    pub(crate) fn satisfied_by(self, token: &Token, now: Instant) -> bool {
         match self {
             Self::Usable => now < token.usable_until,
             Self::Replacing(generation) => {
@@ -236,29 +241,32 @@ pub struct Broker {
 pub(crate) struct BrokerInner {
     pub(crate) tokens: TokenCache,
     pub(crate) states: States,
-    client: TokenClient,
-    config: TokensConfig,
-    metrics: Metrics,
-    generations: AtomicU64,
+    pub(crate) store: Store,
+    pub(crate) client: TokenClient,
+    pub(crate) config: TokensConfig,
+    pub(crate) metrics: Metrics,
     budget: GrantBudget,
-    background: Handle,
+    pub(crate) background: Handle,
 }
 
 impl Broker {
-    /// A broker granting through `client`. Grants run on `background`, not on the worker
-    /// whose request needed them: a grant holds the merchant's refresh token while in flight
-    /// and must finish even if every caller waiting for it goes away or its worker drains.
+    /// A broker granting through `client` and keeping tokens in `store`. Grants run on
+    /// `background`, not on the worker whose request needed them: a grant holds the
+    /// merchant's refresh token while in flight and must finish even if every caller waiting
+    /// for it goes away or its worker drains.
     pub fn new(
         client: TokenClient,
         config: TokensConfig,
         metrics: Metrics,
         background: Handle,
+        store: Store,
     ) -> Self {
         let newcomer_ttl = config.backoff_max + Duration::from_secs(60);
         Self {
             inner: Arc::new(BrokerInner {
                 tokens: TokenCache::new(config.max_merchants),
                 states: States::new(config.max_merchants, newcomer_ttl),
+                store,
                 client,
                 budget: GrantBudget::new(
                     config.new_merchant_grants_per_second,
@@ -266,7 +274,6 @@ impl Broker {
                 ),
                 config,
                 metrics,
-                generations: AtomicU64::new(1),
                 background,
             }),
         }
@@ -274,6 +281,16 @@ impl Broker {
 
     pub(crate) fn inner(&self) -> &BrokerInner {
         &self.inner
+    }
+
+    /// The shared state, for tasks that must not keep the broker alive (a weak handle).
+    pub(crate) fn shared(&self) -> &Arc<BrokerInner> {
+        &self.inner
+    }
+
+    /// The broker over shared state a task upgraded.
+    pub(crate) fn from_shared(inner: Arc<BrokerInner>) -> Self {
+        Self { inner }
     }
 
     /// A token for `merchant`: from the cache when one is usable (starting a background
@@ -333,13 +350,19 @@ impl Broker {
         }
         inner.metrics.unauthorized(Unauthorized::Renewed);
         inner.tokens.invalidate(merchant, refused.generation).await;
+        self.invalidate_stored(merchant, &state, Some(refused.generation))
+            .await;
         UnauthorizedAction::Renew
     }
 
-    /// Drops whatever token is cached for `merchant` (admin eviction); whether there was
-    /// one. A grant already in flight still lands: it is a new token, not the evicted one.
+    /// Drops whatever token is cached for `merchant`, here and in the store (admin
+    /// eviction); whether one was cached. A grant already in flight still lands: it is a new
+    /// token, not the evicted one.
     pub async fn evict(&self, merchant: MerchantId) -> bool {
-        self.inner.tokens.remove(merchant).await
+        let evicted = self.inner.tokens.remove(merchant).await;
+        let state = self.inner.states.get_or_create(merchant);
+        self.invalidate_stored(merchant, &state, None).await;
+        evicted
     }
 
     /// Renews now, whatever the refresh point, back-off or budget, joining a grant already in
@@ -348,11 +371,12 @@ impl Broker {
         self.fly(merchant, Want::Forced).await
     }
 
-    /// Caches a token obtained elsewhere — the seam where a persistent store hands back the
-    /// tokens it kept across a restart; the benchmarks fill the cache through it too.
+    /// Keeps a token obtained outside the broker's own grants (an authorization-code
+    /// exchange; the benchmarks fill the cache this way): stored, then cached.
     pub async fn adopt(&self, merchant: MerchantId, issued: IssuedToken, grant: GrantKind) {
         let state = self.inner.states.get_or_create(merchant);
-        let token = self.record_success(merchant, &state, issued, grant);
+        let generation = state.lock().generation + 1;
+        let token = self.keep(merchant, &state, issued, grant, generation).await;
         self.inner.tokens.insert(merchant, token).await;
     }
 
@@ -411,7 +435,7 @@ impl Broker {
                 state: &state,
                 landed: false,
             };
-            let outcome = this.obtain(merchant, &state).await;
+            let outcome = this.obtain(merchant, &state, want).await;
             if let Ok(token) = &outcome {
                 this.inner.tokens.insert(merchant, token.clone()).await;
             }
@@ -421,67 +445,56 @@ impl Broker {
         Ok(Boarding::Waiting(flight))
     }
 
-    /// Makes a new token: the refresh token when one is held (a refused one is dropped and
-    /// the JWT-bearer grant tried), else a JWT-bearer assertion naming the merchant.
-    ///
-    /// A refresh token is taken out of the state while it is presented. It goes back only
-    /// if the request certainly never reached Poynt; after any other failure Poynt may have
-    /// rotated it, and presenting it again would be a reuse, so it is dropped and the next
-    /// grant uses the key (which can always prove who we are).
-    async fn obtain(&self, merchant: MerchantId, state: &Arc<MerchantState>) -> Outcome {
-        let refresh = state.lock().refresh_token.take();
-        if let Some(refresh) = refresh {
-            let grant = Grant::RefreshToken(refresh.clone());
-            match self.inner.client.request(&grant, Some(merchant)).await {
-                Ok(issued) => {
-                    return Ok(self.record_success(
-                        merchant,
-                        state,
-                        issued,
-                        GrantKind::RefreshToken,
-                    ));
-                }
-                Err(error) if error.is_refused() => {}
-                Err(error) => {
-                    if error.is_unsent() {
-                        state.lock().refresh_token.get_or_insert(refresh);
-                    }
-                    return Err(self.record_failure(state, &error.to_string(), Some(&error)));
-                }
-            }
-        }
-        match self
-            .inner
-            .client
-            .request(&Grant::JwtBearer(merchant), Some(merchant))
-            .await
-        {
-            Ok(issued) => Ok(self.record_success(merchant, state, issued, GrantKind::JwtBearer)),
-            Err(error) => Err(self.record_failure(state, &error.to_string(), Some(&error))),
-        }
-    }
-
-    fn record_success(
+    /// Notes a successful grant in the merchant's state (clearing its back-off, promoting a
+    /// newcomer) and makes the token to cache.
+    pub(crate) fn record_success(
         &self,
         merchant: MerchantId,
         state: &Arc<MerchantState>,
         issued: IssuedToken,
         grant: GrantKind,
+        generation: u64,
     ) -> Arc<Token> {
-        let was_known = {
+        {
             let mut guard = state.lock();
             guard.failures = 0;
             guard.backoff_until = None;
             guard.last_error = None;
             guard.last_renewal = Some(issued.received_wall);
-            if let Some(refresh) = issued.refresh_token {
-                guard.refresh_token = Some(refresh);
+            guard.generation = guard.generation.max(generation);
+            if issued.refresh_token.is_some() {
+                guard.refresh_token = issued.refresh_token;
             }
-            std::mem::replace(&mut guard.granted, true)
-        };
-        if !was_known {
+        }
+        self.promote(merchant, state);
+        self.make_token(
+            issued.bearer,
+            generation,
+            grant,
+            issued.received_at,
+            issued.received_wall,
+            issued.lifetime,
+        )
+    }
+
+    /// Counts `merchant` among the known (granted once), out of the newcomers' budget.
+    pub(crate) fn promote(&self, merchant: MerchantId, state: &Arc<MerchantState>) {
+        if !std::mem::replace(&mut state.lock().granted, true) {
             self.inner.states.promote(merchant, state);
         }
+    }
+
+    /// A token received at `received_at` (`received_wall` on the wall clock) and good for
+    /// `lifetime`, with its refresh point jittered so merchants and replicas spread out.
+    pub(crate) fn make_token(
+        &self,
+        header: HeaderValue,
+        generation: u64,
+        grant: GrantKind,
+        received_at: Instant,
+        received_wall: SystemTime,
+        lifetime: Duration,
+    ) -> Arc<Token> {
         let config = &self.inner.config;
         let jitter = if config.refresh_jitter > 0.0 {
             rand::rng().random_range(-config.refresh_jitter..=config.refresh_jitter)
@@ -490,25 +503,14 @@ impl Broker {
         };
         // The grant client clamps lifetimes, so none of these instants can overflow; the
         // checked forms keep it so even if that bound were lifted.
-        let lifetime = issued.lifetime;
         let refresh_after = lifetime.mul_f64((config.refresh_at + jitter).clamp(0.05, 0.95));
         let margin = config.expiry_margin.min(lifetime / 20);
-        let at = |after: Duration| {
-            issued
-                .received_at
-                .checked_add(after)
-                .unwrap_or(issued.received_at)
-        };
-        let wall = |after: Duration| {
-            issued
-                .received_wall
-                .checked_add(after)
-                .unwrap_or(issued.received_wall)
-        };
+        let at = |after: Duration| received_at.checked_add(after).unwrap_or(received_at);
+        let wall = |after: Duration| received_wall.checked_add(after).unwrap_or(received_wall);
         Arc::new(Token {
-            header: issued.bearer,
-            generation: self.inner.generations.fetch_add(1, Ordering::Relaxed),
-            received_at: issued.received_at,
+            header,
+            generation,
+            received_at,
             refresh_at: at(refresh_after),
             usable_until: at(lifetime.saturating_sub(margin)),
             lifetime,
@@ -519,7 +521,7 @@ impl Broker {
     }
 
     /// Records a failed grant and starts (or lengthens) the merchant's back-off.
-    fn record_failure(
+    pub(crate) fn record_failure(
         &self,
         state: &MerchantState,
         reason: &str,

@@ -55,6 +55,8 @@ impl Grant {
 
 /// A token Poynt issued.
 pub struct IssuedToken {
+    /// The access token itself, for the token store.
+    pub access_token: SecretString,
     /// `Bearer <access token>`, ready to inject and marked sensitive (its `Debug` prints
     /// nothing of the token).
     pub bearer: HeaderValue,
@@ -212,6 +214,11 @@ impl TokenClient {
             permits: Arc::new(Semaphore::new(max_concurrent)),
             metrics,
         }
+    }
+
+    /// The bound on one `/token` exchange (`poynt.token_timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Performs one grant. `merchant` is for the log line only (a refresh token does not
@@ -372,6 +379,15 @@ fn status_error(kind: GrantKind, status: StatusCode, body: &[u8]) -> GrantError 
     }
 }
 
+/// `Bearer <access token>` as a header value marked sensitive (HTTP/2 never indexes it, and
+/// its `Debug` prints nothing of it); `None` if the token is not visible ASCII.
+pub fn bearer_header(access_token: &SecretString) -> Option<HeaderValue> {
+    let mut value =
+        HeaderValue::try_from(format!("Bearer {}", access_token.expose_secret())).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
 /// Parses a 200 answer. Public for the benchmarks: this runs once per grant.
 pub fn parse_token_response(
     body: &[u8],
@@ -401,16 +417,13 @@ pub fn parse_token_response(
             response.expires_in
         )));
     }
-    let mut bearer =
-        HeaderValue::try_from(format!("Bearer {}", response.access_token.expose_secret()))
-            .map_err(|_| {
-                GrantError::Malformed(
-                    "expected an access token of visible ASCII characters; found other bytes"
-                        .into(),
-                )
-            })?;
-    bearer.set_sensitive(true);
+    let bearer = bearer_header(&response.access_token).ok_or_else(|| {
+        GrantError::Malformed(
+            "expected an access token of visible ASCII characters; found other bytes".into(),
+        )
+    })?;
     Ok(IssuedToken {
+        access_token: response.access_token,
         bearer,
         refresh_token: response.refresh_token,
         lifetime,

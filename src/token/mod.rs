@@ -6,5 +6,6 @@ pub mod broker;
 mod budget;
 mod cache;
 pub mod grant;
+mod persist;
 mod state;
 pub mod status;

@@ -36,7 +36,9 @@ pub(crate) struct MerchantState {
 /// The fields, behind one short-held lock (never held across an `.await`).
 #[derive(Default)]
 pub(crate) struct StateInner {
-    /// The single-use refresh token Poynt issued with the current token, while not in use.
+    /// The last refresh token this process saw for the merchant. The store's record is the
+    /// one presented (read under the merchant's lock); this copy answers the admin API and
+    /// rebuilds the record if the store lost it (an outage, a restarted Redis).
     pub(crate) refresh_token: Option<SecretString>,
     /// Consecutive failed grants.
     pub(crate) failures: u32,
@@ -52,6 +54,11 @@ pub(crate) struct StateInner {
     pub(crate) flight: Option<Flight>,
     /// Whether a grant ever succeeded (the merchant is known, not a newcomer).
     pub(crate) granted: bool,
+    /// The highest record generation seen for this merchant, here or in the store: the next
+    /// record this process writes carries a higher one.
+    pub(crate) generation: u64,
+    /// When the merchant came through the authorization-code flow (kept across renewals).
+    pub(crate) onboarded_at: Option<SystemTime>,
 }
 
 impl MerchantState {
