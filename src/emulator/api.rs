@@ -103,6 +103,7 @@ async fn handle_inner(
             body_len,
             body_sha256: &body_sha256,
             trailers,
+            authorization_sha256: hex(digest::digest(&digest::SHA256, token.as_bytes()).as_ref()),
         };
         let json = serde_json::to_vec(&echo).map_err(|error| {
             ApiError::Internal(format!("expected to serialise the echo: {error}"))
@@ -142,6 +143,9 @@ struct Echo<'a> {
     body_sha256: &'a str,
     /// Names of the trailer fields that came after the body, if any.
     trailers: Vec<String>,
+    /// SHA-256 of the bearer token, so tests can tell which token a call carried without
+    /// the token itself ever being echoed.
+    authorization_sha256: String,
 }
 
 /// Request headers by (lowercase) name, repeated ones joined with ", ". The bearer token is

@@ -1,5 +1,6 @@
 //! The stored record — what outlives the process for one merchant — and its encoding before
-//! sealing: a small JSON document (times in whole seconds since the Unix epoch), sealed by
+//! sealing: a small JSON document (times in milliseconds since the Unix epoch, so tokens of a
+//! few seconds, as tests use, keep their refresh points exact), sealed by
 //! [`Sealer`] under the associated data `domain | application | merchant`.
 
 use std::fmt;
@@ -31,9 +32,9 @@ pub struct Record {
     /// The refresh token: for merchants onboarded through the authorization-code flow, their
     /// only durable credential.
     pub refresh_token: Option<SecretString>,
-    /// When the access token expires (stored with second precision).
+    /// When the access token expires (stored to the millisecond).
     pub expires_at: SystemTime,
-    /// When the access token was issued (stored with second precision).
+    /// When the access token was issued (stored to the millisecond).
     pub issued_at: SystemTime,
     /// The grant that produced the access token.
     pub grant: GrantKind,
@@ -73,30 +74,33 @@ impl fmt::Debug for Record {
 struct Encoded<'a> {
     access_token: Option<&'a str>,
     refresh_token: Option<&'a str>,
-    expires_at: u64,
-    issued_at: u64,
+    expires_at_ms: u64,
+    issued_at_ms: u64,
     grant: GrantKind,
     generation: u64,
-    onboarded_at: Option<u64>,
+    onboarded_at_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
 struct Decoded {
     access_token: Option<String>,
     refresh_token: Option<String>,
-    expires_at: u64,
-    issued_at: u64,
+    expires_at_ms: u64,
+    issued_at_ms: u64,
     grant: GrantKind,
     generation: u64,
-    onboarded_at: Option<u64>,
+    onboarded_at_ms: Option<u64>,
 }
 
-fn seconds(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+fn millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn time(seconds: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(seconds)
+fn time(millis: u64) -> SystemTime {
+    UNIX_EPOCH
+        .checked_add(Duration::from_millis(millis))
+        .unwrap_or(UNIX_EPOCH)
 }
 
 impl Record {
@@ -104,11 +108,11 @@ impl Record {
         let encoded = Encoded {
             access_token: self.access_token.as_ref().map(|t| t.expose_secret()),
             refresh_token: self.refresh_token.as_ref().map(|t| t.expose_secret()),
-            expires_at: seconds(self.expires_at),
-            issued_at: seconds(self.issued_at),
+            expires_at_ms: millis(self.expires_at),
+            issued_at_ms: millis(self.issued_at),
             grant: self.grant,
             generation: self.generation,
-            onboarded_at: self.onboarded_at.map(seconds),
+            onboarded_at_ms: self.onboarded_at.map(millis),
         };
         // Strings, integers and a unit enum always serialise.
         Zeroizing::new(serde_json::to_vec(&encoded).expect("a record serialises"))
@@ -119,11 +123,11 @@ impl Record {
         Ok(Self {
             access_token: d.access_token.map(Into::into),
             refresh_token: d.refresh_token.map(Into::into),
-            expires_at: time(d.expires_at),
-            issued_at: time(d.issued_at),
+            expires_at: time(d.expires_at_ms),
+            issued_at: time(d.issued_at_ms),
             grant: d.grant,
             generation: d.generation,
-            onboarded_at: d.onboarded_at.map(time),
+            onboarded_at: d.onboarded_at_ms.map(time),
         })
     }
 }

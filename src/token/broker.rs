@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
-use rand::Rng;
 use secrecy::SecretString;
 use tokio::runtime::Handle;
 use tokio::time::Instant;
@@ -468,6 +467,7 @@ impl Broker {
         }
         self.promote(merchant, state);
         self.make_token(
+            merchant,
             issued.bearer,
             generation,
             grant,
@@ -485,9 +485,14 @@ impl Broker {
     }
 
     /// A token received at `received_at` (`received_wall` on the wall clock) and good for
-    /// `lifetime`, with its refresh point jittered so merchants and replicas spread out.
+    /// `lifetime`, with its refresh point jittered so merchants spread out. The jitter is
+    /// drawn from the merchant and the generation, not at random: replicas holding the same
+    /// record agree on when it is due, so the earliest of several random draws does not make
+    /// a fleet renew earlier than one proxy would.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn make_token(
         &self,
+        merchant: MerchantId,
         header: HeaderValue,
         generation: u64,
         grant: GrantKind,
@@ -496,11 +501,7 @@ impl Broker {
         lifetime: Duration,
     ) -> Arc<Token> {
         let config = &self.inner.config;
-        let jitter = if config.refresh_jitter > 0.0 {
-            rand::rng().random_range(-config.refresh_jitter..=config.refresh_jitter)
-        } else {
-            0.0
-        };
+        let jitter = config.refresh_jitter * spread(merchant, generation);
         // The grant client clamps lifetimes, so none of these instants can overflow; the
         // checked forms keep it so even if that bound were lifted.
         let refresh_after = lifetime.mul_f64((config.refresh_at + jitter).clamp(0.05, 0.95));
@@ -578,6 +579,19 @@ impl Broker {
             .await;
         Ok(())
     }
+}
+
+/// A number in [-1, 1] fixed by the merchant and the generation (a splitmix64 finaliser
+/// over both), spreading refresh points evenly without randomness.
+fn spread(merchant: MerchantId, generation: u64) -> f64 {
+    let id = merchant.uuid().as_u128();
+    let mut x = (id as u64) ^ ((id >> 64) as u64) ^ generation.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    (x as f64 / u64::MAX as f64) * 2.0 - 1.0
 }
 
 fn abnormal_end() -> BrokerError {

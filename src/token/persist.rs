@@ -59,7 +59,7 @@ impl Broker {
         for (merchant, record) in records {
             let state = inner.states.get_or_create(merchant);
             self.note_record(merchant, &state, &record);
-            if let Some(token) = self.token_from_record(&record) {
+            if let Some(token) = self.token_from_record(merchant, &record) {
                 inner.tokens.insert(merchant, token).await;
                 cached += 1;
             }
@@ -136,7 +136,7 @@ impl Broker {
     ) -> Option<Arc<Token>> {
         let record = stored?;
         self.note_record(merchant, state, record);
-        self.token_from_record(record)
+        self.token_from_record(merchant, record)
             .filter(|token| want.satisfied_by(token, Instant::now()))
     }
 
@@ -241,7 +241,7 @@ impl Broker {
             (GrantKind::AuthorizationCode, None) => Some(issued.received_wall),
             (_, None) => None,
         };
-        let record = Record {
+        let mut record = Record {
             access_token: Some(issued.access_token.clone()),
             refresh_token: issued.refresh_token.clone(),
             expires_at: issued.received_wall + issued.lifetime,
@@ -251,12 +251,27 @@ impl Broker {
             onboarded_at,
         };
         state.lock().onboarded_at = onboarded_at;
-        if let Ok(Saved::Stale { .. }) = store.save(merchant, &record).await
-            && let Ok(Some(newer)) = store.load(merchant).await
-            && let Some(token) = self.token_from_record(&newer)
-        {
-            self.note_record(merchant, state, &newer);
-            return token;
+        if let Ok(Saved::Stale { current_generation }) = store.save(merchant, &record).await {
+            match store.load(merchant).await {
+                Ok(Some(newer)) if let Some(token) = self.token_from_record(merchant, &newer) => {
+                    self.note_record(merchant, state, &newer);
+                    return token;
+                }
+                // The newer record holds no token this process can use (it was cleared, or
+                // it does not open here): this token supersedes it.
+                _ => {
+                    record.generation = current_generation + 1;
+                    if let Ok(Saved::Written) = store.save(merchant, &record).await {
+                        return self.record_success(
+                            merchant,
+                            state,
+                            issued,
+                            grant,
+                            record.generation,
+                        );
+                    }
+                }
+            }
         }
         self.record_success(merchant, state, issued, grant, generation)
     }
@@ -276,7 +291,7 @@ impl Broker {
     }
 
     /// The token a record holds, if it has one that is not yet expired.
-    fn token_from_record(&self, record: &Record) -> Option<Arc<Token>> {
+    fn token_from_record(&self, merchant: MerchantId, record: &Record) -> Option<Arc<Token>> {
         let header = bearer_header(record.access_token.as_ref()?)?;
         let now_wall = SystemTime::now();
         record.expires_at.duration_since(now_wall).ok()?;
@@ -290,6 +305,7 @@ impl Broker {
         let now = Instant::now();
         let received_at = now.checked_sub(age).unwrap_or(now);
         Some(self.make_token(
+            merchant,
             header,
             record.generation,
             record.grant,
@@ -389,7 +405,7 @@ impl Broker {
     ) {
         let inner = self.inner();
         self.note_record(merchant, state, record);
-        match self.token_from_record(record) {
+        match self.token_from_record(merchant, record) {
             Some(token) => inner.tokens.insert(merchant, token).await,
             None => {
                 if let Some(cached) = inner.tokens.indexed(merchant)

@@ -19,6 +19,8 @@ pub struct MerchantStatus {
     pub refresh_at: Option<String>,
     /// Grant of the cached token.
     pub grant: Option<GrantKind>,
+    /// The cached token's record generation: replicas sharing a store converge on one.
+    pub generation: Option<u64>,
     /// Whether a refresh token is held.
     pub has_refresh_token: bool,
     /// When the last successful grant arrived, RFC 3339.
@@ -97,6 +99,7 @@ impl Broker {
             expires_at: token.as_ref().map(|t| rfc3339(t.expires_at())),
             refresh_at: token.as_ref().map(|t| rfc3339(t.refresh_at())),
             grant: token.as_ref().map(|t| t.grant()),
+            generation: token.as_ref().map(|t| t.generation()),
             has_refresh_token: false,
             last_renewal: None,
             last_error: None,

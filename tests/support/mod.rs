@@ -159,11 +159,33 @@ pub fn proxy_yaml(emulator: &Emulator, dir: &tempfile::TempDir, extra: &str) -> 
     } else {
         "store:\n  backend: memory\n"
     };
+    // A `poynt:` section in `extra` adds its keys to the one made here.
+    let (poynt_extra, extra) = split_section(extra, "poynt:");
     format!(
-        "listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\npoynt:\n  api_url: \"{}\"\n  application_id: \"{APP_ID}\"\n  private_key_file: {:?}\n{ca_line}{store}{extra}",
+        "listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\npoynt:\n  api_url: \"{}\"\n  application_id: \"{APP_ID}\"\n  private_key_file: {:?}\n{ca_line}{poynt_extra}{store}{extra}",
         emulator.base_url(),
         fixture("app-key-pkcs8.pem").display().to_string(),
     )
+}
+
+/// Splits the body of the top-level `header` section out of `yaml`: (its indented lines,
+/// everything else).
+fn split_section(yaml: &str, header: &str) -> (String, String) {
+    let (mut section, mut rest) = (String::new(), String::new());
+    let mut inside = false;
+    for line in yaml.lines() {
+        if line == header {
+            inside = true;
+            continue;
+        }
+        if inside && !line.starts_with(' ') {
+            inside = false;
+        }
+        let target = if inside { &mut section } else { &mut rest };
+        target.push_str(line);
+        target.push('\n');
+    }
+    (section, rest)
 }
 
 impl Harness {

@@ -60,6 +60,40 @@ pub fn spawn_proxy(emulator: &poynt_proxy::emulator::Emulator, extra: &str) -> P
     spawn_proxy_logging(emulator, extra, "info")
 }
 
+/// Runs `poynt-proxy run` with `extra` YAML, expecting it to fail at start (within 30 s);
+/// returns its exit status and everything it wrote.
+pub fn run_expecting_failure(
+    emulator: &poynt_proxy::emulator::Emulator,
+    extra: &str,
+) -> (std::process::ExitStatus, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = super::proxy_yaml(emulator, &dir, extra);
+    let path = dir.path().join("proxy.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected the proxy to fail at start; it kept running"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    (status, text)
+}
+
 /// Starts `poynt-proxy run` with JSON logs at `log_level`, waits for its "ready" line, and
 /// keeps collecting its stdout and stderr into [`ProxyProcess::output`].
 pub fn spawn_proxy_logging(

@@ -1,0 +1,244 @@
+//! The embedded store through the real binary: restarts make no grant for merchants whose
+//! tokens are still good, a SIGKILL in the middle of renewals loses no merchant and never
+//! makes Poynt see a refresh token twice, one process owns the file, the key must fit, and
+//! what is on disk is sealed.
+
+mod support;
+
+use redb::ReadableTable as _;
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use poynt_proxy::emulator::{Emulator, Fault};
+use poynt_proxy::merchant::MerchantId;
+use serde_json::Value;
+use support::process::{ProxyProcess, run_expecting_failure, spawn_proxy};
+use support::{Builder, HEADER, eventually};
+
+fn embedded(dir: &Path) -> String {
+    format!(
+        "store:\n  backend: embedded\n  path: {:?}\n",
+        dir.join("tokens.redb").display().to_string()
+    )
+}
+
+async fn get(proxy: &ProxyProcess, merchant: MerchantId) -> u16 {
+    support::client()
+        .get(format!(
+            "http://{}/businesses/{merchant}/orders",
+            proxy.proxy
+        ))
+        .header(HEADER, merchant.to_string())
+        .send()
+        .await
+        .expect("proxy answers")
+        .status()
+        .as_u16()
+}
+
+async fn all_served(proxy: &ProxyProcess, merchants: &[MerchantId]) {
+    let statuses = join_all(merchants.iter().map(|m| get(proxy, *m))).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+}
+
+async fn metrics_of(proxy: &ProxyProcess) -> String {
+    support::client()
+        .get(format!("http://{}/metrics", proxy.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn emulator(merchants: &[MerchantId], ttl: Duration) -> Emulator {
+    Builder::default().token_ttl(ttl).emulator(merchants).await
+}
+
+#[tokio::test]
+async fn a_restart_serves_stored_tokens_without_a_grant_and_the_file_holds_no_token_in_clear() {
+    let merchants: Vec<MerchantId> = (0..3).map(|_| support::merchant()).collect();
+    let emulator = emulator(&merchants, Duration::from_secs(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = spawn_proxy(&emulator, &embedded(dir.path()));
+    all_served(&first, &merchants).await;
+    assert!(first.terminate().success());
+    assert_eq!(emulator.stats().token_calls_total, 3);
+
+    let bytes = std::fs::read(dir.path().join("tokens.redb")).unwrap();
+    for secret in emulator.issued_secrets() {
+        let needle = &secret.as_bytes()[secret.len().saturating_sub(24)..];
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "a token is in the file in clear"
+        );
+    }
+
+    let mut second = spawn_proxy(&emulator, &embedded(dir.path()));
+    all_served(&second, &merchants).await;
+    assert_eq!(
+        emulator.stats().token_calls_total,
+        3,
+        "the restart made a grant for a merchant whose stored token was good"
+    );
+    let metrics = metrics_of(&second).await;
+    assert!(
+        metrics.contains("poynt_proxy_store_records_loaded 3"),
+        "{metrics}"
+    );
+    assert!(second.terminate().success());
+}
+
+#[tokio::test]
+async fn sigkill_during_two_hundred_renewals_loses_no_merchant_and_reuses_no_refresh_token() {
+    let merchants: Vec<MerchantId> = (0..200).map(|_| support::merchant()).collect();
+    let emulator = emulator(&merchants, Duration::from_secs(5)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}tokens:\n  refresh_at: 0.5\n  refresh_jitter: 0.1\n  new_merchant_grant_burst: 1000\n  max_concurrent_grants: 64\n",
+        embedded(dir.path())
+    );
+    let mut proxy = spawn_proxy(&emulator, &config);
+    all_served(&proxy, &merchants).await;
+    emulator.set_fault(Fault {
+        token_delay_ms: Some(100),
+        ..Fault::default()
+    });
+    // Past the refresh points (2-3 s into 5 s tokens), traffic starts 200 renewals; kill the
+    // proxy while they are in flight.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let traffic = join_all(merchants.iter().map(|m| get(&proxy, *m)));
+    let kill = async {
+        eventually(
+            "renewals are in flight",
+            Duration::from_secs(10),
+            || async { emulator.stats().token_calls.refresh_token.total >= 20 },
+        )
+        .await;
+        proxy.signal("KILL");
+    };
+    let (statuses, ()) = tokio::join!(traffic, kill);
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(proxy.exit_within(Duration::from_secs(10)).is_some());
+    let renewed_before_kill = emulator.stats().token_calls.refresh_token.total;
+    assert!(
+        renewed_before_kill < 200,
+        "the kill came after every renewal"
+    );
+
+    emulator.set_fault(Fault::default());
+    let restarted = spawn_proxy(&emulator, &config);
+    // Long enough for every old token to pass its refresh point again or expire.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for _ in 0..3 {
+        all_served(&restarted, &merchants).await;
+    }
+    let stats = emulator.stats();
+    assert_eq!(stats.refresh_token_reuse, 0, "{stats:?}");
+    assert_eq!(stats.token_calls.refresh_token.refused, 0, "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_second_process_on_the_same_file_fails_naming_store_path() {
+    let emulator = emulator(&[], Duration::from_secs(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut owner = spawn_proxy(&emulator, &embedded(dir.path()));
+    let (status, output) = run_expecting_failure(&emulator, &embedded(dir.path()));
+    assert!(!status.success());
+    assert!(
+        output.contains("store.path") && output.contains("open in another process"),
+        "{output}"
+    );
+    assert!(owner.terminate().success());
+}
+
+#[tokio::test]
+async fn a_wrong_store_key_fails_at_start_naming_the_key() {
+    let emulator = emulator(&[], Duration::from_secs(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = |name: &str| {
+        let output = std::process::Command::new(support::process::BIN)
+            .args(["store", "keygen"])
+            .output()
+            .unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, output.stdout).unwrap();
+        path
+    };
+    let (a, b) = (key("a.key"), key("b.key"));
+    let with_key = |key: &Path| {
+        format!(
+            "{}  key_file: {:?}\n",
+            embedded(dir.path()),
+            key.display().to_string()
+        )
+    };
+    let mut first = spawn_proxy(&emulator, &with_key(&a));
+    assert!(first.terminate().success());
+    let (status, output) = run_expecting_failure(&emulator, &with_key(&b));
+    assert!(!status.success());
+    assert!(
+        output.contains("store.key_file") && output.contains("does not open the store"),
+        "{output}"
+    );
+}
+
+/// The embedded store's records table, as the store writes it.
+const RECORDS: redb::TableDefinition<&[u8; 16], (u64, &[u8])> =
+    redb::TableDefinition::new("records");
+
+#[tokio::test]
+async fn a_record_copied_under_another_merchant_is_refused_and_that_merchant_granted_anew() {
+    let (a, b) = (support::merchant(), support::merchant());
+    let emulator = emulator(&[a, b], Duration::from_secs(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxy = spawn_proxy(&emulator, &embedded(dir.path()));
+    all_served(&proxy, &[a, b]).await;
+    assert!(proxy.terminate().success());
+    {
+        let db = redb::Database::open(dir.path().join("tokens.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(RECORDS).unwrap();
+            let copied = {
+                let value = table.get(a.uuid().as_bytes()).unwrap().unwrap();
+                let (generation, sealed) = value.value();
+                (generation, sealed.to_vec())
+            };
+            table
+                .insert(b.uuid().as_bytes(), (copied.0, copied.1.as_slice()))
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let proxy = spawn_proxy(&emulator, &embedded(dir.path()));
+    all_served(&proxy, &[a, b]).await;
+    let stats = emulator.stats();
+    let grants = |m: MerchantId| {
+        stats
+            .token_calls
+            .jwt_bearer
+            .by_merchant
+            .get(&m.to_string())
+            .copied()
+    };
+    assert_eq!(grants(a), Some(1), "a's own record still served it");
+    assert_eq!(grants(b), Some(2), "b was granted anew: {stats:?}");
+    let metrics = metrics_of(&proxy).await;
+    assert!(
+        !metrics.contains("poynt_proxy_store_records_refused_total 0"),
+        "the copied record was not refused: {metrics}"
+    );
+    let status: Value = support::client()
+        .get(format!("http://{}/admin/tokens/{b}", proxy.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["grant"], "jwt_bearer");
+}
