@@ -11,6 +11,7 @@
 //! - [`proxy`]: the request phases (admit, guard, token, rewrite, send, retry, respond).
 //! - [`token`]: the self-signed assertion, the `/token` client, the per-merchant broker.
 //! - [`upstream`]: the pooled TLS client to Poynt.
+//! - [`onboarding`]: the merchant-facing listener: `/connect`, the verified callback, pages.
 //! - [`admin`], [`metrics`], [`telemetry`]: what operators see.
 //! - [`emulator`]: a strict stand-in for Poynt, for the tests, the demo and the benchmarks.
 //! - [`demo`]: the emulator and the proxy wired together in one command.
@@ -24,7 +25,7 @@ pub mod emulator;
 pub mod lifecycle;
 pub mod merchant;
 pub mod metrics;
-pub mod oauth;
+pub mod onboarding;
 pub mod poynt;
 pub mod proxy;
 pub mod server;

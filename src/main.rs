@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use poynt_proxy::config::{Config, LogFormat};
-use poynt_proxy::{Listeners, demo, emulator, start, telemetry};
+use poynt_proxy::{Listeners, demo, emulator, onboarding, start, telemetry};
 
 /// A token-brokering reverse proxy for the Poynt Cloud API.
 ///
@@ -38,14 +38,17 @@ enum Command {
     Emulator(emulator::EmulatorArgs),
     /// Run the emulator and the proxy wired to it, and print curl commands to try.
     Demo(demo::DemoArgs),
-    /// Print the URL to send a merchant to so they authorize the app.
+    /// Print a URL that sends a merchant to Poynt to authorize the app, with a state the
+    /// running proxy's onboarding listener accepts (the same as its /connect issues).
     AuthorizeUrl {
-        /// The YAML configuration (needs oauth.redirect_uri).
+        /// The YAML configuration (needs an onboarding section with state_key_file, the key
+        /// the running proxy checks states with).
         #[arg(long, short)]
         config: PathBuf,
-        /// Opaque value Poynt passes back untouched; use it as the CSRF state.
+        /// Where to send the browser after success (on public_url's or success_redirect's
+        /// origin).
         #[arg(long)]
-        context: Option<String>,
+        return_to: Option<String>,
     },
 }
 
@@ -83,6 +86,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Check { config: path } => {
             let config = Config::load(&path)?;
+            for warning in config.warnings() {
+                println!("warning: {warning}");
+            }
             println!(
                 "{}: ok (listen {}, admin {}, upstream {}, app {})",
                 path.display(),
@@ -102,9 +108,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             telemetry::init(LogFormat::Text);
             Ok(demo::run(args, shutdown_signal()).await?)
         }
-        Command::AuthorizeUrl { config, context } => {
+        Command::AuthorizeUrl { config, return_to } => {
             let config = Config::load(&config)?;
-            let url = poynt_proxy::oauth::authorize_url(&config, context.as_deref())
+            let key = config
+                .onboarding
+                .as_ref()
+                .and_then(|o| o.state_key.clone())
+                .context("onboarding.state_key_file: missing; expected the file holding the state key the running proxy checks states with (without it, states are valid in one process only)")?;
+            let url = onboarding::authorize_url(&config, &key, return_to.as_deref())
                 .context("cannot build the authorization URL")?;
             println!("{url}");
             Ok(())

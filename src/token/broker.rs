@@ -548,3 +548,71 @@ impl Broker {
         })
     }
 }
+
+// --- Onboarded merchants, for the admin API ---------------------------------------------
+
+/// What the admin API shows of an onboarded merchant (never a token or refresh token).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OnboardedMerchant {
+    /// The business ID.
+    pub business_id: String,
+    /// When the authorization-code grant was issued, RFC 3339; known while its token is
+    /// the cached one (a persistent store keeps it for good).
+    pub onboarded_at: Option<String>,
+    /// When the last successful grant arrived, RFC 3339.
+    pub last_grant: Option<String>,
+    /// The grant of the cached token.
+    pub grant: Option<GrantKind>,
+    /// Whether a refresh token (the durable credential) is held.
+    pub has_refresh_token: bool,
+}
+
+impl Broker {
+    /// Merchants whose grant the broker keeps — a refresh token, or a token from the
+    /// authorization-code grant — sorted by business ID.
+    pub async fn onboarded(&self) -> Vec<OnboardedMerchant> {
+        let mut merchants: Vec<MerchantId> = self
+            .inner
+            .states
+            .iter()
+            .map(|(m, _)| *m)
+            .chain(self.inner.tokens.merchants())
+            .collect();
+        merchants.sort_unstable();
+        merchants.dedup();
+        let mut onboarded = Vec::new();
+        for merchant in merchants {
+            let token = self.inner.tokens.get(merchant).await;
+            let (has_refresh_token, last_renewal) =
+                self.inner
+                    .states
+                    .get(&merchant)
+                    .map_or((false, None), |state| {
+                        let s = state.lock();
+                        (s.refresh_token.is_some(), s.last_renewal)
+                    });
+            let code_grant = token
+                .as_ref()
+                .filter(|t| t.grant == GrantKind::AuthorizationCode);
+            if !has_refresh_token && code_grant.is_none() {
+                continue;
+            }
+            onboarded.push(OnboardedMerchant {
+                business_id: merchant.to_string(),
+                onboarded_at: code_grant.map(|t| rfc3339(t.expires_wall - t.lifetime)),
+                last_grant: last_renewal.map(rfc3339),
+                grant: token.as_ref().map(|t| t.grant),
+                has_refresh_token,
+            });
+        }
+        onboarded
+    }
+
+    /// Forgets everything kept for `merchant` — its token and its refresh token — so the
+    /// next call for it needs a new grant. Returns whether anything was kept.
+    pub async fn forget(&self, merchant: MerchantId) -> bool {
+        let had_token = self.inner.tokens.remove(merchant).await;
+        let had_state = self.inner.states.remove(&merchant).is_some();
+        had_token || had_state
+    }
+}
