@@ -97,6 +97,7 @@ pub struct Emulator {
     shared: Arc<Shared>,
     addr: SocketAddr,
     ca_pem: Option<String>,
+    leaf_pem: Option<String>,
     spki_pin: Option<String>,
     shutdown: watch::Sender<()>,
     server: JoinHandle<()>,
@@ -130,9 +131,10 @@ pub async fn start(
         Some(tls::Tls {
             ca_pem,
             config,
+            leaf_pem,
             leaf_key,
             spki_pin,
-        }) => (Some((ca_pem, config, spki_pin)), leaf_key),
+        }) => (Some((ca_pem, config, leaf_pem, spki_pin)), leaf_key),
         None => (None, SigningKey::generate_off_runtime(codes).await?),
     };
     let base_url = base_url(addr, config.tls);
@@ -149,14 +151,18 @@ pub async fn start(
     let (shutdown, shutdown_rx) = watch::channel(());
     let acceptor = tls
         .as_ref()
-        .map(|(_, config, _)| tokio_rustls::TlsAcceptor::from(config.clone()));
+        .map(|(_, config, _, _)| tokio_rustls::TlsAcceptor::from(config.clone()));
     let server = tokio::spawn(server::run(listener, shared.clone(), acceptor, shutdown_rx));
     tracing::info!(base_url = %shared.base_url, "poynt emulator listening");
-    let (ca_pem, spki_pin) = tls.map(|(ca, _, pin)| (ca, pin)).unzip();
+    let (ca_pem, leaf_pem, spki_pin) = match tls {
+        Some((ca, _, leaf, pin)) => (Some(ca), Some(leaf), Some(pin)),
+        None => (None, None, None),
+    };
     Ok(Emulator {
         shared,
         addr,
         ca_pem,
+        leaf_pem,
         spki_pin,
         shutdown,
         server,
@@ -197,6 +203,11 @@ impl Emulator {
     /// configuration of "poynt.net's key". With TLS it is the leaf certificate's key.
     pub fn poynt_net_public_key_pem(&self) -> &str {
         self.shared.poynt_net_key.public_pem()
+    }
+
+    /// With TLS, the leaf certificate (PEM): its key is the one codes are signed with.
+    pub fn tls_certificate_pem(&self) -> Option<&str> {
+        self.leaf_pem.as_deref()
     }
 
     /// With TLS, the base64 SHA-256 of the leaf certificate's SubjectPublicKeyInfo: tell a

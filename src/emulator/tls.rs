@@ -19,6 +19,8 @@ pub(crate) struct Tls {
     pub(crate) ca_pem: String,
     /// Server configuration with ALPN `h2` and `http/1.1`.
     pub(crate) config: Arc<ServerConfig>,
+    /// The leaf certificate PEM (what a client configured with the certificate holds).
+    pub(crate) leaf_pem: String,
     /// The leaf's key, which signs authorization codes.
     pub(crate) leaf_key: SigningKey,
     /// Base64 SHA-256 of the leaf's SubjectPublicKeyInfo: what a browser is told to trust
@@ -73,6 +75,7 @@ pub(crate) fn make() -> Result<Tls, EmulatorError> {
     Ok(Tls {
         ca_pem: ca_cert.pem(),
         config: Arc::new(config),
+        leaf_pem: leaf_cert.pem(),
         leaf_key: SigningKey::from_pem(
             &leaf_key.serialize_pem(),
             &leaf_key.public_key_pem(),

@@ -393,39 +393,45 @@ async fn fetch_tls_key(source: &TlsSource) -> Result<CodeKey, CodeKeyError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The key printed in Poynt's merchant-authorization document, armour as printed.
-    const SEED_KEY_BODY: &str = "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA5IF70K9Hc16ZxVWGBmWp
-XBbYSzVqL3TkpIuEiUK+5Rrz1S1Uojf1hHtIxNDPXu7FcnNm2QvX3ibTClkgXHsP
-y71O/O/bjBWo1EcwjhxN03GKa/WmZMM5E8LIpb9X+D5yKX2jZYPM9wNhpUVMLhUO
-fdmS5vb1ihklnPo2lKaochS6aLvDpH5A+frQZ6DS2jGp+hvbcXkof+o8wivYmofR
-rIy/heS8RnFIVB+P5sNK4QuxwycYv77weVZIMhjrDf/nxbD5laDzisjDACvi9dw/
-n9Rp4Djor5QkMEBITU52SKs9hgIOkM1oEbYHtxrmG/yYDG9bBV04WXKtfgFF2eK+
-BwIDAQAB";
+    const SEED_KEY_AS_PRINTED: &str =
+        include_str!("../../tests/fixtures/poynt-merchant-authorization-key.pem");
+
+    /// The same with its armour fixed.
+    pub(crate) fn seed_key_fixed() -> String {
+        SEED_KEY_AS_PRINTED
+            .lines()
+            .map(|line| match line {
+                l if l.starts_with("-----START") => "-----BEGIN PUBLIC KEY-----",
+                l if l.starts_with("-----END") => "-----END PUBLIC KEY-----",
+                l => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
 
     #[test]
     fn the_seed_armour_is_refused_naming_the_line() {
-        let pasted = format!(
-            "-----START PUBLIC KEY-----\n{SEED_KEY_BODY}\n-----END PUBLIC KEY\u{2014}\u{2014}\n"
-        );
-        let err = CodeKey::from_pem(&pasted).unwrap_err().to_string();
+        let err = CodeKey::from_pem(SEED_KEY_AS_PRINTED)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("line 1:"), "{err}");
         assert!(err.contains("-----START PUBLIC KEY-----"), "{err}");
-        let half_fixed = format!(
-            "-----BEGIN PUBLIC KEY-----\n{SEED_KEY_BODY}\n-----END PUBLIC KEY\u{2014}\u{2014}\n"
-        );
+        let half_fixed = SEED_KEY_AS_PRINTED.replace("-----START", "-----BEGIN");
         let err = CodeKey::from_pem(&half_fixed).unwrap_err().to_string();
         assert!(err.starts_with("line 9:"), "{err}");
-        assert!(err.contains("-----END PUBLIC KEY-----"), "{err}");
+        assert!(
+            err.contains("expected a PEM armour line such as \"-----END PUBLIC KEY-----\""),
+            "{err}"
+        );
     }
 
     #[test]
     fn the_seed_key_loads_once_its_armour_is_fixed() {
-        let fixed =
-            format!("-----BEGIN PUBLIC KEY-----\n{SEED_KEY_BODY}\n-----END PUBLIC KEY-----\n");
-        let key = CodeKey::from_pem(&fixed).unwrap();
+        let key = CodeKey::from_pem(&seed_key_fixed()).unwrap();
         assert_eq!(key.fingerprint().len(), 16);
         assert!(format!("{key:?}").contains(key.fingerprint()));
     }

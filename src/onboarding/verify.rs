@@ -253,18 +253,8 @@ mod tests {
     };
 
     /// The sample code printed in Poynt's merchant-authorization document.
-    const SEED_CODE: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJodHRwczovL3BveW50Lm5ldCIsImlhdCI6MTU4NTY4OTgxNiwiZXhwIjoxNTg1NjkwNzE2LCJzdWIiOiJ1cm46YWlkOjFiMDNhZWQzLTU4MjYtNDE2My05ZDA3LWFhOWFkY2I5NGZlOSIsInBveW50LmJpeiI6ImM5NTgwYzI0LWI2MWUtNGUwZC1hZDI2LTFkZDFkMzk0M2QyYyIsInBveW50LnVpZCI6MzQ0MTUwODN9.gPq58I7MEbOhqoZiQIWHE2GHQTUiKlGmDQ--RpgGgAU4blPXRZgOLLzs5CpiF3-5GIdhJ7nxmBdv_-24s1HRqXS9WmBvKV_ZV0W0gzq5GDtIfuYcxfjVQirzPcXWYaCrGmkJ_yOUH0t4UXKEmyu9CQaVKunAT8sipZFS43rO5yTA6CsNMzse7KIdJo92fe0NVb7OVVHxZk0Jknvs-KlFbA0aCsCa1fBnr_gsf3KgHUnYDdlQ7WcvfpdioGGwlDIXBjlhOa4WtqpeJsQt_vrA7Yph9tJpCrl3V951gloWGp1WjEhJfCdwbFJ-SROWnqRl3A3E-5ojG-7TOj1DlT-Gpg";
-    /// The key printed beside it, with its armour fixed.
-    const SEED_KEY: &str = "-----BEGIN PUBLIC KEY-----
-MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA5IF70K9Hc16ZxVWGBmWp
-XBbYSzVqL3TkpIuEiUK+5Rrz1S1Uojf1hHtIxNDPXu7FcnNm2QvX3ibTClkgXHsP
-y71O/O/bjBWo1EcwjhxN03GKa/WmZMM5E8LIpb9X+D5yKX2jZYPM9wNhpUVMLhUO
-fdmS5vb1ihklnPo2lKaochS6aLvDpH5A+frQZ6DS2jGp+hvbcXkof+o8wivYmofR
-rIy/heS8RnFIVB+P5sNK4QuxwycYv77weVZIMhjrDf/nxbD5laDzisjDACvi9dw/
-n9Rp4Djor5QkMEBITU52SKs9hgIOkM1oEbYHtxrmG/yYDG9bBV04WXKtfgFF2eK+
-BwIDAQAB
------END PUBLIC KEY-----
-";
+    const SEED_CODE: &str =
+        include_str!("../../tests/fixtures/poynt-merchant-authorization-code.txt");
 
     fn pair() -> &'static (EncodingKey, CodeKey, String) {
         static PAIR: OnceLock<(EncodingKey, CodeKey, String)> = OnceLock::new();
@@ -307,12 +297,13 @@ BwIDAQAB
 
     #[test]
     fn the_seed_sample_is_a_bad_signature_against_the_seed_key() {
-        let key = CodeKey::from_pem(SEED_KEY).unwrap();
-        check_algorithm(SEED_CODE).unwrap();
-        let err = verify(SEED_CODE, &key, &RULES, Some(BIZ)).unwrap_err();
+        let key = CodeKey::from_pem(&crate::onboarding::code_key::tests::seed_key_fixed()).unwrap();
+        let code = SEED_CODE.trim();
+        check_algorithm(code).unwrap();
+        let err = verify(code, &key, &RULES, Some(BIZ)).unwrap_err();
         assert!(matches!(err, CodeError::Signature { .. }), "{err}");
         // Its unverified claims name the merchant the protocol notes say.
-        let claims: Value = jsonwebtoken::dangerous::insecure_decode_claims(SEED_CODE).unwrap();
+        let claims: Value = jsonwebtoken::dangerous::insecure_decode_claims(code).unwrap();
         assert_eq!(claims["poynt.biz"], BIZ);
     }
 
