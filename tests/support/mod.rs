@@ -342,13 +342,3 @@ pub async fn redirect_from(emulator: &Emulator, url: &str) -> String {
         .expect("ASCII location")
         .to_owned()
 }
-
-/// The authorization code the emulator's page issues for `merchant`.
-pub async fn authorization_code(
-    emulator: &Emulator,
-    merchant: MerchantId,
-    redirect: &str,
-) -> String {
-    let location = authorization_redirect(emulator, merchant, redirect).await;
-    query_param(&location, "code").expect("code in the redirect")
-}
