@@ -53,6 +53,17 @@ fn the_example_config_is_valid() {
         &fixture("app-key-pkcs1.pem").display().to_string(),
     );
     Config::parse(&text, &KeySources::default()).expect("example.yaml is valid");
+    // Its commented-out onboarding section is valid too, once uncommented.
+    let with_onboarding = text
+        .replace("\n# onboarding:", "\nonboarding:")
+        .replace("\n#   ", "\n  ");
+    let config = Config::parse(&with_onboarding, &KeySources::default())
+        .expect("example.yaml's onboarding section is valid");
+    let onboarding = config.onboarding.expect("onboarding on");
+    assert_eq!(
+        onboarding.redirect_uri,
+        "https://connect.example.com/oauth/callback"
+    );
 }
 
 #[test]
