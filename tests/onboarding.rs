@@ -78,11 +78,7 @@ async fn fresh_state(h: &Harness) -> String {
 /// What Poynt's redirect hands the callback after `/connect`, through the emulator's page.
 async fn callback_params(h: &Harness) -> Vec<(String, String)> {
     let authorize = connect(h, "").await;
-    let location = support::redirect_from(&h.emulator, &authorize).await;
-    let query = location.split_once('?').expect("a query").1;
-    form_urlencoded::parse(query.as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect()
+    support::query_pairs(&support::redirect_from(&h.emulator, &authorize).await)
 }
 
 fn with(params: &[(String, String)], name: &str, value: Option<&str>) -> Vec<(String, String)> {
@@ -116,20 +112,10 @@ async fn admin_merchants(h: &Harness, query: &str) -> Value {
 }
 
 async fn outcome_count(h: &Harness, outcome: &str) -> u64 {
-    let text = h
-        .client
-        .get(h.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let needle = format!("poynt_proxy_onboarding_total{{outcome=\"{outcome}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&needle))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {needle} in {text}"))
+    h.metric(&format!(
+        "poynt_proxy_onboarding_total{{outcome=\"{outcome}\"}} "
+    ))
+    .await as u64
 }
 
 fn assert_security_headers(response: &reqwest::Response) {
@@ -347,21 +333,13 @@ async fn a_code_past_its_expiry_and_leeway_is_refused() {
 
 #[tokio::test]
 async fn the_seed_sample_code_is_refused_as_a_bad_signature_against_the_seed_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let printed = std::fs::read_to_string(fixture("poynt-merchant-authorization-key.pem")).unwrap();
-    let fixed: String = printed
-        .lines()
-        .map(|line| match line {
-            l if l.starts_with("-----START") => "-----BEGIN PUBLIC KEY-----",
-            l if l.starts_with("-----END") => "-----END PUBLIC KEY-----",
-            l => l,
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let key = dir.path().join("seed-key.pem");
-    std::fs::write(&key, fixed).unwrap();
     let h = Builder::default()
-        .onboarding(&format!("  code_key: {:?}\n", key.display().to_string()))
+        .onboarding(&format!(
+            "  code_key: {:?}\n",
+            fixture("poynt-merchant-authorization-key-fixed.pem")
+                .display()
+                .to_string()
+        ))
         .start()
         .await;
     let code = std::fs::read_to_string(fixture("poynt-merchant-authorization-code.txt")).unwrap();
@@ -486,11 +464,7 @@ async fn return_to_is_kept_in_the_state_and_honoured_only_on_the_allowed_origins
         "?return_to=https%3A%2F%2Fapp.example.com%2Fafter%3Fx%3D1",
     )
     .await;
-    let location = support::redirect_from(&h.emulator, &authorize).await;
-    let query = location.split_once('?').unwrap().1;
-    let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
+    let params = support::query_pairs(&support::redirect_from(&h.emulator, &authorize).await);
     let done = call_back(&h, &params).await;
     assert_eq!(done.status(), 303);
     assert_eq!(
@@ -517,10 +491,7 @@ async fn admin_lists_onboarded_merchants_in_pages_and_forgets_one() {
         let authorize = connect(&h, "").await;
         let location =
             support::redirect_from(&h.emulator, &format!("{authorize}&businessId={m}")).await;
-        let query = location.split_once('?').unwrap().1;
-        let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
+        let params = support::query_pairs(&location);
         assert_eq!(call_back(&h, &params).await.status(), 200);
     }
     let mut sorted = merchants.clone();

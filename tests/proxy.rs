@@ -15,23 +15,6 @@ fn sha256_hex(data: &[u8]) -> String {
     support::hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
 }
 
-/// Reads a counter from the proxy's /metrics (summing every series matching `selector`).
-async fn metric(h: &Harness, selector: &str) -> f64 {
-    let text = h
-        .client
-        .get(h.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(selector))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn assert_poynt_error(body: &Value, code: &str, status: u16) {
     assert_eq!(body["code"], code, "{body}");
     assert_eq!(body["httpStatus"], status, "{body}");
@@ -201,12 +184,14 @@ async fn steady_traffic_through_short_lived_tokens_never_waits_or_sees_401() {
     assert_eq!(stats.token_calls.refresh_token.refused, 0, "{stats:?}");
     assert_eq!(stats.refresh_token_reuse, 0, "{stats:?}");
     assert_eq!(
-        metric(&h, "poynt_proxy_token_cache_lookups_total{result=\"miss\"}").await,
+        h.metric("poynt_proxy_token_cache_lookups_total{result=\"miss\"}")
+            .await,
         1.0,
         "a caller waited for a renewal"
     );
     assert_eq!(
-        metric(&h, "poynt_proxy_upstream_unauthorized_retries_total").await,
+        h.metric("poynt_proxy_upstream_unauthorized_retries_total")
+            .await,
         0.0
     );
     h.stop().await;
@@ -239,7 +224,8 @@ async fn a_revoked_token_is_replaced_after_exactly_one_retry() {
     assert_eq!(stats.api_calls, 3, "{stats:?}");
     assert_eq!(stats.token_calls_total, 2, "{stats:?}");
     assert_eq!(
-        metric(&h, "poynt_proxy_upstream_unauthorized_retries_total").await,
+        h.metric("poynt_proxy_upstream_unauthorized_retries_total")
+            .await,
         1.0
     );
     h.stop().await;
@@ -498,7 +484,7 @@ async fn the_connection_cap_is_shared_by_all_workers() {
         Duration::from_secs(10),
         || {
             let h = &h;
-            async move { metric(h, "poynt_proxy_inflight_requests").await == 2.0 }
+            async move { h.metric("poynt_proxy_inflight_requests").await == 2.0 }
         },
     )
     .await;
@@ -507,7 +493,7 @@ async fn the_connection_cap_is_shared_by_all_workers() {
     let third = h.get(m, "/orders").await;
     assert_eq!(third.status(), 200);
     assert!(
-        metric(&h, "poynt_proxy_requests_total").await >= 2.0,
+        h.metric("poynt_proxy_requests_total").await >= 2.0,
         "the third connection was served while two connections held the cap of 2"
     );
     for request in slow {

@@ -401,17 +401,8 @@ pub(crate) mod tests {
         include_str!("../../tests/fixtures/poynt-merchant-authorization-key.pem");
 
     /// The same with its armour fixed.
-    pub(crate) fn seed_key_fixed() -> String {
-        SEED_KEY_AS_PRINTED
-            .lines()
-            .map(|line| match line {
-                l if l.starts_with("-----START") => "-----BEGIN PUBLIC KEY-----",
-                l if l.starts_with("-----END") => "-----END PUBLIC KEY-----",
-                l => l,
-            })
-            .map(|l| format!("{l}\n"))
-            .collect()
-    }
+    pub(crate) const SEED_KEY_FIXED: &str =
+        include_str!("../../tests/fixtures/poynt-merchant-authorization-key-fixed.pem");
 
     #[test]
     fn the_seed_armour_is_refused_naming_the_line() {
@@ -431,7 +422,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_seed_key_loads_once_its_armour_is_fixed() {
-        let key = CodeKey::from_pem(&seed_key_fixed()).unwrap();
+        let key = CodeKey::from_pem(SEED_KEY_FIXED).unwrap();
         assert_eq!(key.fingerprint().len(), 16);
         assert!(format!("{key:?}").contains(key.fingerprint()));
     }

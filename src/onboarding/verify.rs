@@ -297,7 +297,7 @@ mod tests {
 
     #[test]
     fn the_seed_sample_is_a_bad_signature_against_the_seed_key() {
-        let key = CodeKey::from_pem(&crate::onboarding::code_key::tests::seed_key_fixed()).unwrap();
+        let key = CodeKey::from_pem(crate::onboarding::code_key::tests::SEED_KEY_FIXED).unwrap();
         let code = SEED_CODE.trim();
         check_algorithm(code).unwrap();
         let err = verify(code, &key, &RULES, Some(BIZ)).unwrap_err();

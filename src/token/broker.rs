@@ -571,41 +571,22 @@ impl Broker {
     /// Merchants whose grant the broker keeps — a refresh token, or a token from the
     /// authorization-code grant — sorted by business ID.
     pub async fn onboarded(&self) -> Vec<OnboardedMerchant> {
-        let mut merchants: Vec<MerchantId> = self
-            .inner
-            .states
-            .iter()
-            .map(|(m, _)| *m)
-            .chain(self.inner.tokens.merchants())
-            .collect();
-        merchants.sort_unstable();
-        merchants.dedup();
-        let mut onboarded = Vec::new();
-        for merchant in merchants {
-            let token = self.inner.tokens.get(merchant).await;
-            let (has_refresh_token, last_renewal) =
-                self.inner
-                    .states
-                    .get(&merchant)
-                    .map_or((false, None), |state| {
-                        let s = state.lock();
-                        (s.refresh_token.is_some(), s.last_renewal)
-                    });
-            let code_grant = token
-                .as_ref()
-                .filter(|t| t.grant == GrantKind::AuthorizationCode);
-            if !has_refresh_token && code_grant.is_none() {
-                continue;
-            }
-            onboarded.push(OnboardedMerchant {
-                business_id: merchant.to_string(),
-                onboarded_at: code_grant.map(|t| rfc3339(t.expires_wall - t.lifetime)),
-                last_grant: last_renewal.map(rfc3339),
-                grant: token.as_ref().map(|t| t.grant),
-                has_refresh_token,
-            });
-        }
-        onboarded
+        self.statuses()
+            .await
+            .into_iter()
+            .filter(|s| s.has_refresh_token || s.grant == Some(GrantKind::AuthorizationCode))
+            .map(|s| OnboardedMerchant {
+                // While the code grant's token is the cached one, the last grant was it.
+                onboarded_at: s
+                    .last_renewal
+                    .clone()
+                    .filter(|_| s.grant == Some(GrantKind::AuthorizationCode)),
+                business_id: s.merchant,
+                last_grant: s.last_renewal,
+                grant: s.grant,
+                has_refresh_token: s.has_refresh_token,
+            })
+            .collect()
     }
 
     /// Forgets everything kept for `merchant` — its token and its refresh token — so the

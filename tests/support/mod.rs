@@ -251,6 +251,23 @@ impl Harness {
             .expect("proxy answers")
     }
 
+    /// Reads a counter from the proxy's /metrics (summing every series matching `selector`).
+    pub async fn metric(&self, selector: &str) -> f64 {
+        let text = self
+            .client
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(selector))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// The emulator's counters.
     pub fn stats(&self) -> Stats {
         self.emulator.stats()
@@ -282,6 +299,14 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The query parameters of `url`, in order.
+pub fn query_pairs(url: &str) -> Vec<(String, String)> {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
 }
 
 /// Lowercase hex of `bytes`.
