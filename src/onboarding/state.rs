@@ -170,7 +170,6 @@ fn unix_secs(time: SystemTime) -> u64 {
 }
 
 /// An opened, authentic, unexpired state.
-#[derive(Debug)]
 pub struct State {
     /// What [`SpentStates`] remembers.
     pub nonce: [u8; NONCE_LEN],
@@ -178,6 +177,16 @@ pub struct State {
     pub expires_at: SystemTime,
     /// Where to send the browser after success, as `/connect` was asked.
     pub return_to: Option<String>,
+}
+
+impl fmt::Debug for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("State")
+            .field("nonce", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .field("return_to", &self.return_to)
+            .finish()
+    }
 }
 
 impl State {
