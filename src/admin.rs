@@ -1,5 +1,6 @@
-//! The admin listener: liveness, readiness, Prometheus metrics, and the token admin API.
-//! It binds to loopback by default; `/admin/*` can also require a bearer secret.
+//! The admin listener: liveness, readiness, Prometheus metrics, the token admin API and the
+//! onboarded merchants. It binds to loopback by default; `/admin/*` can also require a
+//! bearer secret.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -104,14 +105,17 @@ impl Admin {
                         "expected Authorization: Bearer <admin secret>; found none or a wrong one",
                     );
                 }
-                let (parts, body) = request.into_parts();
-                self.tokens_api(&parts.method, &parts.uri, body).await
+                let uri = request.uri();
+                if p == MERCHANTS_PATH || p.starts_with("/admin/merchants/") {
+                    return self.merchants_api(&method, p, uri.query()).await;
+                }
+                self.tokens_api(&method, uri).await
             }
             _ => error(
                 StatusCode::NOT_FOUND,
                 "NOT_FOUND",
                 format!(
-                    "expected /healthz, /readyz, /metrics or /admin/tokens; found {method} {path}"
+                    "expected /healthz, /readyz, /metrics, /admin/tokens or /admin/merchants; found {method} {path}"
                 ),
             ),
         }
@@ -137,12 +141,7 @@ impl Admin {
         })
     }
 
-    async fn tokens_api(
-        &self,
-        method: &Method,
-        uri: &http::Uri,
-        body: Incoming,
-    ) -> Response<Full<Bytes>> {
+    async fn tokens_api(&self, method: &Method, uri: &http::Uri) -> Response<Full<Bytes>> {
         let broker = &self.inner.broker;
         let path = uri.path();
         let rest = path.trim_start_matches("/admin/tokens");
@@ -180,24 +179,6 @@ impl Admin {
                 let evicted = broker.evict(merchant).await;
                 json(StatusCode::OK, &serde_json::json!({ "evicted": evicted }))
             }
-            (&Method::POST, Some("authorization-code")) => {
-                let exchange = match read_json::<CodeExchange>(body).await {
-                    Ok(exchange) => exchange,
-                    Err(message) => {
-                        return error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", message);
-                    }
-                };
-                match broker
-                    .exchange_code(merchant, exchange.code, exchange.redirect_uri)
-                    .await
-                {
-                    Ok(()) => match broker.status(merchant).await {
-                        Some(status) => json(StatusCode::OK, &status),
-                        None => json(StatusCode::OK, &serde_json::json!({})),
-                    },
-                    Err(e) => error(StatusCode::BAD_GATEWAY, "TOKEN_UNAVAILABLE", e.to_string()),
-                }
-            }
             (&Method::POST, Some("refresh")) => match broker.renew_now(merchant).await {
                 Ok(_) => match broker.status(merchant).await {
                     Some(status) => json(StatusCode::OK, &status),
@@ -210,13 +191,17 @@ impl Admin {
     }
 }
 
-/// Body of `POST /admin/tokens/{merchant}/authorization-code`: what Poynt's redirect
-/// delivered to the app's callback.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CodeExchange {
-    code: SecretString,
-    redirect_uri: String,
+// --- Onboarded merchants -----------------------------------------------------------------
+
+/// The onboarded merchants' collection.
+const MERCHANTS_PATH: &str = "/admin/merchants";
+
+/// One page of onboarded merchants; `next_after` is the `after` value of the next page.
+#[derive(serde::Serialize)]
+struct MerchantsPage {
+    merchants: Vec<crate::token::broker::OnboardedMerchant>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_after: Option<String>,
 }
 
 /// `?limit=&after=` of a paged list: how many, after which business ID.
@@ -247,18 +232,81 @@ fn page(query: Option<&str>) -> Result<(Option<MerchantId>, usize), String> {
     Ok((after, limit))
 }
 
-/// Largest admin request body read.
-const MAX_ADMIN_BODY: usize = 16 * 1024;
-
-async fn read_json<T: serde::de::DeserializeOwned>(body: Incoming) -> Result<T, String> {
-    let bytes = http_body_util::Limited::new(body, MAX_ADMIN_BODY)
-        .collect()
-        .await
-        .map_err(|e| format!("expected a JSON body of at most {MAX_ADMIN_BODY} bytes: {e}"))?
-        .to_bytes();
-    serde_json::from_slice(&bytes).map_err(|e| {
-        format!("expected JSON {{\"code\": ..., \"redirect_uri\": ...}}; found a body that fails with: {e}")
-    })
+impl Admin {
+    /// `GET /admin/merchants?limit=&after=` (sorted by business ID, `after` exclusive) and
+    /// `DELETE /admin/merchants/{id}` (forget that merchant's grant).
+    async fn merchants_api(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+    ) -> Response<Full<Bytes>> {
+        let broker = &self.inner.broker;
+        if path == MERCHANTS_PATH {
+            if method != Method::GET {
+                return method_not_allowed(method, path);
+            }
+            let (after, limit) = match page(query) {
+                Ok(params) => params,
+                Err(message) => return error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", message),
+            };
+            let onboarded = match broker.onboarded().await {
+                Ok(onboarded) => onboarded,
+                Err(e) => {
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "STORE_UNAVAILABLE",
+                        e.to_string(),
+                    );
+                }
+            };
+            let mut merchants: Vec<_> = onboarded
+                .into_iter()
+                .filter(|m| {
+                    after.is_none_or(|after| {
+                        MerchantId::parse(&m.business_id).is_ok_and(|id| id > after)
+                    })
+                })
+                .take(limit + 1)
+                .collect();
+            let next_after = (merchants.len() > limit).then(|| {
+                merchants.truncate(limit);
+                merchants
+                    .last()
+                    .map(|m| m.business_id.clone())
+                    .unwrap_or_default()
+            });
+            return json(
+                StatusCode::OK,
+                &MerchantsPage {
+                    merchants,
+                    next_after,
+                },
+            );
+        }
+        let id = path.trim_start_matches("/admin/merchants/");
+        let Ok(merchant) = MerchantId::parse(id) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_MERCHANT_ID",
+                format!("expected /admin/merchants/<business id>; found {path:?}"),
+            );
+        };
+        match *method {
+            Method::DELETE => match broker.forget(merchant).await {
+                Ok(forgotten) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "forgotten": forgotten }),
+                ),
+                Err(e) => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "STORE_UNAVAILABLE",
+                    e.to_string(),
+                ),
+            },
+            _ => method_not_allowed(method, path),
+        }
+    }
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

@@ -13,6 +13,8 @@ use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 
 use crate::merchant::MerchantId;
+use crate::onboarding::code_key::{CodeKey, CodeKeySource};
+use crate::onboarding::state::StateKey;
 use crate::store::keys::{self as store_keys, KeyOrigin, STORE_KEY_ENV, StoreKey};
 use crate::store::seal::Key;
 use crate::token::assertion::{AppKey, KeyError};
@@ -39,6 +41,20 @@ pub const DEFAULT_KEY_PREFIX: &str = "poynt-proxy";
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Environment variable that overrides `store.redis_url`, so a password need not sit in a file.
 pub const REDIS_URL_ENV: &str = "POYNT_PROXY_REDIS_URL";
+/// Where a merchant's poynt.net session is ended.
+pub const DEFAULT_SIGNOUT_URL: &str = "https://services.poynt.net/auth/signout";
+/// The onboarding listener's default address.
+pub const DEFAULT_ONBOARDING_LISTEN: &str = "127.0.0.1:8081";
+/// Who signs authorization codes (`iss`).
+pub const DEFAULT_CODE_ISSUER: &str = "https://poynt.net";
+/// `code_key` value meaning "the public key of the authorize host's TLS certificate".
+pub const CODE_KEY_TLS: &str = "tls";
+/// How long a merchant has from `/connect` to the callback.
+pub const DEFAULT_STATE_TTL: Duration = Duration::from_secs(600);
+/// Longest `onboarding.state_ttl` accepted.
+const MAX_STATE_TTL: Duration = Duration::from_secs(86_400);
+/// The callback's path on `onboarding.public_url`: the redirect URI is the two joined.
+pub const ONBOARDING_CALLBACK_PATH: &str = "/oauth/callback";
 
 /// Why a configuration was refused. The message always starts with the key path.
 #[derive(Debug, thiserror::Error)]
@@ -108,8 +124,10 @@ pub struct Config {
     pub server: ServerConfig,
     /// Token broker tuning.
     pub tokens: TokensConfig,
-    /// Merchant onboarding (authorization URL).
+    /// Poynt's authorization and sign-out pages.
     pub oauth: OauthConfig,
+    /// The merchant-facing onboarding listener; `None` when not configured (no listener).
+    pub onboarding: Option<OnboardingConfig>,
     /// Log output.
     pub log: LogConfig,
     /// Admin API protection.
@@ -295,13 +313,39 @@ pub struct TokensConfig {
     pub unauthorized_renewal_interval: Duration,
 }
 
-/// Merchant onboarding.
+/// Poynt's merchant-facing pages.
 #[derive(Debug, Clone)]
 pub struct OauthConfig {
     /// Poynt's authorization page.
     pub authorize_url: Uri,
-    /// Where Poynt sends the merchant back; required only to print an authorization URL.
+    /// Poynt's sign-out, offered on the success page.
+    pub signout_url: Uri,
+    /// `oauth.redirect_uri` as written. Onboarding uses its own derived one
+    /// ([`OnboardingConfig::redirect_uri`]); [`Config::warnings`] says when they differ.
     pub redirect_uri: Option<String>,
+}
+
+/// The onboarding listener.
+#[derive(Debug, Clone)]
+pub struct OnboardingConfig {
+    /// Where the onboarding listener binds (behind the operator's TLS ingress).
+    pub listen: SocketAddr,
+    /// Scheme and host browsers use to reach it, no trailing slash.
+    pub public_url: String,
+    /// `public_url` + [`ONBOARDING_CALLBACK_PATH`]: what Poynt redirects to, and what the
+    /// code exchange names.
+    pub redirect_uri: String,
+    /// How Poynt's signed codes are verified.
+    pub code_key: CodeKeySource,
+    /// The `iss` codes must carry.
+    pub code_issuer: String,
+    /// How long a state from `/connect` stays valid.
+    pub state_ttl: Duration,
+    /// After success, 303 to this URL with `?businessId=` instead of the success page.
+    pub success_redirect: Option<String>,
+    /// The state key read from `onboarding.state_key_file`; `None` means a random key per
+    /// process.
+    pub state_key: Option<StateKey>,
 }
 
 /// Log output format.
@@ -339,6 +383,8 @@ struct RawConfig {
     tokens: RawTokens,
     #[serde(default)]
     oauth: RawOauth,
+    #[serde(default)]
+    onboarding: Option<RawOnboarding>,
     #[serde(default)]
     log: RawLog,
     #[serde(default)]
@@ -531,6 +577,8 @@ impl Default for RawTokens {
 struct RawOauth {
     #[serde(default = "default_authorize_url")]
     authorize_url: String,
+    #[serde(default = "default_signout_url")]
+    signout_url: String,
     redirect_uri: Option<String>,
 }
 
@@ -538,6 +586,7 @@ impl Default for RawOauth {
     fn default() -> Self {
         Self {
             authorize_url: default_authorize_url(),
+            signout_url: default_signout_url(),
             redirect_uri: None,
         }
     }
@@ -545,6 +594,38 @@ impl Default for RawOauth {
 
 fn default_authorize_url() -> String {
     DEFAULT_AUTHORIZE_URL.into()
+}
+fn default_signout_url() -> String {
+    DEFAULT_SIGNOUT_URL.into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOnboarding {
+    #[serde(default = "default_onboarding_listen")]
+    listen: String,
+    public_url: Option<String>,
+    #[serde(default = "default_code_key")]
+    code_key: String,
+    #[serde(default = "default_code_issuer")]
+    code_issuer: String,
+    #[serde(default = "default_state_ttl", with = "humantime_serde")]
+    state_ttl: Duration,
+    success_redirect: Option<String>,
+    state_key_file: Option<PathBuf>,
+}
+
+fn default_onboarding_listen() -> String {
+    DEFAULT_ONBOARDING_LISTEN.into()
+}
+fn default_code_key() -> String {
+    CODE_KEY_TLS.into()
+}
+fn default_code_issuer() -> String {
+    DEFAULT_CODE_ISSUER.into()
+}
+fn default_state_ttl() -> Duration {
+    DEFAULT_STATE_TTL
 }
 
 #[derive(Deserialize)]
@@ -639,6 +720,10 @@ impl RawConfig {
             server: self.server.validate()?,
             tokens: self.tokens.validate()?,
             oauth: self.oauth.validate()?,
+            onboarding: self
+                .onboarding
+                .map(|raw| raw.validate(sources))
+                .transpose()?,
             log: LogConfig {
                 format: self.log.format,
             },
@@ -1116,11 +1201,13 @@ impl RawAdmin {
 impl RawOauth {
     fn validate(self) -> Result<OauthConfig, ConfigError> {
         let authorize_url = parse_url("oauth.authorize_url", &self.authorize_url)?;
+        let signout_url = parse_url("oauth.signout_url", &self.signout_url)?;
         if let Some(uri) = &self.redirect_uri {
             parse_url("oauth.redirect_uri", uri)?;
         }
         Ok(OauthConfig {
             authorize_url,
+            signout_url,
             redirect_uri: self.redirect_uri,
         })
     }
@@ -1208,6 +1295,80 @@ impl RawStore {
     }
 }
 
+impl RawOnboarding {
+    fn validate(self, sources: &KeySources) -> Result<OnboardingConfig, ConfigError> {
+        let listen = parse_addr("onboarding.listen", &self.listen)?;
+        let Some(public_text) = self.public_url else {
+            return Err(invalid(
+                "onboarding.public_url",
+                "missing; expected the https URL merchants' browsers reach the onboarding listener at, e.g. \"https://connect.example.com\"",
+            ));
+        };
+        let public = parse_url("onboarding.public_url", &public_text)?;
+        if !matches!(public.path(), "" | "/") || public.query().is_some() {
+            return Err(invalid(
+                "onboarding.public_url",
+                format!(
+                    "expected a scheme and host only (the proxy serves /connect and /oauth/callback under it); found {public_text:?}"
+                ),
+            ));
+        }
+        let public_url = public_text.trim_end_matches('/').to_owned();
+        let code_key = if self.code_key == CODE_KEY_TLS {
+            CodeKeySource::Tls
+        } else {
+            let path = resolve(sources, Path::new(&self.code_key));
+            let key = CodeKey::from_pem_file(&path).map_err(|e| {
+                invalid(
+                    "onboarding.code_key",
+                    format!(
+                        "expected \"tls\" or a PEM public key or certificate file; {}: {e}",
+                        path.display()
+                    ),
+                )
+            })?;
+            CodeKeySource::Fixed(std::sync::Arc::new(key))
+        };
+        if self.code_issuer.trim().is_empty() {
+            return Err(invalid(
+                "onboarding.code_issuer",
+                "expected the issuer of Poynt's codes, e.g. \"https://poynt.net\"; found \"\"",
+            ));
+        }
+        let state_ttl = require_positive("onboarding.state_ttl", self.state_ttl)?;
+        if state_ttl > MAX_STATE_TTL {
+            return Err(invalid(
+                "onboarding.state_ttl",
+                format!(
+                    "expected at most {}; found {}",
+                    humantime::format_duration(MAX_STATE_TTL),
+                    humantime::format_duration(state_ttl)
+                ),
+            ));
+        }
+        if let Some(url) = &self.success_redirect {
+            parse_url("onboarding.success_redirect", url)?;
+        }
+        let state_key = match self.state_key_file {
+            Some(path) => Some(
+                StateKey::from_base64_file(&resolve(sources, &path))
+                    .map_err(|e| invalid("onboarding.state_key_file", e.to_string()))?,
+            ),
+            None => None,
+        };
+        Ok(OnboardingConfig {
+            listen,
+            redirect_uri: format!("{public_url}{ONBOARDING_CALLBACK_PATH}"),
+            public_url,
+            code_key,
+            code_issuer: self.code_issuer,
+            state_ttl,
+            success_redirect: self.success_redirect,
+            state_key,
+        })
+    }
+}
+
 /// The configured current store key: [`STORE_KEY_ENV`] if set, else `store.key_file`.
 fn current_store_key(
     file: Option<&Path>,
@@ -1277,4 +1438,20 @@ fn parse_redis_url(key: &'static str, text: &str) -> Result<RedisUrl, ConfigErro
         url: text.to_owned().into(),
         shown,
     })
+}
+
+impl Config {
+    /// Things that are valid but probably not meant, for `check` and the start-up log.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let (Some(configured), Some(onboarding)) = (&self.oauth.redirect_uri, &self.onboarding)
+            && configured != &onboarding.redirect_uri
+        {
+            warnings.push(format!(
+                "oauth.redirect_uri: {configured:?} differs from onboarding.public_url + {ONBOARDING_CALLBACK_PATH} ({:?}); onboarding uses the latter, so register that one in Poynt's developer portal",
+                onboarding.redirect_uri
+            ));
+        }
+        warnings
+    }
 }

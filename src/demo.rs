@@ -1,6 +1,7 @@
 //! `poynt-proxy demo`: the emulator (with a generated app key and a few authorized
-//! merchants) and the proxy wired to it over TLS, started through the same [`start`] as
-//! production, printing curl commands to paste.
+//! merchants) and the proxy wired to it over TLS, onboarding included, started through the
+//! same [`start`] as production, printing curl commands to paste and the `/connect` URL to
+//! open in a browser.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,6 +34,9 @@ pub struct DemoArgs {
     /// Admin listener (health, metrics, admin API).
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub admin_listen: SocketAddr,
+    /// Onboarding listener (merchants' browsers); its address is also the public URL.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub onboarding_listen: SocketAddr,
     /// Emulator listener (HTTPS); port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub emulator_listen: SocketAddr,
@@ -58,6 +62,12 @@ pub enum DemoError {
     Signal(String),
 }
 
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
 /// Runs until `until` resolves, then drains and stops both.
 pub async fn run<E: std::fmt::Display>(
     args: DemoArgs,
@@ -68,12 +78,10 @@ pub async fn run<E: std::fmt::Display>(
         .iter()
         .filter_map(|m| MerchantId::parse(m).ok())
         .collect();
-    let emulator_listener = tokio::net::TcpListener::bind(args.emulator_listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: args.emulator_listen,
-            source,
-        })?;
+    let emulator_listener = bind(args.emulator_listen).await?;
+    // Bound first: with port 0 the public URL needs the port picked.
+    let onboarding_listener = bind(args.onboarding_listen).await?;
+    let onboarding_addr = onboarding_listener.local_addr().map_err(StartError::Addr)?;
     let emulator = emulator::start(
         EmulatorConfig {
             app_id: DEMO_APP_ID.into(),
@@ -90,7 +98,8 @@ pub async fn run<E: std::fmt::Display>(
         .replace("{LISTEN}", &args.listen.to_string())
         .replace("{ADMIN_LISTEN}", &args.admin_listen.to_string())
         .replace("{EMULATOR_URL}", &emulator.base_url())
-        .replace("{APP_ID}", DEMO_APP_ID);
+        .replace("{APP_ID}", DEMO_APP_ID)
+        .replace("{ONBOARDING_LISTEN}", &onboarding_addr.to_string());
     let sources = KeySources {
         base_dir: None,
         private_key_env: Some(private_pem.into()),
@@ -101,7 +110,11 @@ pub async fn run<E: std::fmt::Display>(
     config.poynt.extra_roots = CertificateDer::pem_slice_iter(ca.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| DemoError::Ca(e.to_string()))?;
-    let listeners = Listeners::bind(&config).await?;
+    let listeners = Listeners {
+        proxy: bind(config.listen).await?,
+        admin: bind(config.admin_listen).await?,
+        onboarding: Some(onboarding_listener),
+    };
     let header = config.merchant.header.to_string();
     let running = start(config, listeners).await?;
     let proxy = running.proxy_addr();
@@ -121,6 +134,12 @@ pub async fn run<E: std::fmt::Display>(
     );
     println!("curl -s http://{admin}/admin/tokens");
     println!("curl -s http://{admin}/metrics");
+    println!("Onboard a merchant: open http://{onboarding_addr}/connect in a browser");
+    if let Some(pin) = emulator.tls_spki_pin() {
+        println!(
+            "  (the emulator's certificate is from a CA made at start: accept it once, or start Chromium with --ignore-certificate-errors-spki-list={pin})"
+        );
+    }
     let waited = until.await;
     running.shutdown();
     running.wait().await;

@@ -12,6 +12,7 @@
 //! - [`token`]: the self-signed assertion, the `/token` client, the per-merchant broker.
 //! - [`upstream`]: the pooled TLS client to Poynt.
 //! - [`store`]: where tokens outlive the process (memory, an embedded file, or Redis), sealed.
+//! - [`onboarding`]: the merchant-facing listener: `/connect`, the verified callback, pages.
 //! - [`admin`], [`metrics`], [`telemetry`]: what operators see.
 //! - [`emulator`]: a strict stand-in for Poynt, for the tests, the demo and the benchmarks.
 //! - [`demo`]: the emulator and the proxy wired together in one command.
@@ -25,7 +26,7 @@ pub mod emulator;
 pub mod lifecycle;
 pub mod merchant;
 pub mod metrics;
-pub mod oauth;
+pub mod onboarding;
 pub mod poynt;
 pub mod proxy;
 pub mod server;

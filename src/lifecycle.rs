@@ -13,6 +13,8 @@ use tokio::task::JoinHandle;
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::onboarding::state::{SpentStates, StateKey};
+use crate::onboarding::{self, Onboarding, OnboardingError, OnboardingServer};
 use crate::proxy::Proxy;
 use crate::server::{self, Limits};
 use crate::store::{Store, StoreError};
@@ -49,14 +51,19 @@ pub enum StartError {
     /// The token store could not be opened or read.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The onboarding listener could not be started.
+    #[error(transparent)]
+    Onboarding(#[from] OnboardingError),
 }
 
-/// The two bound listeners.
+/// The bound listeners.
 pub struct Listeners {
     /// For callers.
     pub proxy: TcpListener,
     /// For health, metrics and admin.
     pub admin: TcpListener,
+    /// For merchants' browsers; bound only when `onboarding` is configured.
+    pub onboarding: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -70,6 +77,10 @@ impl Listeners {
         Ok(Self {
             proxy: bind(config.listen).await?,
             admin: bind(config.admin_listen).await?,
+            onboarding: match &config.onboarding {
+                Some(onboarding) => Some(bind(onboarding.listen).await?),
+                None => None,
+            },
         })
     }
 }
@@ -83,6 +94,7 @@ pub struct Running {
     ready: Arc<AtomicBool>,
     workers: Workers,
     admin_task: JoinHandle<()>,
+    onboarding: Option<OnboardingServer>,
 }
 
 /// Starts the proxy and its admin listener on already-bound listeners: `server.workers`
@@ -114,7 +126,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         config.tokens.clone(),
         metrics.clone(),
         Handle::current(),
-        store,
+        store.clone(),
     );
     match broker.restore().await {
         Ok(cached) => tracing::info!(cached, "tokens restored from the store"),
@@ -178,8 +190,32 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         limits(),
         admin_signal,
     ));
+    let onboarding = match (listeners.onboarding, &config.onboarding) {
+        (Some(listener), Some(settings)) => {
+            let state_key = onboarding::state_key(settings, store.key()).unwrap_or_else(|| {
+                tracing::warn!("no state key configured and the memory store has none to derive it from: onboarding states are valid in this process only (set onboarding.state_key_file)");
+                StateKey::random()
+            });
+            let service = Onboarding::new(
+                &config,
+                state_key,
+                SpentStates::new(store.clone()),
+                broker.clone(),
+                metrics.clone(),
+            )
+            .await?;
+            Some(onboarding::spawn(service, listener, limits())?)
+        }
+        _ => None,
+    };
+    for warning in config.warnings() {
+        tracing::warn!(%warning, "configuration");
+    }
     ready.store(true, Ordering::Release);
-    tracing::info!(%proxy_addr, %admin_addr, upstream = %config.poynt.api_url, workers = config.server.workers, "poynt-proxy ready");
+    let onboarding_addr = onboarding
+        .as_ref()
+        .map(|o| tracing::field::display(o.addr()));
+    tracing::info!(%proxy_addr, %admin_addr, onboarding_addr, upstream = %config.poynt.api_url, workers = config.server.workers, "poynt-proxy ready");
     Ok(Running {
         proxy_addr,
         admin_addr,
@@ -188,6 +224,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         ready,
         workers,
         admin_task,
+        onboarding,
     })
 }
 
@@ -202,16 +239,27 @@ impl Running {
         self.admin_addr
     }
 
+    /// Where merchants' browsers connect, when onboarding is configured.
+    pub fn onboarding_addr(&self) -> Option<SocketAddr> {
+        self.onboarding.as_ref().map(OnboardingServer::addr)
+    }
+
     /// Starts draining: not ready, no new connections, in-flight requests finish.
     pub fn shutdown(&self) {
         self.ready.store(false, Ordering::Release);
         self.stop_proxy.send_replace(true);
+        if let Some(onboarding) = &self.onboarding {
+            onboarding.shutdown();
+        }
     }
 
     /// Waits until the proxy has drained (after [`Running::shutdown`]), then stops the admin
     /// listener, which stays up meanwhile so the drain can be watched.
     pub async fn wait(self) {
         self.workers.wait().await;
+        if let Some(onboarding) = self.onboarding {
+            onboarding.wait().await;
+        }
         self.stop_admin.send_replace(true);
         if let Err(error) = self.admin_task.await {
             tracing::error!(%error, "admin server task failed");

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use poynt_proxy::config::{Config, LogFormat, StoreBackend};
 use poynt_proxy::metrics::Metrics;
 use poynt_proxy::store::{Store, keys};
-use poynt_proxy::{Listeners, demo, emulator, start, telemetry};
+use poynt_proxy::{Listeners, demo, emulator, onboarding, start, telemetry};
 use secrecy::ExposeSecret as _;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -42,14 +42,17 @@ enum Command {
     Emulator(emulator::EmulatorArgs),
     /// Run the emulator and the proxy wired to it, and print curl commands to try.
     Demo(demo::DemoArgs),
-    /// Print the URL to send a merchant to so they authorize the app.
+    /// Print a URL that sends a merchant to Poynt to authorize the app, with a state the
+    /// running proxy's onboarding listener accepts (the same as its /connect issues).
     AuthorizeUrl {
-        /// The YAML configuration (needs oauth.redirect_uri).
+        /// The YAML configuration (needs an onboarding section with state_key_file, the key
+        /// the running proxy checks states with).
         #[arg(long, short)]
         config: PathBuf,
-        /// Opaque value Poynt passes back untouched; use it as the CSRF state.
+        /// Where to send the browser after success (on public_url's or success_redirect's
+        /// origin).
         #[arg(long)]
-        context: Option<String>,
+        return_to: Option<String>,
     },
     /// Make a store key, or list what the token store holds.
     Store {
@@ -119,6 +122,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Check { config: path } => {
             let config = Config::load(&path)?;
+            for warning in config.warnings() {
+                println!("warning: {warning}");
+            }
             println!(
                 "{}: ok (listen {}, admin {}, upstream {}, app {})",
                 path.display(),
@@ -157,9 +163,27 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let stop = async move { Ok::<_, std::convert::Infallible>(signals.stop().await) };
             Ok(demo::run(args, async move { stop.await.map(drop) }).await?)
         }
-        Command::AuthorizeUrl { config, context } => {
+        Command::AuthorizeUrl { config, return_to } => {
             let config = Config::load(&config)?;
-            let url = poynt_proxy::oauth::authorize_url(&config, context.as_deref())
+            let settings = config
+                .onboarding
+                .as_ref()
+                .context("onboarding: missing; expected the onboarding section the running proxy serves callbacks with")?;
+            // The store key as the running proxy holds it: configured, or created beside the
+            // embedded file at its first start (read here, never created).
+            let store_key = match &config.store.key {
+                Some(key) => Some(key.key.clone()),
+                None => config
+                    .store
+                    .key_beside_data()
+                    .filter(|path| path.exists())
+                    .map(|path| keys::read_file(&path))
+                    .transpose()?,
+            };
+            let key = onboarding::state_key(settings, store_key.as_ref()).context(
+                "onboarding.state_key_file: missing, and no store key to derive the state key from (the memory backend has none); expected one of them, shared with the running proxy",
+            )?;
+            let url = onboarding::authorize_url(&config, &key, return_to.as_deref())
                 .context("cannot build the authorization URL")?;
             println!("{url}");
             Ok(())

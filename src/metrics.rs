@@ -74,6 +74,7 @@ struct Inner {
     connections: IntGaugeVec,
     inflight: IntGauge,
     store: StoreMetrics,
+    onboarding: OnboardingCounters,
 }
 
 fn histogram(name: &str, help: &str) -> HistogramOpts {
@@ -184,6 +185,7 @@ impl Metrics {
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(build_info))?;
         let store = StoreMetrics::register(&registry)?;
+        let onboarding = OnboardingCounters::register(&registry)?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -204,6 +206,7 @@ impl Metrics {
                 connections,
                 inflight,
                 store,
+                onboarding,
             }),
         })
     }
@@ -294,6 +297,11 @@ impl Metrics {
         self.inner
             .merchants_backing_off
             .set(i64::try_from(backing_off).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one onboarding callback.
+    pub fn onboarding(&self, outcome: OnboardingOutcome) {
+        self.inner.onboarding.by_outcome[outcome as usize].inc();
     }
 
     /// The token store's handles.
@@ -512,5 +520,96 @@ impl StoreMetrics {
     /// Counts a stored record that failed to open.
     pub fn record_refused(&self) {
         self.refused.inc();
+    }
+}
+
+// --- Onboarding (the merchant-facing listener) ------------------------------------------
+
+/// How an onboarding callback ended: a fixed set, so the label stays bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnboardingOutcome {
+    /// The merchant's grant was exchanged and kept.
+    Success,
+    /// The merchant did not authorize the app (`status` was not `AUTHORIZED`).
+    Denied,
+    /// The state was missing, malformed, forged or expired.
+    BadState,
+    /// The state had been used by an earlier callback.
+    Replayed,
+    /// The code was missing, not RS256, badly signed, or its claims were wrong.
+    BadCode,
+    /// Poynt refused or failed the code exchange.
+    ExchangeFailed,
+    /// The proxy could not check the callback (code key unavailable, spent-state set full).
+    Unavailable,
+}
+
+impl OnboardingOutcome {
+    /// Every outcome, in label order.
+    pub const ALL: [Self; 7] = [
+        Self::Success,
+        Self::Denied,
+        Self::BadState,
+        Self::Replayed,
+        Self::BadCode,
+        Self::ExchangeFailed,
+        Self::Unavailable,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Denied => "denied",
+            Self::BadState => "bad_state",
+            Self::Replayed => "replayed",
+            Self::BadCode => "bad_code",
+            Self::ExchangeFailed => "exchange_failed",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// `poynt_proxy_onboarding_total{outcome}`, every outcome exported from the start.
+struct OnboardingCounters {
+    by_outcome: [IntCounter; 7],
+}
+
+impl OnboardingCounters {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let family = IntCounterVec::new(
+            Opts::new(
+                "poynt_proxy_onboarding_total",
+                "Onboarding callbacks, by outcome.",
+            ),
+            &["outcome"],
+        )?;
+        let by_outcome = OnboardingOutcome::ALL.map(|o| family.with_label_values(&[o.as_str()]));
+        registry.register(Box::new(family))?;
+        Ok(Self { by_outcome })
+    }
+}
+
+#[cfg(test)]
+mod onboarding_tests {
+    use super::*;
+
+    #[test]
+    fn every_onboarding_outcome_is_exported_and_counted_under_its_label() {
+        let metrics = Metrics::new().unwrap();
+        for (index, outcome) in OnboardingOutcome::ALL.into_iter().enumerate() {
+            assert_eq!(outcome as usize, index);
+            metrics.onboarding(outcome);
+        }
+        metrics.onboarding(OnboardingOutcome::BadCode);
+        let text = metrics.render();
+        assert!(
+            text.contains("poynt_proxy_onboarding_total{outcome=\"bad_code\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("poynt_proxy_onboarding_total{outcome=\"unavailable\"} 1"),
+            "{text}"
+        );
     }
 }

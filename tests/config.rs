@@ -57,6 +57,17 @@ fn the_example_config_is_valid() {
         &fixture("app-key-pkcs1.pem").display().to_string(),
     );
     Config::parse(&text, &KeySources::default()).expect("example.yaml is valid");
+    // Its commented-out onboarding section is valid too, once uncommented.
+    let with_onboarding = text
+        .replace("\n# onboarding:", "\nonboarding:")
+        .replace("\n#   ", "\n  ");
+    let config = Config::parse(&with_onboarding, &KeySources::default())
+        .expect("example.yaml's onboarding section is valid");
+    let onboarding = config.onboarding.expect("onboarding on");
+    assert_eq!(
+        onboarding.redirect_uri,
+        "https://connect.example.com/oauth/callback"
+    );
 }
 
 #[test]
@@ -529,5 +540,117 @@ fn the_merchant_allow_list_comes_from_the_file_and_the_list_and_names_bad_entrie
     assert!(
         message.starts_with("merchant.allow: expected at least one business ID"),
         "{message}"
+    );
+}
+
+fn onboarding(lines: &str) -> String {
+    base("", &format!("onboarding:\n{lines}"))
+}
+
+#[test]
+fn onboarding_is_off_unless_configured_and_derives_the_redirect_uri() {
+    let off = Config::parse(&base("", ""), &KeySources::default()).unwrap();
+    assert!(off.onboarding.is_none());
+    assert_eq!(
+        off.oauth.signout_url,
+        "https://services.poynt.net/auth/signout"
+    );
+    let on = Config::parse(
+        &onboarding("  public_url: \"https://connect.example.com/\"\n"),
+        &KeySources::default(),
+    )
+    .unwrap();
+    let settings = on.onboarding.as_ref().unwrap();
+    assert_eq!(settings.listen.to_string(), "127.0.0.1:8081");
+    assert_eq!(settings.public_url, "https://connect.example.com");
+    assert_eq!(
+        settings.redirect_uri,
+        "https://connect.example.com/oauth/callback"
+    );
+    assert!(matches!(
+        settings.code_key,
+        poynt_proxy::onboarding::code_key::CodeKeySource::Tls
+    ));
+    assert_eq!(settings.code_issuer, "https://poynt.net");
+    assert_eq!(settings.state_ttl, std::time::Duration::from_secs(600));
+    assert!(settings.state_key.is_none());
+    assert!(on.warnings().is_empty());
+}
+
+#[test]
+fn the_seed_key_pasted_as_printed_names_the_key_and_the_bad_line() {
+    let err = error_of(&onboarding(&format!(
+        "  public_url: \"https://connect.example.com\"\n  code_key: {:?}\n",
+        fixture("poynt-merchant-authorization-key.pem")
+            .display()
+            .to_string()
+    )));
+    assert!(err.starts_with("onboarding.code_key: "), "{err}");
+    assert!(
+        err.contains("line 1: expected a PEM armour line such as \"-----BEGIN PUBLIC KEY-----\"; found \"-----START PUBLIC KEY-----\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn onboarding_errors_name_the_key() {
+    let cases = [
+        ("  code_key: tls\n", "onboarding.public_url: missing"),
+        (
+            "  public_url: \"http://connect.example.com\"\n",
+            "onboarding.public_url: \"http://connect.example.com\" uses http to a non-loopback host",
+        ),
+        (
+            "  public_url: \"https://connect.example.com/onboard\"\n",
+            "onboarding.public_url: expected a scheme and host only",
+        ),
+        (
+            "  public_url: \"https://c.example.com\"\n  code_key: /nonexistent.pem\n",
+            "onboarding.code_key: expected \"tls\" or a PEM public key or certificate file",
+        ),
+        (
+            "  public_url: \"https://c.example.com\"\n  state_ttl: 0s\n",
+            "onboarding.state_ttl: expected a duration above zero",
+        ),
+        (
+            "  public_url: \"https://c.example.com\"\n  state_ttl: 2d\n",
+            "onboarding.state_ttl: expected at most 1day",
+        ),
+        (
+            "  public_url: \"https://c.example.com\"\n  success_redirect: \"ftp://x\"\n",
+            "onboarding.success_redirect:",
+        ),
+        (
+            "  public_url: \"https://c.example.com\"\n  code_issuer: \" \"\n",
+            "onboarding.code_issuer:",
+        ),
+        (
+            "  public_url: \"https://c.example.com\"\n  listen: \"nope\"\n",
+            "onboarding.listen:",
+        ),
+        (
+            "  public_url: \"https://c.example.com\"\n  surprise: 1\n",
+            "unknown field `surprise`",
+        ),
+    ];
+    for (lines, needle) in cases {
+        let err = error_of(&onboarding(lines));
+        assert!(err.contains(needle), "{needle:?} not in {err:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.b64");
+    std::fs::write(&short, "c2hvcnQ=\n").unwrap();
+    let err = error_of(&onboarding(&format!(
+        "  public_url: \"https://c.example.com\"\n  state_key_file: {:?}\n",
+        short.display().to_string()
+    )));
+    assert!(
+        err.starts_with("onboarding.state_key_file: expected 32 random bytes in base64"),
+        "{err}"
+    );
+    assert!(err.contains("found 5 bytes"), "{err}");
+    assert!(
+        !err.contains("c2hvcnQ"),
+        "the key's contents are never shown: {err}"
     );
 }

@@ -1215,3 +1215,123 @@ async fn authorize_accepts_the_older_names_and_refuses_other_apps_and_missing_me
     )
     .await;
 }
+
+/// GET the authorize page for `business` and return the redirect's query parameters.
+async fn authorize_params(
+    fx: &Fixture,
+    business: &str,
+) -> std::collections::HashMap<String, String> {
+    let url = format!(
+        "{}/applications/authorize?{}",
+        fx.base,
+        form(&[
+            ("redirect_uri", "http://127.0.0.1:1/cb"),
+            ("client_id", APP_ID),
+            ("context", "s"),
+            ("businessId", business)
+        ])
+    );
+    let response = fx.client.get(url).send().await.unwrap();
+    assert_eq!(response.status(), 302);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    form_urlencoded::parse(location.split_once('?').unwrap().1.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+#[tokio::test]
+async fn authorize_modes_spoil_codes_that_the_token_endpoint_refuses_too() {
+    let fx = fixture().await;
+    let control = format!("{}/_emulator/authorize", fx.base);
+    for (mode, needle) in [
+        ("tampered_code", "does not verify"),
+        ("alg_none", "RS256"),
+        ("expired_code", "unexpired"),
+        ("other_app", "expected sub"),
+    ] {
+        let set: Value = fx
+            .client
+            .post(&control)
+            .json(&json!({ "mode": mode }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(set, json!({ "mode": mode }));
+        let params = authorize_params(&fx, MERCHANT_C).await;
+        assert_eq!(params["status"], "AUTHORIZED");
+        let response = fx
+            .client
+            .post(format!("{}/token", fx.base))
+            .header("api-version", "1.2")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .bearer_auth(sign(&claims(&fx.base, None), app_key()))
+            .body(form(&[
+                ("grant_type", "authorization_code"),
+                ("redirect_uri", "http://127.0.0.1:1/cb"),
+                ("client_id", APP_ID),
+                ("code", &params["code"]),
+            ]))
+            .send()
+            .await
+            .unwrap();
+        let message = expect_error(response, 401, "INVALID_AUTHORIZATION_CODE").await;
+        assert!(message.contains(needle), "{mode}: {message}");
+    }
+    fx.emulator
+        .set_authorize_mode(emulator::AuthorizeMode::Deny);
+    let params = authorize_params(&fx, MERCHANT_C).await;
+    assert_eq!(params["status"], "DENIED");
+    assert!(!params.contains_key("code"), "{params:?}");
+    assert_eq!(params["context"], "s");
+    let bad = fx
+        .client
+        .post(&control)
+        .json(&json!({ "mode": "maybe" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    fx.emulator.reset();
+    let current: Value = fx
+        .client
+        .get(&control)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(current, json!({ "mode": "approve" }));
+}
+
+#[tokio::test]
+async fn with_tls_codes_are_signed_by_the_leaf_certificates_key() {
+    use poynt_proxy::onboarding::code_key::{CodeKey, CodeKeys};
+    use rustls_pki_types::pem::PemObject;
+    let fx = fixture_with(|config| config.tls = true).await;
+    let roots =
+        rustls_pki_types::CertificateDer::pem_slice_iter(fx.emulator.ca_pem().unwrap().as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+    let authorize: http::Uri = format!("{}/applications/authorize", fx.base)
+        .parse()
+        .unwrap();
+    let keys = CodeKeys::tls(
+        &authorize,
+        poynt_proxy::upstream::tls_config(&roots).unwrap(),
+        std::time::Duration::from_secs(5),
+    );
+    let from_tls = keys
+        .current()
+        .await
+        .expect("the key from the TLS handshake");
+    let published = CodeKey::from_pem(fx.emulator.poynt_net_public_key_pem()).unwrap();
+    let certificate = CodeKey::from_pem(fx.emulator.tls_certificate_pem().unwrap()).unwrap();
+    assert_eq!(from_tls.fingerprint(), published.fingerprint());
+    assert_eq!(from_tls.fingerprint(), certificate.fingerprint());
+    let pin = fx.emulator.tls_spki_pin().unwrap();
+    assert_eq!(pin.len(), 44, "base64 of a SHA-256: {pin}");
+}

@@ -411,7 +411,7 @@ async fn a_flood_of_merchant_ids_adds_no_series() {
 }
 
 #[tokio::test]
-async fn admin_api_shows_renews_evicts_and_onboards_without_tokens() {
+async fn admin_api_shows_renews_and_evicts_without_tokens() {
     let h = Harness::new().await;
     let m = h.merchants[0];
     assert_eq!(h.get(m, "/orders").await.status(), 200);
@@ -479,22 +479,14 @@ async fn admin_api_shows_renews_evicts_and_onboards_without_tokens() {
         .unwrap();
     assert_eq!(bad.status(), 400);
 
-    let newcomer = support::merchant();
-    let redirect = "https://app.example.com/poynt/return";
-    let code = support::authorization_code(&h.emulator, newcomer, redirect).await;
-    let onboarded = h
+    // The old code-exchange endpoint is gone: onboarding's callback replaced it.
+    let gone = h
         .client
-        .post(h.admin_url(&format!("/admin/tokens/{newcomer}/authorization-code")))
-        .json(&json!({"code": code, "redirect_uri": redirect}))
+        .post(h.admin_url(&format!("/admin/tokens/{m}/authorization-code")))
         .send()
         .await
         .unwrap();
-    assert_eq!(onboarded.status(), 200);
-    let onboarded: Value = onboarded.json().await.unwrap();
-    assert_eq!(onboarded["grant"], "authorization_code");
-    assert_eq!(onboarded["has_refresh_token"], true);
-    assert_eq!(h.get(newcomer, "/orders").await.status(), 200);
-    assert_eq!(h.stats().token_calls.authorization_code.total, 1);
+    assert_eq!(gone.status(), 405);
     h.stop().await;
 }
 
@@ -540,14 +532,23 @@ async fn admin_api_can_require_a_bearer_secret() {
     h.stop().await;
 }
 
-#[tokio::test]
+// Multi-threaded: the proxy process fetches the code key from the emulator while this test
+// waits for its ready line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_appears_in_logs_metrics_admin_or_responses_at_trace_level() {
     let [a, b, stranger, newcomer] = std::array::from_fn(|_| support::merchant());
     let builder = Builder::default().tls().token_ttl(Duration::from_secs(4));
     let emulator = builder.emulator(&[a, b]).await;
+    let onboarding = support::onboarding_yaml(
+        &emulator,
+        "https://connect.example.com",
+        "  code_key: tls\n",
+    );
     let mut proxy = spawn_proxy_logging(
         &emulator,
-        "tokens:\n  refresh_at: 0.5\n  refresh_jitter: 0.1\n  backoff_initial: 100ms\n  backoff_max: 200ms\n  unauthorized_min_token_age: 0s\n",
+        &format!(
+            "tokens:\n  refresh_at: 0.5\n  refresh_jitter: 0.1\n  backoff_initial: 100ms\n  backoff_max: 200ms\n  unauthorized_min_token_age: 0s\n{onboarding}"
+        ),
         "trace",
     );
     let client = support::client();
@@ -584,28 +585,46 @@ async fn no_secret_appears_in_logs_metrics_admin_or_responses_at_trace_level() {
     assert_eq!(response.status(), 503);
     seen.push_str(&response.text().await.unwrap());
     emulator.set_fault(Default::default());
-    // The authorization-code grant, through the admin API.
-    let redirect = "https://app.example.com/return";
-    let code = support::authorization_code(&emulator, newcomer, redirect).await;
-    let admin = |path: String| format!("http://{}{path}", proxy.admin);
-    let exchange = || {
-        client
-            .post(admin(format!(
-                "/admin/tokens/{newcomer}/authorization-code"
-            )))
-            .json(&json!({"code": code, "redirect_uri": redirect}))
-            .send()
+    // Onboarding: /connect, the emulator's authorize page, the callback (twice: the second
+    // is a replay), each page read back.
+    emulator.authorize(newcomer);
+    let onboarding_url = |path: &str| {
+        format!(
+            "http://{}{path}",
+            proxy.onboarding.as_deref().expect("onboarding listener")
+        )
     };
-    let onboard = exchange().await.unwrap();
-    assert_eq!(onboard.status(), 200);
-    seen.push_str(&onboard.text().await.unwrap());
-    let reused = exchange().await.unwrap();
-    assert_eq!(reused.status(), 502);
-    seen.push_str(&reused.text().await.unwrap());
+    let browser = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let connect = browser
+        .get(onboarding_url("/connect"))
+        .send()
+        .await
+        .unwrap();
+    let authorize = connect.headers()["location"].to_str().unwrap().to_owned();
+    let state = support::query_param(&authorize, "context").expect("state");
+    let callback =
+        support::redirect_from(&emulator, &format!("{authorize}&businessId={newcomer}")).await;
+    let code = support::query_param(&callback, "code").expect("code");
+    let query = callback.split_once('?').unwrap().1;
+    for expected in [200, 400] {
+        let page = browser
+            .get(onboarding_url(&format!("/oauth/callback?{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), expected);
+        seen.push_str(&page.text().await.unwrap());
+    }
+    let admin = |path: String| format!("http://{}{path}", proxy.admin);
     for path in [
         "/admin/tokens".to_owned(),
         format!("/admin/tokens/{a}"),
         format!("/admin/tokens/{stranger}"),
+        "/admin/merchants".to_owned(),
         "/metrics".to_owned(),
     ] {
         seen.push_str(
@@ -635,7 +654,7 @@ async fn no_secret_appears_in_logs_metrics_admin_or_responses_at_trace_level() {
     let stats = emulator.stats();
     assert!(stats.token_calls.jwt_bearer.total >= 2, "{stats:?}");
     assert!(stats.token_calls.refresh_token.total >= 3, "{stats:?}");
-    assert_eq!(stats.token_calls.authorization_code.total, 2, "{stats:?}");
+    assert_eq!(stats.token_calls.authorization_code.total, 1, "{stats:?}");
     assert!(stats.api_unauthorized >= 1, "{stats:?}");
     let logs = proxy.output.lock().unwrap().clone();
     assert!(
@@ -643,8 +662,16 @@ async fn no_secret_appears_in_logs_metrics_admin_or_responses_at_trace_level() {
         "not at trace level"
     );
     assert!(logs.contains("token request"), "no /token log lines");
+    assert!(
+        logs.contains(&format!(
+            "\"outcome\":\"success\",\"business_id\":\"{newcomer}\""
+        )),
+        "no onboarding line naming the merchant"
+    );
+    assert!(logs.contains("\"outcome\":\"replayed\""), "no replay line");
     let mut secrets = emulator.issued_secrets();
     secrets.push(code);
+    secrets.push(state);
     let key = std::fs::read_to_string(support::fixture("app-key-pkcs8.pem")).unwrap();
     secrets.extend(
         key.lines()

@@ -257,19 +257,25 @@ fn check_names_the_store_and_warns_when_its_key_sits_beside_the_data() {
 }
 
 #[test]
-fn authorize_url_encodes_the_redirect_app_and_context() {
+fn authorize_url_prints_a_state_the_proxy_accepts_and_needs_the_state_key_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "poynt:\n  application_id: \"urn:aid:abc\"\n  private_key_file: {:?}\noauth:\n  redirect_uri: \"https://app.example.com/return?x=1\"\n",
-            support::fixture("app-key-pkcs8.pem").display().to_string()
-        ),
-    )
-    .unwrap();
+    let base = format!(
+        "poynt:\n  application_id: \"urn:aid:abc\"\n  private_key_file: {:?}\nonboarding:\n  public_url: \"https://connect.example.com\"\n  code_key: tls\n",
+        support::fixture("app-key-pkcs8.pem").display().to_string()
+    );
+    let key_line = format!(
+        "  state_key_file: {:?}\n",
+        support::fixture("state-key.b64").display().to_string()
+    );
+    std::fs::write(&path, format!("{base}{key_line}")).unwrap();
     let out = Command::new(BIN)
-        .args(["authorize-url", "--context", "state 42", "--config"])
+        .args([
+            "authorize-url",
+            "--return-to",
+            "https://connect.example.com/done",
+            "--config",
+        ])
         .arg(&path)
         .output()
         .unwrap();
@@ -278,9 +284,76 @@ fn authorize_url_encodes_the_redirect_app_and_context() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        url.starts_with("https://poynt.net/applications/authorize?redirect_uri=https%3A%2F%2Fconnect.example.com%2Foauth%2Fcallback&client_id=urn%3Aaid%3Aabc&context="),
+        "{url}"
+    );
+    // The state opens under the key in the file, as a running proxy with it opens it.
+    let key = poynt_proxy::onboarding::state::StateKey::from_base64_file(&support::fixture(
+        "state-key.b64",
+    ))
+    .unwrap();
+    let state = key
+        .open(
+            &support::query_param(&url, "context").unwrap(),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "https://poynt.net/applications/authorize?redirect_uri=https%3A%2F%2Fapp.example.com%2Freturn%3Fx%3D1&client_id=urn%3Aaid%3Aabc&context=state+42"
+        state.return_to.as_deref(),
+        Some("https://connect.example.com/done")
+    );
+
+    let refused = Command::new(BIN)
+        .args([
+            "authorize-url",
+            "--return-to",
+            "https://evil.example/",
+            "--config",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("return_to"));
+
+    std::fs::write(&path, &base).unwrap();
+    let out = Command::new(BIN)
+        .args(["authorize-url", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("onboarding.state_key_file: missing"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_says_when_redirect_uri_and_public_url_disagree() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "poynt:\n  application_id: \"urn:aid:abc\"\n  private_key_file: {:?}\noauth:\n  redirect_uri: \"https://app.example.com/return\"\nonboarding:\n  public_url: \"https://connect.example.com\"\n",
+            support::fixture("app-key-pkcs8.pem").display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("warning: oauth.redirect_uri: \"https://app.example.com/return\" differs from onboarding.public_url + /oauth/callback (\"https://connect.example.com/oauth/callback\")"),
+        "{stdout}"
     );
 }
 
@@ -306,8 +379,8 @@ fn curl_installed() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-#[test]
-fn the_curl_commands_demo_prints_succeed() {
+#[tokio::test]
+async fn the_demos_curl_commands_succeed_and_its_connect_url_ends_on_the_success_page() {
     assert!(
         curl_installed(),
         "curl is needed (the test command installs it)"
@@ -318,6 +391,8 @@ fn the_curl_commands_demo_prints_succeed() {
             "--listen",
             "127.0.0.1:0",
             "--admin-listen",
+            "127.0.0.1:0",
+            "--onboarding-listen",
             "127.0.0.1:0",
         ])
         .stdout(Stdio::piped())
@@ -331,6 +406,16 @@ fn the_curl_commands_demo_prints_succeed() {
             l.starts_with("curl ").then(|| l.to_owned())
         }));
     }
+    let connect = wait_line(&rx, |l| {
+        l.strip_prefix("Onboard a merchant: open ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_owned)
+    });
+    let pin = wait_line(&rx, |l| {
+        l.split("--ignore-certificate-errors-spki-list=")
+            .nth(1)
+            .map(|rest| rest.trim_end_matches(')').to_owned())
+    });
     for curl in &curls {
         let out = Command::new("sh")
             .args(["-c", &format!("{curl} --fail-with-body --max-time 20")])
@@ -354,6 +439,11 @@ fn the_curl_commands_demo_prints_succeed() {
             );
         }
     }
+    let page = support::browser::dump_dom(&connect, &pin).await;
+    assert!(
+        page.contains(r#"<code id="business-id">11111111-1111-4111-8111-111111111111</code>"#),
+        "{page}"
+    );
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -1,8 +1,14 @@
 //! The merchant-facing side (poynt.net): `/applications/authorize`, which auto-approves and
 //! redirects back with a signed authorization code, and `/auth/signout`.
+//!
+//! Codes are signed with the emulator's poynt.net key (the TLS leaf's key when serving TLS).
+//! [`AuthorizeMode`] makes the page answer the way a verifier must refuse: a denial, or a
+//! code that is tampered with, expired, for another app, or unsigned (`alg: none`).
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hyper::{Response, Uri};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::body::ResponseBody;
@@ -14,6 +20,29 @@ use crate::merchant::MerchantId;
 
 /// Lifetime of an authorization code, seconds (Poynt's are about 15 minutes).
 const CODE_TTL_SECS: u64 = 900;
+/// The `status` sent back when the merchant authorized the app.
+const STATUS_AUTHORIZED: &str = "AUTHORIZED";
+/// The `status` sent back when the merchant declined.
+const STATUS_DENIED: &str = "DENIED";
+
+/// How `/applications/authorize` answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthorizeMode {
+    /// The merchant approves: a good code, signed by the poynt.net key.
+    #[default]
+    Approve,
+    /// The merchant declines: `status=DENIED` and no code.
+    Deny,
+    /// A signed code whose claims were changed afterwards (another `poynt.biz`).
+    TamperedCode,
+    /// A signed code that expired one code lifetime ago.
+    ExpiredCode,
+    /// A signed code whose `sub` is another application.
+    OtherApp,
+    /// An unsigned code: header `alg: none`, empty signature.
+    AlgNone,
+}
 
 /// `GET /applications/authorize?redirect_uri=&client_id=&context=` (or the older
 /// `callback=` and `applicationId=`), optionally `businessId=` to pick the merchant.
@@ -62,18 +91,24 @@ fn authorize_inner(
             )
         })?,
     };
-    let code = mint_code(shared, merchant, &client_id)?;
-    shared.record_code(&code, &redirect_uri);
-    shared.remember_secret(&code);
-
+    let mode = shared.authorize_mode();
     let mut answer = form_urlencoded::Serializer::new(String::new());
-    answer
-        .append_pair("code", &code)
-        .append_pair("status", "AUTHORIZED");
+    if mode == AuthorizeMode::Deny {
+        answer.append_pair("status", STATUS_DENIED);
+    } else {
+        let code = mint_code(shared, merchant, &client_id, mode)?;
+        shared.record_code(&code, &redirect_uri);
+        shared.remember_secret(&code);
+        answer
+            .append_pair("code", &code)
+            .append_pair("status", STATUS_AUTHORIZED);
+    }
     if let Some(context) = query_param(query, "context") {
         answer.append_pair("context", &context);
     }
-    answer.append_pair("businessId", &merchant.to_string());
+    if mode != AuthorizeMode::Deny {
+        answer.append_pair("businessId", &merchant.to_string());
+    }
     reply::redirect(&append_query(&redirect_uri, &answer.finish()), request_id)
 }
 
@@ -107,19 +142,59 @@ struct CodeClaims<'a> {
     uid: u64,
 }
 
-/// Signs an authorization code for `merchant` with the emulator's poynt.net key.
-fn mint_code(shared: &Shared, merchant: MerchantId, client_id: &str) -> Result<String, ApiError> {
-    let iat = now_secs();
+/// Makes an authorization code for `merchant` as `mode` says (never called with `Deny`):
+/// signed with the emulator's poynt.net key, or spoilt in the one way the mode names.
+fn mint_code(
+    shared: &Shared,
+    merchant: MerchantId,
+    client_id: &str,
+    mode: AuthorizeMode,
+) -> Result<String, ApiError> {
+    let now = now_secs();
+    let iat = match mode {
+        AuthorizeMode::ExpiredCode => now - 2 * CODE_TTL_SECS,
+        _ => now,
+    };
+    let other_app = format!("urn:aid:{}", Uuid::new_v4());
     let claims = CodeClaims {
         iss: POYNT_NET_ISSUER,
         iat,
         exp: iat + CODE_TTL_SECS,
-        sub: client_id,
+        sub: match mode {
+            AuthorizeMode::OtherApp => &other_app,
+            _ => client_id,
+        },
         jti: Uuid::new_v4().to_string(),
         biz: merchant.to_string(),
         uid: user_number(merchant.uuid()),
     };
-    shared.poynt_net_key.sign(&claims).map_err(|error| {
+    match mode {
+        AuthorizeMode::AlgNone => Ok(format!(
+            "{}.{}.",
+            json_part(&serde_json::json!({"alg": "none"})),
+            json_part(&claims)
+        )),
+        AuthorizeMode::TamperedCode => {
+            let signed = sign(shared, &claims)?;
+            let signature = signed.rsplit('.').next().unwrap_or_default();
+            let header = signed.split('.').next().unwrap_or_default();
+            let forged = CodeClaims {
+                biz: Uuid::new_v4().to_string(),
+                ..claims
+            };
+            Ok(format!("{header}.{}.{signature}", json_part(&forged)))
+        }
+        _ => sign(shared, &claims),
+    }
+}
+
+/// A JWT part: the value's JSON in unpadded base64url.
+fn json_part<T: Serialize>(value: &T) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap_or_default())
+}
+
+fn sign(shared: &Shared, claims: &CodeClaims<'_>) -> Result<String, ApiError> {
+    shared.poynt_net_key.sign(claims).map_err(|error| {
         ApiError::Internal(format!(
             "expected to sign an authorization code; signing failed: {error}"
         ))

@@ -1,6 +1,6 @@
 //! `/_emulator/...`: the control API, so a test-suite or demo driving the emulator from
 //! another process can do what the Rust API does (stats, faults, revocation, authorization,
-//! reset, keys), plus `POST merchants/{id}/token`, which mints a token pair for a merchant
+//! the authorize page's mode, reset, keys), plus `POST merchants/{id}/token`, which mints a token pair for a merchant
 //! without a grant (not counted in the stats): the load benchmark gives nginx and HAProxy
 //! a static bearer token with it.
 
@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 use serde_json::json;
 
+use super::authorize::AuthorizeMode;
 use super::body::ResponseBody;
 use super::error::ApiError;
 use super::fault::Fault;
@@ -51,23 +52,24 @@ async fn handle_inner(
             .map_err(|error| ApiError::Internal(format!("expected to serialise stats: {error}"))),
         (["fault"], Method::GET) => Ok(json!(shared.fault())),
         (["fault"], Method::POST) => {
-            let bytes = Limited::new(request.into_body(), MAX_CONTROL_BYTES)
-                .collect()
-                .await
-                .map_err(|_| {
-                    ApiError::InvalidRequest(format!(
-                        "expected a JSON body of at most {MAX_CONTROL_BYTES} bytes"
-                    ))
-                })?
-                .to_bytes();
-            let fault: Fault = serde_json::from_slice(&bytes).map_err(|error| {
-                ApiError::InvalidRequest(format!(
-                    "expected a fault object with token_status, token_drop and/or token_delay_ms; {error}"
-                ))
-            })?;
+            let fault: Fault = read_json(
+                request,
+                "a fault object with token_status, token_drop and/or token_delay_ms",
+            )
+            .await?;
             fault.validate().map_err(ApiError::InvalidRequest)?;
             shared.set_fault(fault.clone());
             Ok(json!(fault))
+        }
+        (["authorize"], Method::GET) => Ok(json!({ "mode": shared.authorize_mode() })),
+        (["authorize"], Method::POST) => {
+            let body: AuthorizeBody = read_json(
+                request,
+                "{\"mode\": \"approve\" | \"deny\" | \"tampered_code\" | \"expired_code\" | \"other_app\" | \"alg_none\"}",
+            )
+            .await?;
+            shared.set_authorize_mode(body.mode);
+            Ok(json!({ "mode": body.mode }))
         }
         (["reset"], Method::POST) => {
             shared.reset();
@@ -105,10 +107,35 @@ async fn handle_inner(
             }
         }
         (_, method) => Err(ApiError::NotFound(format!(
-            "no control endpoint {method} {CONTROL_PREFIX}{path}; expected GET stats, GET|POST fault, POST reset, \
-             GET keys, POST merchants/{{id}}/(revoke|authorize|unauthorize|token)"
+            "no control endpoint {method} {CONTROL_PREFIX}{path}; expected GET stats, GET|POST fault, GET|POST authorize, \
+             POST reset, GET keys, POST merchants/{{id}}/(revoke|authorize|unauthorize|token)"
         ))),
     }
+}
+
+/// Body of `POST /_emulator/authorize`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthorizeBody {
+    mode: AuthorizeMode,
+}
+
+/// Reads a bounded JSON body; `expected` describes it in the error.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    request: Request<Incoming>,
+    expected: &str,
+) -> Result<T, ApiError> {
+    let bytes = Limited::new(request.into_body(), MAX_CONTROL_BYTES)
+        .collect()
+        .await
+        .map_err(|_| {
+            ApiError::InvalidRequest(format!(
+                "expected a JSON body of at most {MAX_CONTROL_BYTES} bytes"
+            ))
+        })?
+        .to_bytes();
+    serde_json::from_slice(&bytes)
+        .map_err(|error| ApiError::InvalidRequest(format!("expected {expected}; {error}")))
 }
 
 fn not_found(path: &str) -> ApiError {

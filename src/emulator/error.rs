@@ -120,6 +120,12 @@ pub enum EmulatorError {
         "expected --tls together with --ca-out (without TLS there is no CA); found --ca-out alone"
     )]
     CaOutWithoutTls,
+    /// The leaf certificate just made did not parse back (a bug).
+    #[error("expected the emulator's leaf certificate to parse; found: {found}")]
+    LeafSpki {
+        /// The parser's complaint.
+        found: String,
+    },
     /// The CLI could not watch for its stop signal.
     #[error("expected to install a {signal} handler; it failed")]
     Signal {

@@ -34,6 +34,15 @@ impl SigningKey {
     /// Generates a fresh RSA-2048 signing key. `purpose` names it in errors.
     pub(crate) fn generate(purpose: &'static str) -> Result<Self, EmulatorError> {
         let (private_pem, public_pem) = generate_rsa(purpose)?;
+        Self::from_pem(&private_pem, &public_pem, purpose)
+    }
+
+    /// A signing key from an RSA key pair's PKCS#8 private and SPKI public PEM.
+    pub(crate) fn from_pem(
+        private_pem: &str,
+        public_pem: &str,
+        purpose: &'static str,
+    ) -> Result<Self, EmulatorError> {
         let encoding = EncodingKey::from_rsa_pem(private_pem.as_bytes())
             .map_err(|source| EmulatorError::JwtKey { purpose, source })?;
         let decoding = DecodingKey::from_rsa_pem(public_pem.as_bytes())
@@ -41,22 +50,14 @@ impl SigningKey {
         Ok(Self {
             encoding,
             decoding,
-            public_pem,
+            public_pem: public_pem.to_owned(),
         })
     }
 
     /// Generates on a blocking thread: RSA key generation takes tens of milliseconds and
     /// must not stall the runtime.
     pub(crate) async fn generate_off_runtime(purpose: &'static str) -> Result<Self, EmulatorError> {
-        tokio::task::spawn_blocking(move || Self::generate(purpose))
-            .await
-            .map_err(|join| EmulatorError::KeyTask {
-                found: if join.is_panic() {
-                    "panicked".to_owned()
-                } else {
-                    "was cancelled".to_owned()
-                },
-            })?
+        off_runtime(move || Self::generate(purpose)).await
     }
 
     /// Signs `claims` as an RS256 JWT with header `{"alg":"RS256"}`, as Poynt writes it.
@@ -78,6 +79,21 @@ impl SigningKey {
     pub(crate) fn public_pem(&self) -> &str {
         &self.public_pem
     }
+}
+
+/// Runs `make` (RSA key generation) on a blocking thread so it does not stall the runtime.
+pub(crate) async fn off_runtime<T: Send + 'static>(
+    make: impl FnOnce() -> Result<T, EmulatorError> + Send + 'static,
+) -> Result<T, EmulatorError> {
+    tokio::task::spawn_blocking(make)
+        .await
+        .map_err(|join| EmulatorError::KeyTask {
+            found: if join.is_panic() {
+                "panicked".to_owned()
+            } else {
+                "was cancelled".to_owned()
+            },
+        })?
 }
 
 /// Loads the registered application's public key; both SPKI (`PUBLIC KEY`) and PKCS#1

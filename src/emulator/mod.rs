@@ -6,7 +6,8 @@
 //! - `server`: accept loop, router, graceful shutdown (HTTP/1.1 and h2, optional TLS);
 //! - `token`: `POST /token` and its three grants; `jwt`: the assertion and code checks;
 //! - `api`: `/businesses/{id}/...`, an echo with query knobs, on the benchmark hot path;
-//! - `authorize`: poynt.net's `/applications/authorize` and `/auth/signout`;
+//! - `authorize`: poynt.net's `/applications/authorize` (signing codes with the TLS leaf's
+//!   key, like poynt.net, with knobs for faulty answers) and `/auth/signout`;
 //! - `control`: `/_emulator/...`, the control API; `state`, `stats`, `fault`: what it
 //!   remembers, counts and simulates;
 //! - `keys`, `tls`: the keys and certificates it makes; `cli`: the `emulator` subcommand.
@@ -38,6 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use authorize::AuthorizeMode;
 pub use cli::{EmulatorArgs, run_cli};
 pub use error::EmulatorError;
 pub use fault::Fault;
@@ -69,7 +71,8 @@ pub struct EmulatorConfig {
     pub merchants: Vec<MerchantId>,
     /// Access token lifetime (`expiresIn`); zero makes tokens that are expired on arrival.
     pub token_ttl: Duration,
-    /// Serve HTTPS with a certificate from a CA made at start (see [`Emulator::ca_pem`]).
+    /// Serve HTTPS with a certificate from a CA made at start (see [`Emulator::ca_pem`]);
+    /// the leaf certificate's RSA key then also signs authorization codes, as at poynt.net.
     pub tls: bool,
 }
 
@@ -94,6 +97,8 @@ pub struct Emulator {
     shared: Arc<Shared>,
     addr: SocketAddr,
     ca_pem: Option<String>,
+    leaf_pem: Option<String>,
+    spki_pin: Option<String>,
     shutdown: watch::Sender<()>,
     server: JoinHandle<()>,
 }
@@ -114,11 +119,24 @@ pub async fn start(
     let addr = listener
         .local_addr()
         .map_err(|source| EmulatorError::LocalAddr { source })?;
-    let (token_key, poynt_net_key) = tokio::try_join!(
-        SigningKey::generate_off_runtime("access tokens"),
-        SigningKey::generate_off_runtime("authorization codes (poynt.net)"),
-    )?;
-    let tls = if config.tls { Some(tls::make()?) } else { None };
+    let codes = "authorization codes (poynt.net)";
+    let (token_key, tls) =
+        tokio::try_join!(SigningKey::generate_off_runtime("access tokens"), async {
+            match config.tls {
+                true => keys::off_runtime(tls::make).await.map(Some),
+                false => Ok(None),
+            }
+        },)?;
+    let (tls, poynt_net_key) = match tls {
+        Some(tls::Tls {
+            ca_pem,
+            config,
+            leaf_pem,
+            leaf_key,
+            spki_pin,
+        }) => (Some((ca_pem, config, leaf_pem, spki_pin)), leaf_key),
+        None => (None, SigningKey::generate_off_runtime(codes).await?),
+    };
     let base_url = base_url(addr, config.tls);
     let shared = Arc::new(Shared::new(SharedInit {
         app_id: config.app_id,
@@ -133,13 +151,19 @@ pub async fn start(
     let (shutdown, shutdown_rx) = watch::channel(());
     let acceptor = tls
         .as_ref()
-        .map(|tls| tokio_rustls::TlsAcceptor::from(tls.config.clone()));
+        .map(|(_, config, _, _)| tokio_rustls::TlsAcceptor::from(config.clone()));
     let server = tokio::spawn(server::run(listener, shared.clone(), acceptor, shutdown_rx));
     tracing::info!(base_url = %shared.base_url, "poynt emulator listening");
+    let (ca_pem, leaf_pem, spki_pin) = match tls {
+        Some((ca, _, leaf, pin)) => (Some(ca), Some(leaf), Some(pin)),
+        None => (None, None, None),
+    };
     Ok(Emulator {
         shared,
         addr,
-        ca_pem: tls.map(|tls| tls.ca_pem),
+        ca_pem,
+        leaf_pem,
+        spki_pin,
         shutdown,
         server,
     })
@@ -176,9 +200,27 @@ impl Emulator {
     }
 
     /// The public key (SPKI PEM) authorization codes are signed with: the proxy's
-    /// configuration of "poynt.net's key".
+    /// configuration of "poynt.net's key". With TLS it is the leaf certificate's key.
     pub fn poynt_net_public_key_pem(&self) -> &str {
         self.shared.poynt_net_key.public_pem()
+    }
+
+    /// With TLS, the leaf certificate (PEM): its key is the one codes are signed with.
+    pub fn tls_certificate_pem(&self) -> Option<&str> {
+        self.leaf_pem.as_deref()
+    }
+
+    /// With TLS, the base64 SHA-256 of the leaf certificate's SubjectPublicKeyInfo: tell a
+    /// browser to trust exactly this certificate with
+    /// `--ignore-certificate-errors-spki-list=<pin>`.
+    pub fn tls_spki_pin(&self) -> Option<&str> {
+        self.spki_pin.as_deref()
+    }
+
+    /// How `/applications/authorize` answers from now on (`AuthorizeMode::Approve`, the
+    /// default, mints good codes), as `POST /_emulator/authorize` sets it.
+    pub fn set_authorize_mode(&self, mode: AuthorizeMode) {
+        self.shared.set_authorize_mode(mode);
     }
 
     /// The counters, as `GET /_emulator/stats` reports them.
@@ -215,8 +257,8 @@ impl Emulator {
         self.shared.unauthorize(merchant);
     }
 
-    /// Clears counters, faults and revocations; keys, authorized merchants and issued
-    /// tokens stay.
+    /// Clears counters, faults, revocations and the authorize mode; keys, authorized
+    /// merchants and issued tokens stay.
     pub fn reset(&self) {
         self.shared.reset();
     }

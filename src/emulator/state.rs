@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use jsonwebtoken::DecodingKey;
 use uuid::Uuid;
 
+use super::authorize::AuthorizeMode;
 use super::error::ApiError;
 use super::fault::Fault;
 use super::jwt::{CLOCK_SKEW_SECS, CheckedAssertion};
@@ -60,6 +61,8 @@ pub(crate) struct Shared {
     secrets: Mutex<Vec<String>>,
     /// Faults injected into `/token`.
     fault: Mutex<Fault>,
+    /// How `/applications/authorize` answers.
+    authorize_mode: Mutex<AuthorizeMode>,
 }
 
 /// What the emulator knows about an access token it issued.
@@ -135,6 +138,7 @@ impl Shared {
             grants: Mutex::new(grants),
             secrets: Mutex::new(Vec::new()),
             fault: Mutex::new(Fault::default()),
+            authorize_mode: Mutex::new(AuthorizeMode::default()),
         }
     }
 
@@ -346,10 +350,28 @@ impl Shared {
         *self.fault.lock().expect("fault lock poisoned") = fault;
     }
 
-    /// Clears counters, faults and revocations; keys, authorizations and issued tokens stay.
+    /// How `/applications/authorize` answers now.
+    pub(crate) fn authorize_mode(&self) -> AuthorizeMode {
+        *self
+            .authorize_mode
+            .lock()
+            .expect("authorize mode lock poisoned")
+    }
+
+    /// Sets how `/applications/authorize` answers.
+    pub(crate) fn set_authorize_mode(&self, mode: AuthorizeMode) {
+        *self
+            .authorize_mode
+            .lock()
+            .expect("authorize mode lock poisoned") = mode;
+    }
+
+    /// Clears counters, faults, revocations and the authorize mode; keys, authorizations and
+    /// issued tokens stay.
     pub(crate) fn reset(&self) {
         self.counters.reset();
         self.set_fault(Fault::default());
+        self.set_authorize_mode(AuthorizeMode::default());
         self.clear_revocations();
     }
 

@@ -1,5 +1,8 @@
 //! TLS for the emulator: a throwaway CA and a leaf certificate for `localhost` and
 //! `127.0.0.1`, so clients can be made to trust exactly this emulator and nothing else.
+//!
+//! The leaf key is RSA because, as at poynt.net, it also signs the authorization codes: a
+//! client that takes the code key from the TLS certificate gets the right one.
 
 use std::sync::Arc;
 
@@ -8,6 +11,7 @@ use rustls::ServerConfig;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::error::EmulatorError;
+use super::keys::SigningKey;
 
 /// The certificates and the rustls configuration serving them.
 pub(crate) struct Tls {
@@ -15,6 +19,13 @@ pub(crate) struct Tls {
     pub(crate) ca_pem: String,
     /// Server configuration with ALPN `h2` and `http/1.1`.
     pub(crate) config: Arc<ServerConfig>,
+    /// The leaf certificate PEM (what a client configured with the certificate holds).
+    pub(crate) leaf_pem: String,
+    /// The leaf's key, which signs authorization codes.
+    pub(crate) leaf_key: SigningKey,
+    /// Base64 SHA-256 of the leaf's SubjectPublicKeyInfo: what a browser is told to trust
+    /// (`--ignore-certificate-errors-spki-list`) to reach exactly this emulator.
+    pub(crate) spki_pin: String,
 }
 
 /// Makes the CA, the leaf and the server configuration.
@@ -34,7 +45,8 @@ pub(crate) fn make() -> Result<Tls, EmulatorError> {
         .map_err(cert_error("self-signing the CA"))?;
     let issuer = Issuer::new(ca_params, ca_key);
 
-    let leaf_key = KeyPair::generate().map_err(cert_error("generating the leaf key"))?;
+    let leaf_key = KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)
+        .map_err(cert_error("generating the leaf key"))?;
     let mut leaf_params =
         CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
             .map_err(cert_error("leaf parameters"))?;
@@ -54,8 +66,21 @@ pub(crate) fn make() -> Result<Tls, EmulatorError> {
         .with_single_cert(vec![leaf_cert.der().clone(), ca_cert.der().clone()], key)
         .map_err(|source| EmulatorError::TlsConfig { source })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let spki = webpki::EndEntityCert::try_from(leaf_cert.der())
+        .map_err(|e| EmulatorError::LeafSpki {
+            found: e.to_string(),
+        })?
+        .subject_public_key_info();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki.as_ref());
     Ok(Tls {
         ca_pem: ca_cert.pem(),
         config: Arc::new(config),
+        leaf_pem: leaf_cert.pem(),
+        leaf_key: SigningKey::from_pem(
+            &leaf_key.serialize_pem(),
+            &leaf_key.public_key_pem(),
+            "authorization codes (the TLS leaf, as poynt.net)",
+        )?,
+        spki_pin: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, digest),
     })
 }

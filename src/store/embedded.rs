@@ -43,6 +43,13 @@ pub struct EmbeddedStore {
     inner: Arc<Inner>,
 }
 
+impl EmbeddedStore {
+    /// The key records are sealed with.
+    pub(super) fn key(&self) -> &Key {
+        self.inner.sealer.current_key()
+    }
+}
+
 struct Inner {
     db: Database,
     path: PathBuf,

@@ -399,6 +399,16 @@ impl Store {
         timed(self.metrics(), StoreOp::SpendState, ok, work).await
     }
 
+    /// The current store key, for keys derived from it ([`seal::Key::derive`]); `None` for
+    /// the memory backend, which seals nothing.
+    pub fn key(&self) -> Option<&seal::Key> {
+        match self {
+            Store::Memory(..) => None,
+            Store::Embedded(store) => Some(store.key()),
+            Store::Redis(store) => Some(store.key()),
+        }
+    }
+
     /// False while the store cannot be reached (Redis only; local backends always answer).
     pub fn is_reachable(&self) -> bool {
         match self {

@@ -12,7 +12,7 @@ use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::seal::{Keys, SealError};
+use super::seal::{Key, Keys, SealError};
 use crate::merchant::MerchantId;
 use crate::metrics::StoreMetrics;
 use crate::poynt::GrantKind;
@@ -162,6 +162,11 @@ impl Sealer {
             metrics,
             warned: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// The key new records are sealed with.
+    pub(super) fn current_key(&self) -> &Key {
+        self.keys.current()
     }
 
     /// The check value, sealed with the current key.

@@ -83,6 +83,13 @@ pub struct RedisStore {
     inner: Arc<Inner>,
 }
 
+impl RedisStore {
+    /// The key records are sealed with.
+    pub(super) fn key(&self) -> &super::seal::Key {
+        self.inner.sealer.current_key()
+    }
+}
+
 struct Inner {
     connection: ConnectionManager,
     sealer: Sealer,

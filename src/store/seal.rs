@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::digest::{SHA256, digest};
+use aws_lc_rs::hkdf::{HKDF_SHA256, Prk, Salt};
 use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretBox};
 
@@ -63,12 +64,17 @@ pub enum SealError {
     },
 }
 
+/// Salt of every derived key (a fixed, public domain separator).
+const DERIVE_SALT: &[u8] = b"poynt-proxy derived keys v1";
+
 /// One store key, ready to seal and open. The raw bytes live only while the AEAD key is
 /// built (in a zeroizing box); aws-lc keeps the expanded key and wipes it when freed.
 #[derive(Clone)]
 pub struct Key {
     id: KeyId,
     aead: Arc<LessSafeKey>,
+    /// HKDF's pseudo-random key, for keys serving other purposes ([`Key::derive`]).
+    prk: Arc<Prk>,
 }
 
 impl Key {
@@ -83,7 +89,20 @@ impl Key {
         Self {
             id,
             aead: Arc::new(LessSafeKey::new(unbound)),
+            prk: Arc::new(Salt::new(HKDF_SHA256, DERIVE_SALT).extract(secret)),
         }
+    }
+
+    /// A 32-byte key for another `purpose` (HKDF-SHA256), so one configured secret serves
+    /// several jobs without any two sharing a key: replicas and tools holding the store key
+    /// agree on it, and it reveals nothing of the store key.
+    pub fn derive(&self, purpose: &[u8]) -> SecretBox<[u8; KEY_LEN]> {
+        let mut out = Box::new([0u8; KEY_LEN]);
+        self.prk
+            .expand(&[purpose], HKDF_SHA256)
+            .and_then(|okm| okm.fill(&mut out[..]))
+            .expect("HKDF-SHA256 yields 32 bytes");
+        SecretBox::new(out)
     }
 
     /// The key's id.

@@ -34,7 +34,7 @@ use crate::config::TokensConfig;
 use crate::merchant::MerchantId;
 use crate::metrics::{Lookup, Metrics, Unauthorized};
 use crate::poynt::GrantKind;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::token::budget::GrantBudget;
 use crate::token::cache::TokenCache;
 use crate::token::grant::{Grant, GrantError, IssuedToken, TokenClient};
@@ -627,5 +627,58 @@ impl Drop for Landing<'_> {
                 .record_failure(self.state, "the grant task ended abnormally", None);
             tracing::error!(merchant = %self.merchant, "grant task ended abnormally; the merchant backs off");
         }
+    }
+}
+
+// --- Onboarded merchants, for the admin API ---------------------------------------------
+
+/// What the admin API shows of an onboarded merchant (never a token or refresh token).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OnboardedMerchant {
+    /// The business ID.
+    pub business_id: String,
+    /// When the merchant came through the authorization-code flow, RFC 3339.
+    pub onboarded_at: Option<String>,
+    /// When the stored token was issued, RFC 3339.
+    pub last_grant: Option<String>,
+    /// The grant of the stored token.
+    pub grant: GrantKind,
+    /// Whether a refresh token (the durable credential) is stored.
+    pub has_refresh_token: bool,
+}
+
+impl Broker {
+    /// Merchants the token store says came through onboarding, sorted by business ID. Reads
+    /// every record (the store is the only place that knows them all): an operator's call,
+    /// not a request path one.
+    pub async fn onboarded(&self) -> Result<Vec<OnboardedMerchant>, StoreError> {
+        let rfc3339 = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+        let mut records = self.inner.store.load_all().await?;
+        records.sort_unstable_by_key(|(merchant, _)| *merchant);
+        Ok(records
+            .into_iter()
+            .filter(|(_, record)| record.onboarded_at.is_some())
+            .map(|(merchant, record)| OnboardedMerchant {
+                business_id: merchant.to_string(),
+                onboarded_at: record.onboarded_at.map(rfc3339),
+                last_grant: Some(rfc3339(record.issued_at)),
+                grant: record.grant,
+                has_refresh_token: record.refresh_token.is_some(),
+            })
+            .collect())
+    }
+
+    /// Forgets everything kept for `merchant` — its stored record, its cached token and its
+    /// refresh token — so the next call for it needs a new grant (or a new onboarding).
+    /// Returns whether anything was kept.
+    pub async fn forget(&self, merchant: MerchantId) -> Result<bool, StoreError> {
+        let stored = self.inner.store.delete(merchant).await?;
+        let cached = self.inner.tokens.remove(merchant).await;
+        let mut held = false;
+        if let Some(state) = self.inner.states.get(merchant) {
+            let mut guard = state.lock();
+            held = guard.refresh_token.take().is_some() || guard.onboarded_at.take().is_some();
+        }
+        Ok(stored || cached || held)
     }
 }

@@ -2,6 +2,7 @@
 //! `start` as production, and hand back addresses, a client and handles.
 #![allow(dead_code)] // each test binary uses a different subset of the fixtures
 
+pub mod browser;
 pub mod process;
 pub mod redis;
 
@@ -54,6 +55,7 @@ pub struct Builder {
     token_ttl: Duration,
     tls: bool,
     extra_yaml: String,
+    onboarding: Option<String>,
 }
 
 impl Default for Builder {
@@ -63,6 +65,7 @@ impl Default for Builder {
             token_ttl: Duration::from_secs(3600),
             tls: false,
             extra_yaml: String::new(),
+            onboarding: None,
         }
     }
 }
@@ -103,6 +106,14 @@ impl Builder {
         self
     }
 
+    /// Turns onboarding on, pointed at the emulator's authorize and sign-out pages, with a
+    /// listener bound up front so `public_url` names its real port; `lines` are further
+    /// keys of the `onboarding:` section (indented by two spaces, e.g. `  code_key: tls`).
+    pub fn onboarding(mut self, lines: &str) -> Self {
+        self.onboarding = Some(lines.to_owned());
+        self
+    }
+
     /// Starts the emulator only.
     pub async fn emulator(&self, merchants: &[MerchantId]) -> Emulator {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -126,9 +137,27 @@ impl Builder {
         let merchants: Vec<MerchantId> = (0..self.merchants).map(|_| merchant()).collect();
         let emulator = self.emulator(&merchants).await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let config_yaml = proxy_yaml(&emulator, &dir, &self.extra_yaml);
+        let mut extra = self.extra_yaml.clone();
+        let onboarding_listener = match &self.onboarding {
+            Some(lines) => {
+                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                let public = listener.local_addr().expect("addr");
+                let lines = code_key_files(&emulator, &dir, lines);
+                extra.push_str(&onboarding_yaml(
+                    &emulator,
+                    &format!("http://{public}"),
+                    &lines,
+                ));
+                Some(listener)
+            }
+            None => None,
+        };
+        let config_yaml = proxy_yaml(&emulator, &dir, &extra);
         let config = Config::parse(&config_yaml, &KeySources::default()).expect("config");
-        let listeners = Listeners::bind(&config).await.expect("bind");
+        let mut listeners = Listeners::bind(&config).await.expect("bind");
+        if onboarding_listener.is_some() {
+            listeners.onboarding = onboarding_listener;
+        }
         let proxy = start(config, listeners).await.expect("proxy starts");
         Harness {
             emulator,
@@ -188,6 +217,41 @@ fn split_section(yaml: &str, header: &str) -> (String, String) {
     (section, rest)
 }
 
+/// Replaces `{EMULATOR_KEY_FILE}` and `{EMULATOR_CERT_FILE}` in `lines` with files in `dir`
+/// holding the emulator's code-signing public key (PEM) and its TLS certificate (PEM).
+fn code_key_files(emulator: &Emulator, dir: &tempfile::TempDir, lines: &str) -> String {
+    let mut lines = lines.to_owned();
+    let files = [
+        (
+            "{EMULATOR_KEY_FILE}",
+            "code-key.pem",
+            Some(emulator.poynt_net_public_key_pem()),
+        ),
+        (
+            "{EMULATOR_CERT_FILE}",
+            "code-cert.pem",
+            emulator.tls_certificate_pem(),
+        ),
+    ];
+    for (placeholder, name, pem) in files {
+        if let (true, Some(pem)) = (lines.contains(placeholder), pem) {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).expect("write code key");
+            lines = lines.replace(placeholder, &path.display().to_string());
+        }
+    }
+    lines
+}
+
+/// The `oauth:` and `onboarding:` sections for a proxy onboarding through `emulator`'s
+/// pages, reachable at `public_url`, with `lines` added to `onboarding:`.
+pub fn onboarding_yaml(emulator: &Emulator, public_url: &str, lines: &str) -> String {
+    let base = emulator.base_url();
+    format!(
+        "oauth:\n  authorize_url: \"{base}/applications/authorize\"\n  signout_url: \"{base}/auth/signout\"\nonboarding:\n  listen: \"127.0.0.1:0\"\n  public_url: \"{public_url}\"\n{lines}\n"
+    )
+}
+
 impl Harness {
     /// A default harness: one authorized merchant, hour-long tokens, plain HTTP upstream.
     pub async fn new() -> Self {
@@ -197,6 +261,12 @@ impl Harness {
     /// The proxy URL for `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.proxy.proxy_addr())
+    }
+
+    /// The onboarding listener's URL for `path`.
+    pub fn onboarding_url(&self, path: &str) -> String {
+        let addr = self.proxy.onboarding_addr().expect("onboarding configured");
+        format!("http://{addr}{path}")
     }
 
     /// The admin URL for `path`.
@@ -264,6 +334,14 @@ where
     }
 }
 
+/// The query parameters of `url`, in order.
+pub fn query_pairs(url: &str) -> Vec<(String, String)> {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -284,26 +362,32 @@ pub async fn authorization_redirect(
     merchant: MerchantId,
     redirect: &str,
 ) -> String {
-    use http_body_util::BodyExt;
-    use rustls_pki_types::pem::PemObject;
     let mut query = form_urlencoded::Serializer::new(String::new());
     query
         .append_pair("redirect_uri", redirect)
         .append_pair("client_id", APP_ID)
         .append_pair("context", "csrf-123")
         .append_pair("businessId", &merchant.to_string());
+    let uri = format!(
+        "{}/applications/authorize?{}",
+        emulator.base_url(),
+        query.finish()
+    );
+    redirect_from(emulator, &uri).await
+}
+
+/// GETs `url` at `emulator` (trusting its CA, like a browser told to) and returns the
+/// `Location` of its 302.
+pub async fn redirect_from(emulator: &Emulator, url: &str) -> String {
+    use http_body_util::BodyExt;
+    use rustls_pki_types::pem::PemObject;
     let roots = rustls_pki_types::CertificateDer::pem_slice_iter(
         emulator.ca_pem().unwrap_or_default().as_bytes(),
     )
     .collect::<Result<Vec<_>, _>>()
     .expect("CA parses");
     let client = poynt_proxy::upstream::client(&roots, Duration::from_secs(5)).expect("client");
-    let uri = format!(
-        "{}/applications/authorize?{}",
-        emulator.base_url(),
-        query.finish()
-    );
-    let request = http::Request::get(uri)
+    let request = http::Request::get(url)
         .body(http_body_util::Empty::new().map_err(|n| match n {}).boxed())
         .expect("request");
     let response = client
@@ -315,16 +399,6 @@ pub async fn authorization_redirect(
         .to_str()
         .expect("ASCII location")
         .to_owned()
-}
-
-/// The authorization code the emulator's page issues for `merchant`.
-pub async fn authorization_code(
-    emulator: &Emulator,
-    merchant: MerchantId,
-    redirect: &str,
-) -> String {
-    let location = authorization_redirect(emulator, merchant, redirect).await;
-    query_param(&location, "code").expect("code in the redirect")
 }
 
 /// Asserts a body is the proxy's own error in Poynt's shape with this code and status.

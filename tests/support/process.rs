@@ -15,6 +15,8 @@ pub struct ProxyProcess {
     pub child: Child,
     pub proxy: String,
     pub admin: String,
+    /// The onboarding listener's address, when configured.
+    pub onboarding: Option<String>,
     /// Everything the process wrote to stdout so far.
     pub output: Arc<Mutex<String>>,
     _dir: tempfile::TempDir,
@@ -124,12 +126,13 @@ pub fn spawn_proxy_logging(
         }
     });
     let rx = lines_of(&mut child);
-    let (proxy, admin) = wait_line(&rx, |line| {
+    let (proxy, admin, onboarding) = wait_line(&rx, |line| {
         let v: Value = serde_json::from_str(line).ok()?;
         (v["message"] == "poynt-proxy ready").then(|| {
             (
                 v["proxy_addr"].as_str().unwrap().to_owned(),
                 v["admin_addr"].as_str().unwrap().to_owned(),
+                v["onboarding_addr"].as_str().map(str::to_owned),
             )
         })
     });
@@ -145,6 +148,7 @@ pub fn spawn_proxy_logging(
         child,
         proxy,
         admin,
+        onboarding,
         output,
         _dir: dir,
     }
