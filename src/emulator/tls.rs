@@ -1,5 +1,6 @@
-//! TLS for the emulator: a throwaway CA and a leaf certificate for `localhost` and
-//! `127.0.0.1`, so clients can be made to trust exactly this emulator and nothing else.
+//! TLS for the emulator: a throwaway CA and a leaf certificate for `localhost`,
+//! `127.0.0.1` and any extra names asked for (a compose service's host name), so clients
+//! can be made to trust exactly this emulator and nothing else.
 
 use std::sync::Arc;
 
@@ -17,8 +18,9 @@ pub(crate) struct Tls {
     pub(crate) config: Arc<ServerConfig>,
 }
 
-/// Makes the CA, the leaf and the server configuration.
-pub(crate) fn make() -> Result<Tls, EmulatorError> {
+/// Makes the CA, the leaf (for `localhost`, `127.0.0.1` and `extra_names`, each a DNS name
+/// or an IP address) and the server configuration.
+pub(crate) fn make(extra_names: &[String]) -> Result<Tls, EmulatorError> {
     let cert_error = |step| move |source| EmulatorError::Certificate { step, source };
 
     let ca_key = KeyPair::generate().map_err(cert_error("generating the CA key"))?;
@@ -35,9 +37,11 @@ pub(crate) fn make() -> Result<Tls, EmulatorError> {
     let issuer = Issuer::new(ca_params, ca_key);
 
     let leaf_key = KeyPair::generate().map_err(cert_error("generating the leaf key"))?;
-    let mut leaf_params =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .map_err(cert_error("leaf parameters"))?;
+    let names = ["localhost".to_owned(), "127.0.0.1".to_owned()]
+        .into_iter()
+        .chain(extra_names.iter().cloned())
+        .collect::<Vec<_>>();
+    let mut leaf_params = CertificateParams::new(names).map_err(cert_error("leaf parameters"))?;
     leaf_params
         .distinguished_name
         .push(DnType::CommonName, "localhost");
