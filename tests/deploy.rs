@@ -1263,3 +1263,110 @@ fn shellcheck_passes_on_every_shell_script() {
     shellcheck.args(&scripts);
     run_ok(shellcheck);
 }
+
+// ---- every shipped proxy config starts ----------------------------------------------------------
+
+/// Moves every absolute path in `value` under `root`, as if `root` were the filesystem's.
+fn reroot(value: &mut Value, root: &Path) {
+    match value {
+        Value::String(s) if s.starts_with('/') => {
+            *s = root.join(&s[1..]).to_str().unwrap().to_owned();
+        }
+        Value::Sequence(items) => items.iter_mut().for_each(|v| reroot(v, root)),
+        Value::Mapping(map) => map.values_mut().for_each(|v| reroot(v, root)),
+        _ => {}
+    }
+}
+
+/// Runs the real `poynt-proxy check` on `config_text`, installed at [`POD_CONFIG`] under a
+/// temporary root with every file it names made (keys, CA, secrets), in an environment
+/// holding only `env` of the proxy's variables.
+fn check(what: &str, config_text: &str, env: &[(&str, &str)]) {
+    use base64::Engine as _;
+    let root = tempfile::tempdir().unwrap();
+    let mut config = yaml(config_text);
+    reroot(&mut config, root.path());
+    let config_path = root.path().join(POD_CONFIG.trim_start_matches('/'));
+    let base = config_path.parent().unwrap().to_owned();
+    let app_key = std::fs::read_to_string(support::fixture("app-key-pkcs8.pem")).unwrap();
+    let public_key = std::fs::read_to_string(support::fixture("app-key-public.pem")).unwrap();
+    let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .unwrap()
+        .cert
+        .pem();
+    let store_key = || base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+    let mut files = vec![
+        (&config["poynt"]["private_key_file"], app_key),
+        (&config["poynt"]["ca_file"], ca),
+        (&config["store"]["key_file"], store_key()),
+        (
+            &config["admin"]["bearer_token_file"],
+            "an-admin-bearer-secret-for-the-test".to_owned(),
+        ),
+    ];
+    files.extend(
+        seq(&config["store"]["previous_key_files"])
+            .iter()
+            .map(|path| (path, store_key())),
+    );
+    if str_of(&config["onboarding"]["code_key"]) != "tls" {
+        files.push((&config["onboarding"]["code_key"], public_key));
+    }
+    let mut dirs = vec![base.clone()];
+    if let Some(store) = config["store"]["path"].as_str() {
+        dirs.push(base.join(store).parent().unwrap().to_owned());
+    }
+    for (path, content) in files {
+        if let Some(path) = path.as_str() {
+            let path = base.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, content).unwrap();
+        }
+    }
+    for dir in dirs {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(&config_path, serde_yaml::to_string(&config).unwrap()).unwrap();
+
+    let mut command = Command::new(support::process::BIN);
+    command.arg("check").arg("--config").arg(&config_path);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("POYNT_PROXY_")) {
+        command.env_remove(key);
+    }
+    command.envs(env.iter().copied());
+    let out = output(command, "");
+    assert!(
+        out.status.success(),
+        "{what}: check failed:\n{}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(": ok"),
+        "{what}: {}",
+        text(&out)
+    );
+}
+
+#[test]
+fn every_shipped_proxy_config_passes_check() {
+    check("image default", &read("deploy/image/config.yaml"), &[]);
+    for kustomization in KUSTOMIZATIONS {
+        let objects = render(kustomization);
+        let proxy = Proxy::of(&objects);
+        let redis_secret = seq(&proxy.container["env"])
+            .iter()
+            .any(|e| str_of(&e["name"]) == "POYNT_PROXY_REDIS_URL");
+        let env: &[(&str, &str)] = if redis_secret {
+            &[("POYNT_PROXY_REDIS_URL", "redis://127.0.0.1:6379/0")]
+        } else {
+            &[]
+        };
+        check(
+            kustomization,
+            &serde_yaml::to_string(&proxy.config).unwrap(),
+            env,
+        );
+    }
+    check("compose", &read("deploy/compose/proxy.yaml"), &[]);
+    check("systemd", &read("deploy/systemd/config.yaml"), &[]);
+}
