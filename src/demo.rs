@@ -90,6 +90,7 @@ pub async fn run<E: std::fmt::Display>(
             merchants: merchants.clone(),
             token_ttl: std::time::Duration::from_secs(3600),
             tls: true,
+            tls_names: Vec::new(),
         },
         emulator_listener,
     )

@@ -55,6 +55,7 @@ OUT=$ROOT/target/load
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/poynt-load.XXXXXX)
 PIDS=()
+declare -A PID # name -> pid of what start() started
 
 cleanup() {
     local pid
@@ -138,7 +139,7 @@ start() { # name cpus command...: start in the background, remember the pid
     shift 2
     taskset -c "$cpus" "$@" >"$WORK/$name.out" 2>&1 &
     PIDS+=($!)
-    eval "PID_${name//-/_}=$!"
+    PID[$name]=$!
 }
 
 # --- upstream and emulator -----------------------------------------------------------------
@@ -162,7 +163,7 @@ TOKEN=$(curl -sf -X POST "$EMULATOR_URL/_emulator/merchants/$MERCHANT/token" |
 render poynt-proxy.yaml poynt-proxy.yaml
 start poynt-proxy "$PROXY_CPUS" env RUST_LOG=warn "$BIN" run --config "$WORK/poynt-proxy.yaml"
 wait_ready "http://127.0.0.1:$POYNT_ADMIN_PORT/readyz"
-IDLE_RSS_KB=$(awk '/^VmRSS:/ {print $2}' "/proc/$PID_poynt_proxy/status")
+IDLE_RSS_KB=$(awk '/^VmRSS:/ {print $2}' "/proc/${PID[poynt-proxy]}/status")
 
 render nginx-proxy.conf nginx-proxy.conf
 start nginx "$PROXY_CPUS" nginx -p "$WORK/nginx-proxy" -c "$WORK/nginx-proxy.conf" -e "$WORK/nginx-proxy.err"
@@ -199,7 +200,8 @@ saturate() { # name [seconds] -> requests/s (fails on any error or non-2xx answe
 }
 
 fixed_rate() { # name -> "p50 p99 p99.9 count", milliseconds
-    local name=$1 csv=$WORK/hey-$name.csv workers=50
+    local name=$1
+    local csv=$WORK/hey-$name.csv workers=50
     taskset -c "$LOADGEN_CPUS" hey -z "${DURATION}s" -c "$workers" -q $((RATE / workers)) -o csv \
         -H "${HEADER[$name]}" "${URL[$name]}" >"$csv"
     # Columns: response-time (s), ..., status-code, offset.
@@ -238,9 +240,9 @@ peak_kb() { # pid and its children, summed
     echo "$total"
 }
 declare -A PEAK
-PEAK[poynt-proxy]=$(peak_kb "$PID_poynt_proxy")
-PEAK[nginx]=$(peak_kb "$PID_nginx")
-PEAK[haproxy]=$(peak_kb "$PID_haproxy")
+PEAK[poynt-proxy]=$(peak_kb "${PID[poynt-proxy]}")
+PEAK[nginx]=$(peak_kb "${PID[nginx]}")
+PEAK[haproxy]=$(peak_kb "${PID[haproxy]}")
 
 median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 column_of() { awk -F'\t' -v n="$1" -v c="$2" 'NR > 1 && $2 == n {print $c}' "$RESULTS" | median; }

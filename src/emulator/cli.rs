@@ -24,6 +24,13 @@ pub struct EmulatorArgs {
     #[arg(long)]
     pub tls: bool,
 
+    /// Another name the certificate covers besides localhost and 127.0.0.1 (a host name or
+    /// an IP address), for clients that reach the emulator under it, e.g. a compose
+    /// service. Repeatable; the first one is the host of the announced base URL (and so of
+    /// the default --audience). Needs --tls.
+    #[arg(long = "tls-name", value_name = "NAME", requires = "tls")]
+    pub tls_names: Vec<String>,
+
     /// Write the CA certificate (PEM) that clients must trust to this file. Needs --tls.
     #[arg(long, value_name = "FILE")]
     pub ca_out: Option<PathBuf>,
@@ -107,6 +114,7 @@ async fn serve(
         merchants: args.merchants,
         token_ttl: args.token_ttl,
         tls: args.tls,
+        tls_names: args.tls_names,
     };
     let emulator = start(config, listener).await?;
     if let (Some(path), Some(ca_pem)) = (&args.ca_out, emulator.ca_pem()) {
@@ -207,36 +215,76 @@ mod tests {
         assert!(Cli::try_parse_from(["x", "--app-id", "urn:aid:a", "--merchant", "nope"]).is_err());
     }
 
+    /// An emulator served by [`serve`] in the background over TLS, with its CA and app key
+    /// written into a temporary directory.
+    struct Served {
+        base_url: String,
+        port: u16,
+        dir: tempfile::TempDir,
+        stop: tokio::sync::oneshot::Sender<()>,
+        server: tokio::task::JoinHandle<Result<(), EmulatorError>>,
+    }
+
+    impl Served {
+        /// Serves with `--tls` and `extra` arguments; returns once it announced itself.
+        async fn start(extra: &[&str]) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let ca_out = dir.path().join("ca.pem");
+            let key_out = dir.path().join("app.pem");
+            let mut argv = vec![
+                "x",
+                "--listen",
+                "127.0.0.1:0",
+                "--tls",
+                "--ca-out",
+                ca_out.to_str().unwrap(),
+                "--app-id",
+                "urn:aid:a",
+                "--app-private-key-out",
+                key_out.to_str().unwrap(),
+            ];
+            argv.extend_from_slice(extra);
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let (announced_tx, announced_rx) = tokio::sync::oneshot::channel();
+            let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let announce = move |base_url: &str| {
+                let _ = announced_tx.send(base_url.to_owned());
+            };
+            let stopped = async move {
+                let _ = stop_rx.await;
+                Ok(())
+            };
+            let server = tokio::spawn(serve(cli.args, announce, stopped));
+            let base_url = announced_rx.await.unwrap();
+            let port = base_url.rsplit(':').next().unwrap().parse().unwrap();
+            Self {
+                base_url,
+                port,
+                dir,
+                stop,
+                server,
+            }
+        }
+
+        fn file(&self, name: &str) -> std::path::PathBuf {
+            self.dir.path().join(name)
+        }
+
+        async fn stop(self) {
+            self.stop.send(()).unwrap();
+            self.server.await.unwrap().unwrap();
+        }
+    }
+
     #[tokio::test]
     async fn serves_until_stopped_and_writes_the_key_and_ca() {
-        let dir = tempfile::tempdir().unwrap();
-        let key_out = dir.path().join("app.pem");
-        let ca_out = dir.path().join("ca.pem");
-        let cli = Cli::try_parse_from([
-            "x",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls",
-            "--ca-out",
-            ca_out.to_str().unwrap(),
-            "--app-id",
-            "urn:aid:a",
-            "--app-private-key-out",
-            key_out.to_str().unwrap(),
-        ])
-        .unwrap();
-        let (announced_tx, announced_rx) = tokio::sync::oneshot::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let announce = move |base_url: &str| {
-            let _ = announced_tx.send(base_url.to_owned());
-        };
-        let stop = async move {
-            let _ = stop_rx.await;
-            Ok(())
-        };
-        let server = tokio::spawn(serve(cli.args, announce, stop));
-        let base_url = announced_rx.await.unwrap();
-        assert!(base_url.starts_with("https://localhost:"), "{base_url}");
+        let served = Served::start(&[]).await;
+        assert!(
+            served.base_url.starts_with("https://localhost:"),
+            "{}",
+            served.base_url
+        );
+        let key_out = served.file("app.pem");
         let private_pem = std::fs::read_to_string(&key_out).unwrap();
         assert!(private_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
         #[cfg(unix)]
@@ -246,22 +294,65 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         assert!(
-            std::fs::read_to_string(&ca_out)
+            std::fs::read_to_string(served.file("ca.pem"))
                 .unwrap()
                 .contains("BEGIN CERTIFICATE")
         );
-        let port: u16 = base_url.rsplit(':').next().unwrap().parse().unwrap();
+        let port = served.port;
         assert!(
             tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .is_ok()
         );
-        stop_tx.send(()).unwrap();
-        server.await.unwrap().unwrap();
+        served.stop().await;
         assert!(
             tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .is_err()
+        );
+    }
+
+    /// A TLS handshake with the emulator at `port` as `server_name`, trusting `ca_pem` only.
+    async fn handshake(port: u16, server_name: &str, ca_pem: &str) -> std::io::Result<()> {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let name = rustls_pki_types::ServerName::try_from(server_name.to_owned()).unwrap();
+        connector.connect(name, tcp).await.map(drop)
+    }
+
+    #[tokio::test]
+    async fn a_tls_name_is_covered_by_the_certificate_and_names_the_base_url() {
+        let served = Served::start(&["--tls-name", "emulator.test"]).await;
+        assert!(
+            served.base_url.starts_with("https://emulator.test:"),
+            "{}",
+            served.base_url
+        );
+        let ca_pem = std::fs::read_to_string(served.file("ca.pem")).unwrap();
+        for name in ["emulator.test", "localhost", "127.0.0.1"] {
+            let result = handshake(served.port, name, &ca_pem).await;
+            assert!(result.is_ok(), "{name}: {result:?}");
+        }
+        assert!(handshake(served.port, "other.test", &ca_pem).await.is_err());
+        served.stop().await;
+    }
+
+    #[test]
+    fn a_tls_name_needs_tls() {
+        assert!(
+            Cli::try_parse_from(["x", "--app-id", "urn:aid:a", "--tls-name", "emulator"]).is_err()
         );
     }
 

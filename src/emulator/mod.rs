@@ -74,6 +74,10 @@ pub struct EmulatorConfig {
     /// Serve HTTPS with a certificate from a CA made at start (see [`Emulator::ca_pem`]);
     /// the leaf certificate's RSA key then also signs authorization codes, as at poynt.net.
     pub tls: bool,
+    /// Names the certificate covers besides `localhost` and `127.0.0.1`, for clients that
+    /// reach the emulator under another name (a compose service); the first one is the host
+    /// of [`Emulator::base_url`]. Unused without `tls`.
+    pub tls_names: Vec<String>,
 }
 
 impl EmulatorConfig {
@@ -87,6 +91,7 @@ impl EmulatorConfig {
             merchants: Vec::new(),
             token_ttl: DEFAULT_TOKEN_TTL,
             tls: false,
+            tls_names: Vec::new(),
         }
     }
 }
@@ -120,10 +125,13 @@ pub async fn start(
         .local_addr()
         .map_err(|source| EmulatorError::LocalAddr { source })?;
     let codes = "authorization codes (poynt.net)";
+    let tls_names = config.tls_names.clone();
     let (token_key, tls) =
         tokio::try_join!(SigningKey::generate_off_runtime("access tokens"), async {
             match config.tls {
-                true => keys::off_runtime(tls::make).await.map(Some),
+                true => keys::off_runtime(move || tls::make(&tls_names))
+                    .await
+                    .map(Some),
                 false => Ok(None),
             }
         },)?;
@@ -137,7 +145,10 @@ pub async fn start(
         }) => (Some((ca_pem, config, leaf_pem, spki_pin)), leaf_key),
         None => (None, SigningKey::generate_off_runtime(codes).await?),
     };
-    let base_url = base_url(addr, config.tls);
+    let tls_host = config
+        .tls
+        .then(|| config.tls_names.first().map_or("localhost", String::as_str));
+    let base_url = base_url(addr, tls_host);
     let shared = Arc::new(Shared::new(SharedInit {
         app_id: config.app_id,
         audience: config.audience.unwrap_or_else(|| base_url.clone()),
@@ -169,11 +180,12 @@ pub async fn start(
     })
 }
 
-/// `http://127.0.0.1:PORT`, or `https://localhost:PORT` with TLS (the certificate's name).
-/// An unspecified bind address is shown as the loopback address of its family.
-fn base_url(addr: SocketAddr, tls: bool) -> String {
-    if tls {
-        return format!("https://localhost:{}", addr.port());
+/// `http://127.0.0.1:PORT`, or `https://HOST:PORT` with TLS, where `tls_host` is a name
+/// the certificate covers. An unspecified bind address is shown as the loopback address of
+/// its family.
+fn base_url(addr: SocketAddr, tls_host: Option<&str>) -> String {
+    if let Some(host) = tls_host {
+        return format!("https://{host}:{}", addr.port());
     }
     let ip = match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -184,7 +196,8 @@ fn base_url(addr: SocketAddr, tls: bool) -> String {
 }
 
 impl Emulator {
-    /// Where to send requests: `http://127.0.0.1:PORT`, or `https://localhost:PORT` with TLS.
+    /// Where to send requests: `http://127.0.0.1:PORT`, or `https://localhost:PORT` with TLS
+    /// (the first of [`EmulatorConfig::tls_names`] instead of `localhost` when there is one).
     pub fn base_url(&self) -> String {
         self.shared.base_url.clone()
     }
@@ -282,9 +295,10 @@ mod tests {
     #[test]
     fn base_url_shows_a_connectable_address() {
         let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
-        assert_eq!(base_url(any, false), "http://127.0.0.1:8080");
+        assert_eq!(base_url(any, None), "http://127.0.0.1:8080");
         let v6: SocketAddr = "[::]:8080".parse().unwrap();
-        assert_eq!(base_url(v6, false), "http://[::1]:8080");
-        assert_eq!(base_url(any, true), "https://localhost:8080");
+        assert_eq!(base_url(v6, None), "http://[::1]:8080");
+        assert_eq!(base_url(any, Some("localhost")), "https://localhost:8080");
+        assert_eq!(base_url(any, Some("emulator")), "https://emulator:8080");
     }
 }

@@ -1,5 +1,6 @@
-//! TLS for the emulator: a throwaway CA and a leaf certificate for `localhost` and
-//! `127.0.0.1`, so clients can be made to trust exactly this emulator and nothing else.
+//! TLS for the emulator: a throwaway CA and a leaf certificate for `localhost`,
+//! `127.0.0.1` and any extra names asked for (a compose service's host name), so clients
+//! can be made to trust exactly this emulator and nothing else.
 //!
 //! The leaf key is RSA because, as at poynt.net, it also signs the authorization codes: a
 //! client that takes the code key from the TLS certificate gets the right one.
@@ -28,8 +29,9 @@ pub(crate) struct Tls {
     pub(crate) spki_pin: String,
 }
 
-/// Makes the CA, the leaf and the server configuration.
-pub(crate) fn make() -> Result<Tls, EmulatorError> {
+/// Makes the CA, the leaf (for `localhost`, `127.0.0.1` and `extra_names`, each a DNS name
+/// or an IP address) and the server configuration.
+pub(crate) fn make(extra_names: &[String]) -> Result<Tls, EmulatorError> {
     let cert_error = |step| move |source| EmulatorError::Certificate { step, source };
 
     let ca_key = KeyPair::generate().map_err(cert_error("generating the CA key"))?;
@@ -47,9 +49,11 @@ pub(crate) fn make() -> Result<Tls, EmulatorError> {
 
     let leaf_key = KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)
         .map_err(cert_error("generating the leaf key"))?;
-    let mut leaf_params =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .map_err(cert_error("leaf parameters"))?;
+    let names = ["localhost".to_owned(), "127.0.0.1".to_owned()]
+        .into_iter()
+        .chain(extra_names.iter().cloned())
+        .collect::<Vec<_>>();
+    let mut leaf_params = CertificateParams::new(names).map_err(cert_error("leaf parameters"))?;
     leaf_params
         .distinguished_name
         .push(DnType::CommonName, "localhost");

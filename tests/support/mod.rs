@@ -125,6 +125,7 @@ impl Builder {
                 merchants: merchants.to_vec(),
                 token_ttl: self.token_ttl,
                 tls: self.tls,
+                tls_names: Vec::new(),
             },
             listener,
         )
