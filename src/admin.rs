@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -15,6 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::merchant::MerchantId;
 use crate::metrics::Metrics;
 use crate::poynt::ErrorBody;
+use crate::reload::{ReloadError, Reloader};
 use crate::server::Limits;
 use crate::token::broker::Broker;
 
@@ -34,8 +36,12 @@ struct AdminInner {
     broker: Broker,
     ready: Arc<AtomicBool>,
     proxy_limits: Limits,
-    bearer: Option<SecretString>,
+    bearer: AdminSecret,
+    reloader: Option<Reloader>,
 }
+
+/// The admin bearer secret, shared with the reloader, which may replace it.
+pub type AdminSecret = Arc<ArcSwapOption<SecretString>>;
 
 impl Admin {
     /// `ready` is shared with the lifecycle: false until the listeners serve and again once
@@ -47,7 +53,8 @@ impl Admin {
         broker: Broker,
         ready: Arc<AtomicBool>,
         proxy_limits: Limits,
-        bearer: Option<SecretString>,
+        bearer: AdminSecret,
+        reloader: Option<Reloader>,
     ) -> Self {
         Self {
             inner: Arc::new(AdminInner {
@@ -56,6 +63,7 @@ impl Admin {
                 ready,
                 proxy_limits,
                 bearer,
+                reloader,
             }),
         }
     }
@@ -106,6 +114,9 @@ impl Admin {
                     );
                 }
                 let uri = request.uri();
+                if p == RELOAD_PATH {
+                    return self.reload(&method).await;
+                }
                 if p == MERCHANTS_PATH || p.starts_with("/admin/merchants/") {
                     return self.merchants_api(&method, p, uri.query()).await;
                 }
@@ -122,7 +133,8 @@ impl Admin {
     }
 
     fn authorized(&self, request: &Request<Incoming>) -> bool {
-        let Some(secret) = &self.inner.bearer else {
+        let secret = self.inner.bearer.load();
+        let Some(secret) = &*secret else {
             return true;
         };
         let presented = request
@@ -187,6 +199,41 @@ impl Admin {
                 Err(e) => error(StatusCode::BAD_GATEWAY, "TOKEN_UNAVAILABLE", e.to_string()),
             },
             _ => method_not_allowed(method, path),
+        }
+    }
+}
+
+// --- Configuration reload ---------------------------------------------------------------
+
+/// `POST` here reloads the configuration file, as SIGHUP does.
+const RELOAD_PATH: &str = "/admin/reload";
+
+impl Admin {
+    /// `POST /admin/reload`: 200 with what changed when applied, 409 when a change needs a
+    /// restart, 422 when the file does not validate (the running configuration stays).
+    async fn reload(&self, method: &Method) -> Response<Full<Bytes>> {
+        if method != Method::POST {
+            return method_not_allowed(method, RELOAD_PATH);
+        }
+        let Some(reloader) = &self.inner.reloader else {
+            return error(
+                StatusCode::CONFLICT,
+                "RELOAD_UNAVAILABLE",
+                "expected a configuration file to reload; found a configuration that was not read from one",
+            );
+        };
+        match reloader.reload().await {
+            Ok(applied) => json(StatusCode::OK, &applied),
+            Err(refused @ ReloadError::RestartNeeded { .. }) => error(
+                StatusCode::CONFLICT,
+                "RESTART_REQUIRED",
+                refused.to_string(),
+            ),
+            Err(refused) => error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "INVALID_CONFIG",
+                refused.to_string(),
+            ),
         }
     }
 }

@@ -29,6 +29,8 @@ pub const DEFAULT_API_URL: &str = "https://services.poynt.net";
 pub const DEFAULT_API_VERSION: &str = "1.2";
 /// Where merchants are sent to grant the app access.
 pub const DEFAULT_AUTHORIZE_URL: &str = "https://poynt.net/applications/authorize";
+/// Which log lines are written unless `log.level` or `RUST_LOG` says otherwise.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// The header callers name their merchant in.
 pub const DEFAULT_MERCHANT_HEADER: &str = "X-Poynt-Merchant-Id";
 /// The embedded store's file, relative to the config file's directory.
@@ -132,6 +134,9 @@ pub struct Config {
     pub log: LogConfig,
     /// Admin API protection.
     pub admin: AdminConfig,
+    /// The file this configuration was read from, which a reload reads again; `None` when it
+    /// was parsed from text (tests, the demo).
+    pub source: Option<PathBuf>,
 }
 
 /// Admin API protection.
@@ -358,11 +363,14 @@ pub enum LogFormat {
     Json,
 }
 
-/// Log settings (the level comes from `RUST_LOG`).
+/// Log settings.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
     /// Line format.
     pub format: LogFormat,
+    /// Which lines are written, as an `EnvFilter` directive (`info`, `warn,poynt_proxy=debug`);
+    /// the `RUST_LOG` environment variable, when set, takes its place.
+    pub level: String,
 }
 
 #[derive(Deserialize)]
@@ -633,14 +641,21 @@ fn default_state_ttl() -> Duration {
 struct RawLog {
     #[serde(default = "default_log_format")]
     format: LogFormat,
+    #[serde(default = "default_log_level")]
+    level: String,
 }
 
 impl Default for RawLog {
     fn default() -> Self {
         Self {
             format: default_log_format(),
+            level: default_log_level(),
         }
     }
+}
+
+fn default_log_level() -> String {
+    DEFAULT_LOG_LEVEL.into()
 }
 
 fn default_log_format() -> LogFormat {
@@ -685,7 +700,9 @@ impl Config {
             source,
         })?;
         let base_dir = path.parent().map(Path::to_path_buf);
-        Self::parse(&text, &KeySources::from_env(base_dir))
+        let mut config = Self::parse(&text, &KeySources::from_env(base_dir))?;
+        config.source = Some(path.to_owned());
+        Ok(config)
     }
 
     /// Parses and validates YAML text.
@@ -724,10 +741,27 @@ impl RawConfig {
                 .onboarding
                 .map(|raw| raw.validate(sources))
                 .transpose()?,
-            log: LogConfig {
-                format: self.log.format,
-            },
+            log: self.log.validate()?,
             admin,
+            source: None,
+        })
+    }
+}
+
+impl RawLog {
+    fn validate(self) -> Result<LogConfig, ConfigError> {
+        tracing_subscriber::EnvFilter::try_new(&self.level).map_err(|e| {
+            invalid(
+                "log.level",
+                format!(
+                    "expected a level or filter such as info or warn,poynt_proxy=debug; found {:?} ({e})",
+                    self.level
+                ),
+            )
+        })?;
+        Ok(LogConfig {
+            format: self.format,
+            level: self.level,
         })
     }
 }

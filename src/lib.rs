@@ -13,7 +13,8 @@
 //! - [`upstream`]: the pooled TLS client to Poynt.
 //! - [`store`]: where tokens outlive the process (memory, an embedded file, or Redis), sealed.
 //! - [`onboarding`]: the merchant-facing listener: `/connect`, the verified callback, pages.
-//! - [`admin`], [`metrics`], [`telemetry`]: what operators see.
+//! - [`admin`], [`metrics`], [`telemetry`]: what operators see; [`reload`]: applying a
+//!   changed configuration file without a restart.
 //! - [`emulator`]: a strict stand-in for Poynt, for the tests, the demo and the benchmarks.
 //! - [`demo`]: the emulator and the proxy wired together in one command.
 
@@ -29,6 +30,7 @@ pub mod metrics;
 pub mod onboarding;
 pub mod poynt;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod store;
 pub mod telemetry;

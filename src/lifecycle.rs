@@ -5,17 +5,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use arc_swap::ArcSwapOption;
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
+use crate::admin::AdminSecret;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::onboarding::state::{SpentStates, StateKey};
 use crate::onboarding::{self, Onboarding, OnboardingError, OnboardingServer};
+use crate::proxy::AllowList;
 use crate::proxy::Proxy;
+use crate::reload::{Applied, ReloadError, Reloadable, Reloader};
 use crate::server::{self, Limits};
 use crate::store::{Store, StoreError};
 use crate::token::assertion::AssertionSigner;
@@ -95,6 +99,7 @@ pub struct Running {
     workers: Workers,
     admin_task: JoinHandle<()>,
     onboarding: Option<OnboardingServer>,
+    reloader: Option<Reloader>,
 }
 
 /// Starts the proxy and its admin listener on already-bound listeners: `server.workers`
@@ -115,7 +120,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         upstream::pooled(connector.clone()),
         poynt.token_url.clone(),
         poynt.api_version.clone(),
-        signer,
+        signer.clone(),
         poynt.token_timeout,
         config.tokens.max_concurrent_grants,
         metrics.clone(),
@@ -138,6 +143,20 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         Err(error) => return Err(error.into()),
     }
     broker.watch_store();
+    let allow: AllowList = Arc::new(ArcSwapOption::new(config.merchant.allow.clone()));
+    let admin_secret: AdminSecret = Arc::new(ArcSwapOption::new(
+        config.admin.bearer_token.clone().map(Arc::new),
+    ));
+    let reloader = Reloader::new(
+        &config,
+        Reloadable {
+            signer,
+            broker: broker.clone(),
+            allow: allow.clone(),
+            admin_secret: admin_secret.clone(),
+            metrics: metrics.clone(),
+        },
+    );
     let ready = Arc::new(AtomicBool::new(false));
     // Each listener has its own connection cap, shared by whatever serves it.
     let server = &config.server;
@@ -158,7 +177,8 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         broker.clone(),
         ready.clone(),
         proxy_limits.clone(),
-        config.admin.bearer_token.clone(),
+        admin_secret,
+        reloader.clone(),
     );
     let (stop_proxy, proxy_signal) = watch::channel(false);
     let (stop_admin, admin_signal) = watch::channel(false);
@@ -170,6 +190,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
                 &config,
                 broker.clone(),
                 upstream::pooled(connector.clone()),
+                allow.clone(),
                 metrics.clone(),
             );
             move |request| {
@@ -225,10 +246,17 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         workers,
         admin_task,
         onboarding,
+        reloader,
     })
 }
 
 impl Running {
+    /// Reloads the configuration file (SIGHUP): `None` when the configuration was not read
+    /// from a file, else what was applied or why nothing was.
+    pub async fn reload(&self) -> Option<Result<Applied, ReloadError>> {
+        Some(self.reloader.as_ref()?.reload().await)
+    }
+
     /// Where callers connect.
     pub fn proxy_addr(&self) -> SocketAddr {
         self.proxy_addr

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use poynt_proxy::config::{Config, LogFormat, StoreBackend};
+use poynt_proxy::config::{Config, LogConfig, LogFormat, StoreBackend};
 use poynt_proxy::metrics::Metrics;
 use poynt_proxy::store::{Store, keys};
 use poynt_proxy::{Listeners, demo, emulator, onboarding, start, telemetry};
@@ -98,13 +98,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run { config } => {
             let config = Config::load(&config)?;
-            telemetry::init(config.log.format);
+            telemetry::init(&config.log);
             // Installed before anything starts, so no signal ever meets the default action
             // (which for SIGHUP is to die without draining).
             let mut signals = Signals::install()?;
             let listeners = Listeners::bind(&config).await?;
             let running = start(config, listeners).await?;
-            let signal = signals.stop().await;
+            let signal = loop {
+                match signals.next().await {
+                    Received::Stop(signal) => break signal,
+                    // The reloader logs and counts the outcome.
+                    Received::Reload => {
+                        let _ = running.reload().await;
+                    }
+                }
+            };
             tracing::info!(
                 signal,
                 "shutdown requested; draining (a second SIGTERM or SIGINT exits at once)"
@@ -153,12 +161,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             command: StoreCommand::List { config },
         } => list_store(&Config::load(&config)?).await,
         Command::Emulator(args) => {
-            telemetry::init(LogFormat::Text);
+            telemetry::init(&plain_log());
             emulator::run_cli(args).await?;
             Ok(())
         }
         Command::Demo(args) => {
-            telemetry::init(LogFormat::Text);
+            telemetry::init(&plain_log());
             let mut signals = Signals::install()?;
             let stop = async move { Ok::<_, std::convert::Infallible>(signals.stop().await) };
             Ok(demo::run(args, async move { stop.await.map(drop) }).await?)
@@ -194,11 +202,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
 /// Exit status when a second stop signal cuts the drain short (128 + SIGINT, as shells do).
 const FORCED_EXIT: i32 = 130;
 
-/// The signals the process answers: SIGTERM and SIGINT stop it; SIGHUP never kills it.
+/// The signals the process answers: SIGTERM and SIGINT stop it; SIGHUP reloads the
+/// configuration and never kills it.
 struct Signals {
     term: Signal,
     int: Signal,
     hup: Signal,
+}
+
+/// What a signal asks for.
+enum Received {
+    /// Stop (the signal's name).
+    Stop(&'static str),
+    /// Reload the configuration.
+    Reload,
 }
 
 impl Signals {
@@ -213,14 +230,25 @@ impl Signals {
         })
     }
 
-    /// Waits for SIGTERM or SIGINT and names it; a SIGHUP meanwhile is logged and ignored.
+    /// The next signal.
+    async fn next(&mut self) -> Received {
+        tokio::select! {
+            _ = self.term.recv() => Received::Stop("SIGTERM"),
+            _ = self.int.recv() => Received::Stop("SIGINT"),
+            _ = self.hup.recv() => Received::Reload,
+        }
+    }
+
+    /// Waits for SIGTERM or SIGINT and names it; a SIGHUP meanwhile (nothing to reload) is
+    /// logged and ignored.
     async fn stop(&mut self) -> &'static str {
         loop {
-            tokio::select! {
-                _ = self.term.recv() => return "SIGTERM",
-                _ = self.int.recv() => return "SIGINT",
-                _ = self.hup.recv() => {
-                    tracing::info!("SIGHUP received: configuration reload is not available in this version; ignored");
+            match self.next().await {
+                Received::Stop(signal) => return signal,
+                Received::Reload => {
+                    tracing::info!(
+                        "SIGHUP received: this command has no configuration file to reload; ignored"
+                    );
                 }
             }
         }
@@ -278,4 +306,12 @@ async fn list_store(config: &Config) -> anyhow::Result<()> {
     }
     eprintln!("{} merchants ({})", records.len(), describe_store(config));
     Ok(())
+}
+
+/// Text lines at the default level, for the commands that have no configuration.
+fn plain_log() -> LogConfig {
+    LogConfig {
+        format: LogFormat::Text,
+        level: poynt_proxy::config::DEFAULT_LOG_LEVEL.into(),
+    }
 }

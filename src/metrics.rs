@@ -52,6 +52,17 @@ pub enum Unauthorized {
     PassedThrough,
 }
 
+/// How a configuration reload ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// Applied.
+    Success,
+    /// The file did not validate; nothing changed.
+    Invalid,
+    /// The file changed settings that need a restart; nothing changed.
+    RestartNeeded,
+}
+
 /// All metric handles. Cloning is cheap (one `Arc`).
 #[derive(Clone)]
 pub struct Metrics {
@@ -72,9 +83,17 @@ struct Inner {
     unauthorized: [IntCounter; 2],
     grants_throttled: IntCounter,
     connections: IntGaugeVec,
+    reloads: [IntCounter; 3],
+    last_reload: prometheus::Gauge,
     inflight: IntGauge,
     store: StoreMetrics,
     onboarding: OnboardingCounters,
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn histogram(name: &str, help: &str) -> HistogramOpts {
@@ -156,6 +175,20 @@ impl Metrics {
             ),
             &["listener", "state"],
         )?;
+        let reload_vec = IntCounterVec::new(
+            Opts::new(
+                "poynt_proxy_config_reloads_total",
+                "Configuration reloads (SIGHUP or POST /admin/reload), by outcome: success, invalid (the file did not validate), restart_required.",
+            ),
+            &["outcome"],
+        )?;
+        let reloads = ["success", "invalid", "restart_required"]
+            .map(|outcome| reload_vec.with_label_values(&[outcome]));
+        let last_reload = prometheus::Gauge::new(
+            "poynt_proxy_config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully (start-up or reload), Unix seconds.",
+        )?;
+        last_reload.set(unix_now());
         let inflight = IntGauge::new(
             "poynt_proxy_inflight_requests",
             "Caller requests being processed now.",
@@ -182,6 +215,8 @@ impl Metrics {
         registry.register(Box::new(unauthorized_vec))?;
         registry.register(Box::new(grants_throttled.clone()))?;
         registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(reload_vec))?;
+        registry.register(Box::new(last_reload.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(build_info))?;
         let store = StoreMetrics::register(&registry)?;
@@ -204,6 +239,8 @@ impl Metrics {
                 unauthorized,
                 grants_throttled,
                 connections,
+                reloads,
+                last_reload,
                 inflight,
                 store,
                 onboarding,
@@ -270,6 +307,19 @@ impl Metrics {
     /// Counts a new merchant's grant refused by the grant budget.
     pub fn grant_throttled(&self) {
         self.inner.grants_throttled.inc();
+    }
+
+    /// Counts a configuration reload, and times a successful one.
+    pub fn config_reloaded(&self, outcome: ReloadOutcome) {
+        let index = match outcome {
+            ReloadOutcome::Success => 0,
+            ReloadOutcome::Invalid => 1,
+            ReloadOutcome::RestartNeeded => 2,
+        };
+        self.inner.reloads[index].inc();
+        if outcome == ReloadOutcome::Success {
+            self.inner.last_reload.set(unix_now());
+        }
     }
 
     /// Sets a listener's connection gauges (read from its cap at scrape time).

@@ -1,18 +1,70 @@
-//! Log output: `tracing` to stdout, level from `RUST_LOG` (default `info`), as text or JSON.
+//! Log output: `tracing` to stdout, as text or JSON, filtered by `log.level` (or `RUST_LOG`
+//! when it is set). Both can change at run time: a configuration reload calls [`apply`],
+//! which swaps the filter and the formatter in the installed subscriber.
 
-use tracing_subscriber::EnvFilter;
+use std::sync::OnceLock;
 
-use crate::config::LogFormat;
+use tracing_subscriber::layer::{Layered, SubscriberExt as _};
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
+
+use crate::config::{LogConfig, LogFormat};
+
+/// The registry under the swappable filter: what the formatter layers on.
+type Filtered = Layered<reload::Layer<EnvFilter, Registry>, Registry>;
+type Formatter = Box<dyn Layer<Filtered> + Send + Sync>;
+
+/// The reload handles of the installed subscriber.
+struct Handles {
+    filter: reload::Handle<EnvFilter, Registry>,
+    format: reload::Handle<Formatter, Filtered>,
+}
+
+static INSTALLED: OnceLock<Handles> = OnceLock::new();
+
+fn formatter(format: LogFormat) -> Formatter {
+    match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+    }
+}
+
+/// `RUST_LOG` when set (an operator's explicit override), else the configured level.
+fn filter(config: &LogConfig) -> EnvFilter {
+    EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.level))
+        .unwrap_or_else(|_| EnvFilter::new(crate::config::DEFAULT_LOG_LEVEL))
+}
 
 /// Installs the global subscriber; called once by the binary (tests install none).
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let result = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+pub fn init(config: &LogConfig) {
+    let (filter, filter_handle) = reload::Layer::new(filter(config));
+    let (format, format_handle) = reload::Layer::new(formatter(config.format));
+    let result = Registry::default().with(filter).with(format).try_init();
+    match result {
+        Ok(()) => {
+            let _ = INSTALLED.set(Handles {
+                filter: filter_handle,
+                format: format_handle,
+            });
+        }
+        Err(error) => eprintln!("logging was already initialised: {error}"),
+    }
+}
+
+/// Applies a reloaded log configuration to the installed subscriber (nothing when none was
+/// installed, as in tests).
+pub fn apply(config: &LogConfig) {
+    let Some(handles) = INSTALLED.get() else {
+        return;
     };
-    if let Err(error) = result {
-        eprintln!("logging was already initialised: {error}");
+    if let Err(error) = handles.format.reload(formatter(config.format)) {
+        tracing::warn!(%error, "the log format was not changed");
+    }
+    if let Err(error) = handles.filter.reload(filter(config)) {
+        tracing::warn!(%error, "the log level was not changed");
     }
 }

@@ -259,6 +259,13 @@ impl Emulator {
         self.shared.revoke(merchant);
     }
 
+    /// Registers a new public key for the app (SPKI or PKCS#1 PEM): assertions must be
+    /// signed with its private key from now on, as after a key reset in the developer portal.
+    pub fn set_app_public_key(&self, pem: &str) -> Result<(), EmulatorError> {
+        self.shared.set_app_key(keys::load_app_public_key(pem)?);
+        Ok(())
+    }
+
     /// Records that `merchant` authorized the app, as if it had gone through onboarding.
     pub fn authorize(&self, merchant: MerchantId) {
         self.shared.authorize(merchant);

@@ -44,7 +44,8 @@ pub(crate) struct Shared {
     /// The merchant `/applications/authorize` approves when the call names none.
     pub(crate) default_merchant: Option<MerchantId>,
     /// The registered application's public key, for assertions.
-    pub(crate) app_key: DecodingKey,
+    /// Replaced by [`Shared::set_app_key`] (a key pair reset in the developer portal).
+    app_key: arc_swap::ArcSwap<DecodingKey>,
     /// Signs access tokens.
     pub(crate) token_key: SigningKey,
     /// Signs authorization codes, standing for poynt.net's key.
@@ -129,7 +130,7 @@ impl Shared {
             base_url: init.base_url,
             token_ttl_secs: init.token_ttl_secs,
             default_merchant: init.merchants.first().copied(),
-            app_key: init.app_key,
+            app_key: arc_swap::ArcSwap::from_pointee(init.app_key),
             token_key: init.token_key,
             poynt_net_key: init.poynt_net_key,
             org_id: Uuid::new_v4(),
@@ -140,6 +141,17 @@ impl Shared {
             fault: Mutex::new(Fault::default()),
             authorize_mode: Mutex::new(AuthorizeMode::default()),
         }
+    }
+
+    /// The registered application's public key, as assertions are checked against now.
+    pub(crate) fn app_key(&self) -> std::sync::Arc<DecodingKey> {
+        self.app_key.load_full()
+    }
+
+    /// Registers a new public key for the application: assertions signed with the old one
+    /// are refused from now on, as after a key reset in Poynt's developer portal.
+    pub(crate) fn set_app_key(&self, key: DecodingKey) {
+        self.app_key.store(std::sync::Arc::new(key));
     }
 
     // --- access tokens -------------------------------------------------------------------

@@ -187,8 +187,8 @@ fn check_assertion(shared: &Shared, assertion: &str) -> Result<CheckedAssertion,
         now,
     };
     let jwt = jwt::parse(assertion).map_err(ApiError::InvalidAssertion)?;
-    let checked =
-        jwt::check_assertion(&jwt, &shared.app_key, &rules).map_err(ApiError::InvalidAssertion)?;
+    let checked = jwt::check_assertion(&jwt, &shared.app_key(), &rules)
+        .map_err(ApiError::InvalidAssertion)?;
     shared.accept_jti(&checked, now)?;
     Ok(checked)
 }

@@ -24,6 +24,8 @@ pub mod merchant;
 pub mod path;
 
 use std::collections::HashSet;
+
+use arc_swap::ArcSwapOption;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +54,10 @@ use self::error::ProxyError;
 /// Body of every response to callers: Poynt's, streamed untouched, or the proxy's own error.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
+/// The merchants served when `merchant.allow` is set, shared by every worker and replaced
+/// whole by a reload; empty when every merchant is served.
+pub type AllowList = Arc<ArcSwapOption<HashSet<MerchantId>>>;
+
 /// The forwarding service. Cloning shares it.
 #[derive(Clone)]
 pub struct Proxy {
@@ -64,7 +70,7 @@ struct ProxyInner {
     scheme: Scheme,
     authority: Authority,
     merchant_header: HeaderName,
-    allow: Option<Arc<HashSet<MerchantId>>>,
+    allow: AllowList,
     api_version: HeaderValue,
     max_body: u64,
     retry_buffer: usize,
@@ -107,7 +113,13 @@ impl Drop for Inflight<'_> {
 
 impl Proxy {
     /// Builds the proxy over a broker and the upstream client.
-    pub fn new(config: &Config, broker: Broker, client: HttpClient, metrics: Metrics) -> Self {
+    pub fn new(
+        config: &Config,
+        broker: Broker,
+        client: HttpClient,
+        allow: AllowList,
+        metrics: Metrics,
+    ) -> Self {
         let api = &config.poynt.api_url;
         Self {
             inner: Arc::new(ProxyInner {
@@ -119,7 +131,7 @@ impl Proxy {
                     .cloned()
                     .unwrap_or_else(|| Authority::from_static("services.poynt.net")),
                 merchant_header: config.merchant.header.clone(),
-                allow: config.merchant.allow.clone(),
+                allow,
                 api_version: config.poynt.api_version.clone(),
                 max_body: config.server.max_request_body_bytes,
                 retry_buffer: config.server.retry_buffer_bytes,
@@ -175,7 +187,7 @@ impl Proxy {
         }
         let merchant = merchant::merchant_from_headers(request.headers(), &inner.merchant_header)?;
         ctx.merchant = Some(merchant);
-        if let Some(allow) = &inner.allow
+        if let Some(allow) = &*inner.allow.load()
             && !allow.contains(&merchant)
         {
             return Err(ProxyError::MerchantNotAllowed {

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
@@ -43,15 +44,16 @@ pub enum KeyError {
     },
 }
 
-/// The app's RSA private key. Its `Debug` prints nothing of the key.
+/// The app's RSA private key. Its `Debug` prints only its fingerprint.
 #[derive(Clone)]
 pub struct AppKey {
     key: Arc<EncodingKey>,
+    fingerprint: [u8; 8],
 }
 
 impl fmt::Debug for AppKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AppKey(<redacted>)")
+        write!(f, "AppKey(fingerprint {})", self.fingerprint())
     }
 }
 
@@ -75,7 +77,22 @@ impl AppKey {
         let key = EncodingKey::from_rsa_pem(text.as_bytes()).map_err(|_| parse_error())?;
         jsonwebtoken::encode(&Header::new(Algorithm::RS256), &serde_json::json!({}), &key)
             .map_err(|_| parse_error())?;
-        Ok(Self { key: Arc::new(key) })
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.trim().as_bytes());
+        let mut fingerprint = [0u8; 8];
+        fingerprint.copy_from_slice(&digest.as_ref()[..8]);
+        Ok(Self {
+            key: Arc::new(key),
+            fingerprint,
+        })
+    }
+
+    /// The first 8 bytes of the PEM text's SHA-256, in hex: names which key is loaded (in
+    /// logs, after a rotation) and reveals nothing of it.
+    pub fn fingerprint(&self) -> String {
+        self.fingerprint
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 }
 
@@ -109,12 +126,13 @@ struct Claims<'a> {
     biz: Option<String>,
 }
 
-/// Signs assertions for one app and audience.
+/// Signs assertions for one app and audience. Clones share the key, so a reload that
+/// replaces it ([`AssertionSigner::replace_key`]) reaches every grant from then on.
 #[derive(Debug, Clone)]
 pub struct AssertionSigner {
     application_id: String,
     audience: String,
-    key: AppKey,
+    key: Arc<ArcSwap<AppKey>>,
 }
 
 impl AssertionSigner {
@@ -123,8 +141,13 @@ impl AssertionSigner {
         Self {
             application_id,
             audience,
-            key,
+            key: Arc::new(ArcSwap::from_pointee(key)),
         }
+    }
+
+    /// Signs with `key` from the next assertion on (a rotated app key, after a reload).
+    pub fn replace_key(&self, key: AppKey) {
+        self.key.store(Arc::new(key));
     }
 
     /// The app ID, which the authorization-code grant also sends as `client_id`.
@@ -147,8 +170,12 @@ impl AssertionSigner {
             jti: uuid::Uuid::new_v4().to_string(),
             biz: merchant.map(|m| m.to_string()),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &self.key.key)
-            .map(SecretString::from)
-            .map_err(SignError)
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::RS256),
+            &claims,
+            &self.key.load().key,
+        )
+        .map(SecretString::from)
+        .map_err(SignError)
     }
 }

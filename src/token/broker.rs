@@ -25,6 +25,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use http::HeaderValue;
 use secrecy::SecretString;
 use tokio::runtime::Handle;
@@ -242,7 +243,8 @@ pub(crate) struct BrokerInner {
     pub(crate) states: States,
     pub(crate) store: Store,
     pub(crate) client: TokenClient,
-    pub(crate) config: TokensConfig,
+    /// `tokens.*`, replaced whole by a reload.
+    pub(crate) config: ArcSwap<TokensConfig>,
     pub(crate) metrics: Metrics,
     budget: GrantBudget,
     pub(crate) background: Handle,
@@ -271,11 +273,22 @@ impl Broker {
                     config.new_merchant_grants_per_second,
                     config.new_merchant_grant_burst,
                 ),
-                config,
+                config: ArcSwap::from_pointee(config),
                 metrics,
                 background,
             }),
         }
+    }
+
+    /// Applies reloaded `tokens.*` tuning: refresh points and back-offs of grants from now
+    /// on, the 401 limits, and the new-merchant budget. (`tokens.max_merchants` sizes the
+    /// caches and needs a restart.)
+    pub fn retune(&self, config: TokensConfig) {
+        self.inner.budget.retune(
+            config.new_merchant_grants_per_second,
+            config.new_merchant_grant_burst,
+        );
+        self.inner.config.store(Arc::new(config));
     }
 
     pub(crate) fn inner(&self) -> &BrokerInner {
@@ -331,7 +344,7 @@ impl Broker {
     /// forced a renewal for this merchant within `tokens.unauthorized_renewal_interval`.
     pub async fn unauthorized(&self, merchant: MerchantId, refused: &Token) -> UnauthorizedAction {
         let inner = &self.inner;
-        let config = &inner.config;
+        let config = inner.config.load();
         let now = Instant::now();
         let state = inner.states.get_or_create(merchant);
         {
@@ -500,7 +513,7 @@ impl Broker {
         received_wall: SystemTime,
         lifetime: Duration,
     ) -> Arc<Token> {
-        let config = &self.inner.config;
+        let config = self.inner.config.load();
         let jitter = config.refresh_jitter * spread(merchant, generation);
         // The grant client clamps lifetimes, so none of these instants can overflow; the
         // checked forms keep it so even if that bound were lifted.
@@ -528,7 +541,7 @@ impl Broker {
         reason: &str,
         error: Option<&GrantError>,
     ) -> BrokerError {
-        let config = &self.inner.config;
+        let config = self.inner.config.load();
         let mut guard = state.lock();
         guard.failures = guard.failures.saturating_add(1);
         let exponent = guard.failures.saturating_sub(1).min(16);
@@ -564,7 +577,7 @@ impl Broker {
             .client
             .request(&grant, Some(merchant))
             .await
-            .map_err(|e| BrokerError::from_grant(&e, self.inner.config.backoff_initial))?;
+            .map_err(|e| BrokerError::from_grant(&e, self.inner.config.load().backoff_initial))?;
         if issued.merchant != Some(merchant) {
             return Err(BrokerError::Refused {
                 reason: format!(

@@ -9,12 +9,12 @@ use tokio::time::Instant;
 
 /// A token bucket refilled continuously at `rate` per second up to `burst`.
 pub(crate) struct GrantBudget {
-    rate: f64,
-    burst: f64,
     state: Mutex<Bucket>,
 }
 
 struct Bucket {
+    rate: f64,
+    burst: f64,
     available: f64,
     updated: Instant,
 }
@@ -23,34 +23,45 @@ impl GrantBudget {
     /// A full bucket.
     pub(crate) fn new(rate_per_second: u32, burst: u32) -> Self {
         Self {
-            rate: f64::from(rate_per_second),
-            burst: f64::from(burst),
             state: Mutex::new(Bucket {
+                rate: f64::from(rate_per_second),
+                burst: f64::from(burst),
                 available: f64::from(burst),
                 updated: Instant::now(),
             }),
         }
     }
 
+    fn bucket(&self) -> std::sync::MutexGuard<'_, Bucket> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Changes the rate and the size (a reload); what is available is kept, up to the size.
+    pub(crate) fn retune(&self, rate_per_second: u32, burst: u32) {
+        let mut bucket = self.bucket();
+        bucket.rate = f64::from(rate_per_second);
+        bucket.burst = f64::from(burst);
+        bucket.available = bucket.available.min(bucket.burst);
+    }
+
     /// Takes one grant from the budget, or says how long until one is available.
     pub(crate) fn take(&self) -> Result<(), Duration> {
-        let mut bucket = self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut bucket = self.bucket();
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-        bucket.available = (bucket.available + elapsed * self.rate).min(self.burst);
+        bucket.available = (bucket.available + elapsed * bucket.rate).min(bucket.burst);
         bucket.updated = now;
         if bucket.available >= 1.0 {
             bucket.available -= 1.0;
             return Ok(());
         }
-        if self.rate <= 0.0 {
+        if bucket.rate <= 0.0 {
             return Err(Duration::from_secs(60));
         }
         Err(Duration::from_secs_f64(
-            ((1.0 - bucket.available) / self.rate).min(60.0),
+            ((1.0 - bucket.available) / bucket.rate).min(60.0),
         ))
     }
 }

@@ -189,12 +189,20 @@ pub fn proxy_yaml(emulator: &Emulator, dir: &tempfile::TempDir, extra: &str) -> 
     } else {
         "store:\n  backend: memory\n"
     };
-    // A `poynt:` section in `extra` adds its keys to the one made here.
+    // A `poynt:` section in `extra` adds its keys to the one made here (its own key file
+    // replacing the fixture's).
     let (poynt_extra, extra) = split_section(extra, "poynt:");
+    let key_line = if poynt_extra.contains("private_key_file:") {
+        String::new()
+    } else {
+        format!(
+            "  private_key_file: {:?}\n",
+            fixture("app-key-pkcs8.pem").display().to_string()
+        )
+    };
     format!(
-        "listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\npoynt:\n  api_url: \"{}\"\n  application_id: \"{APP_ID}\"\n  private_key_file: {:?}\n{ca_line}{poynt_extra}{store}{extra}",
+        "listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\npoynt:\n  api_url: \"{}\"\n  application_id: \"{APP_ID}\"\n{key_line}{ca_line}{poynt_extra}{store}{extra}",
         emulator.base_url(),
-        fixture("app-key-pkcs8.pem").display().to_string(),
     )
 }
 

@@ -13,6 +13,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_poynt-proxy");
 /// A proxy process, killed on drop if still running.
 pub struct ProxyProcess {
     pub child: Child,
+    /// The configuration file it runs with (a reload reads it again).
+    pub config: std::path::PathBuf,
     pub proxy: String,
     pub admin: String,
     /// The onboarding listener's address, when configured.
@@ -146,6 +148,7 @@ pub fn spawn_proxy_logging(
     });
     ProxyProcess {
         child,
+        config: path,
         proxy,
         admin,
         onboarding,

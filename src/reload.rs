@@ -1,0 +1,237 @@
+//! Live reload: SIGHUP and `POST /admin/reload` read the configuration file again and apply
+//! what can change while serving — the app's private key (a rotated Kubernetes Secret lands
+//! without a restart), the admin bearer secret, the log format and level, the `tokens.*`
+//! tuning and the merchant allow-list.
+//!
+//! A reload is all or nothing: a file that fails validation is refused whole and the running
+//! configuration stays; so is one that changes anything only a restart can change (a
+//! listener, the store, the upstream, server limits...), with a log line naming those keys.
+//! Reloads are serialised, counted (`poynt_proxy_config_reloads_total{outcome}`) and timed
+//! (`poynt_proxy_config_last_reload_success_timestamp_seconds`).
+
+use std::fmt::Debug;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use secrecy::ExposeSecret as _;
+use tokio::sync::Mutex;
+
+use crate::admin::AdminSecret;
+use crate::config::{Config, ConfigError};
+use crate::metrics::{Metrics, ReloadOutcome};
+use crate::proxy::AllowList;
+use crate::telemetry;
+use crate::token::assertion::AssertionSigner;
+use crate::token::broker::Broker;
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file does not validate.
+    #[error("the reloaded configuration was refused and the running one stays: {0}")]
+    Invalid(#[from] ConfigError),
+    /// The file changes settings only a restart applies.
+    #[error(
+        "expected changes a reload can apply; found changes to {} that need a restart, so nothing was applied",
+        keys.join(", ")
+    )]
+    RestartNeeded {
+        /// The changed keys.
+        keys: Vec<&'static str>,
+    },
+}
+
+/// What a reload applied.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Applied {
+    /// The configuration keys whose values changed (empty when the file was unchanged).
+    pub changed: Vec<&'static str>,
+    /// The fingerprint of the app key now signing assertions.
+    pub app_key_fingerprint: String,
+}
+
+/// Reloads the configuration file. Cloning shares it.
+#[derive(Clone)]
+pub struct Reloader {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    source: PathBuf,
+    /// The running configuration; its lock also serialises reloads.
+    current: Mutex<Config>,
+    signer: AssertionSigner,
+    broker: Broker,
+    allow: AllowList,
+    admin_secret: AdminSecret,
+    metrics: Metrics,
+}
+
+/// The handles a reload changes things through.
+pub struct Reloadable {
+    /// Signs the app's assertions.
+    pub signer: AssertionSigner,
+    /// Holds the `tokens.*` tuning.
+    pub broker: Broker,
+    /// The merchants served.
+    pub allow: AllowList,
+    /// The admin bearer secret.
+    pub admin_secret: AdminSecret,
+    /// Where reloads are counted.
+    pub metrics: Metrics,
+}
+
+impl Reloader {
+    /// A reloader for `config`, or `None` when it was not read from a file.
+    pub fn new(config: &Config, handles: Reloadable) -> Option<Self> {
+        let source = config.source.clone()?;
+        Some(Self {
+            inner: Arc::new(Inner {
+                source,
+                current: Mutex::new(config.clone()),
+                signer: handles.signer,
+                broker: handles.broker,
+                allow: handles.allow,
+                admin_secret: handles.admin_secret,
+                metrics: handles.metrics,
+            }),
+        })
+    }
+
+    /// Reads the file again and applies it, or refuses it whole.
+    pub async fn reload(&self) -> Result<Applied, ReloadError> {
+        let inner = &self.inner;
+        let mut current = inner.current.lock().await;
+        let result = match Config::load(&inner.source) {
+            Err(error) => Err(ReloadError::Invalid(error)),
+            Ok(next) => {
+                let keys = restart_needed(&current, &next);
+                if keys.is_empty() {
+                    let changed = self.apply(&current, &next);
+                    let app_key_fingerprint = next.poynt.private_key.fingerprint();
+                    *current = next;
+                    Ok(Applied {
+                        changed,
+                        app_key_fingerprint,
+                    })
+                } else {
+                    Err(ReloadError::RestartNeeded { keys })
+                }
+            }
+        };
+        let outcome = match &result {
+            Ok(applied) => {
+                tracing::info!(changed = ?applied.changed, app_key = %applied.app_key_fingerprint, "configuration reloaded");
+                ReloadOutcome::Success
+            }
+            Err(error @ ReloadError::RestartNeeded { .. }) => {
+                tracing::warn!(%error, "configuration reload refused: a restart is needed");
+                ReloadOutcome::RestartNeeded
+            }
+            Err(error) => {
+                tracing::warn!(%error, "configuration reload refused");
+                ReloadOutcome::Invalid
+            }
+        };
+        inner.metrics.config_reloaded(outcome);
+        result
+    }
+
+    /// Applies a validated configuration that needs no restart; names what changed.
+    fn apply(&self, old: &Config, new: &Config) -> Vec<&'static str> {
+        let inner = &self.inner;
+        let mut changed = Vec::new();
+        if old.poynt.private_key.fingerprint() != new.poynt.private_key.fingerprint() {
+            changed.push("poynt.private_key_file");
+        }
+        // Replaced even when unchanged: the file is what was read, and the fingerprint
+        // reported below is then true whatever happened in between.
+        inner.signer.replace_key(new.poynt.private_key.clone());
+        let secret = |c: &Config| {
+            c.admin
+                .bearer_token
+                .as_ref()
+                .map(|s| s.expose_secret().to_owned())
+        };
+        if secret(old) != secret(new) {
+            changed.push("admin.bearer_token_file");
+            inner
+                .admin_secret
+                .store(new.admin.bearer_token.clone().map(Arc::new));
+        }
+        if differs(&old.log, &new.log) {
+            changed.push("log");
+            telemetry::apply(&new.log);
+        }
+        if differs(&old.tokens, &new.tokens) {
+            changed.push("tokens");
+            inner.broker.retune(new.tokens.clone());
+        }
+        if old.merchant.allow != new.merchant.allow {
+            changed.push("merchant.allow");
+            inner.allow.store(new.merchant.allow.clone());
+        }
+        changed
+    }
+}
+
+/// Whether two configuration sections differ, compared by their `Debug` output: the
+/// sections compared carry no secret (or print it redacted), and every field counts.
+fn differs<T: Debug>(old: &T, new: &T) -> bool {
+    format!("{old:?}") != format!("{new:?}")
+}
+
+/// The keys that changed and only take effect after a restart: what listeners, the store,
+/// the upstream client and the caches were built from.
+fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
+    let checks: [(&'static str, bool); 15] = [
+        ("listen", old.listen != new.listen),
+        ("admin_listen", old.admin_listen != new.admin_listen),
+        ("poynt.api_url", old.poynt.api_url != new.poynt.api_url),
+        (
+            "poynt.token_url",
+            old.poynt.token_url != new.poynt.token_url,
+        ),
+        ("poynt.audience", old.poynt.audience != new.poynt.audience),
+        (
+            "poynt.api_version",
+            old.poynt.api_version != new.poynt.api_version,
+        ),
+        (
+            "poynt.application_id",
+            old.poynt.application_id != new.poynt.application_id,
+        ),
+        (
+            "poynt.ca_file",
+            old.poynt.extra_roots != new.poynt.extra_roots,
+        ),
+        (
+            "poynt timeouts",
+            (
+                old.poynt.connect_timeout,
+                old.poynt.response_timeout,
+                old.poynt.token_timeout,
+            ) != (
+                new.poynt.connect_timeout,
+                new.poynt.response_timeout,
+                new.poynt.token_timeout,
+            ),
+        ),
+        (
+            "merchant.header",
+            old.merchant.header != new.merchant.header,
+        ),
+        ("store", differs(&old.store, &new.store)),
+        ("server", differs(&old.server, &new.server)),
+        (
+            "tokens.max_merchants",
+            old.tokens.max_merchants != new.tokens.max_merchants,
+        ),
+        ("oauth", differs(&old.oauth, &new.oauth)),
+        ("onboarding", differs(&old.onboarding, &new.onboarding)),
+    ];
+    checks
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+}
