@@ -134,12 +134,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 println!("warning: {warning}");
             }
             println!(
-                "{}: ok (listen {}, admin {}, upstream {}, app {})",
+                "{}: ok (listen {}, admin {}, upstream {}, app {}, app key {})",
                 path.display(),
                 config.listen,
                 config.admin_listen,
                 config.poynt.api_url,
-                config.poynt.application_id
+                config.poynt.application_id,
+                config.poynt.private_key.fingerprint()
             );
             println!("{}", describe_store(&config));
             if let Some(key) = config.store.key_beside_data() {
