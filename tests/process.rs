@@ -486,3 +486,49 @@ fn the_emulator_command_serves() {
     let key = std::fs::read_to_string(dir.path().join("key.pem")).unwrap();
     assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"));
 }
+
+#[tokio::test]
+async fn authorize_url_states_open_under_the_key_a_proxy_derives_from_the_same_store_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = Command::new(BIN)
+        .args(["store", "keygen"])
+        .output()
+        .unwrap();
+    std::fs::write(dir.path().join("store.key"), &key.stdout).unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "poynt:\n  application_id: \"urn:aid:abc\"\n  private_key_file: {:?}\nstore:\n  key_file: store.key\nonboarding:\n  public_url: \"https://connect.example.com\"\n",
+            support::fixture("app-key-pkcs8.pem").display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["authorize-url", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "no state_key_file needed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    // What a running proxy on this configuration does: open the store, derive the key.
+    let config = poynt_proxy::config::Config::load(&path).unwrap();
+    let store = poynt_proxy::store::Store::open(
+        &config.store,
+        &config.poynt.application_id,
+        &poynt_proxy::metrics::Metrics::new().unwrap(),
+    )
+    .await
+    .unwrap();
+    let derived =
+        poynt_proxy::onboarding::state_key(config.onboarding.as_ref().unwrap(), store.key())
+            .expect("a key derived from the store key");
+    let state = support::query_param(&url, "context").unwrap();
+    assert!(derived.open(&state, std::time::SystemTime::now()).is_ok());
+    let other = poynt_proxy::onboarding::state::StateKey::new([9; 32]);
+    assert!(other.open(&state, std::time::SystemTime::now()).is_err());
+}
