@@ -9,46 +9,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use poynt_proxy::merchant::MerchantId;
 use serde_json::Value;
 use support::process::{ProxyProcess, spawn_proxy};
 use support::{Builder, HEADER, eventually};
 
-async fn get(proxy: &ProxyProcess, merchant: MerchantId) -> u16 {
-    support::client()
-        .get(format!(
-            "http://{}/businesses/{merchant}/orders",
-            proxy.proxy
-        ))
-        .header(HEADER, merchant.to_string())
-        .send()
-        .await
-        .expect("proxy answers")
-        .status()
-        .as_u16()
-}
-
-async fn metric(proxy: &ProxyProcess, selector: &str) -> f64 {
-    let text = support::client()
-        .get(format!("http://{}/metrics", proxy.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(selector))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 async fn reloads(proxy: &ProxyProcess, outcome: &str) -> f64 {
-    metric(
-        proxy,
-        &format!("poynt_proxy_config_reloads_total{{outcome=\"{outcome}\"}}"),
-    )
-    .await
+    proxy
+        .metric(&format!(
+            "poynt_proxy_config_reloads_total{{outcome=\"{outcome}\"}}"
+        ))
+        .await
 }
 
 #[tokio::test]
@@ -65,7 +35,7 @@ async fn a_rotated_app_key_signs_the_next_grant_after_sighup_and_no_request_fail
             key_file.display().to_string()
         ),
     );
-    assert_eq!(get(&proxy, warm).await, 200);
+    assert_eq!(proxy.get(warm).await, 200);
 
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = {
@@ -100,7 +70,7 @@ async fn a_rotated_app_key_signs_the_next_grant_after_sighup_and_no_request_fail
     )
     .await;
     assert_eq!(
-        get(&proxy, cold).await,
+        proxy.get(cold).await,
         200,
         "a grant after the reload is signed with the new key"
     );
@@ -118,7 +88,7 @@ async fn a_file_that_fails_validation_is_refused_whole_and_the_running_config_ke
     let m = support::merchant();
     let emulator = Builder::default().emulator(&[m]).await;
     let proxy = spawn_proxy(&emulator, "");
-    assert_eq!(get(&proxy, m).await, 200);
+    assert_eq!(proxy.get(m).await, 200);
     let good = std::fs::read_to_string(&proxy.config).unwrap();
     std::fs::write(
         &proxy.config,
@@ -134,7 +104,7 @@ async fn a_file_that_fails_validation_is_refused_whole_and_the_running_config_ke
         proxy.logs().contains("configuration reload refused")
     })
     .await;
-    assert_eq!(get(&proxy, m).await, 200, "the old configuration serves");
+    assert_eq!(proxy.get(m).await, 200, "the old configuration serves");
     let response = support::client()
         .post(format!("http://{}/admin/reload", proxy.admin))
         .send()
@@ -183,7 +153,7 @@ async fn a_changed_listener_needs_a_restart_and_nothing_changes() {
     )
     .await;
     assert_eq!(
-        get(&proxy, m).await,
+        proxy.get(m).await,
         200,
         "the old listener and allow-list stay"
     );
@@ -194,7 +164,7 @@ async fn post_admin_reload_applies_the_allow_list_and_the_admin_secret() {
     let (m, other) = (support::merchant(), support::merchant());
     let emulator = Builder::default().emulator(&[m, other]).await;
     let proxy = spawn_proxy(&emulator, "");
-    assert_eq!(get(&proxy, m).await, 200);
+    assert_eq!(proxy.get(m).await, 200);
     let secret_file = proxy.config.with_file_name("admin.secret");
     std::fs::write(&secret_file, "reloaded-admin-secret-0123456789").unwrap();
     let good = std::fs::read_to_string(&proxy.config).unwrap();
@@ -220,8 +190,8 @@ async fn post_admin_reload_applies_the_allow_list_and_the_admin_secret() {
         .filter_map(Value::as_str)
         .collect();
     assert_eq!(changed, ["admin.bearer_token_file", "merchant.allow"]);
-    assert_eq!(get(&proxy, m).await, 403, "m is no longer allowed");
-    assert_eq!(get(&proxy, other).await, 200);
+    assert_eq!(proxy.get(m).await, 403, "m is no longer allowed");
+    assert_eq!(proxy.get(other).await, 200);
     let admin = |secret: Option<&str>| {
         let request = support::client().get(format!("http://{}/admin/tokens/{other}", proxy.admin));
         match secret {

@@ -15,7 +15,7 @@ use poynt_proxy::emulator::{Emulator, Fault};
 use poynt_proxy::merchant::MerchantId;
 use serde_json::Value;
 use support::process::{ProxyProcess, run_expecting_failure, spawn_proxy};
-use support::{Builder, HEADER, eventually};
+use support::{Builder, eventually};
 
 fn embedded(dir: &Path) -> String {
     format!(
@@ -24,34 +24,9 @@ fn embedded(dir: &Path) -> String {
     )
 }
 
-async fn get(proxy: &ProxyProcess, merchant: MerchantId) -> u16 {
-    support::client()
-        .get(format!(
-            "http://{}/businesses/{merchant}/orders",
-            proxy.proxy
-        ))
-        .header(HEADER, merchant.to_string())
-        .send()
-        .await
-        .expect("proxy answers")
-        .status()
-        .as_u16()
-}
-
 async fn all_served(proxy: &ProxyProcess, merchants: &[MerchantId]) {
-    let statuses = join_all(merchants.iter().map(|m| get(proxy, *m))).await;
+    let statuses = join_all(merchants.iter().map(|m| proxy.get(*m))).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-}
-
-async fn metrics_of(proxy: &ProxyProcess) -> String {
-    support::client()
-        .get(format!("http://{}/metrics", proxy.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 async fn emulator(merchants: &[MerchantId], ttl: Duration) -> Emulator {
@@ -84,7 +59,7 @@ async fn a_restart_serves_stored_tokens_without_a_grant_and_the_file_holds_no_to
         3,
         "the restart made a grant for a merchant whose stored token was good"
     );
-    let metrics = metrics_of(&second).await;
+    let metrics = second.metrics().await;
     assert!(
         metrics.contains("poynt_proxy_store_records_loaded 3"),
         "{metrics}"
@@ -110,7 +85,7 @@ async fn sigkill_during_two_hundred_renewals_loses_no_merchant_and_reuses_no_ref
     // Past the refresh points (2-3 s into 5 s tokens), traffic starts 200 renewals; kill the
     // proxy while they are in flight.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let traffic = join_all(merchants.iter().map(|m| get(&proxy, *m)));
+    let traffic = join_all(merchants.iter().map(|m| proxy.get(*m)));
     let kill = async {
         eventually(
             "renewals are in flight",
@@ -227,7 +202,7 @@ async fn a_record_copied_under_another_merchant_is_refused_and_that_merchant_gra
     };
     assert_eq!(grants(a), Some(1), "a's own record still served it");
     assert_eq!(grants(b), Some(2), "b was granted anew: {stats:?}");
-    let metrics = metrics_of(&proxy).await;
+    let metrics = proxy.metrics().await;
     assert!(
         !metrics.contains("poynt_proxy_store_records_refused_total 0"),
         "the copied record was not refused: {metrics}"

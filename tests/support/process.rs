@@ -188,6 +188,43 @@ impl ProxyProcess {
         }
     }
 
+    /// GET `/businesses/{merchant}/orders` through it for `merchant`: the status.
+    pub async fn get(&self, merchant: poynt_proxy::merchant::MerchantId) -> u16 {
+        super::client()
+            .get(format!(
+                "http://{}/businesses/{merchant}/orders",
+                self.proxy
+            ))
+            .header(super::HEADER, merchant.to_string())
+            .send()
+            .await
+            .expect("proxy answers")
+            .status()
+            .as_u16()
+    }
+
+    /// Its /metrics text.
+    pub async fn metrics(&self) -> String {
+        super::client()
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// Sums every series of its /metrics whose line starts with `selector`.
+    pub async fn metric(&self, selector: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .filter(|l| l.starts_with(selector))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Everything the process logged so far.
     pub fn logs(&self) -> String {
         self.output.lock().unwrap().clone()
