@@ -217,3 +217,28 @@ async fn a_record_copied_under_another_merchant_is_refused_and_that_merchant_gra
         .unwrap();
     assert_eq!(status["grant"], "jwt_bearer");
 }
+
+#[tokio::test]
+async fn with_no_store_settings_the_default_is_an_embedded_file_beside_the_config_with_its_key() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let m = support::merchant();
+    let emulator = emulator(&[m], Duration::from_secs(3600)).await;
+    let mut proxy = spawn_proxy(&emulator, "store: {}\n");
+    all_served(&proxy, &[m]).await;
+    let data = proxy.config.parent().unwrap().join("data");
+    for (file, mode) in [("tokens.redb", 0o600), ("tokens.redb.key", 0o600)] {
+        let meta = std::fs::metadata(data.join(file)).expect("created beside the config");
+        assert_eq!(meta.permissions().mode() & 0o777, mode, "{file}");
+    }
+    assert!(proxy.terminate().success());
+    eventually(
+        "the warning about the key beside the data",
+        Duration::from_secs(5),
+        || async {
+            proxy
+                .logs()
+                .contains("created the store key beside the data")
+        },
+    )
+    .await;
+}

@@ -129,6 +129,12 @@ pub fn spawn_proxy_logging(
     });
     let rx = lines_of(&mut child);
     let (proxy, admin, onboarding) = wait_line(&rx, |line| {
+        // What it logs while starting counts too (warnings about the store key, say).
+        {
+            let mut all = output.lock().unwrap();
+            all.push_str(line);
+            all.push('\n');
+        }
         let v: Value = serde_json::from_str(line).ok()?;
         (v["message"] == "poynt-proxy ready").then(|| {
             (
