@@ -7,6 +7,7 @@
 
 mod support;
 
+use std::path::Path;
 use std::process::Command;
 
 const SIZES: [usize; 3] = [1, 10_000, 100_000];
@@ -20,16 +21,18 @@ fn rss_kib() -> u64 {
         .expect("VmRSS line in /proc/self/status")
 }
 
-/// Fills one broker with `n` merchants and prints one table row.
-fn measure(n: usize) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let merchants = support::merchants(n);
+/// Writes `n` merchants' tokens to an embedded store in `dir` (a process of its own, so
+/// none of the memory this takes is left for the measuring process to reuse).
+fn fill(n: usize, dir: &Path) {
+    let runtime = runtime();
+    runtime.block_on(support::stored(dir, &support::merchants(n)));
+}
+
+/// Restores a broker from the store in `dir` (holding `n` merchants) and prints one row.
+fn measure(n: usize, dir: &Path) {
+    let runtime = runtime();
     let own = (support::access_token(0).len() + support::refresh_token(0).len()) as f64;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = runtime.block_on(support::stored(dir.path(), &merchants));
+    let config = support::embedded_config(dir);
     let before = rss_kib();
     let broker = runtime.block_on(support::restored_broker(&config));
     let (cached, _) = runtime.block_on(broker.counts());
@@ -42,17 +45,29 @@ fn measure(n: usize) {
     );
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--list" || a == "--test") {
         return;
     }
-    if let Some(n) = args
-        .iter()
-        .position(|a| a == "--merchants")
-        .and_then(|i| args.get(i + 1))
-    {
-        measure(n.parse().expect("--merchants takes a count"));
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+    };
+    if let (Some(n), Some(dir)) = (value("--merchants"), value("--dir")) {
+        let n = n.parse().expect("--merchants takes a count");
+        match value("--step").map(String::as_str) {
+            Some("fill") => fill(n, Path::new(dir)),
+            _ => measure(n, Path::new(dir)),
+        }
         return;
     }
     println!(
@@ -61,10 +76,17 @@ fn main() {
     println!("|---:|---:|---:|---:|---:|---:|");
     let exe = std::env::current_exe().expect("own executable");
     for n in SIZES {
-        let status = Command::new(&exe)
-            .args(["--merchants", &n.to_string()])
-            .status()
-            .expect("run the measuring child");
-        assert!(status.success(), "measuring {n} merchants failed: {status}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        for step in ["fill", "measure"] {
+            let status = Command::new(&exe)
+                .args(["--merchants", &n.to_string(), "--step", step, "--dir"])
+                .arg(dir.path())
+                .status()
+                .expect("run the child");
+            assert!(
+                status.success(),
+                "{step} for {n} merchants failed: {status}"
+            );
+        }
     }
 }

@@ -105,7 +105,8 @@ pub async fn restored_broker(config: &Config) -> Broker {
     broker
 }
 
-fn embedded_config(dir: &Path) -> Config {
+/// A configuration naming the embedded store in `dir`.
+pub fn embedded_config(dir: &Path) -> Config {
     let key = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/app-key-pkcs8.pem"

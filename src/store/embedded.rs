@@ -22,7 +22,7 @@ use redb::{
 use super::keys::{self, STORE_KEY_ENV, StoreKey};
 use super::record::Sealer;
 use super::seal::{Key, Keys, SealError};
-use super::{Record, Saved, StoreError};
+use super::{Record, RecordSender, Saved, StoreError};
 use crate::config::StoreConfig;
 use crate::merchant::MerchantId;
 use crate::metrics::StoreMetrics;
@@ -121,20 +121,23 @@ impl EmbeddedStore {
         .await
     }
 
-    pub(super) async fn load_all(&self) -> Result<Vec<(MerchantId, Record)>, StoreError> {
-        self.run(|inner| {
+    /// Sends every record that opens into `records`, in one read transaction on a blocking
+    /// thread; a full channel holds the reader back, so memory stays bounded.
+    pub(super) async fn stream_all(&self, records: RecordSender) -> Result<(), StoreError> {
+        self.run(move |inner| {
             let txn = inner.db.begin_read()?;
             let table = txn.open_table(RECORDS)?;
-            let mut records = Vec::new();
             for entry in table.iter()? {
                 let (key, value) = entry?;
                 let merchant = MerchantId::from_uuid(uuid::Uuid::from_bytes(*key.value()));
                 let (generation, sealed) = value.value();
-                if let Some((record, _)) = inner.sealer.open(merchant, generation, sealed) {
-                    records.push((merchant, record));
+                if let Some((record, _)) = inner.sealer.open(merchant, generation, sealed)
+                    && records.blocking_send((merchant, record)).is_err()
+                {
+                    break;
                 }
             }
-            Ok(records)
+            Ok(())
         })
         .await
     }

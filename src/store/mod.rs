@@ -30,6 +30,12 @@ use embedded::EmbeddedStore;
 use memory::MemoryStore;
 use redis::{RedisLock, RedisStore};
 
+/// Records in flight between a store being read in full and whoever takes them.
+const STREAM_BATCH: usize = 256;
+
+/// The sending half of a full read.
+type RecordSender = tokio::sync::mpsc::Sender<(MerchantId, Record)>;
+
 /// The token store. Cloning is cheap (one `Arc` per backend); every clone is the same store.
 #[derive(Clone)]
 pub enum Store {
@@ -303,18 +309,55 @@ impl Store {
         timed(self.metrics(), StoreOp::Load, ok, work).await
     }
 
-    /// Every record that opens (start-up, `store list`); sets the records-loaded gauge.
+    /// Every record that opens (`store list`, the admin API), collected.
     pub async fn load_all(&self) -> Result<Vec<(MerchantId, Record)>, StoreError> {
-        let work = async {
-            match self {
-                Store::Memory(store) => Ok(store.load_all()),
-                Store::Embedded(store) => store.load_all().await,
-                Store::Redis(store) => store.load_all().await,
-            }
-        };
-        let records = timed(self.metrics(), StoreOp::LoadAll, ok, work).await?;
-        self.metrics().set_records_loaded(records.len());
+        let mut records = Vec::new();
+        self.each_record(|merchant, record| {
+            records.push((merchant, record));
+            std::future::ready(())
+        })
+        .await?;
         Ok(records)
+    }
+
+    /// Hands every record that opens to `each`, a few at a time, so reading a store of a
+    /// million merchants never holds them all in memory at once (start-up); sets the
+    /// records-loaded gauge.
+    pub async fn each_record<F, Fut>(&self, mut each: F) -> Result<usize, StoreError>
+    where
+        F: FnMut(MerchantId, Record) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let work = async {
+            let (sender, mut receiver) = tokio::sync::mpsc::channel(STREAM_BATCH);
+            let reading = async {
+                match self {
+                    Store::Memory(store) => {
+                        for (merchant, record) in store.load_all() {
+                            if sender.send((merchant, record)).await.is_err() {
+                                break;
+                            }
+                        }
+                        Ok(())
+                    }
+                    Store::Embedded(store) => store.stream_all(sender).await,
+                    Store::Redis(store) => store.stream_all(sender).await,
+                }
+            };
+            let handling = async {
+                let mut count = 0;
+                while let Some((merchant, record)) = receiver.recv().await {
+                    each(merchant, record).await;
+                    count += 1;
+                }
+                count
+            };
+            let (read, count) = tokio::join!(reading, handling);
+            read.map(|()| count)
+        };
+        let count = timed(self.metrics(), StoreOp::LoadAll, ok, work).await?;
+        self.metrics().set_records_loaded(count);
+        Ok(count)
     }
 
     /// Atomic compare-and-set: written only if no record exists or the stored generation is

@@ -28,7 +28,7 @@ use tokio::sync::{broadcast, watch};
 use super::keys::KeyOrigin;
 use super::record::Sealer;
 use super::seal::Keys;
-use super::{Event, Record, Saved, StoreError, Unavailable};
+use super::{Event, Record, RecordSender, Saved, StoreError, Unavailable};
 use crate::config::StoreConfig;
 use crate::merchant::MerchantId;
 use crate::metrics::StoreMetrics;
@@ -374,7 +374,9 @@ impl RedisStore {
         Ok(value.and_then(|v| self.open_value(merchant, &v)))
     }
 
-    pub(super) async fn load_all(&self) -> Result<Vec<(MerchantId, Record)>, StoreError> {
+    /// Sends every record that opens into `records`, a batch of keys at a time (SCAN, then
+    /// MGET); a full channel holds the reader back, so memory stays bounded.
+    pub(super) async fn stream_all(&self, records: RecordSender) -> Result<(), StoreError> {
         let mut connection = self.connection();
         let pattern = self.inner.names.token_pattern();
         let mut keys = Vec::new();
@@ -400,7 +402,6 @@ impl RedisStore {
         // SCAN may return a key twice.
         keys.sort_unstable();
         keys.dedup();
-        let mut records = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(BATCH) {
             let values: Vec<Option<Vec<u8>>> = self
                 .run(redis::cmd("MGET").arg(chunk).query_async(&mut connection))
@@ -410,12 +411,14 @@ impl RedisStore {
                 else {
                     continue;
                 };
-                if let Some(record) = self.open_value(merchant, &value) {
-                    records.push((merchant, record));
+                if let Some(record) = self.open_value(merchant, &value)
+                    && records.send((merchant, record)).await.is_err()
+                {
+                    return Ok(());
                 }
             }
         }
-        Ok(records)
+        Ok(())
     }
 
     pub(super) async fn save(

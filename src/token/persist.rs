@@ -54,16 +54,21 @@ impl Broker {
     /// Returns how many tokens were cached.
     pub async fn restore(&self) -> Result<usize, StoreError> {
         let inner = self.inner();
-        let records = inner.store.load_all().await?;
         let mut cached = 0;
-        for (merchant, record) in records {
-            let state = inner.states.get_or_create(merchant);
-            self.note_record(merchant, &state, &record);
-            if let Some(token) = self.token_from_record(merchant, &record) {
-                inner.tokens.insert(merchant, token).await;
-                cached += 1;
-            }
-        }
+        inner
+            .store
+            .each_record(|merchant, record| {
+                let state = inner.states.get_or_create(merchant);
+                self.note_record(merchant, &state, &record);
+                let token = self.token_from_record(merchant, &record);
+                cached += usize::from(token.is_some());
+                async move {
+                    if let Some(token) = token {
+                        inner.tokens.insert(merchant, token).await;
+                    }
+                }
+            })
+            .await?;
         Ok(cached)
     }
 
