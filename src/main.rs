@@ -78,7 +78,15 @@ enum StoreCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // The control runtime (admin, renewals, the store). Its blocking pool runs the embedded
+    // store's transactions, which redb serialises anyway: a few threads serve them, where
+    // Tokio's default (up to 512) would start one per concurrent save under a burst of
+    // renewals, each thread with its own allocator arena, and keep the memory.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the Tokio runtime: {error}");
@@ -199,6 +207,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
     }
 }
+
+/// Threads of the control runtime's blocking pool.
+const BLOCKING_THREADS: usize = 4;
 
 /// Exit status when a second stop signal cuts the drain short (128 + SIGINT, as shells do).
 const FORCED_EXIT: i32 = 130;
