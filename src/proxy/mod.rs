@@ -192,12 +192,12 @@ impl Proxy {
             });
         }
         // 2 guard
-        let path = path::guard_path(request.uri().path(), merchant, &inner.merchant_header)?;
+        let (mut parts, body) = request.into_parts();
+        let path = path::guard_path(parts.uri.path(), merchant, &inner.merchant_header)?;
         // 3 token
         let (token, source) = inner.broker.token(merchant).await?;
         ctx.source = Some(source);
         // 4 rewrite
-        let (mut parts, body) = request.into_parts();
         headers::rewrite_request(
             &mut parts.headers,
             &inner.merchant_header,
@@ -205,7 +205,8 @@ impl Proxy {
             &inner.api_version,
             request_id,
         );
-        parts.uri = self.upstream_uri(path, parts.uri.query())?;
+        let uri = self.upstream_uri(&path, parts.uri.query())?;
+        parts.uri = uri;
         parts.version = Version::HTTP_11;
         // 5 send
         let bytes = match self.prepare_body(body).await? {
@@ -257,10 +258,10 @@ impl Proxy {
         self.send(request, ctx).await
     }
 
-    fn upstream_uri(&self, path: String, query: Option<&str>) -> Result<Uri, ProxyError> {
+    fn upstream_uri(&self, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
         let path_and_query = match query {
             Some(query) => format!("{path}?{query}"),
-            None => path,
+            None => path.to_owned(),
         };
         let path_and_query = PathAndQuery::try_from(path_and_query).map_err(|e| {
             ProxyError::InvalidPath(format!("expected a valid request target; {e}"))
