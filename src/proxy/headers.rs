@@ -1,82 +1,81 @@
-//! Phase 4: rewrite the caller's request head for Poynt. Hop-by-hop headers (and those the
-//! `Connection` header names), the merchant header, the caller's `Authorization`, `Host`,
-//! `Forwarded` and `X-Forwarded-*` (internal topology is not Poynt's business, and a caller
-//! must not speak for the proxy) go; the broker's token, `api-version` and
-//! `Poynt-Request-Id` come in.
+//! Phase 4: what of the caller's request head reaches Poynt. Hop-by-hop headers (and those
+//! the `Connection` header names), the merchant header, the caller's `Authorization`,
+//! `Host`, `Forwarded`, `X-Forwarded-*` (internal topology is not Poynt's business, and a
+//! caller must not speak for the proxy) and `Poynt-Request-Id` go; the broker's token,
+//! `api-version` (unless the caller chose one) and the settled `Poynt-Request-Id` come in.
+//!
+//! The decision is made field by field while the upstream client writes the head
+//! ([`Rewritten`] is its [`Fields`]): the caller's map, parsed once by hyper, is read once
+//! more and never rebuilt — no removal, insertion or rehash per request.
 
-use http::header::{AUTHORIZATION, CONNECTION, FORWARDED, HOST};
+use http::header::{AUTHORIZATION, FORWARDED, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::poynt::{API_VERSION_HEADER, REQUEST_ID_HEADER};
+use crate::upstream::Fields;
+use crate::upstream::hop::{Nominated, is_hop_by_hop};
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
-/// non-standard ones proxies conventionally drop.
-pub static HOP_BY_HOP: [HeaderName; 9] = [
-    CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    http::header::PROXY_AUTHENTICATE,
-    http::header::PROXY_AUTHORIZATION,
-    http::header::TE,
-    http::header::TRAILER,
-    http::header::TRANSFER_ENCODING,
-    http::header::UPGRADE,
-];
+const API_VERSION: HeaderName = HeaderName::from_static(API_VERSION_HEADER);
+const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 
-/// Removes hop-by-hop headers, including any named in `Connection`. The usual
-/// `Connection: keep-alive` or `close` names nothing beyond the fixed set, so it costs no
-/// allocation.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut named: Vec<HeaderName> = Vec::new();
-    for value in headers.get_all(CONNECTION) {
-        let Ok(value) = value.to_str() else { continue };
-        for token in value.split(',').map(str::trim) {
-            let known = token.is_empty()
-                || token.eq_ignore_ascii_case("close")
-                || HOP_BY_HOP
-                    .iter()
-                    .any(|name| name.as_str().eq_ignore_ascii_case(token));
-            if !known && let Ok(name) = HeaderName::try_from(token) {
-                named.push(name);
-            }
+/// The caller's fields as Poynt receives them, for one attempt with one token.
+pub struct Rewritten<'a> {
+    caller: &'a HeaderMap,
+    merchant_header: &'a HeaderName,
+    nominated: Nominated,
+    bearer: &'a HeaderValue,
+    api_version: &'a HeaderValue,
+    request_id: &'a HeaderValue,
+}
+
+impl<'a> Rewritten<'a> {
+    /// The rewrite of `caller` with `bearer` (the broker's `Authorization` value),
+    /// `api_version` (used when the caller sent none) and the request's settled id.
+    pub fn new(
+        caller: &'a HeaderMap,
+        merchant_header: &'a HeaderName,
+        bearer: &'a HeaderValue,
+        api_version: &'a HeaderValue,
+        request_id: &'a HeaderValue,
+    ) -> Self {
+        Self {
+            caller,
+            merchant_header,
+            nominated: Nominated::of(caller),
+            bearer,
+            api_version,
+            request_id,
         }
     }
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
+
+    /// Whether a caller's field goes to Poynt.
+    fn forwards(&self, name: &HeaderName) -> bool {
+        !(is_hop_by_hop(name)
+            || name == HOST
+            || name == AUTHORIZATION
+            || name == self.merchant_header
+            || name == FORWARDED
+            || name == REQUEST_ID
+            || name.as_str().starts_with(X_FORWARDED)
+            || self.nominated.contains(name.as_str().as_bytes()))
     }
 }
 
-/// Rewrites a request head in place for Poynt: everything is removed before anything is
-/// added, so the map hyper parsed (sized to the caller's headers) rarely has to grow.
-pub fn rewrite_request(
-    headers: &mut HeaderMap,
-    merchant_header: &HeaderName,
-    bearer: &HeaderValue,
-    api_version: &HeaderValue,
-    request_id: &HeaderValue,
-) {
-    strip_hop_by_hop(headers);
-    headers.remove(merchant_header);
-    headers.remove(HOST);
-    headers.remove(FORWARDED);
-    if headers
-        .keys()
-        .any(|name| name.as_str().starts_with(X_FORWARDED))
-    {
-        let named: Vec<HeaderName> = headers
-            .keys()
-            .filter(|name| name.as_str().starts_with(X_FORWARDED))
-            .cloned()
-            .collect();
-        for name in named {
-            headers.remove(name);
+impl Fields for Rewritten<'_> {
+    fn each(&self, emit: &mut dyn FnMut(&HeaderName, &HeaderValue)) {
+        let mut api_version = false;
+        for (name, value) in self.caller {
+            if self.forwards(name) {
+                api_version |= name == API_VERSION;
+                emit(name, value);
+            }
         }
+        emit(&AUTHORIZATION, self.bearer);
+        if !api_version {
+            emit(&API_VERSION, self.api_version);
+        }
+        emit(&REQUEST_ID, self.request_id);
     }
-    headers.insert(AUTHORIZATION, bearer.clone());
-    if !headers.contains_key(API_VERSION_HEADER) {
-        headers.insert(API_VERSION_HEADER, api_version.clone());
-    }
-    headers.insert(REQUEST_ID_HEADER, request_id.clone());
 }
 
 /// Prefix of the de-facto forwarding headers (`X-Forwarded-For`, `-Host`, `-Proto`...).
@@ -111,6 +110,15 @@ fn is_acceptable_request_id(id: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    /// The fields a rewrite sends, in order.
+    fn sent(rewritten: &Rewritten<'_>) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        rewritten.each(&mut |name, value| {
+            out.push((name.as_str().to_owned(), value.to_str().unwrap().to_owned()));
+        });
+        out
+    }
+
     #[test]
     fn rewrite_drops_what_must_not_reach_poynt_and_adds_what_must() {
         let merchant = HeaderName::from_static("x-poynt-merchant-id");
@@ -133,14 +141,15 @@ mod tests {
         }
         let bearer = HeaderValue::from_static("Bearer T");
         let id = request_id(&headers);
-        rewrite_request(
-            &mut headers,
+        let api_version = HeaderValue::from_static("1.2");
+        let sent = sent(&Rewritten::new(
+            &headers,
             &merchant,
             &bearer,
-            &HeaderValue::from_static("1.2"),
+            &api_version,
             &id,
-        );
-        let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        ));
+        let names: Vec<&str> = sent.iter().map(|(name, _)| name.as_str()).collect();
         for gone in [
             "connection",
             "x-secret-hop",
@@ -155,10 +164,16 @@ mod tests {
         ] {
             assert!(!names.contains(&gone), "{gone} survived: {names:?}");
         }
-        assert_eq!(headers["authorization"], "Bearer T");
-        assert_eq!(headers["api-version"], "1.2");
-        assert_eq!(headers["x-kept"], "yes");
-        assert_eq!(headers[REQUEST_ID_HEADER], id);
+        let value = |name: &str| -> Vec<&str> {
+            sent.iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        assert_eq!(value("authorization"), ["Bearer T"]);
+        assert_eq!(value("api-version"), ["1.2"]);
+        assert_eq!(value("x-kept"), ["yes"]);
+        assert_eq!(value(REQUEST_ID_HEADER), [id.to_str().unwrap()]);
         assert_eq!(id.len(), 36);
     }
 
@@ -168,16 +183,19 @@ mod tests {
         headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("mine"));
         headers.insert(API_VERSION_HEADER, HeaderValue::from_static("1.3"));
         let id = request_id(&headers);
-        rewrite_request(
-            &mut headers,
+        let sent = sent(&Rewritten::new(
+            &headers,
             &HeaderName::from_static("x-m"),
             &HeaderValue::from_static("Bearer T"),
             &HeaderValue::from_static("1.2"),
             &id,
-        );
+        ));
         assert_eq!(id, "mine");
-        assert_eq!(headers[REQUEST_ID_HEADER], "mine");
-        assert_eq!(headers[API_VERSION_HEADER], "1.3");
+        let pairs = |name: &str| sent.iter().filter(|(n, _)| n == name).count();
+        assert_eq!(pairs(REQUEST_ID_HEADER), 1, "{sent:?}");
+        assert_eq!(pairs(API_VERSION_HEADER), 1, "{sent:?}");
+        assert!(sent.contains(&(API_VERSION_HEADER.into(), "1.3".into())));
+        assert!(sent.contains(&(REQUEST_ID_HEADER.into(), "mine".into())));
     }
 
     #[test]
