@@ -8,15 +8,16 @@
 //! ([`Rewritten`] is its [`Fields`]): the caller's map, parsed once by hyper, is read once
 //! more and never rebuilt — no removal, insertion or rehash per request.
 
-use http::header::{AUTHORIZATION, FORWARDED, HOST};
+use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::poynt::{API_VERSION_HEADER, REQUEST_ID_HEADER};
 use crate::upstream::Fields;
-use crate::upstream::hop::{Nominated, is_hop_by_hop};
+use crate::upstream::hop::{Nominated, is_hop_by_hop_bytes};
 
 const API_VERSION: HeaderName = HeaderName::from_static(API_VERSION_HEADER);
-const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+/// `Poynt-Request-Id`, as a name that costs no allocation to use.
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 
 /// The caller's fields as Poynt receives them, for one attempt with one token.
 pub struct Rewritten<'a> {
@@ -48,16 +49,18 @@ impl<'a> Rewritten<'a> {
         }
     }
 
-    /// Whether a caller's field goes to Poynt.
+    /// Whether a caller's field goes to Poynt. Names are lower case here, and the fixed
+    /// ones are matched on length first, so a kept field costs a few comparisons.
     fn forwards(&self, name: &HeaderName) -> bool {
-        !(is_hop_by_hop(name)
-            || name == HOST
-            || name == AUTHORIZATION
+        let text = name.as_str();
+        !(is_hop_by_hop_bytes(text.as_bytes())
+            || matches!(
+                text,
+                "host" | "authorization" | "forwarded" | REQUEST_ID_HEADER
+            )
             || name == self.merchant_header
-            || name == FORWARDED
-            || name == REQUEST_ID
-            || name.as_str().starts_with(X_FORWARDED)
-            || self.nominated.contains(name.as_str().as_bytes()))
+            || text.starts_with(X_FORWARDED)
+            || self.nominated.contains(text.as_bytes()))
     }
 }
 

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::CONTENT_LENGTH;
+use http::header::{CONTENT_LENGTH, Entry};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
@@ -41,7 +41,6 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::merchant::MerchantId;
 use crate::metrics::Metrics;
-use crate::poynt::REQUEST_ID_HEADER;
 use crate::token::broker::{Broker, Token, TokenSource, UnauthorizedAction};
 use crate::token::grant::error_chain;
 use crate::upstream::{
@@ -149,10 +148,6 @@ impl Proxy {
                     Some(error),
                 ),
             };
-        response
-            .headers_mut()
-            .entry(REQUEST_ID_HEADER)
-            .or_insert_with(|| request_id.clone());
         self.record(
             &parts,
             &request_id,
@@ -161,6 +156,10 @@ impl Proxy {
             started,
             error.as_ref(),
         );
+        // Moved, not cloned: a clone of a freshly made value would allocate.
+        if let Entry::Vacant(slot) = response.headers_mut().entry(headers::REQUEST_ID) {
+            slot.insert(request_id);
+        }
         response
     }
 

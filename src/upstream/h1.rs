@@ -23,8 +23,13 @@ use super::response::{self, Head};
 
 /// Request bodies up to this size are copied behind the head and sent in one write.
 const COALESCE: usize = 16 * 1024;
-/// Free space made in the read buffer before each read.
-const READ_RESERVE: usize = 8 * 1024;
+/// The read buffer grows by this much when less than [`MIN_READ`] is free. Head and body
+/// are split off the buffer and shared with the caller's response, so the buffer cannot be
+/// reused in place until they are dropped; a buffer holding several responses gets a new
+/// allocation every few requests instead of every one.
+const READ_RESERVE: usize = 16 * 1024;
+/// Least free space in the read buffer before a read.
+const MIN_READ: usize = 2 * 1024;
 /// Largest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
 
@@ -58,7 +63,7 @@ impl Conn {
 
     /// Reads what is available into the read buffer (`Ok(0)`: the connection closed).
     pub(crate) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.read_buf.capacity() - self.read_buf.len() < READ_RESERVE / 2 {
+        if self.read_buf.capacity() - self.read_buf.len() < MIN_READ {
             self.read_buf.reserve(READ_RESERVE);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf)

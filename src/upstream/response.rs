@@ -56,16 +56,14 @@ pub(crate) fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>,
     let mut chunked = false;
     let mut transfer_encoding = false;
     let mut close = !http11;
-    let nominated = Nominated::from_values(
-        response
-            .headers
-            .iter()
-            .filter_map(|h| h.name.eq_ignore_ascii_case("connection").then_some(h.value)),
-    );
+    let nominated = Nominated::from_values(response.headers.iter().filter_map(|h| {
+        (h.name.len() == 10 && h.name.eq_ignore_ascii_case("connection")).then_some(h.value)
+    }));
     for header in response.headers.iter() {
         let name = header.name.as_bytes();
         let value = header.value;
-        if name.eq_ignore_ascii_case(b"content-length") {
+        // Compared by length first: most fields are none of these.
+        if name.len() == 14 && name.eq_ignore_ascii_case(b"content-length") {
             let this = parse_length(value).ok_or_else(|| {
                 SendError::Malformed(format!(
                     "expected Content-Length digits; found {:?}",
@@ -78,13 +76,13 @@ pub(crate) fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>,
                 ));
             }
             length = Some(this);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        } else if name.len() == 17 && name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encoding = true;
             chunked = value
                 .rsplit(|b| *b == b',')
                 .next()
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case(b"connection") {
+        } else if name.len() == 10 && name.eq_ignore_ascii_case(b"connection") {
             if value
                 .split(|b| *b == b',')
                 .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
