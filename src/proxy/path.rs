@@ -45,12 +45,11 @@ pub fn guard_path<'a>(
     header: &HeaderName,
 ) -> Result<Cow<'a, str>, ProxyError> {
     let normalised = normalise(path)?;
-    let mut segments = normalised.split('/').skip(1);
-    let first = segments.next().unwrap_or_default();
+    let (first, rest) = next_segment(&normalised[1..]);
     if !first.eq_ignore_ascii_case("businesses") {
         return Ok(normalised);
     }
-    let named = segments.next().unwrap_or_default();
+    let (named, _) = next_segment(rest);
     match MerchantId::parse(named) {
         Ok(id) if id == merchant => Ok(normalised),
         _ => Err(ProxyError::MerchantPathMismatch {
@@ -74,11 +73,11 @@ pub fn normalise(path: &str) -> Result<Cow<'_, str>, ProxyError> {
     if !path.starts_with('/') {
         return Err(refuse("expected an origin-form path starting with \"/\""));
     }
-    let bytes = path.as_bytes();
-    if !bytes.iter().any(|b| matches!(b, b'%' | b'\\' | b';')) {
-        check_segments(path).map_err(refuse)?;
+    if let Some(checked) = scan(path, true) {
+        checked.map_err(refuse)?;
         return Ok(Cow::Borrowed(path));
     }
+    let bytes = path.as_bytes();
     let mut out = String::with_capacity(path.len());
     let mut index = 0;
     while index < bytes.len() {
@@ -117,23 +116,50 @@ pub fn normalise(path: &str) -> Result<Cow<'_, str>, ProxyError> {
             }
         }
     }
-    check_segments(&out).map_err(refuse)?;
+    scan(&out, false).unwrap_or(Ok(())).map_err(refuse)?;
     Ok(Cow::Owned(out))
 }
 
-/// Rule 3's segment checks on a decoded path that starts with `/`: no dot segment, and no
-/// empty segment but the last.
-fn check_segments(path: &str) -> Result<(), &'static str> {
-    let mut segments = path[1..].split('/').peekable();
-    while let Some(segment) = segments.next() {
-        if segment == "." || segment == ".." {
-            return Err("expected no \".\" or \"..\" segments");
-        }
-        if segment.is_empty() && segments.peek().is_some() {
-            return Err("expected no empty segments (\"//\")");
+/// Rule 3's segment checks, in one pass over a path that starts with `/`: no dot segment,
+/// and no empty segment but the last. With `plain`, a byte that needs decoding (`%`, `\`,
+/// `;`) ends the pass with `None`, so a plain path (nearly all) is read once.
+fn scan(path: &str, plain: bool) -> Option<Result<(), &'static str>> {
+    let bytes = path.as_bytes();
+    let mut problem = None;
+    let mut start = 1;
+    for (at, byte) in bytes.iter().enumerate().skip(1) {
+        match byte {
+            b'%' | b'\\' | b';' if plain => return None,
+            b'/' => {
+                if problem.is_none() {
+                    problem = segment_problem(&bytes[start..at], false);
+                }
+                start = at + 1;
+            }
+            _ => {}
         }
     }
-    Ok(())
+    if problem.is_none() {
+        problem = segment_problem(&bytes[start..], true);
+    }
+    Some(problem.map_or(Ok(()), Err))
+}
+
+fn segment_problem(segment: &[u8], last: bool) -> Option<&'static str> {
+    match segment {
+        b"." | b".." => Some("expected no \".\" or \"..\" segments"),
+        b"" if !last => Some("expected no empty segments (\"//\")"),
+        _ => None,
+    }
+}
+
+/// The segment at the start of `rest` and what follows its `/` (empty if it is the last).
+/// A byte loop: segments are short, and a `str` pattern search costs more to set up.
+fn next_segment(rest: &str) -> (&str, &str) {
+    match rest.bytes().position(|b| b == b'/') {
+        Some(end) => (&rest[..end], &rest[end + 1..]),
+        None => (rest, ""),
+    }
 }
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
