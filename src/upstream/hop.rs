@@ -86,21 +86,19 @@ impl Nominated {
     }
 }
 
-/// Removes the hop-by-hop fields from a map someone else parsed (an HTTP/2 response).
+/// Removes the hop-by-hop fields from a map someone else parsed (an HTTP/2 response). One
+/// pass finds them; a map with none (the rule: HTTP/2 forbids most) is left untouched.
 pub(crate) fn strip(headers: &mut HeaderMap) {
     let nominated = Nominated::of(headers);
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    let dropped = |name: &HeaderName| {
+        is_hop_by_hop(name) || nominated.contains(name.as_str().as_bytes())
+    };
+    if !headers.keys().any(dropped) {
+        return;
     }
-    if !nominated.names.is_empty() {
-        let listed: Vec<HeaderName> = headers
-            .keys()
-            .filter(|name| nominated.contains(name.as_str().as_bytes()))
-            .cloned()
-            .collect();
-        for name in listed {
-            headers.remove(name);
-        }
+    let listed: Vec<HeaderName> = headers.keys().filter(|n| dropped(n)).cloned().collect();
+    for name in listed {
+        headers.remove(name);
     }
 }
 
