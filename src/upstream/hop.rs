@@ -90,9 +90,8 @@ impl Nominated {
 /// pass finds them; a map with none (the rule: HTTP/2 forbids most) is left untouched.
 pub(crate) fn strip(headers: &mut HeaderMap) {
     let nominated = Nominated::of(headers);
-    let dropped = |name: &HeaderName| {
-        is_hop_by_hop(name) || nominated.contains(name.as_str().as_bytes())
-    };
+    let dropped =
+        |name: &HeaderName| is_hop_by_hop(name) || nominated.contains(name.as_str().as_bytes());
     if !headers.keys().any(dropped) {
         return;
     }

@@ -82,9 +82,7 @@ async fn sweep(pool: Weak<Pool>) {
         };
         let sweep = pool.sweeps.fetch_add(1, Ordering::AcqRel) + 1;
         let mut idle = pool.idle();
-        idle.retain_mut(|entry| {
-            sweep - entry.since < EXPIRY_SWEEPS && entry.conn.is_idle_usable()
-        });
+        idle.retain_mut(|entry| sweep - entry.since < EXPIRY_SWEEPS && entry.conn.is_idle_usable());
         if idle.is_empty() {
             // Under the lock: a connection put back after this starts a new sweep.
             pool.sweeping.store(false, Ordering::Release);
