@@ -10,7 +10,8 @@
 //! - [`server`]: listeners, connection limits, graceful drain.
 //! - [`proxy`]: the request phases (admit, guard, token, rewrite, send, retry, respond).
 //! - [`token`]: the self-signed assertion, the `/token` client, the per-merchant broker.
-//! - [`upstream`]: the pooled TLS client to Poynt.
+//! - [`upstream`]: connections to Poynt (each worker's HTTP/1.1 and HTTP/2 client, and the
+//!   pooled client for `/token`).
 //! - [`store`]: where tokens outlive the process (memory, an embedded file, or Redis), sealed.
 //! - [`onboarding`]: the merchant-facing listener: `/connect`, the verified callback, pages.
 //! - [`admin`], [`metrics`], [`telemetry`]: what operators see; [`reload`]: applying a

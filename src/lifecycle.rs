@@ -110,7 +110,9 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
     let admin_addr = listeners.admin.local_addr().map_err(StartError::Addr)?;
     let metrics = Metrics::new()?;
     let poynt = &config.poynt;
-    let connector = upstream::connector(&poynt.extra_roots, poynt.connect_timeout)?;
+    let tls = upstream::tls_config(&poynt.extra_roots)?;
+    let origin = upstream::Origin::new(&poynt.api_url, tls.clone(), poynt.connect_timeout)?;
+    let connector = upstream::connector(tls, poynt.connect_timeout);
     let signer = AssertionSigner::new(
         poynt.application_id.clone(),
         poynt.audience.clone(),
@@ -189,7 +191,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
             let proxy = Proxy::new(
                 &config,
                 broker.clone(),
-                upstream::pooled(connector.clone()),
+                upstream::Upstream::new(origin.clone()),
                 allow.clone(),
                 metrics.clone(),
             );

@@ -16,11 +16,12 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -194,37 +195,91 @@ async fn connection<F, Fut, B>(
     let mut goaway_sent = false;
     // `select!` evaluates each `if` once per turn of the loop, and a turn lasts until some
     // branch fires: conditions are plain flags, and what changes under them is checked in
-    // the branch.
+    // the branch. The connection itself is polled first; the deadlines are gated, so the
+    // wake-ups of the connection's I/O (several per request) do not poll them too.
     loop {
+        let idle = pin!(activity.idle_for(limits.idle_timeout));
+        let stop = pin!(shutdown.wait_for(|stop| *stop));
+        let linger = pin!(activity.idle_for(GOAWAY_LINGER));
         tokio::select! {
+            biased;
             result = conn.as_mut() => {
                 if let Err(error) = result {
                     tracing::debug!(%error, "connection ended with an error");
                 }
                 break;
             }
-            () = &mut first_request, if first_request_due => {
+            () = Gated::new(first_request.as_mut()), if first_request_due => {
                 first_request_due = false;
                 if activity.requests() == 0 {
                     tracing::debug!(timeout = %humantime::format_duration(limits.header_read_timeout), "no request head in time; closing the connection");
                     break;
                 }
             }
-            () = activity.idle_for(limits.idle_timeout), if !goaway_sent => {
+            () = Gated::new(idle), if !goaway_sent => {
                 tracing::debug!("connection idle; sending GOAWAY");
                 conn.as_mut().graceful_shutdown();
                 goaway_sent = true;
             }
-            _ = shutdown.wait_for(|stop| *stop), if !goaway_sent => {
+            _ = Gated::new(stop), if !goaway_sent => {
                 conn.as_mut().graceful_shutdown();
                 goaway_sent = true;
             }
-            () = activity.idle_for(GOAWAY_LINGER), if goaway_sent => {
+            () = Gated::new(linger), if goaway_sent => {
                 break;
             }
         }
     }
     drop(permit);
+}
+
+/// A future polled only on its first poll and after its own waker fired: a branch of a
+/// `select!` that would otherwise be polled at every wake-up of every other branch.
+struct Gated<F> {
+    future: F,
+    gate: Arc<Gate>,
+}
+
+/// Whether a gated future's waker fired, and whom to wake then.
+struct Gate {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Gate {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F> Gated<F> {
+    fn new(future: F) -> Self {
+        Self {
+            future,
+            gate: Arc::new(Gate {
+                woken: AtomicBool::new(true),
+                task: AtomicWaker::new(),
+            }),
+        }
+    }
+}
+
+impl<F: Future + Unpin> Future for Gated<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.gate.task.register(cx.waker());
+        if !self.gate.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let waker = Waker::from(self.gate.clone());
+        Pin::new(&mut self.future).poll(&mut Context::from_waker(&waker))
+    }
 }
 
 /// What a connection is doing: requests begun, requests open, and since when none is open.
@@ -318,5 +373,75 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Counts wakes.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Counts its polls; pending (keeping the waker it was given) until `ready` is set.
+    #[derive(Default)]
+    struct Probe {
+        polls: AtomicUsize,
+        ready: AtomicBool,
+        waker: Mutex<Option<Waker>>,
+    }
+
+    impl Future for &Probe {
+        type Output = ();
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            self.polls.fetch_add(1, Ordering::AcqRel);
+            if self.ready.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            *self.waker.lock().unwrap() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn a_gated_future_is_polled_first_and_then_only_after_its_own_wake() {
+        let probe = Probe::default();
+        let task = Arc::new(Wakes::default());
+        let task_waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&task_waker);
+        let mut gated = Gated::new(&probe);
+        assert!(Pin::new(&mut gated).poll(&mut cx).is_pending());
+        assert_eq!(
+            probe.polls.load(Ordering::Acquire),
+            1,
+            "the first poll goes through"
+        );
+        for _ in 0..5 {
+            assert!(Pin::new(&mut gated).poll(&mut cx).is_pending());
+        }
+        assert_eq!(
+            probe.polls.load(Ordering::Acquire),
+            1,
+            "the task's other wake-ups do not reach it"
+        );
+        probe.ready.store(true, Ordering::Release);
+        probe.waker.lock().unwrap().take().unwrap().wake();
+        assert_eq!(
+            task.0.load(Ordering::Acquire),
+            1,
+            "its own wake wakes the task"
+        );
+        assert!(Pin::new(&mut gated).poll(&mut cx).is_ready());
+        assert_eq!(probe.polls.load(Ordering::Acquire), 2);
     }
 }

@@ -2,18 +2,23 @@
 # Side-by-side load run on one machine, all on loopback: poynt-proxy, nginx and HAProxy
 # each forward to the same TLS upstream (nginx serving a fixed ~1 KB JSON) with a bearer
 # header injected, and the direct call goes to the upstream with no proxy at all.
+# poynt-proxy-h2 is a second poynt-proxy whose upstream port offers HTTP/2 (nginx and
+# HAProxy forward over HTTP/1.1, as nginx's proxy cannot do otherwise).
 #
 #   benches/load/run.sh            # from the repository root; see docs/BENCHMARKS.md
 #
-# For each round (contestants in rotating order): requests/s at saturation (wrk), then
-# latency at a fixed rate (hey, every request's time kept, percentiles computed here).
-# Reports medians over the rounds, peak resident memory of each proxy, poynt-proxy's idle
-# memory and the /token calls made while measuring. Writes target/load/report.md.
+# For each round (contestants in rotating order): requests/s at saturation (wrk), with the
+# CPU time each proxy spent per request (user + system, its threads and child processes,
+# from /proc), then latency at a fixed rate (hey, every request's time kept, percentiles
+# computed here). Reports medians over the rounds, peak resident memory of each proxy,
+# poynt-proxy's idle memory and the /token calls made while measuring. Writes
+# target/load/report.md.
 #
 # Knobs (environment): ROUNDS (3), DURATION seconds per measurement (8), RATE req/s for
 # the latency runs (2000), CONNECTIONS for saturation (64), BASE_PORT (18400),
 # PROXY_CPUS (cpu list the proxies run on; default the first CPU), LOADGEN_CPUS (the rest;
 # the load generators and the upstream run there), KEEP=1 keeps the work directory.
+# Ports BASE_PORT+1..+9.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -46,6 +51,9 @@ POYNT_PORT=$((BASE_PORT + 3))
 POYNT_ADMIN_PORT=$((BASE_PORT + 4))
 NGINX_PORT=$((BASE_PORT + 5))
 HAPROXY_PORT=$((BASE_PORT + 6))
+POYNT_H2_PORT=$((BASE_PORT + 7))
+POYNT_H2_ADMIN_PORT=$((BASE_PORT + 8))
+UPSTREAM_H2_PORT=$((BASE_PORT + 9))
 MERCHANT=5a2c1e7e-1b8e-4d4e-9f7a-3c2b1a0f9e8d
 APP_ID=urn:aid:4f1c2a3b-load-bench
 PATH_Q="/businesses/$MERCHANT/orders?limit=10"
@@ -116,8 +124,8 @@ BODY+='{"id":"0b5e8e66-2c4f-4f6e-9d0a-2f1c6b1e4a79","amount":990,"currency":"USD
 render() { # template -> file, replacing @NAME@ with the shell variable NAME
     local text
     text=$(<"$ROOT/benches/load/$1")
-    for name in WORK UPSTREAM_PORT EMULATOR_PORT POYNT_PORT POYNT_ADMIN_PORT NGINX_PORT HAPROXY_PORT \
-        PROXY_THREADS BODY TOKEN APP_ID EMULATOR_URL; do
+    for name in WORK UPSTREAM_PORT UPSTREAM_H2_PORT EMULATOR_PORT POYNT_PORT POYNT_ADMIN_PORT NGINX_PORT \
+        HAPROXY_PORT PROXY_THREADS BODY TOKEN APP_ID EMULATOR_URL; do
         text=${text//@$name@/${!name:-}}
     done
     printf '%s\n' "$text" >"$WORK/$2"
@@ -164,6 +172,11 @@ render poynt-proxy.yaml poynt-proxy.yaml
 start poynt-proxy "$PROXY_CPUS" env RUST_LOG=warn "$BIN" run --config "$WORK/poynt-proxy.yaml"
 wait_ready "http://127.0.0.1:$POYNT_ADMIN_PORT/readyz"
 IDLE_RSS_KB=$(awk '/^VmRSS:/ {print $2}' "/proc/${PID[poynt-proxy]}/status")
+# The same proxy in front of the HTTP/2 port (the template, rendered with other ports).
+POYNT_PORT=$POYNT_H2_PORT POYNT_ADMIN_PORT=$POYNT_H2_ADMIN_PORT UPSTREAM_PORT=$UPSTREAM_H2_PORT \
+    render poynt-proxy.yaml poynt-proxy-h2.yaml
+start poynt-proxy-h2 "$PROXY_CPUS" env RUST_LOG=warn "$BIN" run --config "$WORK/poynt-proxy-h2.yaml"
+wait_ready "http://127.0.0.1:$POYNT_H2_ADMIN_PORT/readyz"
 
 render nginx-proxy.conf nginx-proxy.conf
 start nginx "$PROXY_CPUS" nginx -p "$WORK/nginx-proxy" -c "$WORK/nginx-proxy.conf" -e "$WORK/nginx-proxy.err"
@@ -173,11 +186,13 @@ start haproxy "$PROXY_CPUS" haproxy -db -f "$WORK/haproxy.cfg"
 declare -A URL HEADER
 URL[direct]="https://127.0.0.1:$UPSTREAM_PORT$PATH_Q"
 HEADER[direct]="Authorization: Bearer $TOKEN"
-for name in poynt-proxy nginx haproxy; do HEADER[$name]="X-Poynt-Merchant-Id: $MERCHANT"; done
+for name in poynt-proxy poynt-proxy-h2 nginx haproxy; do HEADER[$name]="X-Poynt-Merchant-Id: $MERCHANT"; done
 URL[poynt-proxy]="http://127.0.0.1:$POYNT_PORT$PATH_Q"
+URL[poynt-proxy-h2]="http://127.0.0.1:$POYNT_H2_PORT$PATH_Q"
 URL[nginx]="http://127.0.0.1:$NGINX_PORT$PATH_Q"
 URL[haproxy]="http://127.0.0.1:$HAPROXY_PORT$PATH_Q"
-CONTESTANTS=(direct poynt-proxy nginx haproxy)
+CONTESTANTS=(direct poynt-proxy poynt-proxy-h2 nginx haproxy)
+PROXIES=(poynt-proxy poynt-proxy-h2 nginx haproxy)
 
 for name in "${CONTESTANTS[@]}"; do
     wait_ready "${URL[$name]}" -k -H "${HEADER[$name]}"
@@ -187,16 +202,29 @@ done
 
 token_calls() { curl -sf "$EMULATOR_URL/_emulator/stats" | sed -n 's/.*"token_calls_total":\([0-9]*\).*/\1/p'; }
 
-saturate() { # name [seconds] -> requests/s (fails on any error or non-2xx answer)
-    local name=$1 out
+cpu_ticks() { # pid -> user + system clock ticks of the process, its threads and its children
+    local total=0 pid
+    for pid in "$1" $(pgrep -P "$1" || true); do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    done
+    echo "$total"
+}
+
+saturate() { # name [seconds] -> "requests/s CPU-µs-per-request" (fails on any error or non-2xx answer)
+    local name=$1 out before=0 after=0 requests
+    [[ -n ${PID[$name]:-} ]] && before=$(cpu_ticks "${PID[$name]}")
     out=$(taskset -c "$LOADGEN_CPUS" wrk -t"$LOADGEN_THREADS" -c"$CONNECTIONS" -d"${2:-$DURATION}s" \
         -H "${HEADER[$name]}" "${URL[$name]}")
+    [[ -n ${PID[$name]:-} ]] && after=$(cpu_ticks "${PID[$name]}")
     if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
         echo "load: $name answered errors under load:" >&2
         echo "$out" >&2
         exit 1
     fi
-    awk '/^Requests\/sec:/ {print $2}' <<<"$out"
+    requests=$(awk '$2 == "requests" && $3 == "in" {print $1}' <<<"$out")
+    awk -v rps="$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")" -v ticks=$((after - before)) \
+        -v hz="$(getconf CLK_TCK)" -v n="$requests" -v proxy="${PID[$name]:-}" \
+        'BEGIN {printf "%s %s\n", rps, proxy == "" ? "-" : sprintf("%.2f", ticks / hz * 1e6 / n)}'
 }
 
 fixed_rate() { # name -> "p50 p99 p99.9 count", milliseconds
@@ -218,16 +246,17 @@ fixed_rate() { # name -> "p50 p99 p99.9 count", milliseconds
 say "warming up"
 for name in "${CONTESTANTS[@]}"; do saturate "$name" 2 >/dev/null; done
 
+LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
 TOKEN_CALLS_BEFORE=$(token_calls)
 RESULTS=$OUT/results.tsv
-printf 'round\tcontestant\trps\tp50_ms\tp99_ms\tp999_ms\trequests\n' >"$RESULTS"
+printf 'round\tcontestant\trps\tp50_ms\tp99_ms\tp999_ms\trequests\tcpu_us_per_request\n' >"$RESULTS"
 for round in $(seq 1 "$ROUNDS"); do
     for i in "${!CONTESTANTS[@]}"; do
         name=${CONTESTANTS[$(((i + round - 1) % ${#CONTESTANTS[@]}))]}
-        rps=$(saturate "$name")
+        read -r rps cpu < <(saturate "$name")
         read -r p50 p99 p999 count < <(fixed_rate "$name")
-        say "round $round $name: $rps req/s; at $RATE req/s p50 $p50 ms, p99 $p99 ms, p99.9 $p999 ms"
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$rps" "$p50" "$p99" "$p999" "$count" >>"$RESULTS"
+        say "round $round $name: $rps req/s, CPU $cpu µs/request; at $RATE req/s p50 $p50 ms, p99 $p99 ms, p99.9 $p999 ms"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$rps" "$p50" "$p99" "$p999" "$count" "$cpu" >>"$RESULTS"
     done
 done
 TOKEN_CALLS_DURING=$(($(token_calls) - TOKEN_CALLS_BEFORE))
@@ -240,11 +269,9 @@ peak_kb() { # pid and its children, summed
     echo "$total"
 }
 declare -A PEAK
-PEAK[poynt-proxy]=$(peak_kb "${PID[poynt-proxy]}")
-PEAK[nginx]=$(peak_kb "${PID[nginx]}")
-PEAK[haproxy]=$(peak_kb "${PID[haproxy]}")
+for name in "${PROXIES[@]}"; do PEAK[$name]=$(peak_kb "${PID[$name]}"); done
 
-median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+median() { grep -v '^-$' | sort -g | awk '{v[NR] = $1} END {if (NR == 0) print "-"; else print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 column_of() { awk -F'\t' -v n="$1" -v c="$2" 'NR > 1 && $2 == n {print $c}' "$RESULTS" | median; }
 
 REPORT=$OUT/report.md
@@ -254,22 +281,28 @@ REPORT=$OUT/report.md
     echo "$ROUNDS rounds; saturation: wrk, $CONNECTIONS connections, ${DURATION}s; latency: hey, $RATE req/s, 50 connections, ${DURATION}s."
     echo "Versions: $("$BIN" --version), $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)."
     echo
-    echo "| contestant | req/s (median) | p50 ms | p99 ms | p99.9 ms | peak RSS MiB |"
-    echo "|---|---:|---:|---:|---:|---:|"
+    echo "| contestant | req/s (median) | CPU µs/request | p50 ms | p99 ms | p99.9 ms | peak RSS MiB |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
     for name in "${CONTESTANTS[@]}"; do
         peak=${PEAK[$name]:-}
-        printf '| %s | %.0f | %s | %s | %s | %s |\n' "$name" "$(column_of "$name" 3)" "$(column_of "$name" 4)" \
-            "$(column_of "$name" 5)" "$(column_of "$name" 6)" "${peak:+$(awk -v k="$peak" 'BEGIN {printf "%.1f", k / 1024}')}"
+        printf '| %s | %.0f | %s | %s | %s | %s | %s |\n' "$name" "$(column_of "$name" 3)" "$(column_of "$name" 8)" \
+            "$(column_of "$name" 4)" "$(column_of "$name" 5)" "$(column_of "$name" 6)" \
+            "${peak:+$(awk -v k="$peak" 'BEGIN {printf "%.1f", k / 1024}')}"
     done
     echo
     ratio() { awk -v a="$(column_of "$1" "$3")" -v b="$(column_of "$2" "$3")" 'BEGIN {printf "%.2f", a / b}'; }
-    echo "| ratio | req/s | p99 |"
-    echo "|---|---:|---:|"
-    echo "| poynt-proxy / nginx | $(ratio poynt-proxy nginx 3) | $(ratio poynt-proxy nginx 5) |"
-    echo "| poynt-proxy / haproxy | $(ratio poynt-proxy haproxy 3) | $(ratio poynt-proxy haproxy 5) |"
-    echo "| poynt-proxy / direct | $(ratio poynt-proxy direct 3) | $(ratio poynt-proxy direct 5) |"
+    peak_ratio() { awk -v a="${PEAK[$1]}" -v b="${PEAK[$2]}" 'BEGIN {printf "%.2f", a / b}'; }
+    echo "| ratio | req/s | CPU per request | p99 | peak RSS |"
+    echo "|---|---:|---:|---:|---:|"
+    for ours in poynt-proxy poynt-proxy-h2; do
+        for other in nginx haproxy; do
+            echo "| $ours / $other | $(ratio "$ours" "$other" 3) | $(ratio "$ours" "$other" 8) | $(ratio "$ours" "$other" 5) | $(peak_ratio "$ours" "$other") |"
+        done
+    done
+    echo "| poynt-proxy / direct | $(ratio poynt-proxy direct 3) | | $(ratio poynt-proxy direct 5) | |"
     echo
     echo "poynt-proxy idle RSS (started, token not yet fetched): $(awk -v k="$IDLE_RSS_KB" 'BEGIN {printf "%.1f", k / 1024}') MiB."
+    echo "Load average (1, 5, 15 min) when measuring started: $LOAD_AT_START; when it ended: $(cut -d' ' -f1-3 /proc/loadavg)."
     echo "/token calls while measuring: $TOKEN_CALLS_DURING."
 } | tee "$REPORT"
 say "raw results in $RESULTS, report in $REPORT"

@@ -1,6 +1,6 @@
 //! `/_emulator/...`: the control API, so a test-suite or demo driving the emulator from
 //! another process can do what the Rust API does (stats, faults, revocation, authorization,
-//! the authorize page's mode, reset, keys), plus `POST merchants/{id}/token`, which mints a token pair for a merchant
+//! the authorize page's mode, reset, keys, closing every connection gracefully), plus `POST merchants/{id}/token`, which mints a token pair for a merchant
 //! without a grant (not counted in the stats): the load benchmark gives nginx and HAProxy
 //! a static bearer token with it.
 
@@ -71,6 +71,7 @@ async fn handle_inner(
             shared.set_authorize_mode(body.mode);
             Ok(json!({ "mode": body.mode }))
         }
+        (["goaway"], Method::POST) => Ok(json!({ "connections": shared.goaway() })),
         (["reset"], Method::POST) => {
             shared.reset();
             Ok(json!({ "reset": true }))
@@ -108,7 +109,7 @@ async fn handle_inner(
         }
         (_, method) => Err(ApiError::NotFound(format!(
             "no control endpoint {method} {CONTROL_PREFIX}{path}; expected GET stats, GET|POST fault, GET|POST authorize, \
-             POST reset, GET keys, POST merchants/{{id}}/(revoke|authorize|unauthorize|token)"
+             POST goaway, POST reset, GET keys, POST merchants/{{id}}/(revoke|authorize|unauthorize|token)"
         ))),
     }
 }

@@ -277,6 +277,14 @@ impl Emulator {
         self.shared.unauthorize(merchant);
     }
 
+    /// Makes every connection open now close gracefully, as `POST /_emulator/goaway` does:
+    /// HTTP/2 connections send GOAWAY (streams in flight finish, later ones are refused
+    /// unprocessed), HTTP/1.1 ones close after their current response. Returns how many
+    /// connections were told.
+    pub fn goaway(&self) -> usize {
+        self.shared.goaway()
+    }
+
     /// Clears counters, faults, revocations and the authorize mode; keys, authorized
     /// merchants and issued tokens stay.
     pub fn reset(&self) {

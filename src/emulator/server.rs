@@ -57,6 +57,7 @@ pub(crate) async fn run(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
+                    shared.counters.connection();
                     let _ = stream.set_nodelay(true);
                     connections.spawn(serve_connection(
                         stream,
@@ -120,22 +121,27 @@ async fn serve_io<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let mut goaway = shared.goaway_signal();
     let service = service_fn(move |request| {
         let shared = shared.clone();
         async move { route(&shared, request).await }
     });
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => {
-            if let Err(error) = result {
-                tracing::debug!(error = %error, "poynt emulator: connection ended with an error");
-            }
-        }
-        _ = shutdown.changed() => {
+    let ended = tokio::select! {
+        result = connection.as_mut() => Some(result),
+        _ = shutdown.changed() => None,
+        _ = goaway.changed() => None,
+    };
+    let result = match ended {
+        Some(result) => result,
+        None => {
             connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
+            connection.await
         }
+    };
+    if let Err(error) = result {
+        tracing::debug!(error = %error, "poynt emulator: connection ended with an error");
     }
 }
 

@@ -64,6 +64,8 @@ pub(crate) struct Shared {
     fault: Mutex<Fault>,
     /// How `/applications/authorize` answers.
     authorize_mode: Mutex<AuthorizeMode>,
+    /// Bumped to make every open connection close gracefully (HTTP/2: GOAWAY).
+    goaway: tokio::sync::watch::Sender<u64>,
 }
 
 /// What the emulator knows about an access token it issued.
@@ -140,6 +142,7 @@ impl Shared {
             secrets: Mutex::new(Vec::new()),
             fault: Mutex::new(Fault::default()),
             authorize_mode: Mutex::new(AuthorizeMode::default()),
+            goaway: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -152,6 +155,21 @@ impl Shared {
     /// are refused from now on, as after a key reset in Poynt's developer portal.
     pub(crate) fn set_app_key(&self, key: DecodingKey) {
         self.app_key.store(std::sync::Arc::new(key));
+    }
+
+    // --- connections ---------------------------------------------------------------------
+
+    /// Makes every connection open now close gracefully: HTTP/2 ones send GOAWAY (in-flight
+    /// streams finish, new ones are refused), HTTP/1.1 ones close after their current
+    /// response. Returns how many connections were told.
+    pub(crate) fn goaway(&self) -> usize {
+        self.goaway.send_modify(|generation| *generation += 1);
+        self.goaway.receiver_count()
+    }
+
+    /// Resolves each time [`Shared::goaway`] is called.
+    pub(crate) fn goaway_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.goaway.subscribe()
     }
 
     // --- access tokens -------------------------------------------------------------------

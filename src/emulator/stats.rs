@@ -28,6 +28,10 @@ pub struct Stats {
     /// aborted it).
     #[serde(default)]
     pub api_incomplete_bodies: u64,
+    /// Connections accepted (TCP; with TLS, whether or not the handshake succeeded), so
+    /// tests can tell how many connections a client used.
+    #[serde(default)]
+    pub connections: u64,
 }
 
 /// `/token` counters per grant type.
@@ -79,6 +83,8 @@ pub(crate) struct Counters {
     api_unauthorized: AtomicU64,
     /// `Stats::api_incomplete_bodies`.
     api_incomplete_bodies: AtomicU64,
+    /// `Stats::connections`.
+    connections: AtomicU64,
 }
 
 /// The mutex-guarded part of the counters.
@@ -144,6 +150,11 @@ impl Counters {
         self.api_incomplete_bodies.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts an accepted connection.
+    pub(crate) fn connection(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A consistent-enough snapshot (the atomics are read after the token lock is dropped).
     pub(crate) fn snapshot(&self) -> Stats {
         let (token_calls, token_calls_total, token_faulted, refresh_token_reuse) = {
@@ -163,6 +174,7 @@ impl Counters {
             api_calls: self.api_calls.load(Ordering::Relaxed),
             api_unauthorized: self.api_unauthorized.load(Ordering::Relaxed),
             api_incomplete_bodies: self.api_incomplete_bodies.load(Ordering::Relaxed),
+            connections: self.connections.load(Ordering::Relaxed),
         }
     }
 
@@ -172,6 +184,7 @@ impl Counters {
         self.api_calls.store(0, Ordering::Relaxed);
         self.api_unauthorized.store(0, Ordering::Relaxed);
         self.api_incomplete_bodies.store(0, Ordering::Relaxed);
+        self.connections.store(0, Ordering::Relaxed);
     }
 
     fn token(&self) -> std::sync::MutexGuard<'_, TokenCounters> {
@@ -192,6 +205,7 @@ mod tests {
         counters.token_call_arrived();
         counters.token_call_finished(Grant::JwtBearer, None, true);
         counters.api_call();
+        counters.connection();
         let json = serde_json::to_value(counters.snapshot()).unwrap();
         assert_eq!(json["token_calls"]["jwt_bearer"]["total"], 2);
         assert_eq!(json["token_calls"]["jwt_bearer"]["refused"], 1);
@@ -201,6 +215,7 @@ mod tests {
         );
         assert_eq!(json["token_calls_total"], 2);
         assert_eq!(json["api_calls"], 1);
+        assert_eq!(json["connections"], 1);
         counters.reset();
         assert_eq!(counters.snapshot(), Stats::default());
     }

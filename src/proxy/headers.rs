@@ -1,82 +1,87 @@
-//! Phase 4: rewrite the caller's request head for Poynt. Hop-by-hop headers (and those the
-//! `Connection` header names), the merchant header, the caller's `Authorization`, `Host`,
-//! `Forwarded` and `X-Forwarded-*` (internal topology is not Poynt's business, and a caller
-//! must not speak for the proxy) go; the broker's token, `api-version` and
-//! `Poynt-Request-Id` come in.
+//! Phase 4: what of the caller's request head reaches Poynt. Hop-by-hop headers (and those
+//! the `Connection` header names), the merchant header, the caller's `Authorization`,
+//! `Host`, `Forwarded`, `X-Forwarded-*` (internal topology is not Poynt's business, and a
+//! caller must not speak for the proxy) and `Poynt-Request-Id` go; the broker's token,
+//! `api-version` (unless the caller chose one) and the settled `Poynt-Request-Id` come in.
+//!
+//! The decision is made field by field while the upstream client writes the head
+//! ([`Rewritten`] is its [`Fields`]): the caller's map, parsed once by hyper, is read once
+//! more and never rebuilt — no removal, insertion or rehash per request.
 
-use http::header::{AUTHORIZATION, CONNECTION, FORWARDED, HOST};
+use std::cell::RefCell;
+
+use bytes::BytesMut;
+use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::poynt::{API_VERSION_HEADER, REQUEST_ID_HEADER};
+use crate::upstream::Fields;
+use crate::upstream::hop::{Nominated, is_hop_by_hop_bytes};
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
-/// non-standard ones proxies conventionally drop.
-pub static HOP_BY_HOP: [HeaderName; 9] = [
-    CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    http::header::PROXY_AUTHENTICATE,
-    http::header::PROXY_AUTHORIZATION,
-    http::header::TE,
-    http::header::TRAILER,
-    http::header::TRANSFER_ENCODING,
-    http::header::UPGRADE,
-];
+const API_VERSION: HeaderName = HeaderName::from_static(API_VERSION_HEADER);
+/// `Poynt-Request-Id`, as a name that costs no allocation to use.
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 
-/// Removes hop-by-hop headers, including any named in `Connection`. The usual
-/// `Connection: keep-alive` or `close` names nothing beyond the fixed set, so it costs no
-/// allocation.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut named: Vec<HeaderName> = Vec::new();
-    for value in headers.get_all(CONNECTION) {
-        let Ok(value) = value.to_str() else { continue };
-        for token in value.split(',').map(str::trim) {
-            let known = token.is_empty()
-                || token.eq_ignore_ascii_case("close")
-                || HOP_BY_HOP
-                    .iter()
-                    .any(|name| name.as_str().eq_ignore_ascii_case(token));
-            if !known && let Ok(name) = HeaderName::try_from(token) {
-                named.push(name);
-            }
+/// The caller's fields as Poynt receives them, for one attempt with one token.
+pub struct Rewritten<'a> {
+    caller: &'a HeaderMap,
+    merchant_header: &'a HeaderName,
+    nominated: Nominated,
+    bearer: &'a HeaderValue,
+    api_version: &'a HeaderValue,
+    request_id: &'a HeaderValue,
+}
+
+impl<'a> Rewritten<'a> {
+    /// The rewrite of `caller` with `bearer` (the broker's `Authorization` value),
+    /// `api_version` (used when the caller sent none) and the request's settled id.
+    pub fn new(
+        caller: &'a HeaderMap,
+        merchant_header: &'a HeaderName,
+        bearer: &'a HeaderValue,
+        api_version: &'a HeaderValue,
+        request_id: &'a HeaderValue,
+    ) -> Self {
+        Self {
+            caller,
+            merchant_header,
+            nominated: Nominated::of(caller),
+            bearer,
+            api_version,
+            request_id,
         }
     }
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
+
+    /// Whether a caller's field goes to Poynt. Names are lower case here, and the fixed
+    /// ones are matched on length first, so a kept field costs a few comparisons.
+    fn forwards(&self, name: &HeaderName) -> bool {
+        let text = name.as_str();
+        !(is_hop_by_hop_bytes(text.as_bytes())
+            || matches!(
+                text,
+                "host" | "authorization" | "forwarded" | REQUEST_ID_HEADER
+            )
+            || name == self.merchant_header
+            || text.starts_with(X_FORWARDED)
+            || self.nominated.contains(text.as_bytes()))
     }
 }
 
-/// Rewrites a request head in place for Poynt: everything is removed before anything is
-/// added, so the map hyper parsed (sized to the caller's headers) rarely has to grow.
-pub fn rewrite_request(
-    headers: &mut HeaderMap,
-    merchant_header: &HeaderName,
-    bearer: &HeaderValue,
-    api_version: &HeaderValue,
-    request_id: &HeaderValue,
-) {
-    strip_hop_by_hop(headers);
-    headers.remove(merchant_header);
-    headers.remove(HOST);
-    headers.remove(FORWARDED);
-    if headers
-        .keys()
-        .any(|name| name.as_str().starts_with(X_FORWARDED))
-    {
-        let named: Vec<HeaderName> = headers
-            .keys()
-            .filter(|name| name.as_str().starts_with(X_FORWARDED))
-            .cloned()
-            .collect();
-        for name in named {
-            headers.remove(name);
+impl Fields for Rewritten<'_> {
+    fn each(&self, emit: &mut dyn FnMut(&HeaderName, &HeaderValue)) {
+        let mut api_version = false;
+        for (name, value) in self.caller {
+            if self.forwards(name) {
+                api_version |= name == API_VERSION;
+                emit(name, value);
+            }
         }
+        emit(&AUTHORIZATION, self.bearer);
+        if !api_version {
+            emit(&API_VERSION, self.api_version);
+        }
+        emit(&REQUEST_ID, self.request_id);
     }
-    headers.insert(AUTHORIZATION, bearer.clone());
-    if !headers.contains_key(API_VERSION_HEADER) {
-        headers.insert(API_VERSION_HEADER, api_version.clone());
-    }
-    headers.insert(REQUEST_ID_HEADER, request_id.clone());
 }
 
 /// Prefix of the de-facto forwarding headers (`X-Forwarded-For`, `-Host`, `-Proto`...).
@@ -88,15 +93,33 @@ const MAX_REQUEST_ID: usize = 128;
 /// `[A-Za-z0-9._:-]` (safe in logs and headers everywhere), else a new UUID. Settled when
 /// the request is admitted, so every answer (errors included) carries it.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    let mut ids = headers.get_all(REQUEST_ID_HEADER).iter();
+    let mut ids = headers.get_all(&REQUEST_ID).iter();
     match (ids.next(), ids.next()) {
         (Some(id), None) if is_acceptable_request_id(id.as_bytes()) => id.clone(),
-        _ => {
-            let mut buf = uuid::Uuid::encode_buffer();
-            let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-            HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
-        }
+        _ => new_request_id(),
     }
+}
+
+/// Generated ids are cut from one block per thread instead of each copied into an
+/// allocation of its own: a block of this many ids costs two allocations.
+const IDS_PER_BLOCK: usize = 64;
+
+thread_local! {
+    static ID_BLOCK: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// A new UUID, as a header value sharing its thread's current block.
+fn new_request_id() -> HeaderValue {
+    let mut text = uuid::Uuid::encode_buffer();
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    let bytes = ID_BLOCK.with_borrow_mut(|block| {
+        if block.capacity() - block.len() < id.len() {
+            *block = BytesMut::with_capacity(id.len() * IDS_PER_BLOCK);
+        }
+        block.extend_from_slice(id.as_bytes());
+        block.split().freeze()
+    });
+    HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 fn is_acceptable_request_id(id: &[u8]) -> bool {
@@ -110,6 +133,15 @@ fn is_acceptable_request_id(id: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fields a rewrite sends, in order.
+    fn sent(rewritten: &Rewritten<'_>) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        rewritten.each(&mut |name, value| {
+            out.push((name.as_str().to_owned(), value.to_str().unwrap().to_owned()));
+        });
+        out
+    }
 
     #[test]
     fn rewrite_drops_what_must_not_reach_poynt_and_adds_what_must() {
@@ -133,14 +165,15 @@ mod tests {
         }
         let bearer = HeaderValue::from_static("Bearer T");
         let id = request_id(&headers);
-        rewrite_request(
-            &mut headers,
+        let api_version = HeaderValue::from_static("1.2");
+        let sent = sent(&Rewritten::new(
+            &headers,
             &merchant,
             &bearer,
-            &HeaderValue::from_static("1.2"),
+            &api_version,
             &id,
-        );
-        let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        ));
+        let names: Vec<&str> = sent.iter().map(|(name, _)| name.as_str()).collect();
         for gone in [
             "connection",
             "x-secret-hop",
@@ -155,10 +188,16 @@ mod tests {
         ] {
             assert!(!names.contains(&gone), "{gone} survived: {names:?}");
         }
-        assert_eq!(headers["authorization"], "Bearer T");
-        assert_eq!(headers["api-version"], "1.2");
-        assert_eq!(headers["x-kept"], "yes");
-        assert_eq!(headers[REQUEST_ID_HEADER], id);
+        let value = |name: &str| -> Vec<&str> {
+            sent.iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        assert_eq!(value("authorization"), ["Bearer T"]);
+        assert_eq!(value("api-version"), ["1.2"]);
+        assert_eq!(value("x-kept"), ["yes"]);
+        assert_eq!(value(REQUEST_ID_HEADER), [id.to_str().unwrap()]);
         assert_eq!(id.len(), 36);
     }
 
@@ -168,16 +207,34 @@ mod tests {
         headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("mine"));
         headers.insert(API_VERSION_HEADER, HeaderValue::from_static("1.3"));
         let id = request_id(&headers);
-        rewrite_request(
-            &mut headers,
+        let sent = sent(&Rewritten::new(
+            &headers,
             &HeaderName::from_static("x-m"),
             &HeaderValue::from_static("Bearer T"),
             &HeaderValue::from_static("1.2"),
             &id,
-        );
+        ));
         assert_eq!(id, "mine");
-        assert_eq!(headers[REQUEST_ID_HEADER], "mine");
-        assert_eq!(headers[API_VERSION_HEADER], "1.3");
+        let pairs = |name: &str| sent.iter().filter(|(n, _)| n == name).count();
+        assert_eq!(pairs(REQUEST_ID_HEADER), 1, "{sent:?}");
+        assert_eq!(pairs(API_VERSION_HEADER), 1, "{sent:?}");
+        assert!(sent.contains(&(API_VERSION_HEADER.into(), "1.3".into())));
+        assert!(sent.contains(&(REQUEST_ID_HEADER.into(), "mine".into())));
+    }
+
+    #[test]
+    fn generated_ids_stay_distinct_and_valid_across_blocks() {
+        let ids: Vec<HeaderValue> = (0..3 * IDS_PER_BLOCK + 5)
+            .map(|_| request_id(&HeaderMap::new()))
+            .collect();
+        let distinct: std::collections::HashSet<&[u8]> =
+            ids.iter().map(HeaderValue::as_bytes).collect();
+        assert_eq!(distinct.len(), ids.len());
+        for id in &ids {
+            let text = id.to_str().unwrap();
+            assert!(uuid::Uuid::parse_str(text).is_ok(), "{text}");
+            assert_eq!(text, text.to_lowercase());
+        }
     }
 
     #[test]

@@ -26,6 +26,8 @@
 //! decodes everything, resolves dot segments, collapses slashes and treats `\` and `;` as
 //! separators: whatever the guard lets through names the header's merchant or no merchant.
 
+use std::borrow::Cow;
+
 use http::HeaderName;
 
 use crate::merchant::MerchantId;
@@ -34,19 +36,20 @@ use crate::proxy::error::ProxyError;
 /// Longest part of a refused path quoted back in an error message.
 const QUOTED: usize = 200;
 
-/// Checks `path` for `merchant` and returns the normalised path to forward.
-pub fn guard_path(
-    path: &str,
+/// Checks `path` for `merchant` and returns the normalised path to forward: `path` itself
+/// (borrowed, no copy) when nothing in it needed decoding, as is the case for nearly every
+/// request.
+pub fn guard_path<'a>(
+    path: &'a str,
     merchant: MerchantId,
     header: &HeaderName,
-) -> Result<String, ProxyError> {
+) -> Result<Cow<'a, str>, ProxyError> {
     let normalised = normalise(path)?;
-    let mut segments = normalised.split('/').skip(1);
-    let first = segments.next().unwrap_or_default();
+    let (first, rest) = next_segment(&normalised[1..]);
     if !first.eq_ignore_ascii_case("businesses") {
         return Ok(normalised);
     }
-    let named = segments.next().unwrap_or_default();
+    let (named, _) = next_segment(rest);
     match MerchantId::parse(named) {
         Ok(id) if id == merchant => Ok(normalised),
         _ => Err(ProxyError::MerchantPathMismatch {
@@ -57,8 +60,10 @@ pub fn guard_path(
     }
 }
 
-/// Rules 1–3: the normalised path, or why it is refused.
-pub fn normalise(path: &str) -> Result<String, ProxyError> {
+/// Rules 1–3: the normalised path, or why it is refused. A path with no `%`, `\` or `;`
+/// (the usual case) is already normal once its segments pass rule 3, and is returned as it
+/// is.
+pub fn normalise(path: &str) -> Result<Cow<'_, str>, ProxyError> {
     let refuse = |why: &str| {
         ProxyError::InvalidPath(format!(
             "{why}; found {:?}",
@@ -67,6 +72,10 @@ pub fn normalise(path: &str) -> Result<String, ProxyError> {
     };
     if !path.starts_with('/') {
         return Err(refuse("expected an origin-form path starting with \"/\""));
+    }
+    if let Some(checked) = scan(path, true) {
+        checked.map_err(refuse)?;
+        return Ok(Cow::Borrowed(path));
     }
     let bytes = path.as_bytes();
     let mut out = String::with_capacity(path.len());
@@ -107,17 +116,50 @@ pub fn normalise(path: &str) -> Result<String, ProxyError> {
             }
         }
     }
-    let segments: Vec<&str> = out.split('/').skip(1).collect();
-    let last = segments.len().saturating_sub(1);
-    for (position, segment) in segments.iter().enumerate() {
-        if *segment == "." || *segment == ".." {
-            return Err(refuse("expected no \".\" or \"..\" segments"));
-        }
-        if segment.is_empty() && position != last {
-            return Err(refuse("expected no empty segments (\"//\")"));
+    scan(&out, false).unwrap_or(Ok(())).map_err(refuse)?;
+    Ok(Cow::Owned(out))
+}
+
+/// Rule 3's segment checks, in one pass over a path that starts with `/`: no dot segment,
+/// and no empty segment but the last. With `plain`, a byte that needs decoding (`%`, `\`,
+/// `;`) ends the pass with `None`, so a plain path (nearly all) is read once.
+fn scan(path: &str, plain: bool) -> Option<Result<(), &'static str>> {
+    let bytes = path.as_bytes();
+    let mut problem = None;
+    let mut start = 1;
+    for (at, byte) in bytes.iter().enumerate().skip(1) {
+        match byte {
+            b'%' | b'\\' | b';' if plain => return None,
+            b'/' => {
+                if problem.is_none() {
+                    problem = segment_problem(&bytes[start..at], false);
+                }
+                start = at + 1;
+            }
+            _ => {}
         }
     }
-    Ok(out)
+    if problem.is_none() {
+        problem = segment_problem(&bytes[start..], true);
+    }
+    Some(problem.map_or(Ok(()), Err))
+}
+
+fn segment_problem(segment: &[u8], last: bool) -> Option<&'static str> {
+    match segment {
+        b"." | b".." => Some("expected no \".\" or \"..\" segments"),
+        b"" if !last => Some("expected no empty segments (\"//\")"),
+        _ => None,
+    }
+}
+
+/// The segment at the start of `rest` and what follows its `/` (empty if it is the last).
+/// A byte loop: segments are short, and a `str` pattern search costs more to set up.
+fn next_segment(rest: &str) -> (&str, &str) {
+    match rest.bytes().position(|b| b == b'/') {
+        Some(end) => (&rest[..end], &rest[end + 1..]),
+        None => (rest, ""),
+    }
 }
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
@@ -147,7 +189,9 @@ mod tests {
     }
 
     fn guard(path: &str) -> Result<String, &'static str> {
-        guard_path(path, MerchantId::parse(M).unwrap(), &header()).map_err(|e| e.code())
+        guard_path(path, MerchantId::parse(M).unwrap(), &header())
+            .map(Cow::into_owned)
+            .map_err(|e| e.code())
     }
 
     #[test]

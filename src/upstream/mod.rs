@@ -1,0 +1,131 @@
+//! Connections to Poynt. Two clients share one TLS configuration:
+//!
+//! - [`Upstream`], the proxy's: one per worker, so each worker's connections are driven by
+//!   its own thread. Over HTTP/1.1 the connection is driven by the task of the request that
+//!   holds it — the head is written straight from the caller's header map into the
+//!   connection's buffer (`head`), one write carries it with a small body (`h1`), the
+//!   response head is parsed into the map the caller gets with the hop-by-hop fields left
+//!   out (`response`), and the body streams from the same buffer (`framing`, `body`) until
+//!   the connection goes back to the worker's pool (`pool`). No connection task, channel
+//!   or extra wake-up per request: that machinery of hyper-util's pooled client cost more
+//!   instructions than the rest of the proxy put together (docs/BENCHMARKS.md). When ALPN
+//!   chooses `h2`, requests are multiplexed over few connections instead (`h2`).
+//! - hyper-util's pooled client ([`pooled`]) for `/token` grants and onboarding's code
+//!   exchange, where convenience beats cycles.
+//!
+//! `origin` is where Poynt is and how to connect; `tls` its trust anchors; `hop` the
+//! hop-by-hop fields neither direction forwards; `error` what can fail.
+
+mod body;
+mod error;
+mod framing;
+mod h1;
+mod h2;
+mod head;
+pub mod hop;
+mod origin;
+mod pool;
+mod pooled;
+mod response;
+mod tls;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use http::Response;
+
+pub use self::body::ResponseBody;
+pub use self::error::SendError;
+pub use self::h2::MAX_STREAMS_PER_CONNECTION;
+pub use self::head::{BodyLength, Fields, RequestBody, RequestHead, encode_head};
+pub use self::origin::Origin;
+pub use self::pooled::{BoxError, Connector, HttpClient, UpstreamBody, client, connector, pooled};
+pub use self::tls::{UpstreamError, read_ca_file, tls_config};
+
+use self::h1::Conn;
+use self::h2::{Multiplexer, Opened, protocol};
+use self::pool::Pool;
+
+/// One worker's client to Poynt. Cloning shares it.
+#[derive(Clone)]
+pub struct Upstream {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    origin: Arc<Origin>,
+    pool: Arc<Pool>,
+    h2: Multiplexer,
+    /// What the last connection opened chose (`h2::protocol`).
+    protocol: AtomicU8,
+}
+
+impl Upstream {
+    /// A client with no connection yet.
+    pub fn new(origin: Arc<Origin>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                origin,
+                pool: Arc::default(),
+                h2: Multiplexer::default(),
+                protocol: AtomicU8::new(protocol::UNKNOWN),
+            }),
+        }
+    }
+
+    /// Sends one request and returns Poynt's response head; its body streams from the
+    /// connection as the caller reads it. Not bounded in time here: the proxy puts its
+    /// response timeout around the call.
+    pub async fn send(
+        &self,
+        head: &RequestHead<'_>,
+        body: RequestBody,
+    ) -> Result<Response<ResponseBody>, SendError> {
+        let inner = &*self.inner;
+        let (origin, protocol) = (&*inner.origin, &inner.protocol);
+        // HTTP/2, or not known yet: the multiplexer opens the first connection alone.
+        if protocol.load(Ordering::Acquire) != protocol::HTTP1 {
+            match inner.h2.slot(origin, protocol).await? {
+                Opened::Slot(send, slot) => {
+                    return inner
+                        .h2
+                        .send(origin, protocol, head, body, (send, slot))
+                        .await;
+                }
+                Opened::Http1(io) => return self.send_h1(Conn::new(io), head, body).await,
+                Opened::UseHttp1 => {}
+            }
+        }
+        let conn = match inner.pool.take() {
+            Some(conn) => conn,
+            None => {
+                let connected = origin.connect().await?;
+                if connected.h2 {
+                    protocol.store(protocol::HTTP2, Ordering::Release);
+                    let first = inner.h2.adopt(connected.io).await?;
+                    return inner.h2.send(origin, protocol, head, body, first).await;
+                }
+                Conn::new(connected.io)
+            }
+        };
+        self.send_h1(conn, head, body).await
+    }
+
+    async fn send_h1(
+        &self,
+        mut conn: Box<Conn>,
+        head: &RequestHead<'_>,
+        body: RequestBody,
+    ) -> Result<Response<ResponseBody>, SendError> {
+        let inner = &*self.inner;
+        let (response, complete) = conn
+            .exchange(head, inner.origin.host_header(), body)
+            .await?;
+        let keep_alive = response.keep_alive && complete;
+        let body = ResponseBody::h1(conn, response.framing, inner.pool.clone(), keep_alive);
+        let mut answer = Response::new(body);
+        *answer.status_mut() = response.status;
+        *answer.headers_mut() = response.headers;
+        Ok(answer)
+    }
+}

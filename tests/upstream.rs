@@ -1,0 +1,217 @@
+//! The proxy's own upstream client against the emulator: HTTP/1.1 connections reused (and
+//! replaced when Poynt closes them), every body framing passed through exactly, streamed
+//! uploads; over TLS, HTTP/2 multiplexing over a bounded number of connections and a GOAWAY
+//! in the middle of traffic that no caller notices. The emulator counts the connections it
+//! accepts; each test first makes one request (so the token grant and its connection are
+//! behind it) and then counts the connections its traffic opened.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use poynt_proxy::upstream::MAX_STREAMS_PER_CONNECTION;
+use serde_json::Value;
+use support::{Builder, HEADER, Harness, eventually};
+
+/// The emulator's `_size=N` body: byte `i` is `i % 251`.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// Waits until the emulator has closed every connection it was told to close.
+async fn emulator_connections_closed(h: &Harness) {
+    eventually(
+        "the emulator closed its connections",
+        Duration::from_secs(10),
+        || async { h.emulator.goaway() == 0 },
+    )
+    .await;
+}
+
+/// `count` GETs of `suffix` at once; every one must answer 200.
+async fn concurrent_gets(h: &Harness, count: usize, suffix: &str) {
+    let m = h.merchants[0];
+    let responses = join_all((0..count).map(|_| h.get(m, suffix))).await;
+    for response in responses {
+        assert_eq!(response.status(), 200);
+    }
+}
+
+#[tokio::test]
+async fn http1_connections_are_reused_and_replaced_when_poynt_closes_them() {
+    let h = Harness::new().await;
+    let m = h.merchants[0];
+    assert_eq!(h.get(m, "/orders").await.status(), 200);
+    let warm = h.stats().connections;
+    for _ in 0..30 {
+        assert_eq!(h.get(m, "/orders").await.status(), 200);
+    }
+    assert_eq!(h.stats().connections, warm, "sequential requests reuse one");
+
+    // Poynt closes every idle connection: the pool must not hand out a dead one.
+    h.emulator.goaway();
+    emulator_connections_closed(&h).await;
+    for _ in 0..5 {
+        assert_eq!(h.get(m, "/orders").await.status(), 200);
+    }
+    // The /token client's idle connection was closed too, but it makes no calls here.
+    assert_eq!(h.stats().connections, warm + 1, "one new connection");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn http1_opens_one_connection_per_request_in_flight_and_keeps_them() {
+    let h = Harness::new().await;
+    assert_eq!(h.get(h.merchants[0], "/orders").await.status(), 200);
+    let warm = h.stats().connections;
+    concurrent_gets(&h, 20, "/orders?_delay_ms=300").await;
+    let opened = h.stats().connections - warm;
+    assert!(
+        (1..=20).contains(&opened),
+        "20 requests in flight opened {opened} connections"
+    );
+    concurrent_gets(&h, 20, "/orders?_delay_ms=300").await;
+    assert_eq!(
+        h.stats().connections - warm,
+        opened,
+        "the second wave reused the first wave's connections"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn chunked_long_and_bodiless_responses_pass_through_exactly() {
+    let h = Harness::new().await;
+    let m = h.merchants[0];
+    assert_eq!(h.get(m, "/orders").await.status(), 200);
+    let warm = h.stats().connections;
+    for suffix in [
+        "/orders?_size=300000&_chunked=1",
+        "/orders?_size=300000",
+        "/orders?_size=1&_chunked=1",
+    ] {
+        let response = h.get(m, suffix).await;
+        assert_eq!(response.status(), 200, "{suffix}");
+        let len: usize = suffix
+            .split("_size=")
+            .nth(1)
+            .and_then(|rest| rest.split('&').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        let body = response.bytes().await.unwrap();
+        assert!(
+            body == pattern(len),
+            "{suffix}: {} bytes differ",
+            body.len()
+        );
+    }
+    let head = h
+        .client
+        .head(h.url(&format!("/businesses/{m}/orders?_size=5000")))
+        .header(HEADER, m.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-length"], "5000");
+    assert!(head.bytes().await.unwrap().is_empty());
+    let no_content = h.get(m, "/orders?_status=204").await;
+    assert_eq!(no_content.status(), 204);
+    assert!(no_content.bytes().await.unwrap().is_empty());
+    // Every body ended exactly where its framing said: the connection was reused throughout.
+    assert_eq!(h.stats().connections, warm);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_chunked_upload_of_unknown_length_streams_through_intact() {
+    let h = Builder::default()
+        .yaml("server:\n  retry_buffer_bytes: 1024")
+        .start()
+        .await;
+    let m = h.merchants[0];
+    let pieces: Vec<Bytes> = (0..40u8).map(|i| Bytes::from(vec![i; 7919])).collect();
+    let whole: Vec<u8> = pieces.iter().flat_map(|p| p.iter().copied()).collect();
+    let stream = futures_util::stream::iter(pieces.into_iter().map(Ok::<_, std::io::Error>));
+    let response = h
+        .client
+        .post(h.url(&format!("/businesses/{m}/orders")))
+        .header(HEADER, m.to_string())
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let echo: Value = response.json().await.unwrap();
+    assert_eq!(echo["body_len"], whole.len());
+    assert_eq!(
+        echo["body_sha256"],
+        support::hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &whole).as_ref())
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn http2_multiplexes_callers_over_a_bounded_number_of_connections() {
+    // One worker: each worker multiplexes over connections of its own.
+    let h = Builder::default()
+        .tls()
+        .yaml("server:\n  workers: 1")
+        .start()
+        .await;
+    assert_eq!(h.get(h.merchants[0], "/orders").await.status(), 200);
+    let warm = h.stats().connections;
+    let callers = 2 * MAX_STREAMS_PER_CONNECTION + MAX_STREAMS_PER_CONNECTION / 2;
+    concurrent_gets(&h, callers, "/orders?_delay_ms=1000").await;
+    let opened = h.stats().connections - warm;
+    // The warm connection takes 100 streams; 250 callers in flight need two more.
+    assert!(
+        (1..=2).contains(&opened),
+        "{callers} requests in flight opened {opened} more connections"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_goaway_in_the_middle_of_http2_traffic_fails_no_request() {
+    let h = Builder::default().tls().start().await;
+    let m = h.merchants[0];
+    assert_eq!(h.get(m, "/orders").await.status(), 200);
+    let warm = h.stats().connections;
+    let worker = |task: usize| {
+        let h = &h;
+        async move {
+            let mut statuses = Vec::new();
+            for i in 0..20 {
+                let url = h.url(&format!("/businesses/{m}/orders?_delay_ms=5"));
+                let request = if (task + i).is_multiple_of(2) {
+                    h.client.get(url)
+                } else {
+                    h.client.post(url).body("{\"amount\":1}")
+                };
+                let response = request.header(HEADER, m.to_string()).send().await.unwrap();
+                statuses.push(response.status().as_u16());
+            }
+            statuses
+        }
+    };
+    let traffic = join_all((0..32).map(worker));
+    let goaway = async {
+        eventually("traffic under way", Duration::from_secs(10), || async {
+            h.stats().api_calls >= 200
+        })
+        .await;
+        assert!(h.emulator.goaway() >= 1, "a connection was open to be told");
+    };
+    let (statuses, ()) = tokio::join!(traffic, goaway);
+    let statuses: Vec<u16> = statuses.into_iter().flatten().collect();
+    assert_eq!(statuses.len(), 640);
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(
+        h.stats().connections > warm,
+        "traffic moved to a new connection"
+    );
+    h.stop().await;
+}
