@@ -15,6 +15,10 @@ use poynt_proxy::token::broker::Broker;
 use poynt_proxy::token::grant::{GrantKind, IssuedToken, TokenClient, parse_token_response};
 use poynt_proxy::upstream;
 
+/// The binary's allocator (src/main.rs), so the figures are those of the shipped proxy.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// A config whose /token endpoint is never reached (the benchmarks only hit the cache).
 pub fn config() -> Config {
     let key = concat!(

@@ -13,6 +13,13 @@ use poynt_proxy::{Listeners, demo, emulator, onboarding, start, telemetry};
 use secrecy::ExposeSecret as _;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
+/// jemalloc rather than glibc's allocator: after a burst (hundreds of callers waiting out a
+/// slow /token), glibc kept the burst's high-water mark resident for the life of the
+/// process, while jemalloc hands freed pages back within seconds (measured in the soak run,
+/// docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// A token-brokering reverse proxy for the Poynt Cloud API.
 ///
 /// Internal services call the proxy over plain HTTP, naming a merchant in a header; the

@@ -103,7 +103,7 @@ export PATH=$PATH:/usr/sbin
 
 say "building poynt-proxy (release)"
 (cd "$ROOT" && cargo build --release --locked --quiet)
-BIN=$ROOT/target/release/poynt-proxy
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/poynt-proxy
 
 # --- certificates: a CA and a leaf for localhost / 127.0.0.1 -----------------------------
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=poynt-load-ca \
