@@ -73,10 +73,18 @@ async fn read_response(stream: &mut TcpStream) -> (u16, String, Value) {
 #[tokio::test]
 async fn silent_connections_are_closed_after_the_header_read_timeout_and_readyz_reports_a_full_cap()
 {
-    let h = Builder::default()
+    let mut h = Builder::default()
         .yaml("server:\n  max_connections: 6\n  header_read_timeout: 1s")
         .start()
         .await;
+    // With a 1 s deadline the proxy closes the harness client's idle pooled connections as
+    // the test goes on; a client that opens a connection per request cannot reuse one at
+    // the moment it is closed.
+    h.client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let addr = h.proxy.proxy_addr();
     let mut sockets = Vec::new();
     for kind in 0..6 {
