@@ -15,8 +15,9 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// jemalloc rather than glibc's allocator: after a burst (hundreds of callers waiting out a
 /// slow /token), glibc kept the burst's high-water mark resident for the life of the
-/// process, while jemalloc hands freed pages back within seconds (measured in the soak run,
-/// docs/BENCHMARKS.md).
+/// process, while jemalloc hands freed pages back (measured in the soak run,
+/// docs/BENCHMARKS.md). Its background threads (the `background_threads` feature) purge
+/// them on a timer, so an arena whose threads have gone quiet gives its pages back too.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
