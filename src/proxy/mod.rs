@@ -26,11 +26,10 @@ pub mod merchant;
 pub mod path;
 
 use std::collections::HashSet;
-
-use arc_swap::ArcSwapOption;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, Entry};
 use http::request::Parts;
@@ -57,7 +56,7 @@ use self::headers::Rewritten;
 pub type ProxyBody = Either<ResponseBody, Full<Bytes>>;
 
 /// The merchants served when `merchant.allow` is set, shared by every worker and replaced
-/// whole by a reload; empty when every merchant is served.
+/// whole by a reload; `None` when every merchant is served.
 pub type AllowList = Arc<ArcSwapOption<HashSet<MerchantId>>>;
 
 /// The forwarding service. Cloning shares it.
