@@ -1,5 +1,6 @@
 //! The proxy's own upstream client against the emulator: HTTP/1.1 connections reused (and
-//! replaced when Poynt closes them), every body framing passed through exactly, streamed
+//! replaced when Poynt closes them, and a request that crosses Poynt's close of an idle
+//! connection sent again when that is safe), every body framing passed through exactly, streamed
 //! uploads; over TLS, HTTP/2 multiplexing over a bounded number of connections and a GOAWAY
 //! in the middle of traffic that no caller notices. The emulator counts the connections it
 //! accepts; each test first makes one request (so the token grant and its connection are
@@ -58,6 +59,76 @@ async fn http1_connections_are_reused_and_replaced_when_poynt_closes_them() {
     }
     // The /token client's idle connection was closed too, but it makes no calls here.
     assert_eq!(h.stats().connections, warm + 1, "one new connection");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_that_crosses_poynts_close_of_an_idle_connection_is_resent_only_if_idempotent() {
+    // One worker, so every request takes its connection from the same pool.
+    let h = Builder::default()
+        .yaml("server:\n  workers: 1")
+        .start()
+        .await;
+    let m = h.merchants[0];
+    assert_eq!(h.get(m, "/orders").await.status(), 200);
+    // `_drop_reused`: the emulator closes a connection that has served before, unanswered,
+    // as the request arrives.
+    for method in [
+        reqwest::Method::GET,
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+    ] {
+        let before = h.stats();
+        let response = h
+            .client
+            .request(
+                method.clone(),
+                h.url(&format!("/businesses/{m}/orders?_drop_reused=1")),
+            )
+            .header(HEADER, m.to_string())
+            .body(if method == reqwest::Method::PUT {
+                "{}"
+            } else {
+                ""
+            })
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{method}");
+        let after = h.stats();
+        assert_eq!(
+            after.api_calls - before.api_calls,
+            2,
+            "{method}: sent twice"
+        );
+        assert_eq!(
+            after.connections - before.connections,
+            1,
+            "{method}: on a new connection"
+        );
+    }
+    // Poynt may have acted on a POST before the connection died: the caller decides.
+    let before = h.stats();
+    let response = h
+        .client
+        .post(h.url(&format!("/businesses/{m}/orders?_drop_reused=1")))
+        .header(HEADER, m.to_string())
+        .body("{\"amount\": 1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let body: Value = response.json().await.unwrap();
+    support::assert_poynt_error(&body, "UPSTREAM_UNAVAILABLE", 502);
+    let after = h.stats();
+    assert_eq!(after.api_calls - before.api_calls, 1, "POST sent once");
+    assert_eq!(after.connections, before.connections, "and not again");
+    // The dead connection did not go back to the pool: the next request opens a new one
+    // (which the knob leaves alone) and is answered at once.
+    assert_eq!(h.get(m, "/orders?_drop_reused=1").await.status(), 200);
+    let last = h.stats();
+    assert_eq!(last.api_calls - after.api_calls, 1);
+    assert_eq!(last.connections - after.connections, 1);
     h.stop().await;
 }
 

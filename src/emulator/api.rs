@@ -1,6 +1,9 @@
 //! `/businesses/{id}/...`: Poynt's resource API, reduced to what the proxy can observe. A call
 //! with a valid token for the path's merchant gets an echo of what arrived (method, path,
-//! query, headers, body length and SHA-256), or a body shaped by query knobs.
+//! query, headers, body length and SHA-256), or a body shaped by query knobs — or, with
+//! `_drop_reused=1` on a connection that has served before, no answer at all: the connection
+//! is closed as the request arrives, which is what a keep-alive connection that Poynt closed
+//! for idleness looks like to a client whose request crossed the close.
 //!
 //! This is the benchmarks' hot path: one read-locked map lookup for the token, atomics for
 //! counting, the request body hashed as it streams, large bodies generated on the fly.
@@ -20,7 +23,7 @@ use super::body::ResponseBody;
 use super::error::ApiError;
 use super::reply::{self, RequestId};
 use super::state::{Shared, now_secs};
-use super::token::bearer_token;
+use super::token::{DropConnection, bearer_token};
 use crate::merchant::MerchantId;
 use crate::poynt::API_VERSION_HEADER;
 
@@ -30,28 +33,37 @@ pub(crate) const REQUEST_SHA256_HEADER: &str = "x-emulator-request-body-sha256";
 /// Path prefix of the resource API.
 pub(crate) const BUSINESSES_PREFIX: &str = "/businesses/";
 
-/// Handles one call under `/businesses/`.
+/// Handles one call under `/businesses/`; `reused` tells whether its connection carried an
+/// earlier request.
 pub(crate) async fn handle(
     shared: &Shared,
     request: Request<Incoming>,
     request_id: &RequestId,
-) -> Response<ResponseBody> {
+    reused: bool,
+) -> Result<Response<ResponseBody>, DropConnection> {
     shared.counters.api_call();
-    match handle_inner(shared, request, request_id).await {
-        Ok(response) => response,
-        Err(error) => {
-            if matches!(error, ApiError::InvalidAccessToken(_)) {
-                shared.counters.api_unauthorized();
-            }
-            reply::error(&error, request_id)
-        }
+    let knobs = Knobs::parse(request.uri().query());
+    if reused && knobs.as_ref().is_ok_and(|knobs| knobs.drop_reused) {
+        return Err(DropConnection);
     }
+    Ok(
+        match handle_inner(shared, request, knobs, request_id).await {
+            Ok(response) => response,
+            Err(error) => {
+                if matches!(error, ApiError::InvalidAccessToken(_)) {
+                    shared.counters.api_unauthorized();
+                }
+                reply::error(&error, request_id)
+            }
+        },
+    )
 }
 
 /// The phases: api-version, token, merchant, knobs, body, delay, answer.
 async fn handle_inner(
     shared: &Shared,
     request: Request<Incoming>,
+    knobs: Result<Knobs, ApiError>,
     request_id: &RequestId,
 ) -> Result<Response<ResponseBody>, ApiError> {
     let (parts, body) = request.into_parts();
@@ -77,7 +89,7 @@ async fn handle_inner(
         }));
     }
     let query = parts.uri.query();
-    let knobs = Knobs::parse(query)?;
+    let knobs = knobs?;
 
     let (body_len, body_sha256, trailers) = match hash_body(body).await {
         Ok(read) => read,
@@ -221,6 +233,8 @@ struct Knobs {
     chunked: bool,
     /// `_delay_ms=N`: wait before answering.
     delay: Option<Duration>,
+    /// `_drop_reused=1`: close the connection unanswered if it has served before.
+    drop_reused: bool,
 }
 
 impl Knobs {
@@ -231,6 +245,7 @@ impl Knobs {
             bytes: None,
             chunked: false,
             delay: None,
+            drop_reused: false,
         };
         let Some(query) = query else {
             return Ok(knobs);
@@ -256,6 +271,7 @@ impl Knobs {
                 "_bytes" => knobs.bytes = Some(number(&key, &value)?),
                 "_chunked" => knobs.chunked = matches!(value.as_ref(), "1" | "true"),
                 "_delay_ms" => knobs.delay = Some(Duration::from_millis(number(&key, &value)?)),
+                "_drop_reused" => knobs.drop_reused = matches!(value.as_ref(), "1" | "true"),
                 _ => {}
             }
         }
@@ -278,9 +294,10 @@ mod tests {
     #[test]
     fn knobs_parse_and_refuse_nonsense() {
         let knobs = Knobs::parse(Some(
-            "a=1&_status=503&_size=10&_chunked=1&_delay_ms=5&_bytes=7",
+            "a=1&_status=503&_size=10&_chunked=1&_delay_ms=5&_bytes=7&_drop_reused=1",
         ))
         .unwrap();
+        assert!(knobs.drop_reused);
         assert_eq!(knobs.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(knobs.size, Some(10));
         assert_eq!(knobs.bytes, Some(7));

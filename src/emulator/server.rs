@@ -3,6 +3,7 @@
 //! and graceful shutdown.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -122,9 +123,12 @@ async fn serve_io<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut goaway = shared.goaway_signal();
+    // Requests this connection has carried (HTTP/2 streams count alike).
+    let served = Arc::new(AtomicU64::new(0));
     let service = service_fn(move |request| {
         let shared = shared.clone();
-        async move { route(&shared, request).await }
+        let reused = served.fetch_add(1, Ordering::Relaxed) > 0;
+        async move { route(&shared, request, reused).await }
     });
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
@@ -145,15 +149,17 @@ async fn serve_io<I>(
     }
 }
 
-/// Sends a request to its handler. `Err` makes hyper drop the connection unanswered.
+/// Sends a request to its handler (`reused`: its connection carried an earlier one). `Err`
+/// makes hyper drop the connection unanswered.
 async fn route(
     shared: &Shared,
     request: Request<Incoming>,
+    reused: bool,
 ) -> Result<Response<ResponseBody>, DropConnection> {
     let request_id = RequestId::from_headers(request.headers());
     let path = request.uri().path();
     if path.starts_with(BUSINESSES_PREFIX) {
-        return Ok(api::handle(shared, request, &request_id).await);
+        return api::handle(shared, request, &request_id, reused).await;
     }
     if path.starts_with(CONTROL_PREFIX) {
         return Ok(control::handle(shared, request, &request_id).await);

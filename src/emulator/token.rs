@@ -35,9 +35,9 @@ pub(crate) const POYNT_NET_ISSUER: &str = "https://poynt.net";
 const REFRESH_PREFIX: &str = "1:1:1:2:";
 
 /// The service function asks hyper to abort the connection when it gets this error: the
-/// `token_drop` fault, Poynt unreachable.
+/// `token_drop` fault (Poynt unreachable), or the API's `_drop_reused` knob.
 #[derive(Debug, thiserror::Error)]
-#[error("connection dropped on purpose by the token_drop fault")]
+#[error("connection dropped on purpose by an injected fault")]
 pub(crate) struct DropConnection;
 
 /// Handles one `/token` call.

@@ -50,6 +50,25 @@ pub enum BodyLength {
 }
 
 impl RequestBody {
+    /// A copy to send again if a reused connection turns out to have been closed under the
+    /// request: only a body held whole, and only for a method RFC 9110 (§9.2.2) calls
+    /// idempotent, since Poynt may have acted on the first copy before the connection died.
+    pub(crate) fn replay(&self, method: &Method) -> Option<Self> {
+        let idempotent = matches!(
+            *method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        );
+        match self {
+            Self::Full(bytes) if idempotent => Some(Self::Full(bytes.clone())),
+            Self::Full(_) | Self::Stream(_) => None,
+        }
+    }
+
     /// The framing this body needs: an empty body of a method that carries one still says
     /// `Content-Length: 0`, as hyper's client did.
     pub fn length(&self, method: &Method) -> BodyLength {

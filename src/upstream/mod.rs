@@ -92,23 +92,51 @@ impl Upstream {
                         .send(origin, protocol, head, body, (send, slot))
                         .await;
                 }
-                Opened::Http1(io) => return self.send_h1(Conn::new(io), head, body).await,
+                Opened::Http1(io) => {
+                    return self
+                        .send_h1(Conn::new(io), head, body)
+                        .await
+                        .map_err(|failed| failed.error);
+                }
                 Opened::UseHttp1 => {}
             }
         }
-        let conn = match inner.pool.take() {
-            Some(conn) => conn,
-            None => {
-                let connected = origin.connect().await?;
-                if connected.h2 {
-                    protocol.store(protocol::HTTP2, Ordering::Release);
-                    let first = inner.h2.adopt(connected.io).await?;
-                    return inner.h2.send(origin, protocol, head, body, first).await;
-                }
-                Conn::new(connected.io)
-            }
+        let Some(conn) = inner.pool.take() else {
+            return self.send_fresh(head, body).await;
         };
-        self.send_h1(conn, head, body).await
+        let replay = body.replay(head.method);
+        match (self.send_h1(conn, head, body).await, replay) {
+            (Ok(response), _) => Ok(response),
+            // Poynt closed the idle connection as the request went out (its keep-alive timer
+            // and our pick crossed): the request never got an answer, so it goes once more on
+            // a new connection, as nginx and Go's client do.
+            (Err(failed), Some(body)) if failed.unanswered => {
+                tracing::debug!(error = %failed.error, "a reused connection to Poynt closed before answering; sending the request again on a new one");
+                self.send_fresh(head, body).await
+            }
+            (Err(failed), _) => Err(failed.error),
+        }
+    }
+
+    /// Sends on a connection opened for this request.
+    async fn send_fresh(
+        &self,
+        head: &RequestHead<'_>,
+        body: RequestBody,
+    ) -> Result<Response<ResponseBody>, SendError> {
+        let inner = &*self.inner;
+        let connected = inner.origin.connect().await?;
+        if connected.h2 {
+            inner.protocol.store(protocol::HTTP2, Ordering::Release);
+            let first = inner.h2.adopt(connected.io).await?;
+            return inner
+                .h2
+                .send(&inner.origin, &inner.protocol, head, body, first)
+                .await;
+        }
+        self.send_h1(Conn::new(connected.io), head, body)
+            .await
+            .map_err(|failed| failed.error)
     }
 
     async fn send_h1(
@@ -116,11 +144,17 @@ impl Upstream {
         mut conn: Box<Conn>,
         head: &RequestHead<'_>,
         body: RequestBody,
-    ) -> Result<Response<ResponseBody>, SendError> {
+    ) -> Result<Response<ResponseBody>, Failed> {
         let inner = &*self.inner;
-        let (response, complete) = conn
-            .exchange(head, inner.origin.host_header(), body)
-            .await?;
+        let (response, complete) = match conn.exchange(head, inner.origin.host_header(), body).await
+        {
+            Ok(exchanged) => exchanged,
+            Err(error) => {
+                let unanswered = conn.read_buf.is_empty()
+                    && matches!(error, SendError::Io(_) | SendError::Closed(_));
+                return Err(Failed { error, unanswered });
+            }
+        };
         let keep_alive = response.keep_alive && complete;
         let body = ResponseBody::h1(conn, response.framing, inner.pool.clone(), keep_alive);
         let mut answer = Response::new(body);
@@ -128,4 +162,11 @@ impl Upstream {
         *answer.headers_mut() = response.headers;
         Ok(answer)
     }
+}
+
+/// An HTTP/1.1 exchange that failed.
+struct Failed {
+    error: SendError,
+    /// The connection was lost before a byte of the response arrived.
+    unanswered: bool,
 }
