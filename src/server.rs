@@ -21,6 +21,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use futures_util::task::AtomicWaker;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -173,16 +174,16 @@ async fn connection<F, Fut, B>(
     }
     let activity = Arc::new(Activity::new());
     let tracked = activity.clone();
+    // `map`, not an `async` block around the handler's future: a block would keep that
+    // future twice (as captured, and as awaited), and hyper moves it twice per request.
     let service = service_fn(move |request| {
         let guard = tracked.begin();
-        let response = handler(request);
-        async move {
-            let response = response.await;
+        handler(request).map(move |response| {
             Ok::<_, Infallible>(response.map(|body| Tracked {
                 body,
                 _guard: guard,
             }))
-        }
+        })
     });
     let mut conn = pin!(
         builder

@@ -246,8 +246,8 @@ impl Proxy {
             return Ok(response);
         }
         drop(response);
-        self.retry_unauthorized(merchant, &outgoing, bytes, ctx)
-            .await
+        // Boxed: rare, and as large as everything before it.
+        Box::pin(self.retry_unauthorized(merchant, &outgoing, bytes, ctx)).await
     }
 
     /// Phase 6: the refused token is gone; get a fresh one and send once more.

@@ -314,11 +314,24 @@ impl Broker {
         let inner = &self.inner;
         let now = Instant::now();
         // The index answers fresh hits; anything else asks moka, which also re-indexes.
-        let cached = match inner.tokens.indexed(merchant) {
-            Some(token) if now < token.refresh_at => Some(token),
-            _ => inner.tokens.get(merchant).await,
-        };
-        if let Some(token) = cached {
+        if let Some(token) = inner.tokens.indexed(merchant)
+            && now < token.refresh_at
+        {
+            inner.metrics.lookup(Lookup::Hit);
+            return Ok((token, TokenSource::Hit));
+        }
+        // Boxed: the rest is kilobytes of future that a hit would carry for nothing.
+        Box::pin(self.token_unindexed(merchant, now)).await
+    }
+
+    /// A lookup the index could not answer with a fresh token.
+    async fn token_unindexed(
+        &self,
+        merchant: MerchantId,
+        now: Instant,
+    ) -> Result<(Arc<Token>, TokenSource), BrokerError> {
+        let inner = &self.inner;
+        if let Some(token) = inner.tokens.get(merchant).await {
             if now < token.refresh_at {
                 inner.metrics.lookup(Lookup::Hit);
                 return Ok((token, TokenSource::Hit));
@@ -343,6 +356,15 @@ impl Broker {
     /// request gets a new one), unless the token is too young to blame or a 401 already
     /// forced a renewal for this merchant within `tokens.unauthorized_renewal_interval`.
     pub async fn unauthorized(&self, merchant: MerchantId, refused: &Token) -> UnauthorizedAction {
+        // Boxed: rare, and kilobytes of future every request through the proxy would carry.
+        Box::pin(self.judge_unauthorized(merchant, refused)).await
+    }
+
+    async fn judge_unauthorized(
+        &self,
+        merchant: MerchantId,
+        refused: &Token,
+    ) -> UnauthorizedAction {
         let inner = &self.inner;
         let config = inner.config.load();
         let now = Instant::now();

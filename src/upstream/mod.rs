@@ -82,27 +82,18 @@ impl Upstream {
         body: RequestBody,
     ) -> Result<Response<ResponseBody>, SendError> {
         let inner = &*self.inner;
-        let (origin, protocol) = (&*inner.origin, &inner.protocol);
-        // HTTP/2, or not known yet: the multiplexer opens the first connection alone.
-        if protocol.load(Ordering::Acquire) != protocol::HTTP1 {
-            match inner.h2.slot(origin, protocol).await? {
-                Opened::Slot(send, slot) => {
-                    return inner
-                        .h2
-                        .send(origin, protocol, head, body, (send, slot))
-                        .await;
-                }
-                Opened::Http1(io) => {
-                    return self
-                        .send_h1(Conn::new(io), head, body)
-                        .await
-                        .map_err(|failed| failed.error);
-                }
-                Opened::UseHttp1 => {}
+        // Every path but a pooled HTTP/1.1 connection's is boxed: the future a request
+        // carries through the proxy stays small, and hyper moves it twice per request.
+        let body = if inner.protocol.load(Ordering::Acquire) == protocol::HTTP1 {
+            body
+        } else {
+            match Box::pin(self.send_multiplexed(head, body)).await {
+                Ok(sent) => return sent,
+                Err(body) => body,
             }
-        }
+        };
         let Some(conn) = inner.pool.take() else {
-            return self.send_fresh(head, body).await;
+            return Box::pin(self.send_fresh(head, body)).await;
         };
         let replay = body.replay(head.method);
         match (self.send_h1(conn, head, body).await, replay) {
@@ -112,10 +103,35 @@ impl Upstream {
             // a new connection, as nginx and Go's client do.
             (Err(failed), Some(body)) if failed.unanswered => {
                 tracing::debug!(error = %failed.error, "a reused connection to Poynt closed before answering; sending the request again on a new one");
-                self.send_fresh(head, body).await
+                Box::pin(self.send_fresh(head, body)).await
             }
             (Err(failed), _) => Err(failed.error),
         }
+    }
+
+    /// HTTP/2, or not known yet (the multiplexer opens the first connection alone). Hands
+    /// the body back when the connection turned out to speak HTTP/1.1 only.
+    async fn send_multiplexed(
+        &self,
+        head: &RequestHead<'_>,
+        body: RequestBody,
+    ) -> Result<Result<Response<ResponseBody>, SendError>, RequestBody> {
+        let inner = &*self.inner;
+        let (origin, protocol) = (&*inner.origin, &inner.protocol);
+        Ok(match inner.h2.slot(origin, protocol).await {
+            Err(error) => Err(error),
+            Ok(Opened::Slot(send, slot)) => {
+                inner
+                    .h2
+                    .send(origin, protocol, head, body, (send, slot))
+                    .await
+            }
+            Ok(Opened::Http1(io)) => self
+                .send_h1(Conn::new(io), head, body)
+                .await
+                .map_err(|failed| failed.error),
+            Ok(Opened::UseHttp1) => return Err(body),
+        })
     }
 
     /// Sends on a connection opened for this request.
