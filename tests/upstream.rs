@@ -73,27 +73,23 @@ async fn a_request_that_crosses_poynts_close_of_an_idle_connection_is_resent_onl
     assert_eq!(h.get(m, "/orders").await.status(), 200);
     // `_drop_reused`: the emulator closes a connection that has served before, unanswered,
     // as the request arrives.
-    for method in [
-        reqwest::Method::GET,
-        reqwest::Method::PUT,
-        reqwest::Method::DELETE,
-    ] {
-        let before = h.stats();
-        let response = h
-            .client
+    let drop_reused = |method: reqwest::Method, body: &'static str| {
+        h.client
             .request(
-                method.clone(),
+                method,
                 h.url(&format!("/businesses/{m}/orders?_drop_reused=1")),
             )
             .header(HEADER, m.to_string())
-            .body(if method == reqwest::Method::PUT {
-                "{}"
-            } else {
-                ""
-            })
+            .body(body)
             .send()
-            .await
-            .unwrap();
+    };
+    for (method, body) in [
+        (reqwest::Method::GET, ""),
+        (reqwest::Method::PUT, "{}"),
+        (reqwest::Method::DELETE, ""),
+    ] {
+        let before = h.stats();
+        let response = drop_reused(method.clone(), body).await.unwrap();
         assert_eq!(response.status(), 200, "{method}");
         let after = h.stats();
         assert_eq!(
@@ -109,12 +105,7 @@ async fn a_request_that_crosses_poynts_close_of_an_idle_connection_is_resent_onl
     }
     // Poynt may have acted on a POST before the connection died: the caller decides.
     let before = h.stats();
-    let response = h
-        .client
-        .post(h.url(&format!("/businesses/{m}/orders?_drop_reused=1")))
-        .header(HEADER, m.to_string())
-        .body("{\"amount\": 1}")
-        .send()
+    let response = drop_reused(reqwest::Method::POST, "{\"amount\": 1}")
         .await
         .unwrap();
     assert_eq!(response.status(), 502);
