@@ -210,12 +210,17 @@ cpu_ticks() { # pid -> user + system clock ticks of the process, its threads and
     echo "$total"
 }
 
-saturate() { # name [seconds] -> "requests/s CPU-µs-per-request" (fails on any error or non-2xx answer)
-    local name=$1 out before=0 after=0 requests
+# saturate name [seconds] -> "requests/s CPU-µs-per-request upstream-CPU-µs-per-request" (fails
+# on any error or non-2xx answer). The upstream's share tells whether a proxy makes the
+# upstream (which shares the load generator's CPUs) work harder per request.
+saturate() {
+    local name=$1 out before=0 after=0 requests up_before up_after
     [[ -n ${PID[$name]:-} ]] && before=$(cpu_ticks "${PID[$name]}")
+    up_before=$(cpu_ticks "${PID[upstream]}")
     out=$(taskset -c "$LOADGEN_CPUS" wrk -t"$LOADGEN_THREADS" -c"$CONNECTIONS" -d"${2:-$DURATION}s" \
         -H "${HEADER[$name]}" "${URL[$name]}")
     [[ -n ${PID[$name]:-} ]] && after=$(cpu_ticks "${PID[$name]}")
+    up_after=$(cpu_ticks "${PID[upstream]}")
     if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
         echo "load: $name answered errors under load:" >&2
         echo "$out" >&2
@@ -223,8 +228,8 @@ saturate() { # name [seconds] -> "requests/s CPU-µs-per-request" (fails on any 
     fi
     requests=$(awk '$2 == "requests" && $3 == "in" {print $1}' <<<"$out")
     awk -v rps="$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")" -v ticks=$((after - before)) \
-        -v hz="$(getconf CLK_TCK)" -v n="$requests" -v proxy="${PID[$name]:-}" \
-        'BEGIN {printf "%s %s\n", rps, proxy == "" ? "-" : sprintf("%.2f", ticks / hz * 1e6 / n)}'
+        -v hz="$(getconf CLK_TCK)" -v n="$requests" -v proxy="${PID[$name]:-}" -v up=$((up_after - up_before)) \
+        'BEGIN {printf "%s %s %.2f\n", rps, proxy == "" ? "-" : sprintf("%.2f", ticks / hz * 1e6 / n), up / hz * 1e6 / n}'
 }
 
 fixed_rate() { # name -> "p50 p99 p99.9 count", milliseconds
@@ -249,14 +254,14 @@ for name in "${CONTESTANTS[@]}"; do saturate "$name" 2 >/dev/null; done
 LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
 TOKEN_CALLS_BEFORE=$(token_calls)
 RESULTS=$OUT/results.tsv
-printf 'round\tcontestant\trps\tp50_ms\tp99_ms\tp999_ms\trequests\tcpu_us_per_request\n' >"$RESULTS"
+printf 'round\tcontestant\trps\tp50_ms\tp99_ms\tp999_ms\trequests\tcpu_us_per_request\tupstream_cpu_us_per_request\n' >"$RESULTS"
 for round in $(seq 1 "$ROUNDS"); do
     for i in "${!CONTESTANTS[@]}"; do
         name=${CONTESTANTS[$(((i + round - 1) % ${#CONTESTANTS[@]}))]}
-        read -r rps cpu < <(saturate "$name")
+        read -r rps cpu upstream_cpu < <(saturate "$name")
         read -r p50 p99 p999 count < <(fixed_rate "$name")
-        say "round $round $name: $rps req/s, CPU $cpu µs/request; at $RATE req/s p50 $p50 ms, p99 $p99 ms, p99.9 $p999 ms"
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$rps" "$p50" "$p99" "$p999" "$count" "$cpu" >>"$RESULTS"
+        say "round $round $name: $rps req/s, CPU $cpu µs/request (upstream $upstream_cpu); at $RATE req/s p50 $p50 ms, p99 $p99 ms, p99.9 $p999 ms"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$rps" "$p50" "$p99" "$p999" "$count" "$cpu" "$upstream_cpu" >>"$RESULTS"
     done
 done
 TOKEN_CALLS_DURING=$(($(token_calls) - TOKEN_CALLS_BEFORE))
@@ -281,11 +286,11 @@ REPORT=$OUT/report.md
     echo "$ROUNDS rounds; saturation: wrk, $CONNECTIONS connections, ${DURATION}s; latency: hey, $RATE req/s, 50 connections, ${DURATION}s."
     echo "Versions: $("$BIN" --version), $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)."
     echo
-    echo "| contestant | req/s (median) | CPU µs/request | p50 ms | p99 ms | p99.9 ms | peak RSS MiB |"
-    echo "|---|---:|---:|---:|---:|---:|---:|"
+    echo "| contestant | req/s (median) | CPU µs/request | upstream CPU µs/request | p50 ms | p99 ms | p99.9 ms | peak RSS MiB |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
     for name in "${CONTESTANTS[@]}"; do
         peak=${PEAK[$name]:-}
-        printf '| %s | %.0f | %s | %s | %s | %s | %s |\n' "$name" "$(column_of "$name" 3)" "$(column_of "$name" 8)" \
+        printf '| %s | %.0f | %s | %s | %s | %s | %s | %s |\n' "$name" "$(column_of "$name" 3)" "$(column_of "$name" 8)" "$(column_of "$name" 9)" \
             "$(column_of "$name" 4)" "$(column_of "$name" 5)" "$(column_of "$name" 6)" \
             "${peak:+$(awk -v k="$peak" 'BEGIN {printf "%.1f", k / 1024}')}"
     done
@@ -300,6 +305,24 @@ REPORT=$OUT/report.md
         done
     done
     echo "| poynt-proxy / direct | $(ratio poynt-proxy direct 3) | | $(ratio poynt-proxy direct 5) | |"
+    echo
+    # The same ratios taken within each round (measurements a minute apart) and then the
+    # median over the rounds: a shared machine's speed drifts during a run, and this
+    # cancels the drift that the ratio of two medians keeps.
+    paired() { # ours other column -> median over rounds of ours / other
+        awk -F'\t' -v a="$1" -v b="$2" -v c="$3" '
+            NR > 1 && $2 == a {x[$1] = $c}
+            NR > 1 && $2 == b {y[$1] = $c}
+            END {for (r in x) if ((r in y) && x[r] != "-" && y[r] > 0) printf "%.4f\n", x[r] / y[r]}' "$RESULTS" | median
+    }
+    echo "| ratio within each round, median | req/s | CPU per request | p99 |"
+    echo "|---|---:|---:|---:|"
+    for ours in poynt-proxy poynt-proxy-h2; do
+        for other in nginx haproxy; do
+            printf '| %s / %s | %.2f | %.2f | %.2f |\n' "$ours" "$other" "$(paired "$ours" "$other" 3)" \
+                "$(paired "$ours" "$other" 8)" "$(paired "$ours" "$other" 5)"
+        done
+    done
     echo
     echo "poynt-proxy idle RSS (started, token not yet fetched): $(awk -v k="$IDLE_RSS_KB" 'BEGIN {printf "%.1f", k / 1024}') MiB."
     echo "Load average (1, 5, 15 min) when measuring started: $LOAD_AT_START; when it ended: $(cut -d' ' -f1-3 /proc/loadavg)."
