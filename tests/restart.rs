@@ -78,25 +78,25 @@ async fn sigkill_during_two_hundred_renewals_loses_no_merchant_and_reuses_no_ref
     );
     let mut proxy = spawn_proxy(&emulator, &config);
     all_served(&proxy, &merchants).await;
+    // Each renewal takes 500 ms, 64 at a time: the 200 of them outlast the callers' requests
+    // (which never wait for a renewal) by seconds, so the kill below finds every caller
+    // answered, some renewals stored and the rest in flight.
     emulator.set_fault(Fault {
-        token_delay_ms: Some(100),
+        token_delay_ms: Some(500),
         ..Fault::default()
     });
     // Past the refresh points (2-3 s into 5 s tokens), traffic starts 200 renewals; kill the
     // proxy while they are in flight.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let traffic = join_all(merchants.iter().map(|m| proxy.get(*m)));
-    let kill = async {
-        eventually(
-            "renewals are in flight",
-            Duration::from_secs(10),
-            || async { emulator.stats().token_calls.refresh_token.total >= 20 },
-        )
-        .await;
-        proxy.signal("KILL");
-    };
-    let (statuses, ()) = tokio::join!(traffic, kill);
+    let statuses = join_all(merchants.iter().map(|m| proxy.get(*m))).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    eventually(
+        "renewals are in flight",
+        Duration::from_secs(10),
+        || async { emulator.stats().token_calls.refresh_token.total >= 20 },
+    )
+    .await;
+    proxy.signal("KILL");
     assert!(proxy.exit_within(Duration::from_secs(10)).is_some());
     let renewed_before_kill = emulator.stats().token_calls.refresh_token.total;
     assert!(
