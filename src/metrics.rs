@@ -11,6 +11,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::poynt::GrantKind;
+
 /// Latency buckets from 100 µs to 30 s, roughly ×2.5 apart.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -50,6 +52,32 @@ pub enum Unauthorized {
     /// Renewing was rate-limited (token too young, or a 401 renewal happened recently); the
     /// 401 went to the caller and the token stayed.
     PassedThrough,
+}
+
+/// How a `/token` call ended: the `outcome` label of `poynt_proxy_token_requests_total`. The
+/// alerts page on `Error` and only ticket on `Rejected`, which is Poynt refusing one merchant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantOutcome {
+    /// A token was issued.
+    Success,
+    /// Poynt refused the grant (4xx): this merchant or credential is not acceptable.
+    Rejected,
+    /// No usable answer: transport failure, timeout, no call slot, 5xx, a malformed body.
+    Error,
+}
+
+impl GrantOutcome {
+    /// Every outcome, so each series exists (at 0) before the first call ends that way.
+    const ALL: [Self; 3] = [Self::Success, Self::Rejected, Self::Error];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Rejected => "rejected",
+            Self::Error => "error",
+        }
+    }
 }
 
 /// How a configuration reload ended.
@@ -143,6 +171,15 @@ impl Metrics {
             ),
             &["grant"],
         )?;
+        // Every grant × outcome series from the start: a rule such as "no success" or
+        // "errors increased" needs the series before the first call ends that way (a series
+        // born at 1 shows no increase, an absent one makes the rule an empty vector).
+        for grant in GrantKind::ALL {
+            for outcome in GrantOutcome::ALL {
+                token_requests.with_label_values(&[grant.as_str(), outcome.as_str()]);
+            }
+            token_duration.with_label_values(&[grant.as_str()]);
+        }
         let tokens_cached = IntGauge::new(
             "poynt_proxy_tokens_cached",
             "Merchants with an access token in the cache.",
@@ -279,14 +316,14 @@ impl Metrics {
     }
 
     /// Counts and times one `/token` call.
-    pub fn observe_grant(&self, grant: &str, outcome: &str, elapsed: Duration) {
+    pub fn observe_grant(&self, grant: GrantKind, outcome: GrantOutcome, elapsed: Duration) {
         self.inner
             .token_requests
-            .with_label_values(&[grant, outcome])
+            .with_label_values(&[grant.as_str(), outcome.as_str()])
             .inc();
         self.inner
             .token_duration
-            .with_label_values(&[grant])
+            .with_label_values(&[grant.as_str()])
             .observe(elapsed.as_secs_f64());
     }
 

@@ -69,6 +69,9 @@ pub enum GrantKind {
 }
 
 impl GrantKind {
+    /// Every grant, so metrics can export each one's series from the start.
+    pub const ALL: [Self; 3] = [Self::JwtBearer, Self::RefreshToken, Self::AuthorizationCode];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -207,7 +207,8 @@ async fn a_real_prometheus_scrapes_exactly_the_traffic_sent() {
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     assert_eq!(requests, expected);
-    let grants = query(&client, &prometheus, "poynt_proxy_token_requests_total").await;
+    // Every grant × outcome series exists from the start; these are the ones that moved.
+    let grants = query(&client, &prometheus, "poynt_proxy_token_requests_total > 0").await;
     let expected: BTreeMap<String, f64> = [
         ("grant=jwt_bearer,outcome=rejected", 1.0),
         ("grant=jwt_bearer,outcome=success", 1.0),
@@ -269,6 +270,88 @@ async fn promtool_accepts_the_metrics_and_the_alert_rules() {
     h.stop().await;
 }
 
+/// Every series of the counters the alert rules read, as the exposition names them: each is
+/// exported at 0 from the first scrape, so a rule over it works after a start during an
+/// outage (a "no success" rule has a success series to read, and the first failure is an
+/// increase rather than a series born at 1).
+fn counter_series_the_alerts_read() -> BTreeSet<String> {
+    let mut series = BTreeSet::new();
+    for grant in ["jwt_bearer", "refresh_token", "authorization_code"] {
+        for outcome in ["success", "rejected", "error"] {
+            series.insert(format!(
+                "poynt_proxy_token_requests_total{{grant=\"{grant}\",outcome=\"{outcome}\"}}"
+            ));
+        }
+    }
+    for result in ["hit", "miss", "refresh_ahead", "stale"] {
+        series.insert(format!(
+            "poynt_proxy_token_cache_lookups_total{{result=\"{result}\"}}"
+        ));
+    }
+    for outcome in ["success", "invalid", "restart_required"] {
+        series.insert(format!(
+            "poynt_proxy_config_reloads_total{{outcome=\"{outcome}\"}}"
+        ));
+    }
+    series.insert("poynt_proxy_upstream_unauthorized_retries_total".to_owned());
+    series.insert("poynt_proxy_store_records_refused_total".to_owned());
+    series
+}
+
+/// The family a series or sample line belongs to.
+fn family(series: &str) -> &str {
+    series
+        .split(['{', ' '])
+        .next()
+        .expect("split yields at least one piece")
+}
+
+/// Every `expr` of the alert rules.
+fn alert_exprs() -> Vec<String> {
+    let rules: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo("deploy/prometheus/alerts.yaml")).unwrap(),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    exprs(&serde_json::to_value(rules).unwrap(), &mut out);
+    out
+}
+
+#[tokio::test]
+async fn a_fresh_proxy_exports_every_counter_the_alerts_read_at_zero() {
+    let h = Harness::new().await;
+    let text = metrics_text(&h.client, &h.proxy.admin_addr().to_string()).await;
+    let expected = counter_series_the_alerts_read();
+    let families: BTreeSet<&str> = expected.iter().map(|s| family(s)).collect();
+    let exported: BTreeMap<&str, &str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| families.contains(family(l)))
+        .filter_map(|l| l.rsplit_once(' '))
+        .collect();
+    let expected_at_zero: BTreeMap<&str, &str> =
+        expected.iter().map(|s| (s.as_str(), "0")).collect();
+    assert_eq!(exported, expected_at_zero, "{text}");
+
+    // The list covers every counter an alert reads, but the requests' own: its `code` is
+    // whatever status was answered (an open set), and its rule is a 5xx ratio, quiet until
+    // there is traffic to divide.
+    let read: BTreeSet<String> = alert_exprs()
+        .iter()
+        .flat_map(|e| metric_names(e))
+        .filter(|name| name.ends_with("_total") && name != "poynt_proxy_requests_total")
+        .collect();
+    let missing: Vec<_> = read
+        .iter()
+        .filter(|name| !families.contains(name.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "counters the alerts read, not checked at 0: {missing:?}"
+    );
+    h.stop().await;
+}
+
 /// Metric families the proxy exports, from the `# TYPE` lines.
 fn exported_families(text: &str) -> BTreeSet<String> {
     text.lines()
@@ -317,19 +400,14 @@ async fn every_metric_the_dashboard_and_alerts_query_is_exported() {
     let mut exported =
         exported_families(&metrics_text(&h.client, &h.proxy.admin_addr().to_string()).await);
     exported.insert("up".to_owned());
+    let mut queries = Vec::new();
     let dashboard: Value = serde_json::from_str(
         &std::fs::read_to_string(repo("deploy/grafana/poynt-proxy.json")).unwrap(),
     )
     .expect("dashboard is JSON");
-    let mut queries = Vec::new();
     exprs(&dashboard, &mut queries);
-    let rules: serde_yaml::Value = serde_yaml::from_str(
-        &std::fs::read_to_string(repo("deploy/prometheus/alerts.yaml")).unwrap(),
-    )
-    .unwrap();
-    let rules = serde_json::to_value(rules).unwrap();
     let dashboard_count = queries.len();
-    exprs(&rules, &mut queries);
+    queries.extend(alert_exprs());
     assert!(
         dashboard_count >= 10,
         "only {dashboard_count} dashboard queries"

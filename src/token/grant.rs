@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::merchant::MerchantId;
-use crate::metrics::Metrics;
+use crate::metrics::{GrantOutcome, Metrics};
 pub use crate::poynt::GrantKind;
 use crate::poynt::{self, ErrorBody};
 use crate::token::assertion::{AssertionSigner, SignError};
@@ -146,11 +146,11 @@ impl GrantError {
         }
     }
 
-    fn outcome(&self) -> &'static str {
+    fn outcome(&self) -> GrantOutcome {
         if self.is_refused() {
-            "rejected"
+            GrantOutcome::Rejected
         } else {
-            "error"
+            GrantOutcome::Error
         }
     }
 }
@@ -246,17 +246,17 @@ impl TokenClient {
         };
         let elapsed = started.elapsed();
         let outcome = match &result {
-            Ok(_) => "success",
+            Ok(_) => GrantOutcome::Success,
             Err(e) => e.outcome(),
         };
-        self.metrics.observe_grant(kind.as_str(), outcome, elapsed);
+        self.metrics.observe_grant(kind, outcome, elapsed);
         let merchant = merchant.map(tracing::field::display);
         match &result {
             Ok(token) => tracing::info!(
                 target: "poynt_proxy::token",
                 grant = kind.as_str(),
                 merchant,
-                outcome,
+                outcome = outcome.as_str(),
                 latency_ms = elapsed.as_secs_f64() * 1e3,
                 lifetime_s = token.lifetime.as_secs(),
                 %request_id,
@@ -266,7 +266,7 @@ impl TokenClient {
                 target: "poynt_proxy::token",
                 grant = kind.as_str(),
                 merchant,
-                outcome,
+                outcome = outcome.as_str(),
                 latency_ms = elapsed.as_secs_f64() * 1e3,
                 poynt_code = error.poynt_code(),
                 %error,
