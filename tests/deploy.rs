@@ -407,6 +407,137 @@ fn the_prometheus_rule_is_the_alert_rules_file() {
     }
 }
 
+/// The promtool unit tests of the alert rules, deploy/prometheus/tests/*.yaml, sorted.
+fn alert_rule_tests() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo("deploy/prometheus/tests"))
+        .expect("deploy/prometheus/tests")
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The alerts named in a promtool test case, split by whether it expects them to fire.
+fn expected(case: &Value) -> (BTreeSet<&str>, BTreeSet<&str>) {
+    let (mut firing, mut quiet) = (BTreeSet::new(), BTreeSet::new());
+    for check in seq(&case["alert_rule_test"]) {
+        let alert = str_of(&check["alertname"]);
+        if seq(&check["exp_alerts"]).is_empty() {
+            quiet.insert(alert);
+        } else {
+            firing.insert(alert);
+        }
+    }
+    (firing, quiet)
+}
+
+#[test]
+fn promtool_passes_the_alert_rule_tests_which_cover_every_alert_and_the_bad_days() {
+    let files = alert_rule_tests();
+    let mut promtool = required("promtool");
+    promtool.args(["test", "rules"]).args(&files);
+    let said = run_ok(promtool);
+    assert_eq!(said.matches("SUCCESS").count(), files.len(), "{said}");
+
+    let alerts = yaml(&read("deploy/prometheus/alerts.yaml"));
+    let severity: BTreeMap<&str, &str> = seq(&alerts["groups"][0]["rules"])
+        .iter()
+        .map(|rule| (str_of(&rule["alert"]), str_of(&rule["labels"]["severity"])))
+        .collect();
+    for (alert, level) in &severity {
+        assert!(
+            matches!(*level, "page" | "ticket"),
+            "{alert}: expected severity page or ticket; found {level:?}"
+        );
+    }
+    let pages: BTreeSet<&str> = severity
+        .iter()
+        .filter(|(_, level)| **level == "page")
+        .map(|(alert, _)| *alert)
+        .collect();
+    let tests: Vec<Value> = files
+        .iter()
+        .map(|f| yaml(&std::fs::read_to_string(f).expect("a test file")))
+        .collect();
+    let cases: BTreeMap<&str, &Value> = tests
+        .iter()
+        .flat_map(|t| seq(&t["tests"]))
+        .map(|case| (str_of(&case["name"]), case))
+        .collect();
+    let count: usize = tests.iter().map(|t| seq(&t["tests"]).len()).sum();
+    assert_eq!(
+        cases.len(),
+        count,
+        "expected every test case named, each name once"
+    );
+
+    // Every alert is seen firing and seen quiet, and every alert a test names exists.
+    let (mut firing, mut quiet) = (BTreeSet::new(), BTreeSet::new());
+    for case in cases.values() {
+        let (fires, stays) = expected(case);
+        firing.extend(fires);
+        quiet.extend(stays);
+    }
+    let named: Vec<_> = firing
+        .union(&quiet)
+        .filter(|a| !severity.contains_key(*a))
+        .collect();
+    assert!(
+        named.is_empty(),
+        "the tests name alerts alerts.yaml lacks: {named:?}"
+    );
+    for alert in severity.keys() {
+        assert!(
+            firing.contains(alert) && quiet.contains(alert),
+            "{alert}: expected a firing and a quiet case; found firing {}, quiet {}",
+            firing.contains(alert),
+            quiet.contains(alert)
+        );
+    }
+
+    // The days operators live through.
+    let case = |name: &str| {
+        cases
+            .get(name)
+            .map(|case| expected(case))
+            .unwrap_or_else(|| panic!("no promtool test case named {name:?}"))
+    };
+    let (fires, stays) = case("one merchant withdrew among many healthy");
+    let unchecked: Vec<_> = pages.difference(&stays).collect();
+    assert!(
+        unchecked.is_empty(),
+        "pages not asserted quiet when one merchant withdrew: {unchecked:?}"
+    );
+    assert!(fires.is_disjoint(&pages), "{fires:?}");
+    let (fires, _) = case("Poynt down since start");
+    assert!(
+        !fires.is_disjoint(&pages),
+        "no page fires when Poynt is down since start"
+    );
+    let (_, stays) = case("Redis restarted and healthy again");
+    assert!(stays.contains("PoyntProxyStoreUnreachable"), "{stays:?}");
+
+    // A case that fails fails the run: promtool reads and judges the expectations.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        repo("deploy/prometheus/alerts.yaml"),
+        dir.path().join("alerts.yaml"),
+    )
+    .unwrap();
+    let wrong = dir.path().join("wrong.yaml");
+    std::fs::write(
+        &wrong,
+        "rule_files: [alerts.yaml]\ntests:\n  - interval: 1m\n    input_series:\n      - series: 'up{job=\"poynt-proxy\", instance=\"a:9090\"}'\n        values: '1x10'\n    alert_rule_test:\n      - eval_time: 5m\n        alertname: PoyntProxyDown\n        exp_alerts: [{exp_labels: {severity: page}}]\n",
+    )
+    .unwrap();
+    let mut promtool = required("promtool");
+    promtool.args(["test", "rules"]).arg(&wrong);
+    let out = output(promtool, "");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("FAILED"), "{}", text(&out));
+}
+
 #[test]
 fn every_container_of_every_workload_runs_locked_down() {
     let mut containers_checked = 0;
