@@ -401,11 +401,7 @@ async fn every_metric_the_dashboard_and_alerts_query_is_exported() {
         exported_families(&metrics_text(&h.client, &h.proxy.admin_addr().to_string()).await);
     exported.insert("up".to_owned());
     let mut queries = Vec::new();
-    let dashboard: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo("deploy/grafana/poynt-proxy.json")).unwrap(),
-    )
-    .expect("dashboard is JSON");
-    exprs(&dashboard, &mut queries);
+    exprs(&dashboard(), &mut queries);
     let dashboard_count = queries.len();
     queries.extend(alert_exprs());
     assert!(
@@ -424,6 +420,141 @@ async fn every_metric_the_dashboard_and_alerts_query_is_exported() {
     }
     let unknown: Vec<_> = used.difference(&exported).collect();
     assert!(unknown.is_empty(), "queried but not exported: {unknown:?}");
+    h.stop().await;
+}
+
+/// The dashboard, parsed.
+fn dashboard() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(repo("deploy/grafana/poynt-proxy.json")).unwrap())
+        .expect("dashboard is JSON")
+}
+
+/// Every metric selector in `expr`: the metric's name and what its braces hold ("" when it
+/// has none).
+fn selectors(expr: &str) -> Vec<(&str, &str)> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let mut found = Vec::new();
+    let mut rest = expr;
+    while let Some(start) = rest.find(is_name) {
+        let word_and_after = &rest[start..];
+        let end = word_and_after
+            .find(|c: char| !is_name(c))
+            .unwrap_or(word_and_after.len());
+        let (word, after) = word_and_after.split_at(end);
+        let braces = after
+            .strip_prefix('{')
+            .and_then(|inner| inner.split_once('}'));
+        if word.starts_with("poynt_proxy_") || word.starts_with("process_") {
+            found.push((word, braces.map_or("", |(inside, _)| inside)));
+        }
+        rest = braces.map_or(after, |(_, tail)| tail);
+    }
+    found
+}
+
+/// `label_values(<selector>, <label>)`, a Grafana variable query, split in its two parts.
+fn label_values(query: &str) -> (&str, &str) {
+    query
+        .strip_prefix("label_values(")
+        .and_then(|q| q.strip_suffix(')'))
+        .and_then(|q| q.rsplit_once(", "))
+        .unwrap_or_else(|| panic!("expected label_values(<selector>, <label>); found {query}"))
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_the_chosen_job_and_instance_and_nothing_else() {
+    let dashboard = dashboard();
+    let mut queries = Vec::new();
+    exprs(&dashboard["panels"], &mut queries);
+    for q in &queries {
+        for (metric, matchers) in selectors(q) {
+            assert!(
+                matchers.contains(r#"job=~"$job""#)
+                    && matchers.contains(r#"instance=~"$instance""#),
+                "expected {metric} scoped by $job and $instance; found {{{matchers}}} in {q}"
+            );
+        }
+    }
+
+    let h = Harness::new().await;
+    let prometheus = start_prometheus(h.proxy.admin_addr()).await;
+    // A success and a 502, so the rate and 5xx-ratio panels have series to show.
+    assert_eq!(h.get(h.merchants[0], "/orders").await.status(), 200);
+    assert_eq!(h.get(support::merchant(), "/orders").await.status(), 502);
+    let client = support::client();
+    let instance = h.proxy.admin_addr().to_string();
+
+    // The variables list this job and this instance, as Grafana asks Prometheus for them.
+    let variables: BTreeMap<&str, &str> = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["type"] == "query")
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap(),
+                v["query"]["query"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        variables.keys().copied().collect::<Vec<_>>(),
+        ["instance", "job"]
+    );
+    for (variable, want) in [("job", "poynt-proxy"), ("instance", instance.as_str())] {
+        let (selector, label) = label_values(variables[variable]);
+        let selector = selector.replace("$job", "poynt-proxy");
+        let url = format!(
+            "{}/api/v1/label/{label}/values?{}",
+            prometheus.url,
+            form_urlencoded::Serializer::new(String::new())
+                .append_pair("match[]", &selector)
+                .finish()
+        );
+        eventually(
+            &format!("${variable} lists {want}"),
+            Duration::from_secs(30),
+            || async {
+                let body: Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+                body["data"] == json!([want])
+            },
+        )
+        .await;
+    }
+
+    let render = |q: &str, job: &str, instance: &str| {
+        q.replace("$__rate_interval", "1m")
+            .replace("$job", job)
+            .replace("$instance", instance)
+    };
+    eventually(
+        "every panel shows this instance",
+        Duration::from_secs(30),
+        || async {
+            for q in &queries {
+                if query(&client, &prometheus, &render(q, "poynt-proxy", &instance))
+                    .await
+                    .is_empty()
+                {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    for q in &queries {
+        for (job, other) in [
+            ("poynt-proxy", "127.0.0.1:1"),
+            ("another-job", instance.as_str()),
+        ] {
+            let shown = query(&client, &prometheus, &render(q, job, other)).await;
+            assert!(
+                shown.is_empty(),
+                "job {job}, instance {other}: {q} shows {shown:?}"
+            );
+        }
+    }
     h.stop().await;
 }
 
