@@ -17,7 +17,8 @@
 //! - Events (Redis): a save by another replica replaces this replica's copy; after a
 //!   reconnection (or once the store key is proven) every cached merchant is reconciled, the
 //!   newest generation winning, retried with back-off until a pass completes — so an empty
-//!   Redis after a restart gets back every record a live replica holds.
+//!   Redis after a restart gets back the record of every merchant a live replica holds a
+//!   token for.
 //!
 //! When the store cannot be reached, callers are still served: grants happen locally, a
 //! refresh token is not presented (it could not be marked spent), and errors are counted
