@@ -68,11 +68,17 @@ impl Admin {
         }
     }
 
-    /// Ready: started, not draining, and with room for one more caller connection.
+    /// Ready: started, not draining, with a store key that was not refused, and with room
+    /// for one more caller connection.
     fn readiness(&self) -> Result<(), &'static str> {
         let inner = &self.inner;
         if !inner.ready.load(Ordering::Acquire) {
             return Err("not ready: starting or draining\n");
+        }
+        if inner.broker.store_key_refused() {
+            return Err(
+                "not ready: the token store answered and no configured key opens it; this replica is read-only until restarted with the right store key\n",
+            );
         }
         if inner.proxy_limits.connections.available_permits() == 0 {
             return Err(
@@ -187,14 +193,17 @@ impl Admin {
                     format!("expected a merchant the proxy holds state for; found {merchant}"),
                 ),
             },
-            (&Method::DELETE, None) => {
-                let evicted = broker.evict(merchant).await;
-                json(StatusCode::OK, &serde_json::json!({ "evicted": evicted }))
-            }
+            (&Method::DELETE, None) => match broker.evict(merchant).await {
+                Ok(evicted) => json(StatusCode::OK, &serde_json::json!({ "evicted": evicted })),
+                Err(e) => store_unavailable(&e),
+            },
             (&Method::POST, Some("refresh")) => match broker.renew_now(merchant).await {
-                Ok(_) => match broker.status(merchant).await {
-                    Some(status) => json(StatusCode::OK, &status),
-                    None => json(StatusCode::OK, &serde_json::json!({})),
+                Ok(token) => match broker.confirm_stored(merchant, &token).await {
+                    Ok(()) => match broker.status(merchant).await {
+                        Some(status) => json(StatusCode::OK, &status),
+                        None => json(StatusCode::OK, &serde_json::json!({})),
+                    },
+                    Err(e) => store_unavailable(&e),
                 },
                 Err(e) => error(StatusCode::BAD_GATEWAY, "TOKEN_UNAVAILABLE", e.to_string()),
             },
@@ -299,13 +308,7 @@ impl Admin {
             };
             let onboarded = match broker.onboarded().await {
                 Ok(onboarded) => onboarded,
-                Err(e) => {
-                    return error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "STORE_UNAVAILABLE",
-                        e.to_string(),
-                    );
-                }
+                Err(e) => return store_unavailable(&e),
             };
             let mut merchants: Vec<_> = onboarded
                 .into_iter()
@@ -345,11 +348,7 @@ impl Admin {
                     StatusCode::OK,
                     &serde_json::json!({ "forgotten": forgotten }),
                 ),
-                Err(e) => error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "STORE_UNAVAILABLE",
-                    e.to_string(),
-                ),
+                Err(e) => store_unavailable(&e),
             },
             _ => method_not_allowed(method, path),
         }
@@ -378,6 +377,16 @@ fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Full<Byt
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response<Full<Bytes>> {
     json(status, &ErrorBody::new(code, status.as_u16(), message))
+}
+
+/// An admin write (or read) the store did not take: 503, so a caller retries instead of
+/// believing an eviction or renewal that no other replica, and no restart, would see.
+fn store_unavailable(cause: &crate::store::StoreError) -> Response<Full<Bytes>> {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "STORE_UNAVAILABLE",
+        format!("expected the token store to take the change; found: {cause}"),
+    )
 }
 
 fn method_not_allowed(method: &Method, path: &str) -> Response<Full<Bytes>> {

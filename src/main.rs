@@ -325,6 +325,22 @@ async fn list_store(config: &Config) -> anyhow::Result<()> {
         );
     }
     eprintln!("{} merchants ({})", records.len(), describe_store(config));
+    let refused = store.refused_by_key();
+    if !refused.is_empty() {
+        let total: usize = refused.values().sum();
+        let by_key = refused
+            .iter()
+            .map(|(key, count)| match key.as_str() {
+                "none" => format!("{count} not sealed values"),
+                key => format!("{count} sealed with key {key}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let records = if total == 1 { "record" } else { "records" };
+        eprintln!(
+            "{total} {records} could not be opened with the configured keys ({by_key}); they are kept as they are: list the key they were sealed with in store.previous_key_files to read them"
+        );
+    }
     Ok(())
 }
 

@@ -468,6 +468,9 @@ pub enum StoreOutcome {
     Unavailable,
     /// The store answered with an error.
     Error,
+    /// Not attempted: a write that could destroy a record this replica cannot open, or any
+    /// write before the store key is proven.
+    Withheld,
 }
 
 impl StoreOutcome {
@@ -479,6 +482,7 @@ impl StoreOutcome {
             Self::Busy => "busy",
             Self::Unavailable => "unavailable",
             Self::Error => "error",
+            Self::Withheld => "withheld",
         }
     }
 }
@@ -517,6 +521,7 @@ pub struct StoreMetrics {
     records_loaded: IntGauge,
     reachable: IntGauge,
     refused: IntCounter,
+    withheld: IntCounter,
 }
 
 impl StoreMetrics {
@@ -554,6 +559,10 @@ impl StoreMetrics {
             "poynt_proxy_store_records_refused_total",
             "Stored records that failed to open (unknown key, tampered, or copied under another merchant) and were treated as absent.",
         )?;
+        let withheld = IntCounter::new(
+            "poynt_proxy_store_saves_withheld_total",
+            "Saves not made because the merchant's stored record opens with none of the configured keys (its tokens are served unsaved).",
+        )?;
         for op in StoreOp::ALL {
             operations.with_label_values(&[op.as_str(), StoreOutcome::Ok.as_str()]);
             duration.with_label_values(&[op.as_str()]);
@@ -568,6 +577,7 @@ impl StoreMetrics {
         registry.register(Box::new(records_loaded.clone()))?;
         registry.register(Box::new(reachable.clone()))?;
         registry.register(Box::new(refused.clone()))?;
+        registry.register(Box::new(withheld.clone()))?;
         Ok(Self {
             operations,
             duration,
@@ -575,6 +585,7 @@ impl StoreMetrics {
             records_loaded,
             reachable,
             refused,
+            withheld,
         })
     }
 
@@ -607,6 +618,11 @@ impl StoreMetrics {
     /// Counts a stored record that failed to open.
     pub fn record_refused(&self) {
         self.refused.inc();
+    }
+
+    /// Counts a save withheld to keep a record this replica cannot open.
+    pub fn save_withheld(&self) {
+        self.withheld.inc();
     }
 }
 

@@ -1,7 +1,8 @@
 //! Three real proxy processes sharing one real `redis-server` and one emulator: one grant per
 //! merchant for the whole fleet, renewals by one replica at a time, a lock holder killed
 //! mid-grant replaced, a Redis outage that no caller sees, convergence when Redis returns,
-//! and a fleet restart that makes no grant.
+//! an empty Redis refilled from the replicas, a wrong-key replica started during a pause
+//! that destroys nothing, evictions that hold, and a fleet restart that makes no grant.
 
 mod support;
 
@@ -21,7 +22,9 @@ struct Fleet {
     redis: RedisServer,
     emulator: Emulator,
     config: String,
-    _dir: tempfile::TempDir,
+    /// `{key_prefix}:{application id}:`, where the replicas' keys live.
+    base: String,
+    dir: tempfile::TempDir,
 }
 
 impl Fleet {
@@ -29,24 +32,37 @@ impl Fleet {
         let redis = RedisServer::start();
         let emulator = Builder::default().token_ttl(ttl).emulator(merchants).await;
         let dir = tempfile::tempdir().unwrap();
-        let key = std::process::Command::new(support::process::BIN)
-            .args(["store", "keygen"])
-            .output()
-            .unwrap();
-        let key_file = dir.path().join("store.key");
-        std::fs::write(&key_file, key.stdout).unwrap();
+        let key_file = keygen(dir.path(), "store.key");
+        let prefix = format!("fleet-{}", uuid::Uuid::new_v4().simple());
         let config = format!(
-            "store:\n  backend: redis\n  redis_url: {:?}\n  key_prefix: \"fleet-{}\"\n  key_file: {:?}\n{extra}",
+            "store:\n  backend: redis\n  redis_url: {:?}\n  key_prefix: \"{prefix}\"\n  key_file: {:?}\n{extra}",
             redis.url(),
-            uuid::Uuid::new_v4().simple(),
             key_file.display().to_string()
         );
         Self {
             redis,
             emulator,
             config,
-            _dir: dir,
+            base: format!("{prefix}:{}:", support::APP_ID),
+            dir,
         }
+    }
+
+    /// The same configuration with another store key.
+    fn config_with_another_key(&self) -> String {
+        let own = self.dir.path().join("store.key").display().to_string();
+        let other = keygen(self.dir.path(), "other.key");
+        self.config.replace(
+            &format!("{own:?}"),
+            &format!("{:?}", other.display().to_string()),
+        )
+    }
+
+    /// `merchant`'s record as Redis holds it.
+    async fn record(&self, merchant: MerchantId) -> Option<Vec<u8>> {
+        self.redis
+            .get(&format!("{}token:{merchant}", self.base))
+            .await
     }
 
     fn replicas(&self, n: usize) -> Vec<ProxyProcess> {
@@ -54,6 +70,17 @@ impl Fleet {
             .map(|_| spawn_proxy(&self.emulator, &self.config))
             .collect()
     }
+}
+
+/// Writes a fresh store key (`store keygen`) to `name` in `dir`.
+fn keygen(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let key = std::process::Command::new(support::process::BIN)
+        .args(["store", "keygen"])
+        .output()
+        .unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, key.stdout).unwrap();
+    path
 }
 
 /// A proxied GET's status and the SHA-256 of the token it carried (from the emulator's echo).
@@ -283,4 +310,201 @@ async fn restarting_the_whole_fleet_makes_no_grant() {
         round(&restarted, &merchants, offset).await;
     }
     assert_eq!(fleet.emulator.stats().token_calls_total, granted);
+}
+
+/// `DELETE /admin/tokens/{merchant}` on `replica`: the status and the JSON body.
+async fn evict(replica: &ProxyProcess, merchant: MerchantId) -> (u16, Value) {
+    let response = support::client()
+        .delete(format!("http://{}/admin/tokens/{merchant}", replica.admin))
+        .send()
+        .await
+        .expect("admin answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// `GET /readyz` on `replica`: the status.
+async fn readyz(replica: &ProxyProcess) -> u16 {
+    support::client()
+        .get(format!("http://{}/readyz", replica.admin))
+        .send()
+        .await
+        .expect("admin answers")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn an_empty_redis_restarted_under_two_replicas_gets_every_record_back_from_them() {
+    let merchants: Vec<MerchantId> = (0..6).map(|_| support::merchant()).collect();
+    let (before, during) = merchants.split_at(5);
+    let mut fleet = Fleet::new(&merchants, Duration::from_secs(3600), "").await;
+    let replicas = fleet.replicas(2);
+    for offset in 0..2 {
+        round(&replicas, before, offset).await;
+    }
+    fleet.redis.stop();
+    assert_eq!(
+        call(&replicas[0], during[0]).await.0,
+        200,
+        "a merchant granted during the outage"
+    );
+    let granted = fleet.emulator.stats().token_calls_total;
+    fleet.redis.restart();
+    // Cache hits only: every merchant is cached where it is called.
+    round(&replicas, before, 0).await;
+    round(&replicas[..1], during, 0).await;
+    eventually(
+        "every merchant's record back in the empty Redis, and both replicas' gauges at 1",
+        Duration::from_secs(10),
+        || async {
+            for m in &merchants {
+                if fleet.record(*m).await.is_none() {
+                    return false;
+                }
+            }
+            for replica in &replicas {
+                if replica.metric("poynt_proxy_store_reachable").await != 1.0 {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    assert_eq!(fleet.emulator.stats().token_calls_total, granted);
+    let restarted = fleet.replicas(1);
+    round(&restarted, &merchants, 0).await;
+    let stats = fleet.emulator.stats();
+    assert_eq!(
+        stats.token_calls_total, granted,
+        "a new replica is served from the records written back: {stats:?}"
+    );
+    assert_eq!(stats.refresh_token_reuse, 0, "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_wrong_key_replica_started_during_a_redis_pause_leaves_the_records_intact() {
+    let m = support::merchant();
+    let fleet = Fleet::new(&[m], Duration::from_secs(3600), "").await;
+    let mut first = fleet.replicas(1).pop().unwrap();
+    assert_eq!(call(&first, m).await.0, 200);
+    let stored = fleet
+        .record(m)
+        .await
+        .expect("the first replica stored M's record");
+    fleet.redis.pause_clients(3000);
+    let wrong = spawn_proxy(&fleet.emulator, &fleet.config_with_another_key());
+    assert_eq!(call(&wrong, m).await.0, 200, "served during the pause");
+    // Waits out the pause: the GET answers once it ends.
+    assert_eq!(fleet.record(m).await.as_ref(), Some(&stored));
+    // The cached token dropped, the wrong-key replica must grant again with Redis answering.
+    assert_eq!(
+        evict(&wrong, m).await.0,
+        200,
+        "nothing to clear that it can open"
+    );
+    assert_eq!(
+        call(&wrong, m).await.0,
+        200,
+        "served by a grant it does not save"
+    );
+    assert_eq!(
+        fleet.record(m).await.as_ref(),
+        Some(&stored),
+        "the first replica's record is byte for byte intact"
+    );
+    eventually(
+        "the wrong-key replica reports not ready",
+        Duration::from_secs(10),
+        || async { readyz(&wrong).await == 503 },
+    )
+    .await;
+    assert!(
+        wrong
+            .metric("poynt_proxy_store_operations_total{op=\"save\",outcome=\"withheld\"}")
+            .await
+            >= 1.0
+    );
+    assert_eq!(fleet.record(m).await.as_ref(), Some(&stored));
+    assert!(first.terminate().success());
+    let granted = fleet.emulator.stats().token_calls_total;
+    let restarted = fleet.replicas(1);
+    assert_eq!(call(&restarted[0], m).await.0, 200);
+    let stats = fleet.emulator.stats();
+    assert_eq!(
+        stats.token_calls_total, granted,
+        "a right-key replica restarted uses M's stored record: {stats:?}"
+    );
+}
+
+#[tokio::test]
+async fn admin_writes_the_store_cannot_take_answer_503_and_an_eviction_that_answered_200_holds() {
+    let m = support::merchant();
+    let fleet = Fleet::new(&[m], Duration::from_secs(3600), "").await;
+    let replicas = fleet.replicas(2);
+    let (_, evicted) = call(&replicas[0], m).await;
+    assert!(evicted.is_some());
+    assert_eq!(
+        call(&replicas[1], m).await.1,
+        evicted,
+        "one token fleet-wide"
+    );
+    fleet.redis.pause_clients(4000);
+    let (status, body) = evict(&replicas[0], m).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "STORE_UNAVAILABLE", "{body}");
+    assert_eq!(body["httpStatus"], 503, "{body}");
+    eventually(
+        "the store takes the eviction once the pause ends",
+        Duration::from_secs(15),
+        || async { evict(&replicas[0], m).await.0 == 200 },
+    )
+    .await;
+    for replica in &replicas {
+        eventually(
+            "the replica stops using the evicted token",
+            Duration::from_secs(10),
+            || async { call(replica, m).await.1 != evicted },
+        )
+        .await;
+    }
+    for _ in 0..4 {
+        for replica in &replicas {
+            let (status, token) = call(replica, m).await;
+            assert_eq!(status, 200);
+            assert_ne!(
+                token, evicted,
+                "an eviction that answered 200 is never undone"
+            );
+        }
+    }
+
+    // The other admin writes, with Redis frozen (SIGSTOP): 503 too.
+    fleet.redis.freeze();
+    let admin = |method: reqwest::Method, path: String| {
+        let url = format!("http://{}{path}", replicas[1].admin);
+        async move {
+            let response = support::client()
+                .request(method, url)
+                .send()
+                .await
+                .expect("admin answers");
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            (status, body["code"].as_str().map(str::to_owned))
+        }
+    };
+    let unavailable = (503, Some("STORE_UNAVAILABLE".to_owned()));
+    assert_eq!(
+        admin(reqwest::Method::POST, format!("/admin/tokens/{m}/refresh")).await,
+        unavailable,
+        "a renewal the store did not take"
+    );
+    assert_eq!(
+        admin(reqwest::Method::DELETE, format!("/admin/merchants/{m}")).await,
+        unavailable,
+        "a forget the store did not take"
+    );
+    fleet.redis.thaw();
 }

@@ -208,6 +208,41 @@ async fn save_until_heard(
     panic!("no save was heard on the events channel");
 }
 
+/// A Redis store on its own server, for outage tests (logs captured): its events are heard
+/// (a save of `merchant` at generation `heard` was).
+struct Watched {
+    dir: tempfile::TempDir,
+    server: RedisServer,
+    /// `127.0.0.1:{port}`, as log lines name the store.
+    port: String,
+    store: Store,
+    metrics: Metrics,
+    events: broadcast::Receiver<Event>,
+    merchant: MerchantId,
+    heard: u64,
+}
+
+async fn watched_redis_store() -> Watched {
+    capture_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start();
+    let port = format!("127.0.0.1:{}", server.port());
+    let (store, metrics) = open(&redis_config(&server, dir.path())).await;
+    let mut events = store.events().unwrap();
+    let merchant = merchant();
+    let heard = save_until_heard(&store, &mut events, merchant).await;
+    Watched {
+        dir,
+        server,
+        port,
+        store,
+        metrics,
+        events,
+        merchant,
+        heard,
+    }
+}
+
 #[tokio::test]
 async fn embedded_records_persist_across_close_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -773,14 +808,16 @@ async fn a_save_on_one_replica_reaches_another_as_an_event() {
 
 #[tokio::test]
 async fn a_redis_outage_fails_fast_is_logged_once_and_ends_in_a_resync() {
-    capture_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = RedisServer::start();
-    let port = format!("127.0.0.1:{}", server.port());
-    let (store, metrics) = open(&redis_config(&server, dir.path())).await;
-    let mut events = store.events().unwrap();
-    let m = merchant();
-    let heard = save_until_heard(&store, &mut events, m).await;
+    let Watched {
+        dir: _dir,
+        mut server,
+        port,
+        store,
+        metrics,
+        mut events,
+        merchant: m,
+        heard,
+    } = watched_redis_store().await;
 
     server.stop();
     for _ in 0..5 {
@@ -824,6 +861,54 @@ async fn a_redis_outage_fails_fast_is_logged_once_and_ends_in_a_resync() {
     let warned = log_lines(&["WARN", "token store unreachable", &port]);
     assert_eq!(warned.len(), 1, "{warned:?}");
     let back = log_lines(&["INFO", "token store reachable again", &port]);
+    assert_eq!(back.len(), 1, "{back:?}");
+}
+
+#[tokio::test]
+async fn a_probe_finds_redis_back_with_no_operation_and_reachable_again_is_true() {
+    let mut watched = watched_redis_store().await;
+    let store = &watched.store;
+    watched.server.stop();
+    eventually(
+        "the outage to be noticed with no operation",
+        Duration::from_secs(10),
+        || async { !store.is_reachable() },
+    )
+    .await;
+    watched.server.restart();
+    eventually(
+        "the probe to find Redis again with no operation",
+        Duration::from_secs(10),
+        || async {
+            watched
+                .metrics
+                .render()
+                .lines()
+                .any(|l| l == "poynt_proxy_store_reachable 1")
+        },
+    )
+    .await;
+    assert!(
+        next_event(&mut watched.events, Duration::from_secs(10), |e| *e
+            == Event::Resync)
+        .await
+        .is_some(),
+        "a resync once Redis answers"
+    );
+    for generation in 1..=3 {
+        assert_eq!(
+            store
+                .save(watched.merchant, &record(generation, "back"))
+                .await
+                .unwrap(),
+            Saved::Written,
+            "\"reachable again\" is true: the command connection works at once"
+        );
+    }
+    assert!(store.is_reachable());
+    let down = log_lines(&["WARN", "token store unreachable", &watched.port]);
+    assert_eq!(down.len(), 1, "one outage, no flapping: {down:?}");
+    let back = log_lines(&["INFO", "token store reachable again", &watched.port]);
     assert_eq!(back.len(), 1, "{back:?}");
 }
 
@@ -956,4 +1041,91 @@ fn rediss_is_verified_against_the_bundle_ssl_cert_file_names() {
     );
     let stderr = String::from_utf8_lossy(&untrusted.stderr);
     assert!(stderr.contains("unavailable"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_record_no_configured_key_opens_is_never_overwritten_and_store_list_counts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start();
+    let (store, metrics) = open(&redis_config(&server, dir.path())).await;
+    // Sealed with a key this store lacks: written under another prefix, copied here.
+    key_file(dir.path(), "foreign.key");
+    let (foreign, _) = open(&store_config(
+        &format!(
+            "  backend: redis\n  redis_url: \"{}\"\n  key_prefix: foreign\n  key_file: foreign.key\n",
+            server.url()
+        ),
+        dir.path(),
+    ))
+    .await;
+    let m = merchant();
+    foreign.save(m, &record(3, "foreign")).await.unwrap();
+    let sealed = server
+        .get(&format!("foreign:{APP_ID}:token:{m}"))
+        .await
+        .unwrap();
+    let key = format!("poynt-proxy:{APP_ID}:token:{m}");
+    let mut connection = ::redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = ::redis::cmd("SET")
+        .arg(&key)
+        .arg(&sealed)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+
+    assert!(store.load(m).await.unwrap().is_none(), "it does not open");
+    for generation in [1, 3, 4, 100] {
+        let refused = store
+            .save(m, &record(generation, "mine"))
+            .await
+            .expect_err("a save over a record no configured key opens");
+        assert!(refused.to_string().contains("withheld"), "{refused}");
+    }
+    assert_eq!(
+        server.get(&key).await.as_ref(),
+        Some(&sealed),
+        "kept byte for byte"
+    );
+    assert!(
+        metrics
+            .render()
+            .contains("poynt_proxy_store_saves_withheld_total 4"),
+        "{}",
+        metrics.render()
+    );
+
+    let config = dir.path().join("proxy.yaml");
+    std::fs::write(
+        &config,
+        config_yaml(&format!(
+            "  backend: redis\n  redis_url: \"{}\"\n  key_file: shared.key\n",
+            server.url()
+        )),
+    )
+    .unwrap();
+    let listed = std::process::Command::new(support::process::BIN)
+        .args(["store", "list", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(listed.status.success());
+    let said = String::from_utf8_lossy(&listed.stderr);
+    let foreign_key = support::hex(&foreign.key().unwrap().id());
+    assert!(
+        said.contains("0 merchants")
+            && said.contains("1 record could not be opened")
+            && said.contains(&format!("1 sealed with key {foreign_key}")),
+        "{said}"
+    );
+
+    assert!(store.delete(m).await.unwrap(), "an operator may delete it");
+    assert_eq!(
+        store.save(m, &record(1, "mine")).await.unwrap(),
+        Saved::Written,
+        "and saves go through again"
+    );
 }

@@ -147,6 +147,7 @@ impl EmbeddedStore {
         merchant: MerchantId,
         record: &Record,
     ) -> Result<Saved, StoreError> {
+        self.inner.sealer.writable(merchant)?;
         let generation = record.generation;
         let sealed = self.inner.sealer.seal(merchant, record);
         self.run(move |inner| {
@@ -167,16 +168,24 @@ impl EmbeddedStore {
     }
 
     pub(super) async fn delete(&self, merchant: MerchantId) -> Result<bool, StoreError> {
-        self.run(move |inner| {
-            let txn = inner.db.begin_write()?;
-            let removed = txn
-                .open_table(RECORDS)?
-                .remove(merchant.uuid().as_bytes())?
-                .is_some();
-            txn.commit()?;
-            Ok(removed)
-        })
-        .await
+        let removed = self
+            .run(move |inner| {
+                let txn = inner.db.begin_write()?;
+                let removed = txn
+                    .open_table(RECORDS)?
+                    .remove(merchant.uuid().as_bytes())?
+                    .is_some();
+                txn.commit()?;
+                Ok(removed)
+            })
+            .await?;
+        self.inner.sealer.deleted(merchant);
+        Ok(removed)
+    }
+
+    /// How many records that did not open name each key id.
+    pub(super) fn refused_by_key(&self) -> std::collections::BTreeMap<String, usize> {
+        self.inner.sealer.refused_by_key()
     }
 
     pub(super) async fn spend_state(

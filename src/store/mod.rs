@@ -132,6 +132,41 @@ pub enum StoreError {
         #[source]
         source: seal::SealError,
     },
+    /// The merchant's stored record opens with none of the configured keys; writing would
+    /// destroy it, so the save was withheld.
+    #[error(
+        "the stored record of {merchant} was sealed with key {key}, which is not configured; it is left as is and this save was withheld"
+    )]
+    Withheld {
+        /// Whose record.
+        merchant: MerchantId,
+        /// The key id the stored record names, in hex ("none" when it is not sealed).
+        key: String,
+    },
+    /// The store key has not been proven against the store's check value yet (the store was
+    /// unreachable at start), or it was found wrong: nothing is written meanwhile.
+    #[error(
+        "token store at {target}: expected the store key to be checked against the store before any write; found it {state}"
+    )]
+    KeyUnproven {
+        /// The store, without any password.
+        target: String,
+        /// "not checked yet" or "wrong".
+        state: &'static str,
+    },
+    /// The store does not hold a record that was expected to be there.
+    #[error(
+        "expected the store to hold {merchant}'s record at generation {expected} or newer; found {}",
+        found.map_or_else(|| "none".to_owned(), |g| format!("generation {g}"))
+    )]
+    NotStored {
+        /// Whose record.
+        merchant: MerchantId,
+        /// The generation that should be stored.
+        expected: u64,
+        /// The generation stored, if any record opens.
+        found: Option<u64>,
+    },
     /// The sealed backends need a key, and none was configured.
     #[error(
         "store.key_file: missing; the redis backend needs one key shared by every replica (store.key_file or {})",
@@ -185,8 +220,10 @@ impl StoreError {
     fn outcome(&self) -> StoreOutcome {
         match self {
             Self::Unavailable { .. } => StoreOutcome::Unavailable,
+            Self::Withheld { .. } | Self::KeyUnproven { .. } => StoreOutcome::Withheld,
             Self::Redis { .. }
             | Self::Locked { .. }
+            | Self::NotStored { .. }
             | Self::WrongKey { .. }
             | Self::MissingKey
             | Self::Key(_)
@@ -297,7 +334,8 @@ impl Store {
         matches!(self, Store::Redis(..))
     }
 
-    /// `merchant`'s record; `None` when there is none or it does not open (counted).
+    /// `merchant`'s record; `None` when there is none or it does not open (counted, and
+    /// then never overwritten: saves for that merchant answer [`StoreError::Withheld`]).
     pub async fn load(&self, merchant: MerchantId) -> Result<Option<Record>, StoreError> {
         let work = async {
             match self {
@@ -457,6 +495,27 @@ impl Store {
         match self {
             Store::Redis(store) => store.is_reachable(),
             Store::Memory(..) | Store::Embedded(..) => true,
+        }
+    }
+
+    /// True when the store answered and no configured key opens its check value (Redis,
+    /// for a replica that started while it was away): the replica writes nothing and is not
+    /// ready. (The local backends refuse to open with a wrong key.)
+    pub fn key_refused(&self) -> bool {
+        match self {
+            Store::Redis(store) => store.key_refused(),
+            Store::Memory(..) | Store::Embedded(..) => false,
+        }
+    }
+
+    /// How many of the records read so far opened with none of the configured keys, by the
+    /// key id each names ("none" for a value that is not sealed): `store list` says so, since
+    /// those records are kept, not lost.
+    pub fn refused_by_key(&self) -> std::collections::BTreeMap<String, usize> {
+        match self {
+            Store::Memory(..) => std::collections::BTreeMap::new(),
+            Store::Embedded(store) => store.refused_by_key(),
+            Store::Redis(store) => store.refused_by_key(),
         }
     }
 }

@@ -3,16 +3,17 @@
 //! few seconds, as tests use, keep their refresh points exact), sealed by
 //! [`Sealer`] under the associated data `domain | application | merchant`.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::seal::{Key, Keys, SealError};
+use super::StoreError;
+use super::seal::{Key, Keys, SealError, sealed_key_id};
 use crate::merchant::MerchantId;
 use crate::metrics::StoreMetrics;
 use crate::poynt::GrantKind;
@@ -144,14 +145,18 @@ enum Unreadable {
 }
 
 /// Seals and opens one application's records. A record that does not open is treated as
-/// absent: counted, and logged (without any of its bytes) the first time only, so a copied
-/// or corrupted value cannot flood the log.
+/// absent by readers but is never overwritten: it may be the only copy of a merchant's
+/// refresh token, sealed with a key this process lacks (a misconfigured replica). It is
+/// counted, logged (without any of its bytes) once per merchant, and its merchant's saves
+/// are withheld until a record for it opens or it is deleted.
 #[derive(Clone)]
 pub(super) struct Sealer {
     keys: Keys,
     application_id: Arc<str>,
     metrics: StoreMetrics,
-    warned: Arc<AtomicBool>,
+    /// Merchants whose stored record did not open, with the key id it names ("none" when it
+    /// is not a sealed value at all).
+    refused: Arc<Mutex<HashMap<MerchantId, String>>>,
 }
 
 impl Sealer {
@@ -160,7 +165,7 @@ impl Sealer {
             keys,
             application_id: application_id.into(),
             metrics,
-            warned: Arc::new(AtomicBool::new(false)),
+            refused: Arc::default(),
         }
     }
 
@@ -199,28 +204,74 @@ impl Sealer {
         self.keys.seal(&self.aad(merchant), &record.encode())
     }
 
-    /// Opens `merchant`'s sealed record stored beside generation `outer`. `None` (counted and
-    /// logged once) when it does not open; otherwise the record and whether the current key
-    /// sealed it.
+    /// Opens `merchant`'s sealed record stored beside generation `outer`. `None` (counted,
+    /// logged once per merchant, and its saves withheld) when it does not open; otherwise the
+    /// record and whether the current key sealed it.
     pub(super) fn open(
         &self,
         merchant: MerchantId,
         outer: u64,
         sealed: &[u8],
     ) -> Option<(Record, bool)> {
-        self.try_open(merchant, outer, sealed)
-            .map_err(|error| self.refuse(merchant, &error))
-            .ok()
+        match self.try_open(merchant, outer, sealed) {
+            Ok(opened) => {
+                self.refused_merchants().remove(&merchant);
+                Some(opened)
+            }
+            Err(error) => {
+                self.refuse(merchant, sealed, &error);
+                None
+            }
+        }
     }
 
-    /// Counts a stored value for `merchant` that cannot be used, and logs the first one.
-    pub(super) fn refuse(&self, merchant: MerchantId, error: &dyn fmt::Display) {
+    /// Counts a stored value for `merchant` that cannot be used, withholds the merchant's
+    /// saves, and logs the first refusal of each merchant.
+    pub(super) fn refuse(&self, merchant: MerchantId, stored: &[u8], error: &dyn fmt::Display) {
         self.metrics.record_refused();
-        if self.warned.swap(true, Ordering::Relaxed) {
-            tracing::debug!(%merchant, %error, "stored record refused; treated as absent");
+        let key = sealed_key_id(stored).unwrap_or_else(|| "none".to_owned());
+        let first = self
+            .refused_merchants()
+            .insert(merchant, key.clone())
+            .is_none();
+        if first {
+            tracing::warn!(%merchant, sealed_with_key = %key, %error, "stored record refused: left as is, and this merchant's new tokens are served without being saved until a configured key opens it or it is deleted (DELETE /admin/merchants/<business id>)");
         } else {
-            tracing::warn!(%merchant, %error, "stored record refused; treated as absent (further refusals are counted in poynt_proxy_store_records_refused_total, not logged)");
+            tracing::debug!(%merchant, sealed_with_key = %key, %error, "stored record refused");
         }
+    }
+
+    /// Refuses a save for a merchant whose stored record did not open (counted): writing
+    /// would destroy a record that another replica, holding the right key, can still use.
+    pub(super) fn writable(&self, merchant: MerchantId) -> Result<(), StoreError> {
+        match self.refused_merchants().get(&merchant) {
+            Some(key) => {
+                self.metrics.save_withheld();
+                Err(StoreError::Withheld {
+                    merchant,
+                    key: key.clone(),
+                })
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Forgets a refusal once the merchant's record is deleted.
+    pub(super) fn deleted(&self, merchant: MerchantId) {
+        self.refused_merchants().remove(&merchant);
+    }
+
+    /// How many records that did not open name each key id (`store list`).
+    pub(super) fn refused_by_key(&self) -> BTreeMap<String, usize> {
+        let mut by_key = BTreeMap::new();
+        for key in self.refused_merchants().values() {
+            *by_key.entry(key.clone()).or_insert(0) += 1;
+        }
+        by_key
+    }
+
+    fn refused_merchants(&self) -> std::sync::MutexGuard<'_, HashMap<MerchantId, String>> {
+        self.refused.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn try_open(

@@ -12,12 +12,18 @@
 //! refresh token (the merchant's durable credential). Every operation is bounded by
 //! `store.timeout`; when Redis cannot be reached, operations fail fast with
 //! [`StoreError::Unavailable`], the outage is logged once when it starts and once when it
-//! ends, and the `poynt_proxy_store_reachable` gauge follows it. The connection manager
-//! reconnects on the next operation; the events task reconnects with back-off on its own.
+//! ends, and the `poynt_proxy_store_reachable` gauge follows it. Only a command answered on
+//! the command connection says Redis is back: a probe PINGs it about once a second while it
+//! is away (no caller traffic needed), then checks the key and sends [`Event::Resync`] so the
+//! broker writes back what Redis lacks. The events task reconnects with back-off on its own.
+//!
+//! Nothing is written (records, deletions, onboarding states) until the store key has been
+//! proven against the check value: a replica started while Redis was away proves it when
+//! Redis returns, and one whose key turns out wrong stays read-only and reports not ready.
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt as _;
@@ -43,6 +49,14 @@ const RESUBSCRIBE_MIN: Duration = Duration::from_millis(100);
 const RESUBSCRIBE_MAX: Duration = Duration::from_secs(2);
 /// Keys fetched per `MGET` (and asked per `SCAN` step) when loading everything.
 const BATCH: usize = 500;
+/// How often the probe looks at the store: while it is unreachable (or the key is unproven)
+/// a PING, otherwise nothing but a glance at the state.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What is known of the store key against the store's check value.
+const KEY_UNCHECKED: u8 = 0;
+const KEY_PROVEN: u8 = 1;
+const KEY_WRONG: u8 = 2;
 
 /// Compare-and-set on the generation, then TTL and PUBLISH, atomically. Returns nil when
 /// written, or the stored generation when it is the same or newer. Generations are compared
@@ -93,6 +107,10 @@ impl RedisStore {
 struct Inner {
     connection: ConnectionManager,
     sealer: Sealer,
+    /// Where the key came from, for the check made when Redis returns.
+    origin: KeyOrigin,
+    /// `KEY_UNCHECKED`, `KEY_PROVEN` or `KEY_WRONG`: writes wait for `KEY_PROVEN`.
+    key_check: AtomicU8,
     names: Names,
     timeout: Duration,
     health: Arc<Health>,
@@ -159,12 +177,15 @@ impl Names {
 struct Health {
     shown: String,
     reachable: AtomicBool,
+    /// Counts the returns from an outage, so the probe sees one however it was noticed.
+    recoveries: AtomicU64,
     metrics: StoreMetrics,
 }
 
 impl Health {
     fn up(&self) {
         if !self.reachable.swap(true, Ordering::AcqRel) {
+            self.recoveries.fetch_add(1, Ordering::AcqRel);
             self.metrics.set_reachable(true);
             tracing::info!(store = %self.shown, "token store reachable again");
         }
@@ -250,6 +271,7 @@ impl RedisStore {
         let health = Arc::new(Health {
             shown,
             reachable: AtomicBool::new(true),
+            recoveries: AtomicU64::new(0),
             metrics: metrics.clone(),
         });
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
@@ -267,6 +289,8 @@ impl RedisStore {
             inner: Arc::new(Inner {
                 connection,
                 sealer: Sealer::new(keys, application_id, metrics),
+                origin: key.origin,
+                key_check: AtomicU8::new(KEY_UNCHECKED),
                 names,
                 timeout,
                 health,
@@ -277,28 +301,30 @@ impl RedisStore {
                 _stop: stop,
             }),
         };
-        store.check_key(&key.origin).await?;
+        match store.check_key().await {
+            Ok(()) => store.inner.key_check.store(KEY_PROVEN, Ordering::Release),
+            Err(StoreError::Unavailable { .. }) => {
+                tracing::warn!(store = %store.inner.health.shown, "the store key was not checked: Redis is unreachable; nothing is written to the store until it answers and the key is proven");
+            }
+            Err(error) => return Err(error),
+        }
+        tokio::spawn(probe(
+            Arc::downgrade(&store.inner),
+            store.inner.health.recoveries.load(Ordering::Acquire),
+        ));
         Ok(store)
     }
 
-    /// A replica with the wrong key refuses to start, instead of reading every record as
-    /// absent and overwriting its peers' records with ones they cannot open. The check value
-    /// is created when absent and sealed again when a previous key sealed it. While Redis
-    /// cannot be reached the check is skipped (and said so).
-    async fn check_key(&self, origin: &KeyOrigin) -> Result<(), StoreError> {
+    /// A replica with the wrong key refuses to start (or, if it started while Redis was
+    /// away, stays read-only), instead of reading every record as absent and overwriting its
+    /// peers' records with ones they cannot open. The check value is created when absent
+    /// (an empty Redis after a restart) and sealed again when a previous key sealed it.
+    async fn check_key(&self) -> Result<(), StoreError> {
         let key = self.inner.names.canary();
         let mut connection = self.connection();
-        let stored: Option<Vec<u8>> = match self
+        let stored: Option<Vec<u8>> = self
             .run(redis::cmd("GET").arg(&key).query_async(&mut connection))
-            .await
-        {
-            Ok(stored) => stored,
-            Err(StoreError::Unavailable { .. }) => {
-                tracing::warn!(store = %self.inner.health.shown, "the store key was not checked: Redis is unreachable");
-                return Ok(());
-            }
-            Err(error) => return Err(error),
-        };
+            .await?;
         let mut set = redis::cmd("SET");
         set.arg(&key).arg(self.inner.sealer.seal_canary());
         match stored.map(|sealed| self.inner.sealer.open_canary(&sealed)) {
@@ -309,7 +335,7 @@ impl RedisStore {
             }
             Some(Err(source)) => {
                 return Err(StoreError::WrongKey {
-                    origin: origin.to_string(),
+                    origin: self.inner.origin.to_string(),
                     location: self.inner.health.shown.clone(),
                     source,
                 });
@@ -351,9 +377,11 @@ impl RedisStore {
 
     fn open_value(&self, merchant: MerchantId, value: &[u8]) -> Option<Record> {
         let Some((generation, sealed)) = split_value(value) else {
-            self.inner
-                .sealer
-                .refuse(merchant, &"expected \"<generation>:<sealed record>\"");
+            self.inner.sealer.refuse(
+                merchant,
+                value,
+                &"expected \"<generation>:<sealed record>\"",
+            );
             return None;
         };
         self.inner
@@ -426,6 +454,8 @@ impl RedisStore {
         merchant: MerchantId,
         record: &Record,
     ) -> Result<Saved, StoreError> {
+        self.key_proven()?;
+        self.inner.sealer.writable(merchant)?;
         let generation = record.generation.to_string();
         let value = [
             generation.as_bytes(),
@@ -457,6 +487,7 @@ impl RedisStore {
     }
 
     pub(super) async fn delete(&self, merchant: MerchantId) -> Result<bool, StoreError> {
+        self.key_proven()?;
         let mut connection = self.connection();
         let deleted: u8 = self
             .run(
@@ -468,6 +499,7 @@ impl RedisStore {
                     .invoke_async(&mut connection),
             )
             .await?;
+        self.inner.sealer.deleted(merchant);
         Ok(deleted == 1)
     }
 
@@ -505,6 +537,7 @@ impl RedisStore {
         id: &[u8; 16],
         ttl: Duration,
     ) -> Result<bool, StoreError> {
+        self.key_proven()?;
         let mut connection = self.connection();
         let set: Option<String> = self
             .run(
@@ -526,6 +559,85 @@ impl RedisStore {
 
     pub(super) fn is_reachable(&self) -> bool {
         self.inner.health.reachable.load(Ordering::Acquire)
+    }
+
+    /// True once the store answered and no configured key opened its check value.
+    pub(super) fn key_refused(&self) -> bool {
+        self.inner.key_check.load(Ordering::Acquire) == KEY_WRONG
+    }
+
+    /// How many records that did not open name each key id.
+    pub(super) fn refused_by_key(&self) -> std::collections::BTreeMap<String, usize> {
+        self.inner.sealer.refused_by_key()
+    }
+
+    /// Writes wait until the key has been proven against the store.
+    fn key_proven(&self) -> Result<(), StoreError> {
+        let state = match self.inner.key_check.load(Ordering::Acquire) {
+            KEY_PROVEN => return Ok(()),
+            KEY_WRONG => "wrong",
+            _ => "not checked yet",
+        };
+        Err(StoreError::KeyUnproven {
+            target: self.inner.health.shown.clone(),
+            state,
+        })
+    }
+
+    /// One look by the probe: PING while Redis is away or the key is unchecked; after each
+    /// return, check the key (which also puts back the check value an empty Redis lost)
+    /// and ask for a resync. Returns the returns counted so far.
+    async fn probe_once(&self, seen_recoveries: u64) -> u64 {
+        let health = &self.inner.health;
+        let unchecked = self.inner.key_check.load(Ordering::Acquire) == KEY_UNCHECKED;
+        if !self.is_reachable() || unchecked {
+            let mut connection = self.connection();
+            // The first command after an outage may meet the connection's last failed
+            // reconnection; it starts a new one, which the second command waits on.
+            for _ in 0..2 {
+                let ping = self
+                    .run(redis::cmd("PING").query_async::<()>(&mut connection))
+                    .await;
+                if ping.is_ok() {
+                    break;
+                }
+            }
+        }
+        let recoveries = health.recoveries.load(Ordering::Acquire);
+        if !self.is_reachable() || (recoveries == seen_recoveries && !unchecked) {
+            return seen_recoveries;
+        }
+        match self.check_key().await {
+            Ok(()) => {
+                if self.inner.key_check.swap(KEY_PROVEN, Ordering::AcqRel) != KEY_PROVEN {
+                    tracing::info!(store = %health.shown, "the store key was checked against the store; writes resume");
+                }
+            }
+            Err(StoreError::Unavailable { .. }) => return seen_recoveries,
+            Err(error @ StoreError::WrongKey { .. }) if unchecked => {
+                self.inner.key_check.store(KEY_WRONG, Ordering::Release);
+                tracing::error!(store = %health.shown, %error, "this replica stays read-only and not ready: it writes nothing to the store; fix the key and restart it");
+                return recoveries;
+            }
+            Err(error) => {
+                tracing::warn!(store = %health.shown, %error, "the store key check after Redis returned failed");
+            }
+        }
+        let _ = self.inner.events.send(Event::Resync);
+        recoveries
+    }
+}
+
+/// Watches the store until it is dropped: see [`RedisStore::probe_once`].
+async fn probe(store: Weak<Inner>, mut seen_recoveries: u64) {
+    let mut ticker = tokio::time::interval(PROBE_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(inner) = store.upgrade() else {
+            return;
+        };
+        seen_recoveries = RedisStore { inner }.probe_once(seen_recoveries).await;
     }
 }
 
@@ -582,7 +694,8 @@ async fn forward_events(
         };
         match subscribed {
             Ok(Ok(mut pubsub)) => {
-                health.up();
+                // Not `health.up()`: only the command connection answering says Redis is
+                // back for the operations; the probe sees to that.
                 pause = RESUBSCRIBE_MIN;
                 let _ = events.send(Event::Resync);
                 let mut messages = pubsub.on_message();

@@ -67,6 +67,13 @@ pub enum SealError {
 /// Salt of every derived key (a fixed, public domain separator).
 const DERIVE_SALT: &[u8] = b"poynt-proxy derived keys v1";
 
+/// The id (hex) of the key a sealed value names in its header, whether or not any configured
+/// key opens it: what an operator needs to find the key a foreign record was sealed with.
+/// `None` when the value is not in a format this code knows.
+pub fn sealed_key_id(sealed: &[u8]) -> Option<String> {
+    (sealed.len() >= HEADER_LEN && sealed[0] == VERSION).then(|| hex(&sealed[1..1 + KEY_ID_LEN]))
+}
+
 /// One store key, ready to seal and open. The raw bytes live only while the AEAD key is
 /// built (in a zeroizing box); aws-lc keeps the expanded key and wipes it when freed.
 #[derive(Clone)]

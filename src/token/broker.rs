@@ -384,19 +384,29 @@ impl Broker {
         }
         inner.metrics.unauthorized(Unauthorized::Renewed);
         inner.tokens.invalidate(merchant, refused.generation).await;
-        self.invalidate_stored(merchant, &state, Some(refused.generation))
-            .await;
+        if let Err(error) = self
+            .invalidate_stored(merchant, &state, Some(refused.generation))
+            .await
+        {
+            tracing::debug!(%merchant, %error, "the refused token stays in the store; its generation fences it off");
+        }
         UnauthorizedAction::Renew
     }
 
-    /// Drops whatever token is cached for `merchant`, here and in the store (admin
-    /// eviction); whether one was cached. A grant already in flight still lands: it is a new
+    /// Drops whatever token is cached for `merchant`, in the store first and then here
+    /// (admin eviction); whether one was cached. An error says the store did not take the
+    /// eviction, and nothing was dropped: an eviction reported done is never undone by a
+    /// replica writing the token back. A grant already in flight still lands: it is a new
     /// token, not the evicted one.
-    pub async fn evict(&self, merchant: MerchantId) -> bool {
-        let evicted = self.inner.tokens.remove(merchant).await;
+    pub async fn evict(&self, merchant: MerchantId) -> Result<bool, StoreError> {
         let state = self.inner.states.get_or_create(merchant);
-        self.invalidate_stored(merchant, &state, None).await;
-        evicted
+        self.invalidate_stored(merchant, &state, None).await?;
+        Ok(self.inner.tokens.remove(merchant).await)
+    }
+
+    /// True when the shared store refused this replica's key after start: not ready.
+    pub fn store_key_refused(&self) -> bool {
+        self.inner.store.key_refused()
     }
 
     /// Renews now, whatever the refresh point, back-off or budget, joining a grant already in

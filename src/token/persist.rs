@@ -15,11 +15,16 @@
 //! - Invalidations (a 401, an admin eviction) write the record without its access token,
 //!   so no replica, and no restart, uses the refused token again.
 //! - Events (Redis): a save by another replica replaces this replica's copy; after a
-//!   reconnection every cached merchant is reconciled, the newest generation winning.
+//!   reconnection (or once the store key is proven) every cached merchant is reconciled, the
+//!   newest generation winning, retried with back-off until a pass completes — so an empty
+//!   Redis after a restart gets back the record of every merchant a live replica holds a
+//!   token for.
 //!
 //! When the store cannot be reached, callers are still served: grants happen locally, a
 //! refresh token is not presented (it could not be marked spent), and errors are counted
-//! by the store and logged once per outage.
+//! by the store and logged once per outage. The same holds for a merchant whose stored
+//! record opens with none of the configured keys: its tokens are served but never saved
+//! over that record (the store withholds the save).
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
@@ -32,7 +37,7 @@ use crate::merchant::MerchantId;
 use crate::metrics::LockWait;
 use crate::poynt::GrantKind;
 use crate::store::{Event, Record, Saved, StoreError};
-use crate::token::broker::{Broker, Token, Want};
+use crate::token::broker::{Broker, BrokerInner, Token, Want};
 use crate::token::grant::{Grant, IssuedToken, bearer_header};
 use crate::token::state::{MerchantState, Outcome};
 
@@ -42,6 +47,9 @@ const LOCK_POLL: Duration = Duration::from_millis(250);
 /// Added to twice the token timeout to make the lock's lifetime: enough for a refresh grant
 /// and its JWT-bearer fallback, with the store's own round trips.
 const LOCK_MARGIN: Duration = Duration::from_secs(5);
+/// First and longest pause between reconciliation passes that could not complete.
+const RECONCILE_RETRY_MIN: Duration = Duration::from_millis(100);
+const RECONCILE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl Broker {
     /// How long a merchant's lock lives: a holder that dies is replaced after this.
@@ -322,18 +330,20 @@ impl Broker {
 
     /// Writes the merchant's record without its access token — when `generation` is given,
     /// only if the record still holds that generation — so no replica or restart uses it.
+    /// An error says the store did not take it (an admin eviction then answers 503); a
+    /// stale save means a newer record, not the invalidated token, is stored.
     pub(crate) async fn invalidate_stored(
         &self,
         merchant: MerchantId,
         state: &Arc<MerchantState>,
         generation: Option<u64>,
-    ) {
+    ) -> Result<(), StoreError> {
         let store = &self.inner().store;
-        let Ok(Some(record)) = store.load(merchant).await else {
-            return;
+        let Some(record) = store.load(merchant).await? else {
+            return Ok(());
         };
         if record.access_token.is_none() || generation.is_some_and(|g| g != record.generation) {
-            return;
+            return Ok(());
         }
         let next = record.generation.max(state.lock().generation) + 1;
         let cleared = Record {
@@ -341,9 +351,33 @@ impl Broker {
             generation: next,
             ..record
         };
-        if let Ok(Saved::Written) = store.save(merchant, &cleared).await {
+        if let Saved::Written = store.save(merchant, &cleared).await? {
             let mut guard = state.lock();
             guard.generation = guard.generation.max(next);
+        }
+        Ok(())
+    }
+
+    /// Whether the store holds `token` (or something newer) for `merchant`: an admin renewal
+    /// answers success only then.
+    pub async fn confirm_stored(
+        &self,
+        merchant: MerchantId,
+        token: &Token,
+    ) -> Result<(), StoreError> {
+        let found = self
+            .inner()
+            .store
+            .load(merchant)
+            .await?
+            .map(|record| record.generation);
+        match found {
+            Some(generation) if generation >= token.generation() => Ok(()),
+            found => Err(StoreError::NotStored {
+                merchant,
+                expected: token.generation(),
+                found,
+            }),
         }
     }
 
@@ -367,7 +401,8 @@ impl Broker {
                     }) => this.on_saved(merchant, generation).await,
                     Ok(Event::Deleted { merchant }) => this.on_deleted(merchant).await,
                     Ok(Event::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                        this.reconcile().await;
+                        drop(this);
+                        reconcile_until_done(&broker).await;
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 }
@@ -423,9 +458,12 @@ impl Broker {
     }
 
     /// After a reconnection: for every cached merchant the newest generation wins — a newer
-    /// stored record replaces this replica's token, and a token this replica made while the
-    /// store was away is written back (or loses to an equal generation already there).
-    async fn reconcile(&self) {
+    /// stored record replaces this replica's token, and every token this replica holds that
+    /// the store lacks or holds older (made while the store was away, or lost with an empty
+    /// Redis) is written back, with its refresh token. An error means the pass could not
+    /// complete because the store did not answer; a save the store withholds (a record this
+    /// replica cannot open, or a key not yet proven) is skipped, not retried.
+    async fn reconcile(&self) -> Result<(), StoreError> {
         let inner = self.inner();
         let merchants: Vec<MerchantId> = inner.tokens.merchants().collect();
         for merchant in merchants {
@@ -433,11 +471,7 @@ impl Broker {
                 continue;
             };
             let state = inner.states.get_or_create(merchant);
-            let stored = match inner.store.load(merchant).await {
-                Ok(stored) => stored,
-                Err(_) => return,
-            };
-            match stored {
+            match inner.store.load(merchant).await? {
                 Some(record) if record.generation >= cached.generation() => {
                     if record.generation > cached.generation() {
                         self.replace_with(merchant, &state, &record).await;
@@ -447,14 +481,20 @@ impl Broker {
                     let Some(record) = self.record_of(&state, &cached) else {
                         continue;
                     };
-                    if let Ok(Saved::Stale { .. }) = inner.store.save(merchant, &record).await
-                        && let Ok(Some(newer)) = inner.store.load(merchant).await
-                    {
-                        self.replace_with(merchant, &state, &newer).await;
+                    match inner.store.save(merchant, &record).await {
+                        Ok(Saved::Stale { .. }) => {
+                            if let Some(newer) = inner.store.load(merchant).await? {
+                                self.replace_with(merchant, &state, &newer).await;
+                            }
+                        }
+                        Ok(Saved::Written)
+                        | Err(StoreError::Withheld { .. } | StoreError::KeyUnproven { .. }) => {}
+                        Err(error) => return Err(error),
                     }
                 }
             }
         }
+        Ok(())
     }
 
     /// The record a cached token stands for, to write it back.
@@ -470,6 +510,25 @@ impl Broker {
             generation: token.generation(),
             onboarded_at: guard.onboarded_at,
         })
+    }
+}
+
+/// Reconciles until a pass completes, pausing with back-off between passes the store cut
+/// short; gives up only when the broker is gone.
+async fn reconcile_until_done(broker: &Weak<BrokerInner>) {
+    let mut pause = RECONCILE_RETRY_MIN;
+    loop {
+        let Some(inner) = Weak::upgrade(broker) else {
+            return;
+        };
+        match Broker::from_shared(inner).reconcile().await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::debug!(%error, retry_in = ?pause, "reconciliation with the store cut short; retrying");
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(RECONCILE_RETRY_MAX);
     }
 }
 

@@ -1,6 +1,6 @@
 //! A real `redis-server` on a free loopback port, persistence off, in a temporary directory;
-//! it can be stopped and started again on the same port (outage tests), can serve TLS only,
-//! and is killed on drop.
+//! it can be killed and started again, empty, on the same port, frozen (SIGSTOP) and thawed,
+//! and told to pause its clients (outage tests); it can serve TLS only, and is killed on drop.
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -73,7 +73,62 @@ impl RedisServer {
         self.port
     }
 
-    /// Kills the server (SIGKILL) and waits for it to exit.
+    /// Freezes the server (SIGSTOP): connections stay open and nothing answers, as on a
+    /// host that stalls.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// Thaws a frozen server (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -{name} redis-server failed");
+    }
+
+    /// `CLIENT PAUSE {millis} ALL`: every client's commands wait that long (a Redis failover
+    /// or an operator's pause) while connections stay up.
+    pub fn pause_clients(&self, millis: u64) {
+        let mut stream =
+            TcpStream::connect(("127.0.0.1", self.port)).expect("redis-server accepts");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream
+            .write_all(format!("CLIENT PAUSE {millis} ALL\r\n").as_bytes())
+            .unwrap();
+        let mut reply = [0u8; 5];
+        stream.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"+OK\r\n", "CLIENT PAUSE answered");
+    }
+
+    /// The value at `key` (a fresh connection, so it works across restarts; it waits out a
+    /// client pause of up to 10 s); `None` when absent.
+    pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let patient = ::redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(10)))
+            .set_response_timeout(Some(Duration::from_secs(10)));
+        let mut connection = ::redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection_with_config(&patient)
+            .await
+            .expect("redis-server answers");
+        ::redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut connection)
+            .await
+            .expect("GET answers")
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit; [`RedisServer::restart`] brings
+    /// it back empty.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
