@@ -557,7 +557,7 @@ impl StoreMetrics {
         )?;
         let refused = IntCounter::new(
             "poynt_proxy_store_records_refused_total",
-            "Stored records that failed to open (unknown key, tampered, or copied under another merchant) and were treated as absent.",
+            "Stored records that failed to open (unknown key, tampered, or copied under another merchant); they are not used and never overwritten.",
         )?;
         let withheld = IntCounter::new(
             "poynt_proxy_store_saves_withheld_total",
