@@ -343,6 +343,10 @@ async fn an_empty_redis_restarted_under_two_replicas_gets_every_record_back_from
     for offset in 0..2 {
         round(&replicas, before, offset).await;
     }
+    // Held by the replicas as a refresh token only: its access token is evicted everywhere.
+    let evicted = before[4];
+    assert_eq!(evict(&replicas[0], evicted).await.0, 200);
+    let refreshes = fleet.emulator.stats().token_calls.refresh_token.total;
     fleet.redis.stop();
     assert_eq!(
         call(&replicas[0], during[0]).await.0,
@@ -352,7 +356,7 @@ async fn an_empty_redis_restarted_under_two_replicas_gets_every_record_back_from
     let granted = fleet.emulator.stats().token_calls_total;
     fleet.redis.restart();
     // Cache hits only: every merchant is cached where it is called.
-    round(&replicas, before, 0).await;
+    round(&replicas, &before[..4], 0).await;
     round(&replicas[..1], during, 0).await;
     eventually(
         "every merchant's record back in the empty Redis, and both replicas' gauges at 1",
@@ -377,8 +381,15 @@ async fn an_empty_redis_restarted_under_two_replicas_gets_every_record_back_from
     round(&restarted, &merchants, 0).await;
     let stats = fleet.emulator.stats();
     assert_eq!(
-        stats.token_calls_total, granted,
-        "a new replica is served from the records written back: {stats:?}"
+        stats.token_calls_total,
+        granted + 1,
+        "a new replica is served from the records written back, and renews the evicted \
+         merchant once: {stats:?}"
+    );
+    assert_eq!(
+        stats.token_calls.refresh_token.total,
+        refreshes + 1,
+        "with the refresh token written back from memory: {stats:?}"
     );
     assert_eq!(stats.refresh_token_reuse, 0, "{stats:?}");
 }

@@ -494,6 +494,35 @@ impl Broker {
                 }
             }
         }
+        self.write_back_refresh_tokens().await
+    }
+
+    /// The second half of a reconciliation: merchants this replica holds a refresh token for
+    /// but no access token (it expired unused, or was evicted). For an onboarded merchant the
+    /// refresh token is its only durable credential, so an empty Redis must get it back too.
+    /// A merchant with a grant in flight is skipped: that grant may be presenting the very
+    /// token, and its own save lands the next one.
+    async fn write_back_refresh_tokens(&self) -> Result<(), StoreError> {
+        let inner = self.inner();
+        let merchants: Vec<MerchantId> = inner.states.merchants().collect();
+        for merchant in merchants {
+            if inner.tokens.get(merchant).await.is_some() {
+                continue;
+            }
+            let Some(state) = inner.states.get(merchant) else {
+                continue;
+            };
+            let Some(record) = refresh_record(&state) else {
+                continue;
+            };
+            match inner.store.load(merchant).await? {
+                Some(stored) if stored.generation >= record.generation => {}
+                _ => match inner.store.save(merchant, &record).await {
+                    Ok(_) | Err(StoreError::Withheld { .. } | StoreError::KeyUnproven { .. }) => {}
+                    Err(error) => return Err(error),
+                },
+            }
+        }
         Ok(())
     }
 
@@ -511,6 +540,26 @@ impl Broker {
             onboarded_at: guard.onboarded_at,
         })
     }
+}
+
+/// The record of a merchant known only by its refresh token (no access token, already
+/// expired), when it has one and no grant in flight.
+fn refresh_record(state: &MerchantState) -> Option<Record> {
+    let guard = state.lock();
+    if guard.flight.is_some() {
+        return None;
+    }
+    let refresh_token = guard.refresh_token.clone()?;
+    let now = SystemTime::now();
+    Some(Record {
+        access_token: None,
+        refresh_token: Some(refresh_token),
+        expires_at: now,
+        issued_at: now,
+        grant: GrantKind::RefreshToken,
+        generation: guard.generation,
+        onboarded_at: guard.onboarded_at,
+    })
 }
 
 /// Reconciles until a pass completes, pausing with back-off between passes the store cut
