@@ -39,6 +39,10 @@ pub const DEFAULT_STORE_PATH: &str = "data/tokens.redb";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 /// The namespace of every Redis key the proxy writes.
 pub const DEFAULT_KEY_PREFIX: &str = "poynt-proxy";
+/// How long an idle HTTP/1 caller connection is kept: nginx's default. Callers' pools should
+/// drop idle connections sooner; Go's and reqwest's default 90 s does not (docs/OPERATIONS.md
+/// says what to set).
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 /// Bound on one store operation: a slow store must not hold up a grant.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Environment variable that overrides `store.redis_url`, so a password need not sit in a file.
@@ -262,8 +266,12 @@ impl std::fmt::Debug for RedisUrl {
 /// Limits on the caller-facing listener.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// A connection that has not sent complete request headers by then is closed.
+    /// A connection that has not begun a request by then, or a request head not complete
+    /// this long after its first byte, is closed.
     pub header_read_timeout: Duration,
+    /// An HTTP/1 connection with no request in flight for this long is closed; callers'
+    /// pools should drop idle connections sooner, so a reused one does not race the close.
+    pub keepalive_timeout: Duration,
     /// Largest request head accepted (HTTP/1 read buffer, HTTP/2 header list).
     pub max_header_bytes: usize,
     /// Connections beyond this (across all workers) wait in the kernel backlog instead of
@@ -504,6 +512,8 @@ impl Default for RawStore {
 struct RawServer {
     #[serde(with = "humantime_serde")]
     header_read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    keepalive_timeout: Duration,
     max_header_bytes: usize,
     max_connections: usize,
     http2_max_concurrent_streams: u32,
@@ -526,6 +536,7 @@ impl Default for RawServer {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             max_header_bytes: 64 * 1024,
             max_connections: 10_000,
             http2_max_concurrent_streams: 256,
@@ -1056,6 +1067,11 @@ impl RawServer {
 
 impl RawTokens {
     fn validate(self) -> Result<TokensConfig, ConfigError> {
+            keepalive_timeout: duration_within(
+                "server.keepalive_timeout",
+                self.keepalive_timeout,
+                MAX_LONG_TIMEOUT,
+            )?,
         if !(0.1..=0.95).contains(&self.refresh_at) {
             return Err(invalid(
                 "tokens.refresh_at",
