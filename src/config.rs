@@ -739,33 +739,56 @@ impl RawConfig {
                 ),
             ));
         }
+        let store = self.store.validate(sources)?;
+        let server = self.server.validate()?;
+        let tokens = self.tokens.validate()?;
+        let oauth = self.oauth.validate()?;
+        let onboarding = self
+            .onboarding
+            .map(|raw| raw.validate(sources))
+            .transpose()?;
+        let log = self.log.validate()?;
+        distinct_listeners(listen, admin_listen, onboarding.as_ref().map(|o| o.listen))?;
         Ok(Config {
             listen,
             admin_listen,
             poynt,
             merchant,
-            store: self.store.validate(sources)?,
-            server: self.server.validate()?,
-            tokens: self.tokens.validate()?,
-            oauth: self.oauth.validate()?,
-            onboarding: self
-                .onboarding
-                .map(|raw| raw.validate(sources))
-                .transpose()?,
-            log: self.log.validate()?,
+            store,
+            server,
+            tokens,
+            oauth,
+            onboarding,
+            log,
             admin,
             source: None,
         })
     }
 }
 
+/// The words `log.level` accepts alone; anything else alone would parse as a target name
+/// (`warning` would mean "only lines from a module called warning") and silence every line.
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
 impl RawLog {
     fn validate(self) -> Result<LogConfig, ConfigError> {
+        let expected = "expected trace, debug, info, warn, error, off or an EnvFilter directive";
+        let directive = self.level.contains(['=', ',']) || self.level.contains("::");
+        if !directive
+            && !LOG_LEVELS
+                .iter()
+                .any(|level| level.eq_ignore_ascii_case(self.level.trim()))
+        {
+            return Err(invalid(
+                "log.level",
+                format!("{expected}; found {:?}", self.level),
+            ));
+        }
         tracing_subscriber::EnvFilter::try_new(&self.level).map_err(|e| {
             invalid(
                 "log.level",
                 format!(
-                    "expected a level or filter such as info or warn,poynt_proxy=debug; found {:?} ({e})",
+                    "{expected} such as warn,poynt_proxy=debug; found {:?} ({e})",
                     self.level
                 ),
             )
@@ -774,6 +797,40 @@ impl RawLog {
             format: self.format,
             level: self.level,
         })
+    }
+}
+
+/// Refuses two listeners that would bind the same port on overlapping addresses (the same
+/// address, or either the unspecified one): the second bind would fail at start with a bare
+/// "address in use". Port 0 (an ephemeral port each) never collides.
+fn distinct_listeners(
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    onboarding: Option<SocketAddr>,
+) -> Result<(), ConfigError> {
+    let overlap = |a: SocketAddr, b: SocketAddr| {
+        a.port() != 0
+            && a.port() == b.port()
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    };
+    let mut pairs = vec![("admin_listen", admin_listen, "listen", listen)];
+    if let Some(onboarding) = onboarding {
+        pairs.push(("onboarding.listen", onboarding, "listen", listen));
+        pairs.push((
+            "onboarding.listen",
+            onboarding,
+            "admin_listen",
+            admin_listen,
+        ));
+    }
+    match pairs.into_iter().find(|(_, a, _, b)| overlap(*a, *b)) {
+        Some((key, addr, other, taken)) => Err(invalid(
+            key,
+            format!(
+                "expected an address no other listener binds; found {addr}, which collides with {other} ({taken})"
+            ),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -1010,6 +1067,11 @@ impl RawServer {
                 self.header_read_timeout,
                 MAX_SHORT_TIMEOUT,
             )?,
+            keepalive_timeout: duration_within(
+                "server.keepalive_timeout",
+                self.keepalive_timeout,
+                MAX_LONG_TIMEOUT,
+            )?,
             max_header_bytes: count_within(
                 "server.max_header_bytes",
                 self.max_header_bytes,
@@ -1067,11 +1129,6 @@ impl RawServer {
 
 impl RawTokens {
     fn validate(self) -> Result<TokensConfig, ConfigError> {
-            keepalive_timeout: duration_within(
-                "server.keepalive_timeout",
-                self.keepalive_timeout,
-                MAX_LONG_TIMEOUT,
-            )?,
         if !(0.1..=0.95).contains(&self.refresh_at) {
             return Err(invalid(
                 "tokens.refresh_at",

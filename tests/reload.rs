@@ -1,7 +1,7 @@
 //! Live reload through the real binary: a rotated app key signs the next grant after
 //! SIGHUP with no failed request, a file that does not validate is refused whole, a change
 //! that needs a restart changes nothing, and `POST /admin/reload` applies the allow-list and
-//! the admin secret.
+//! the admin secret, and a `log.level` change under `RUST_LOG` is reported as not applied.
 
 mod support;
 
@@ -131,7 +131,9 @@ async fn a_changed_listener_needs_a_restart_and_nothing_changes() {
     let proxy = spawn_proxy(&emulator, "");
     let good = std::fs::read_to_string(&proxy.config).unwrap();
     // A new listener, and an allow-list that would refuse `m` were anything applied.
-    let changed = good.replace("listen: \"127.0.0.1:0\"", "listen: \"127.0.0.1:1\"");
+    // The first line is `listen`; `admin_listen` stays on port 0 (two listeners on port 1
+    // would collide, which validation refuses before a restart is considered).
+    let changed = good.replacen("listen: \"127.0.0.1:0\"", "listen: \"127.0.0.1:1\"", 1);
     let other = support::merchant();
     std::fs::write(
         &proxy.config,
@@ -207,5 +209,50 @@ async fn post_admin_reload_applies_the_allow_list_and_the_admin_secret() {
             .unwrap()
             .status(),
         200
+    );
+}
+
+#[tokio::test]
+async fn a_reloaded_log_level_under_rust_log_is_reported_as_not_applied() {
+    let m = support::merchant();
+    let emulator = Builder::default().emulator(&[m]).await;
+    // spawn_proxy sets RUST_LOG=info, as the deploy artefacts once did.
+    let proxy = spawn_proxy(&emulator, "");
+    let good = std::fs::read_to_string(&proxy.config).unwrap();
+    let debug = good.replace(
+        "log:\n  format: json\n",
+        "log:\n  format: json\n  level: debug\n",
+    );
+    assert_ne!(debug, good, "the test's config has a log section to change");
+    std::fs::write(&proxy.config, debug).unwrap();
+    let reload = support::client()
+        .post(format!("http://{}/admin/reload", proxy.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reload.status(), 200);
+    let applied: Value = reload.json().await.unwrap();
+    assert_eq!(applied["changed"], serde_json::json!([]), "{applied}");
+    let not_applied = applied["not_applied"].as_array().unwrap();
+    assert_eq!(not_applied.len(), 1, "{applied}");
+    assert!(
+        not_applied[0]
+            .as_str()
+            .unwrap()
+            .starts_with("log.level: expected \"debug\" to take effect; found RUST_LOG set"),
+        "{applied}"
+    );
+    eventually(
+        "the reload's log line says the level did not take effect",
+        Duration::from_secs(10),
+        || async {
+            let logs = proxy.logs();
+            logs.contains("some changes do not take effect") && logs.contains("RUST_LOG set")
+        },
+    )
+    .await;
+    assert!(
+        !proxy.logs().contains("\"level\":\"DEBUG\""),
+        "RUST_LOG=info still filters"
     );
 }
