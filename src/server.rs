@@ -390,17 +390,8 @@ impl Activity {
     /// Resolves with the first deadline the connection misses (module documentation); while
     /// a request is open there is none.
     async fn lapse(&self, limits: &Limits) -> Lapse {
-        loop {
-            let notified = self.changed.notified();
-            let mut notified = pin!(notified);
-            notified.as_mut().enable();
-            if self.open.load(Ordering::Acquire) > 0 {
-                notified.await;
-                continue;
-            }
-            let idle_since = self.idle_since_ms.load(Ordering::Acquire);
-            let head_since = self.head_since_ms.load(Ordering::Acquire);
-            let (from, period, lapse) = if self.http2.load(Ordering::Relaxed) {
+        self.quiet(|idle_since, head_since| {
+            if self.http2.load(Ordering::Relaxed) {
                 (idle_since, limits.idle_timeout, Lapse::Http2Idle)
             } else if self.requests.load(Ordering::Acquire) == 0 {
                 // The first request's bound runs from the connection's start, not its first
@@ -419,23 +410,20 @@ impl Activity {
                 )
             } else {
                 (idle_since, limits.keepalive_timeout, Lapse::KeepAlive)
-            };
-            let deadline = self.born + Duration::from_millis(from) + period;
-            tokio::select! {
-                () = tokio::time::sleep_until(deadline) => {}
-                () = &mut notified => continue,
             }
-            if self.open.load(Ordering::Acquire) == 0
-                && self.idle_since_ms.load(Ordering::Acquire) == idle_since
-                && self.head_since_ms.load(Ordering::Acquire) == head_since
-            {
-                return lapse;
-            }
-        }
+        })
+        .await
     }
 
     /// Resolves once no request has been open for `period`.
     async fn idle_for(&self, period: Duration) {
+        self.quiet(|idle_since, _| (idle_since, period, ())).await;
+    }
+
+    /// Waits out the deadline `deadline` names — milliseconds after `born`, a period, and
+    /// what to answer — for the state it is shown (idle since, head since), starting over
+    /// whenever that state changes; while a request is open there is no deadline.
+    async fn quiet<T>(&self, deadline: impl Fn(u64, u64) -> (u64, Duration, T)) -> T {
         loop {
             let notified = self.changed.notified();
             let mut notified = pin!(notified);
@@ -444,13 +432,19 @@ impl Activity {
                 notified.await;
                 continue;
             }
-            let since = self.idle_since_ms.load(Ordering::Acquire);
-            let deadline = self.born + Duration::from_millis(since) + period;
-            tokio::time::sleep_until(deadline).await;
+            let idle_since = self.idle_since_ms.load(Ordering::Acquire);
+            let head_since = self.head_since_ms.load(Ordering::Acquire);
+            let (from, period, answer) = deadline(idle_since, head_since);
+            let at = self.born + Duration::from_millis(from) + period;
+            tokio::select! {
+                () = tokio::time::sleep_until(at) => {}
+                () = &mut notified => continue,
+            }
             if self.open.load(Ordering::Acquire) == 0
-                && self.idle_since_ms.load(Ordering::Acquire) == since
+                && self.idle_since_ms.load(Ordering::Acquire) == idle_since
+                && self.head_since_ms.load(Ordering::Acquire) == head_since
             {
-                return;
+                return answer;
             }
         }
     }

@@ -415,6 +415,22 @@ async fn check_fails_where_run_would_on_the_store_the_listeners_and_the_log_leve
         String::from_utf8_lossy(&out.stdout).contains("the store key opens it"),
         "{out:?}"
     );
+    // Held open, as by a running proxy: not opened, and said so.
+    let config = Config::load(&path).unwrap();
+    let held = Store::open(
+        &config.store,
+        &config.poynt.application_id,
+        &Metrics::new().unwrap(),
+    )
+    .await
+    .unwrap();
+    let out = run("check");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is open in another process"),
+        "{out:?}"
+    );
+    drop(held);
 
     write(ports, &keyed.replace("a.key", "b.key"));
     fails_with(run("check"), "does not open the store at");

@@ -13,6 +13,24 @@ use serde_json::Value;
 use support::process::{ProxyProcess, spawn_proxy};
 use support::{Builder, HEADER, eventually};
 
+/// Waits (at most 10 s) until the proxy's output holds every one of `texts`.
+async fn logged(proxy: &ProxyProcess, what: &str, texts: &[&str]) {
+    eventually(what, Duration::from_secs(10), || async {
+        let logs = proxy.logs();
+        texts.iter().all(|text| logs.contains(text))
+    })
+    .await;
+}
+
+/// `POST /admin/reload`.
+async fn post_reload(proxy: &ProxyProcess) -> reqwest::Response {
+    support::client()
+        .post(format!("http://{}/admin/reload", proxy.admin))
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn reloads(proxy: &ProxyProcess, outcome: &str) -> f64 {
     proxy
         .metric(&format!(
@@ -63,10 +81,10 @@ async fn a_rotated_app_key_signs_the_next_grant_after_sighup_and_no_request_fail
         reloads(&proxy, "success").await == 1.0
     })
     .await;
-    eventually(
+    logged(
+        &proxy,
         "the reload is logged, naming the key file",
-        Duration::from_secs(10),
-        || async { proxy.logs().contains("poynt.private_key_file") },
+        &["poynt.private_key_file"],
     )
     .await;
     assert_eq!(
@@ -100,16 +118,14 @@ async fn a_file_that_fails_validation_is_refused_whole_and_the_running_config_ke
         reloads(&proxy, "invalid").await == 1.0
     })
     .await;
-    eventually("the refusal is logged", Duration::from_secs(10), || async {
-        proxy.logs().contains("configuration reload refused")
-    })
+    logged(
+        &proxy,
+        "the refusal is logged",
+        &["configuration reload refused"],
+    )
     .await;
     assert_eq!(proxy.get(m).await, 200, "the old configuration serves");
-    let response = support::client()
-        .post(format!("http://{}/admin/reload", proxy.admin))
-        .send()
-        .await
-        .unwrap();
+    let response = post_reload(&proxy).await;
     assert_eq!(response.status(), 422);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], "INVALID_CONFIG");
@@ -145,13 +161,10 @@ async fn a_changed_listener_needs_a_restart_and_nothing_changes() {
         reloads(&proxy, "restart_required").await == 1.0
     })
     .await;
-    eventually(
+    logged(
+        &proxy,
         "the refusal is logged, naming the listener",
-        Duration::from_secs(10),
-        || async {
-            let logs = proxy.logs();
-            logs.contains("a restart is needed") && logs.contains("listen")
-        },
+        &["a restart is needed", "listen"],
     )
     .await;
     assert_eq!(
@@ -178,11 +191,7 @@ async fn post_admin_reload_applies_the_allow_list_and_the_admin_secret() {
         ),
     )
     .unwrap();
-    let reload = support::client()
-        .post(format!("http://{}/admin/reload", proxy.admin))
-        .send()
-        .await
-        .unwrap();
+    let reload = post_reload(&proxy).await;
     assert_eq!(reload.status(), 200);
     let applied: Value = reload.json().await.unwrap();
     let changed: Vec<&str> = applied["changed"]
@@ -225,11 +234,7 @@ async fn a_reloaded_log_level_under_rust_log_is_reported_as_not_applied() {
     );
     assert_ne!(debug, good, "the test's config has a log section to change");
     std::fs::write(&proxy.config, debug).unwrap();
-    let reload = support::client()
-        .post(format!("http://{}/admin/reload", proxy.admin))
-        .send()
-        .await
-        .unwrap();
+    let reload = post_reload(&proxy).await;
     assert_eq!(reload.status(), 200);
     let applied: Value = reload.json().await.unwrap();
     assert_eq!(applied["changed"], serde_json::json!([]), "{applied}");
@@ -242,13 +247,10 @@ async fn a_reloaded_log_level_under_rust_log_is_reported_as_not_applied() {
             .starts_with("log.level: expected \"debug\" to take effect; found RUST_LOG set"),
         "{applied}"
     );
-    eventually(
+    logged(
+        &proxy,
         "the reload's log line says the level did not take effect",
-        Duration::from_secs(10),
-        || async {
-            let logs = proxy.logs();
-            logs.contains("some changes do not take effect") && logs.contains("RUST_LOG set")
-        },
+        &["some changes do not take effect", "RUST_LOG set"],
     )
     .await;
     assert!(

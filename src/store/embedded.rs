@@ -74,15 +74,7 @@ impl EmbeddedStore {
         application_id: &str,
         metrics: StoreMetrics,
     ) -> Result<Self, StoreError> {
-        let path = config.path.clone();
-        let key = config.key.clone();
-        let previous = config.previous_keys.clone();
-        let application_id = application_id.to_owned();
-        tokio::task::spawn_blocking(move || {
-            open_blocking(path, key, previous, &application_id, metrics)
-        })
-        .await
-        .map_err(StoreError::Task)?
+        on_blocking_pool(config, application_id, metrics, open_blocking).await
     }
 
     pub(super) fn metrics(&self) -> &StoreMetrics {
@@ -314,19 +306,32 @@ pub async fn preflight(
     application_id: &str,
     metrics: StoreMetrics,
 ) -> Result<Preflight, StoreError> {
+    on_blocking_pool(config, application_id, metrics, preflight_blocking).await
+}
+
+/// What a blocking look at the file is given: the path, the configured current key (if
+/// any), the previous keys, the application and the metrics.
+type Blocking<T> =
+    fn(PathBuf, Option<StoreKey>, Vec<Key>, &str, StoreMetrics) -> Result<T, StoreError>;
+
+/// Runs `work` on Tokio's blocking pool with what it needs from `config`.
+async fn on_blocking_pool<T: Send + 'static>(
+    config: &StoreConfig,
+    application_id: &str,
+    metrics: StoreMetrics,
+    work: Blocking<T>,
+) -> Result<T, StoreError> {
     let path = config.path.clone();
     let key = config.key.clone();
     let previous = config.previous_keys.clone();
     let application_id = application_id.to_owned();
-    tokio::task::spawn_blocking(move || {
-        preflight_blocking(&path, key, previous, &application_id, metrics)
-    })
-    .await
-    .map_err(StoreError::Task)?
+    tokio::task::spawn_blocking(move || work(path, key, previous, &application_id, metrics))
+        .await
+        .map_err(StoreError::Task)?
 }
 
 fn preflight_blocking(
-    path: &Path,
+    path: PathBuf,
     configured: Option<StoreKey>,
     previous: Vec<Key>,
     application_id: &str,
@@ -334,33 +339,29 @@ fn preflight_blocking(
 ) -> Result<Preflight, StoreError> {
     let current = match configured {
         Some(key) => Some(key),
-        None => keys::load_beside(path)?,
+        None => keys::load_beside(&path)?,
     };
-    let length = match std::fs::File::open(path).and_then(|file| file.metadata()) {
+    let length = match std::fs::File::open(&path).and_then(|file| file.metadata()) {
         Ok(metadata) => metadata.len(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Preflight::New),
         Err(source) => {
-            return Err(StoreError::File {
-                path: path.to_owned(),
-                source,
-            });
+            return Err(StoreError::File { path, source });
         }
     };
     let Some(current) = current.filter(|_| length > 0) else {
         return Ok(Preflight::New);
     };
+    let keys = Keys::new(current.key.clone(), previous);
+    let sealer = Sealer::new(keys, application_id, metrics);
     let db = match Database::builder()
         .set_cache_size(CACHE_BYTES)
-        .open_read_only(path)
+        .open_read_only(&path)
     {
         Ok(db) => db,
         Err(DatabaseError::DatabaseAlreadyOpen) => return Ok(Preflight::InUse),
         Err(DatabaseError::RepairAborted) => return Ok(Preflight::NeedsRepair),
         Err(source) => {
-            return Err(StoreError::Open {
-                path: path.to_owned(),
-                source,
-            });
+            return Err(StoreError::Open { path, source });
         }
     };
     let canary = (|| -> Result<Option<Vec<u8>>, redb::Error> {
@@ -373,16 +374,11 @@ fn preflight_blocking(
         Ok(meta.get(CANARY)?.map(|v| v.value().to_vec()))
     })()
     .map_err(|source| StoreError::Database {
-        path: path.to_owned(),
+        path: path.clone(),
         source,
     })?;
-    let sealer = Sealer::new(
-        Keys::new(current.key.clone(), previous),
-        application_id,
-        metrics,
-    );
     match canary.map(|c| sealer.open_canary(&c)) {
-        Some(Err(source)) => Err(wrong_key(&current, path, source)),
+        Some(Err(source)) => Err(wrong_key(&current, &path, source)),
         None | Some(Ok(_)) => Ok(Preflight::KeyFits),
     }
 }
