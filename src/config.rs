@@ -39,6 +39,10 @@ pub const DEFAULT_STORE_PATH: &str = "data/tokens.redb";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 /// The namespace of every Redis key the proxy writes.
 pub const DEFAULT_KEY_PREFIX: &str = "poynt-proxy";
+/// How long an idle HTTP/1 caller connection is kept: nginx's default. Callers' pools should
+/// drop idle connections sooner; Go's and reqwest's default 90 s does not (docs/OPERATIONS.md
+/// says what to set).
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 /// Bound on one store operation: a slow store must not hold up a grant.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Environment variable that overrides `store.redis_url`, so a password need not sit in a file.
@@ -262,8 +266,12 @@ impl std::fmt::Debug for RedisUrl {
 /// Limits on the caller-facing listener.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// A connection that has not sent complete request headers by then is closed.
+    /// A connection that has not begun a request by then, or a request head not complete
+    /// this long after its first byte, is closed.
     pub header_read_timeout: Duration,
+    /// An HTTP/1 connection with no request in flight for this long is closed; callers'
+    /// pools should drop idle connections sooner, so a reused one does not race the close.
+    pub keepalive_timeout: Duration,
     /// Largest request head accepted (HTTP/1 read buffer, HTTP/2 header list).
     pub max_header_bytes: usize,
     /// Connections beyond this (across all workers) wait in the kernel backlog instead of
@@ -504,6 +512,8 @@ impl Default for RawStore {
 struct RawServer {
     #[serde(with = "humantime_serde")]
     header_read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    keepalive_timeout: Duration,
     max_header_bytes: usize,
     max_connections: usize,
     http2_max_concurrent_streams: u32,
@@ -526,6 +536,7 @@ impl Default for RawServer {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             max_header_bytes: 64 * 1024,
             max_connections: 10_000,
             http2_max_concurrent_streams: 256,
@@ -728,33 +739,56 @@ impl RawConfig {
                 ),
             ));
         }
+        let store = self.store.validate(sources)?;
+        let server = self.server.validate()?;
+        let tokens = self.tokens.validate()?;
+        let oauth = self.oauth.validate()?;
+        let onboarding = self
+            .onboarding
+            .map(|raw| raw.validate(sources))
+            .transpose()?;
+        let log = self.log.validate()?;
+        distinct_listeners(listen, admin_listen, onboarding.as_ref().map(|o| o.listen))?;
         Ok(Config {
             listen,
             admin_listen,
             poynt,
             merchant,
-            store: self.store.validate(sources)?,
-            server: self.server.validate()?,
-            tokens: self.tokens.validate()?,
-            oauth: self.oauth.validate()?,
-            onboarding: self
-                .onboarding
-                .map(|raw| raw.validate(sources))
-                .transpose()?,
-            log: self.log.validate()?,
+            store,
+            server,
+            tokens,
+            oauth,
+            onboarding,
+            log,
             admin,
             source: None,
         })
     }
 }
 
+/// The words `log.level` accepts alone; anything else alone would parse as a target name
+/// (`warning` would mean "only lines from a module called warning") and silence every line.
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
 impl RawLog {
     fn validate(self) -> Result<LogConfig, ConfigError> {
+        let expected = "expected trace, debug, info, warn, error, off or an EnvFilter directive";
+        let directive = self.level.contains(['=', ',']) || self.level.contains("::");
+        if !directive
+            && !LOG_LEVELS
+                .iter()
+                .any(|level| level.eq_ignore_ascii_case(self.level.trim()))
+        {
+            return Err(invalid(
+                "log.level",
+                format!("{expected}; found {:?}", self.level),
+            ));
+        }
         tracing_subscriber::EnvFilter::try_new(&self.level).map_err(|e| {
             invalid(
                 "log.level",
                 format!(
-                    "expected a level or filter such as info or warn,poynt_proxy=debug; found {:?} ({e})",
+                    "{expected} such as warn,poynt_proxy=debug; found {:?} ({e})",
                     self.level
                 ),
             )
@@ -763,6 +797,40 @@ impl RawLog {
             format: self.format,
             level: self.level,
         })
+    }
+}
+
+/// Refuses two listeners that would bind the same port on overlapping addresses (the same
+/// address, or either the unspecified one): the second bind would fail at start with a bare
+/// "address in use". Port 0 (an ephemeral port each) never collides.
+fn distinct_listeners(
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    onboarding: Option<SocketAddr>,
+) -> Result<(), ConfigError> {
+    let overlap = |a: SocketAddr, b: SocketAddr| {
+        a.port() != 0
+            && a.port() == b.port()
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    };
+    let mut pairs = vec![("admin_listen", admin_listen, "listen", listen)];
+    if let Some(onboarding) = onboarding {
+        pairs.push(("onboarding.listen", onboarding, "listen", listen));
+        pairs.push((
+            "onboarding.listen",
+            onboarding,
+            "admin_listen",
+            admin_listen,
+        ));
+    }
+    match pairs.into_iter().find(|(_, a, _, b)| overlap(*a, *b)) {
+        Some((key, addr, other, taken)) => Err(invalid(
+            key,
+            format!(
+                "expected an address no other listener binds; found {addr}, which collides with {other} ({taken})"
+            ),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -998,6 +1066,11 @@ impl RawServer {
                 "server.header_read_timeout",
                 self.header_read_timeout,
                 MAX_SHORT_TIMEOUT,
+            )?,
+            keepalive_timeout: duration_within(
+                "server.keepalive_timeout",
+                self.keepalive_timeout,
+                MAX_LONG_TIMEOUT,
             )?,
             max_header_bytes: count_within(
                 "server.max_header_bytes",

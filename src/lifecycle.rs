@@ -164,6 +164,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
     let server = &config.server;
     let limits = || Limits {
         header_read_timeout: server.header_read_timeout,
+        keepalive_timeout: server.keepalive_timeout,
         max_header_bytes: server.max_header_bytes,
         connections: Arc::new(Semaphore::new(server.max_connections)),
         max_connections: server.max_connections,

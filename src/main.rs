@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use poynt_proxy::config::{Config, LogConfig, LogFormat, StoreBackend};
 use poynt_proxy::metrics::Metrics;
+use poynt_proxy::store::embedded::{self, Preflight};
 use poynt_proxy::store::{Store, keys};
 use poynt_proxy::{Listeners, demo, emulator, onboarding, start, telemetry};
 use secrecy::ExposeSecret as _;
@@ -40,7 +41,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a configuration and load its private key; exit 0, or 1 with the reason.
+    /// Check a configuration as `run` would, without serving: every file it names read, the
+    /// listeners distinct, the embedded store opened read-only and its key checked; exit 0,
+    /// or 1 with the reason.
     Check {
         /// The YAML configuration.
         #[arg(long, short)]
@@ -149,6 +152,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             for warning in config.warnings() {
                 println!("warning: {warning}");
             }
+            let store = preflight_store(&config).await?;
             println!(
                 "{}: ok (listen {}, admin {}, upstream {}, app {}, app key {})",
                 path.display(),
@@ -158,7 +162,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 config.poynt.application_id,
                 config.poynt.private_key.fingerprint()
             );
-            println!("{}", describe_store(&config));
+            println!("{}{store}", describe_store(&config));
             if let Some(key) = config.store.key_beside_data() {
                 eprintln!(
                     "warning: no store key is configured, so the key sits beside the data at {} (created at first start): whoever copies that directory can read every stored token; keep the key elsewhere with store.key_file or {}",
@@ -288,6 +292,38 @@ fn describe_store(config: &Config) -> String {
             config.poynt.application_id
         ),
     }
+}
+
+/// Looks at the embedded store without changing it, failing as `run` would (a wrong key, a
+/// missing key beside the data, an unreadable file); what it found, to end the store line.
+async fn preflight_store(config: &Config) -> anyhow::Result<&'static str> {
+    if config.store.backend != StoreBackend::Embedded {
+        return Ok("");
+    }
+    let metrics = Metrics::new()?;
+    let found = embedded::preflight(
+        &config.store,
+        &config.poynt.application_id,
+        metrics.store().clone(),
+    )
+    .await?;
+    let path = config.store.path.display();
+    Ok(match found {
+        Preflight::New => " (not created yet: the first start creates it)",
+        Preflight::KeyFits => " (opened read-only: the store key opens it)",
+        Preflight::InUse => {
+            eprintln!(
+                "warning: store.path: {path} is open in another process (a running proxy?), so its key was not checked here"
+            );
+            " (in use: not opened)"
+        }
+        Preflight::NeedsRepair => {
+            eprintln!(
+                "warning: store.path: {path} was not closed cleanly, so its key was not checked here; the next start repairs it, then checks the key"
+            );
+            " (needs repair: not opened)"
+        }
+    })
 }
 
 /// Prints the stored merchants, one line each, sorted by ID; never a token.

@@ -1,6 +1,7 @@
 //! Live reload: SIGHUP and `POST /admin/reload` read the configuration file again and apply
 //! what can change while serving — the app's private key (a rotated Kubernetes Secret lands
-//! without a restart), the admin bearer secret, the log format and level, the `tokens.*`
+//! without a restart), the admin bearer secret, the log format and level (not while `RUST_LOG`
+//! is set, which takes the level's place: the answer says so), the `tokens.*`
 //! tuning and the merchant allow-list.
 //!
 //! A reload is all or nothing: a file that fails validation is refused whole and the running
@@ -48,6 +49,9 @@ pub struct Applied {
     pub changed: Vec<&'static str>,
     /// The fingerprint of the app key now signing assertions.
     pub app_key_fingerprint: String,
+    /// Changed keys that still do not take effect, each with why (e.g. `log.level` while
+    /// `RUST_LOG` is set); empty when everything changed applies.
+    pub not_applied: Vec<String>,
 }
 
 /// Reloads the configuration file. Cloning shares it.
@@ -107,12 +111,13 @@ impl Reloader {
             Ok(next) => {
                 let keys = restart_needed(&current, &next);
                 if keys.is_empty() {
-                    let changed = self.apply(&current, &next);
+                    let (changed, not_applied) = self.apply(&current, &next);
                     let app_key_fingerprint = next.poynt.private_key.fingerprint();
                     *current = next;
                     Ok(Applied {
                         changed,
                         app_key_fingerprint,
+                        not_applied,
                     })
                 } else {
                     Err(ReloadError::RestartNeeded { keys })
@@ -120,8 +125,12 @@ impl Reloader {
             }
         };
         let outcome = match &result {
-            Ok(applied) => {
+            Ok(applied) if applied.not_applied.is_empty() => {
                 tracing::info!(changed = ?applied.changed, app_key = %applied.app_key_fingerprint, "configuration reloaded");
+                ReloadOutcome::Success
+            }
+            Ok(applied) => {
+                tracing::warn!(changed = ?applied.changed, not_applied = ?applied.not_applied, app_key = %applied.app_key_fingerprint, "configuration reloaded, but some changes do not take effect");
                 ReloadOutcome::Success
             }
             Err(error @ ReloadError::RestartNeeded { .. }) => {
@@ -137,10 +146,12 @@ impl Reloader {
         result
     }
 
-    /// Applies a validated configuration that needs no restart; names what changed.
-    fn apply(&self, old: &Config, new: &Config) -> Vec<&'static str> {
+    /// Applies a validated configuration that needs no restart; names what changed, and
+    /// what changed but does not take effect.
+    fn apply(&self, old: &Config, new: &Config) -> (Vec<&'static str>, Vec<String>) {
         let inner = &self.inner;
         let mut changed = Vec::new();
+        let mut not_applied = Vec::new();
         if old.poynt.private_key.fingerprint() != new.poynt.private_key.fingerprint() {
             changed.push("poynt.private_key_file");
         }
@@ -159,8 +170,20 @@ impl Reloader {
                 .admin_secret
                 .store(new.admin.bearer_token.clone().map(Arc::new));
         }
+        if old.log.format != new.log.format {
+            changed.push("log.format");
+        }
+        if old.log.level != new.log.level {
+            if telemetry::level_from_env() {
+                not_applied.push(format!(
+                    "log.level: expected {:?} to take effect; found RUST_LOG set, which takes its place until the proxy restarts without it",
+                    new.log.level
+                ));
+            } else {
+                changed.push("log.level");
+            }
+        }
         if differs(&old.log, &new.log) {
-            changed.push("log");
             telemetry::apply(&new.log);
         }
         if differs(&old.tokens, &new.tokens) {
@@ -171,7 +194,7 @@ impl Reloader {
             changed.push("merchant.allow");
             inner.allow.store(new.merchant.allow.clone());
         }
-        changed
+        (changed, not_applied)
     }
 }
 

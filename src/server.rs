@@ -3,17 +3,26 @@
 //! server runs on a listener its caller bound (so tests bind port 0) and stops when told
 //! through a value.
 //!
-//! A connection must earn its place under the cap:
-//! - until its first request head has arrived (whatever the protocol, the first byte and an
-//!   HTTP/2 preface included) it has `header_read_timeout`, then it is closed; after that
-//!   hyper enforces the same bound on every HTTP/1 request head;
+//! A connection must earn its place under the cap. The connection driver enforces every
+//! deadline itself (hyper's own HTTP/1 header timer is off: it also bounded the idle gap
+//! between requests, closing keep-alive connections callers' pools still held):
+//! - a new connection gets `header_read_timeout` to begin its first request (whatever the
+//!   protocol, the first byte and an HTTP/2 preface included), then it is closed;
+//! - a request head, once its first byte has arrived, gets `header_read_timeout` to complete;
+//! - an HTTP/1 connection with no request in flight and no head begun is kept for
+//!   `keepalive_timeout`, then closed;
 //! - an HTTP/2 connection is PINGed every `http2_keep_alive_interval` (a peer that stops
 //!   answering is closed) and, with no open stream for `idle_timeout`, gets GOAWAY;
 //! - once a GOAWAY is sent (idle, or draining) and no stream is left, the connection is
 //!   closed after a short linger, whether or not the peer acknowledges.
+//!
+//! The first byte of a head is seen by [`Watched`], the connection's I/O wrapped: bytes read
+//! while no request is open begin a head. That costs one clock read per request, the one
+//! hyper's header timer made before.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -23,12 +32,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::FutureExt as _;
 use futures_util::task::AtomicWaker;
-use http::{Request, Response};
+use http::{Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
@@ -44,8 +54,11 @@ const GOAWAY_LINGER: Duration = Duration::from_millis(500);
 /// Connection limits for one listener (shared by every worker serving it).
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Close connections that have not sent full request headers within this.
+    /// Close connections that have not begun a request within this, or not completed a
+    /// request head within this of its first byte.
     pub header_read_timeout: Duration,
+    /// An HTTP/1 connection with no request in flight for this long is closed.
+    pub keepalive_timeout: Duration,
     /// Largest request head accepted.
     pub max_header_bytes: usize,
     /// Connections served at once, across all workers; more wait in the listen backlog.
@@ -92,7 +105,8 @@ pub async fn serve<F, Fut, B>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // The connection driver bounds request heads and idle gaps (module documentation).
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes);
     builder
         .http2()
@@ -177,7 +191,7 @@ async fn connection<F, Fut, B>(
     // `map`, not an `async` block around the handler's future: a block would keep that
     // future twice (as captured, and as awaited), and hyper moves it twice per request.
     let service = service_fn(move |request| {
-        let guard = tracked.begin();
+        let guard = tracked.begin(request.version());
         handler(request).map(move |response| {
             Ok::<_, Infallible>(response.map(|body| Tracked {
                 body,
@@ -185,21 +199,22 @@ async fn connection<F, Fut, B>(
             }))
         })
     });
+    let io = Watched {
+        io: stream,
+        activity: activity.clone(),
+    };
     let mut conn = pin!(
         builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(TokioIo::new(io), service)
             .into_owned()
     );
-    let first_request = tokio::time::sleep(limits.header_read_timeout);
-    let mut first_request = pin!(first_request);
-    let mut first_request_due = true;
     let mut goaway_sent = false;
     // `select!` evaluates each `if` once per turn of the loop, and a turn lasts until some
     // branch fires: conditions are plain flags, and what changes under them is checked in
     // the branch. The connection itself is polled first; the deadlines are gated, so the
     // wake-ups of the connection's I/O (several per request) do not poll them too.
     loop {
-        let idle = pin!(activity.idle_for(limits.idle_timeout));
+        let lapse = pin!(activity.lapse(&limits));
         let stop = pin!(shutdown.wait_for(|stop| *stop));
         let linger = pin!(activity.idle_for(GOAWAY_LINGER));
         tokio::select! {
@@ -210,17 +225,15 @@ async fn connection<F, Fut, B>(
                 }
                 break;
             }
-            () = Gated::new(first_request.as_mut()), if first_request_due => {
-                first_request_due = false;
-                if activity.requests() == 0 {
-                    tracing::debug!(timeout = %humantime::format_duration(limits.header_read_timeout), "no request head in time; closing the connection");
+            lapse = Gated::new(lapse), if !goaway_sent => {
+                if lapse == Lapse::Http2Idle {
+                    tracing::debug!("connection idle; sending GOAWAY");
+                    conn.as_mut().graceful_shutdown();
+                    goaway_sent = true;
+                } else {
+                    tracing::debug!(reason = lapse.reason(), "closing the connection");
                     break;
                 }
-            }
-            () = Gated::new(idle), if !goaway_sent => {
-                tracing::debug!("connection idle; sending GOAWAY");
-                conn.as_mut().graceful_shutdown();
-                goaway_sent = true;
             }
             _ = Gated::new(stop), if !goaway_sent => {
                 conn.as_mut().graceful_shutdown();
@@ -283,14 +296,51 @@ impl<F: Future + Unpin> Future for Gated<F> {
     }
 }
 
-/// What a connection is doing: requests begun, requests open, and since when none is open.
+/// Which deadline a connection missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lapse {
+    /// No request began within `header_read_timeout` of the connection's start.
+    NoRequest,
+    /// A request head began and did not complete within `header_read_timeout`.
+    HeadIncomplete,
+    /// An HTTP/1 connection had no request in flight for `keepalive_timeout`.
+    KeepAlive,
+    /// An HTTP/2 connection had no open stream for `idle_timeout`: it gets GOAWAY.
+    Http2Idle,
+}
+
+impl Lapse {
+    /// Why the connection is closed, for the debug log.
+    fn reason(self) -> &'static str {
+        match self {
+            Self::NoRequest => "no request began within server.header_read_timeout",
+            Self::HeadIncomplete => {
+                "a request head did not complete within server.header_read_timeout"
+            }
+            Self::KeepAlive => "idle for server.keepalive_timeout",
+            Self::Http2Idle => "no open stream for server.idle_timeout",
+        }
+    }
+}
+
+/// `head_since_ms` when no request head is under way.
+const NO_HEAD: u64 = u64::MAX;
+
+/// What a connection is doing: requests begun, requests open, since when none is open, and
+/// since when a request head is arriving.
 struct Activity {
     born: Instant,
     requests: AtomicU64,
     open: AtomicUsize,
     /// Milliseconds after `born` when the last open request ended (or the connection began).
     idle_since_ms: AtomicU64,
-    became_idle: Notify,
+    /// Milliseconds after `born` when the first byte of a head arrived with no request open;
+    /// [`NO_HEAD`] once that request began (or before any byte).
+    head_since_ms: AtomicU64,
+    /// Whether the connection speaks HTTP/2 (known from its first request).
+    http2: AtomicBool,
+    /// Woken when the connection becomes idle or a head begins: its deadline moves.
+    changed: Notify,
 }
 
 impl Activity {
@@ -300,38 +350,101 @@ impl Activity {
             requests: AtomicU64::new(0),
             open: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
-            became_idle: Notify::new(),
+            head_since_ms: AtomicU64::new(NO_HEAD),
+            http2: AtomicBool::new(false),
+            changed: Notify::new(),
         }
     }
 
-    fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Acquire)
+    /// Milliseconds since `born` (saturating below [`NO_HEAD`]).
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).map_or(NO_HEAD - 1, |ms| ms.min(NO_HEAD - 1))
     }
 
     /// Marks a request open until the returned guard (carried by its response body) drops.
-    fn begin(self: &Arc<Self>) -> OpenRequest {
+    fn begin(self: &Arc<Self>, version: Version) -> OpenRequest {
+        if version == Version::HTTP_2 {
+            self.http2.store(true, Ordering::Relaxed);
+        }
         self.requests.fetch_add(1, Ordering::AcqRel);
         self.open.fetch_add(1, Ordering::AcqRel);
+        self.head_since_ms.store(NO_HEAD, Ordering::Release);
         OpenRequest(self.clone())
+    }
+
+    /// Notes that bytes arrived. With no request open on HTTP/1 they begin a head, whose
+    /// deadline starts now; an HTTP/2 connection's frames between streams (PINGs, window
+    /// updates) begin nothing. Bytes of a head pipelined behind an open request are not
+    /// seen here: that head has the keep-alive bound instead.
+    fn bytes_read(&self) {
+        if self.open.load(Ordering::Acquire) == 0
+            && self.head_since_ms.load(Ordering::Acquire) == NO_HEAD
+            && !self.http2.load(Ordering::Relaxed)
+        {
+            self.head_since_ms
+                .store(self.elapsed_ms(), Ordering::Release);
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Resolves with the first deadline the connection misses (module documentation); while
+    /// a request is open there is none.
+    async fn lapse(&self, limits: &Limits) -> Lapse {
+        self.quiet(|idle_since, head_since| {
+            if self.http2.load(Ordering::Relaxed) {
+                (idle_since, limits.idle_timeout, Lapse::Http2Idle)
+            } else if self.requests.load(Ordering::Acquire) == 0 {
+                // The first request's bound runs from the connection's start, not its first
+                // byte: a byte sent late buys no time.
+                let lapse = if head_since == NO_HEAD {
+                    Lapse::NoRequest
+                } else {
+                    Lapse::HeadIncomplete
+                };
+                (0, limits.header_read_timeout, lapse)
+            } else if head_since != NO_HEAD {
+                (
+                    head_since,
+                    limits.header_read_timeout,
+                    Lapse::HeadIncomplete,
+                )
+            } else {
+                (idle_since, limits.keepalive_timeout, Lapse::KeepAlive)
+            }
+        })
+        .await
     }
 
     /// Resolves once no request has been open for `period`.
     async fn idle_for(&self, period: Duration) {
+        self.quiet(|idle_since, _| (idle_since, period, ())).await;
+    }
+
+    /// Waits out the deadline `deadline` names — milliseconds after `born`, a period, and
+    /// what to answer — for the state it is shown (idle since, head since), starting over
+    /// whenever that state changes; while a request is open there is no deadline.
+    async fn quiet<T>(&self, deadline: impl Fn(u64, u64) -> (u64, Duration, T)) -> T {
         loop {
-            let notified = self.became_idle.notified();
+            let notified = self.changed.notified();
             let mut notified = pin!(notified);
             notified.as_mut().enable();
             if self.open.load(Ordering::Acquire) > 0 {
                 notified.await;
                 continue;
             }
-            let since = self.idle_since_ms.load(Ordering::Acquire);
-            let deadline = self.born + Duration::from_millis(since) + period;
-            tokio::time::sleep_until(deadline).await;
+            let idle_since = self.idle_since_ms.load(Ordering::Acquire);
+            let head_since = self.head_since_ms.load(Ordering::Acquire);
+            let (from, period, answer) = deadline(idle_since, head_since);
+            let at = self.born + Duration::from_millis(from) + period;
+            tokio::select! {
+                () = tokio::time::sleep_until(at) => {}
+                () = &mut notified => continue,
+            }
             if self.open.load(Ordering::Acquire) == 0
-                && self.idle_since_ms.load(Ordering::Acquire) == since
+                && self.idle_since_ms.load(Ordering::Acquire) == idle_since
+                && self.head_since_ms.load(Ordering::Acquire) == head_since
             {
-                return;
+                return answer;
             }
         }
     }
@@ -344,10 +457,62 @@ impl Drop for OpenRequest {
     fn drop(&mut self) {
         let activity = &self.0;
         if activity.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let ms = u64::try_from(activity.born.elapsed().as_millis()).unwrap_or(u64::MAX);
-            activity.idle_since_ms.store(ms, Ordering::Release);
-            activity.became_idle.notify_waiters();
+            activity
+                .idle_since_ms
+                .store(activity.elapsed_ms(), Ordering::Release);
+            activity.changed.notify_waiters();
         }
+    }
+}
+
+/// The connection's I/O, telling [`Activity`] when bytes arrive.
+struct Watched {
+    io: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.bytes_read();
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -412,6 +577,77 @@ mod tests {
             *self.waker.lock().unwrap() = Some(cx.waker().clone());
             Poll::Pending
         }
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(75),
+            max_header_bytes: 8192,
+            connections: Arc::new(Semaphore::new(1)),
+            max_connections: 1,
+            max_concurrent_streams: 1,
+            idle_timeout: Duration::from_secs(60),
+            keep_alive_interval: Duration::from_secs(20),
+            keep_alive_timeout: Duration::from_secs(20),
+            grace: Duration::from_secs(30),
+        }
+    }
+
+    /// When `activity` misses its deadline, counted from now, and which one.
+    async fn lapse_after(activity: &Activity) -> (Duration, Lapse) {
+        let start = Instant::now();
+        let lapse = activity.lapse(&limits()).await;
+        (start.elapsed(), lapse)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_state_of_a_connection_has_its_own_deadline() {
+        let activity = Arc::new(Activity::new());
+        assert_eq!(
+            lapse_after(&activity).await,
+            (Duration::from_secs(10), Lapse::NoRequest)
+        );
+        drop(activity.begin(Version::HTTP_11));
+        assert_eq!(
+            lapse_after(&activity).await,
+            (Duration::from_secs(75), Lapse::KeepAlive),
+            "idle between requests: the keep-alive bound, not the header one"
+        );
+        tokio::time::advance(Duration::from_secs(30)).await;
+        activity.bytes_read();
+        assert_eq!(
+            lapse_after(&activity).await,
+            (Duration::from_secs(10), Lapse::HeadIncomplete),
+            "a head begun: the header bound from its first byte"
+        );
+        let open = activity.begin(Version::HTTP_2);
+        tokio::time::advance(Duration::from_secs(600)).await;
+        drop(open);
+        activity.bytes_read();
+        assert_eq!(
+            lapse_after(&activity).await,
+            (Duration::from_secs(60), Lapse::Http2Idle),
+            "HTTP/2 frames between streams begin no head"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_begun_while_idle_moves_the_deadline_earlier() {
+        let activity = Arc::new(Activity::new());
+        drop(activity.begin(Version::HTTP_11));
+        let waiting = tokio::spawn({
+            let activity = activity.clone();
+            async move { lapse_after(&activity).await }
+        });
+        // The waiting task starts (its deadline: the keep-alive one), then 5 s pass.
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_secs(5)).await;
+        activity.bytes_read();
+        assert_eq!(
+            waiting.await.unwrap(),
+            (Duration::from_secs(15), Lapse::HeadIncomplete)
+        );
     }
 
     #[test]

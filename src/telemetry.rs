@@ -39,6 +39,12 @@ fn filter(config: &LogConfig) -> EnvFilter {
         .unwrap_or_else(|_| EnvFilter::new(crate::config::DEFAULT_LOG_LEVEL))
 }
 
+/// Whether `RUST_LOG` holds a filter, which then takes the place of `log.level` (at start and
+/// at every reload), so a reload can say that a changed `log.level` changes nothing.
+pub fn level_from_env() -> bool {
+    EnvFilter::try_from_default_env().is_ok()
+}
+
 /// Installs the global subscriber; called once by the binary (tests install none).
 pub fn init(config: &LogConfig) {
     let (filter, filter_handle) = reload::Layer::new(filter(config));
@@ -50,6 +56,12 @@ pub fn init(config: &LogConfig) {
                 filter: filter_handle,
                 format: format_handle,
             });
+            if level_from_env() {
+                tracing::info!(
+                    log_level = %config.level,
+                    "RUST_LOG is set and takes the place of log.level until a restart without it"
+                );
+            }
         }
         Err(error) => eprintln!("logging was already initialised: {error}"),
     }

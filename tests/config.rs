@@ -497,6 +497,65 @@ fn an_admin_listener_reachable_from_other_hosts_needs_a_bearer_secret() {
 }
 
 #[test]
+fn a_log_level_word_that_is_not_a_level_is_refused_and_directives_pass() {
+    let level = |text: &str| base("", &format!("log:\n  level: {text:?}\n"));
+    for word in ["warning", "poynt_proxy", "verbose", ""] {
+        assert_eq!(
+            error_of(&level(word)),
+            format!(
+                "log.level: expected trace, debug, info, warn, error, off or an EnvFilter directive; found {word:?}"
+            )
+        );
+    }
+    for accepted in [
+        "trace",
+        "WARN",
+        "off",
+        "warn,poynt_proxy=debug",
+        "poynt_proxy=debug",
+        "poynt_proxy::proxy",
+    ] {
+        let config = Config::parse(&level(accepted), &KeySources::default())
+            .unwrap_or_else(|e| panic!("{accepted:?} refused: {e}"));
+        assert_eq!(config.log.level, accepted);
+    }
+}
+
+#[test]
+fn listeners_that_would_bind_the_same_port_are_refused() {
+    let with = |listen: &str, rest: &str| {
+        base("", rest).replacen("listen: \"127.0.0.1:0\"", &format!("listen: {listen:?}"), 1)
+    };
+    let onboarding = |addr: &str| {
+        format!("onboarding:\n  listen: {addr:?}\n  public_url: \"https://connect.example.com\"\n")
+    };
+    for (yaml, expected) in [
+        (
+            with("127.0.0.1:9090", ""),
+            "admin_listen: expected an address no other listener binds; found 127.0.0.1:9090, which collides with listen (127.0.0.1:9090)",
+        ),
+        (
+            with("0.0.0.0:8081", &onboarding("127.0.0.1:8081")),
+            "onboarding.listen: expected an address no other listener binds; found 127.0.0.1:8081, which collides with listen (0.0.0.0:8081)",
+        ),
+        (
+            with("127.0.0.1:8080", &onboarding("127.0.0.1:9090")),
+            "onboarding.listen: expected an address no other listener binds; found 127.0.0.1:9090, which collides with admin_listen (127.0.0.1:9090)",
+        ),
+    ] {
+        assert_eq!(error_of(&yaml), expected);
+    }
+    for fine in [
+        with("127.0.0.1:8080", &onboarding("127.0.0.1:8081")),
+        with("127.0.0.2:9090", ""),
+        with("127.0.0.1:0", "admin_listen: \"127.0.0.1:0\"\n"),
+    ] {
+        Config::parse(&fine, &KeySources::default())
+            .unwrap_or_else(|e| panic!("refused: {e}\n{fine}"));
+    }
+}
+
+#[test]
 fn the_merchant_allow_list_comes_from_the_file_and_the_list_and_names_bad_entries() {
     let a = "11111111-1111-4111-8111-111111111111";
     let b = "22222222-2222-4222-8222-222222222222";

@@ -1360,15 +1360,16 @@ fn is_shell_script(path: &Path) -> bool {
             .any(|word| matches!(word, "sh" | "bash" | "dash"))
 }
 
-fn shell_scripts(dir: &Path, out: &mut Vec<PathBuf>) {
+/// Every file under `dir` that `keep` selects, outside build and VCS directories.
+fn files_under(dir: &Path, keep: &dyn Fn(&Path) -> bool, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy();
         if path.is_dir() {
             if !matches!(name.as_ref(), "target" | ".git" | "node_modules") {
-                shell_scripts(&path, out);
+                files_under(&path, keep, out);
             }
-        } else if is_shell_script(&path) {
+        } else if keep(&path) {
             out.push(path);
         }
     }
@@ -1377,7 +1378,7 @@ fn shell_scripts(dir: &Path, out: &mut Vec<PathBuf>) {
 #[test]
 fn shellcheck_passes_on_every_shell_script() {
     let mut scripts = Vec::new();
-    shell_scripts(&repo(""), &mut scripts);
+    files_under(&repo(""), &is_shell_script, &mut scripts);
     for known in [
         "scripts/test.sh",
         ".ci/run",
@@ -1500,4 +1501,87 @@ fn every_shipped_proxy_config_passes_check() {
     }
     check("compose", &read("deploy/compose/proxy.yaml"), &[]);
     check("systemd", &read("deploy/systemd/config.yaml"), &[]);
+}
+
+/// The names of the Secrets `value` refers to: projected or volume Secrets, `secretKeyRef`s
+/// and TLS `secretName`s.
+fn secret_names<'a>(value: &'a Value, out: &mut BTreeSet<&'a str>) {
+    match value {
+        Value::Mapping(map) => {
+            for (key, item) in map {
+                match key.as_str() {
+                    Some("secret" | "secretKeyRef") => {
+                        if let Some(name) = item["name"].as_str() {
+                            out.insert(name);
+                        }
+                    }
+                    Some("secretName") => {
+                        if let Some(name) = item.as_str() {
+                            out.insert(name);
+                        }
+                    }
+                    _ => {}
+                }
+                secret_names(item, out);
+            }
+        }
+        Value::Sequence(items) => items.iter().for_each(|item| secret_names(item, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_readme_creates_every_secret_the_manifests_use_and_its_redis_port_is_let_out() {
+    let readme = read("README.md");
+    let created: BTreeSet<&str> = readme
+        .lines()
+        .filter_map(|line| line.strip_prefix("kubectl create secret "))
+        .filter_map(|rest| rest.split_whitespace().nth(1))
+        .collect();
+    for kustomization in KUSTOMIZATIONS {
+        let objects = render(kustomization);
+        let mut used = BTreeSet::new();
+        objects.iter().for_each(|o| secret_names(o, &mut used));
+        let missing: Vec<_> = used.difference(&created).collect();
+        assert!(
+            missing.is_empty(),
+            "{kustomization}: the README does not create {missing:?}"
+        );
+    }
+    let redis_line = readme
+        .lines()
+        .find(|line| line.contains("create secret generic poynt-proxy-redis"))
+        .expect("the README creates the Redis URL secret");
+    let port: u64 = redis_line
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split(['/', '\'']).next())
+        .and_then(|host| host.rsplit_once(':'))
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or_else(|| panic!("a host:port in {redis_line:?}"));
+    let objects = render("overlays/replicated");
+    let policy = one(&objects, "NetworkPolicy", "poynt-proxy");
+    let let_out = seq(&policy["spec"]["egress"])
+        .iter()
+        .flat_map(|rule| seq(&rule["ports"]))
+        .any(|p| str_of(&p["protocol"]) == "TCP" && p["port"].as_u64() == Some(port));
+    assert!(
+        let_out,
+        "the NetworkPolicy does not let out the README's Redis port {port}"
+    );
+}
+
+#[test]
+fn no_deploy_artefact_sets_rust_log_which_would_override_log_level() {
+    let mut files = vec![repo("Dockerfile")];
+    files_under(&repo("deploy"), &|_| true, &mut files);
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let sets = ["RUST_LOG=", "RUST_LOG:", "name: RUST_LOG"];
+        assert!(
+            !sets.iter().any(|setting| text.contains(setting)),
+            "{} sets RUST_LOG: a reload of log.level would change nothing",
+            path.display()
+        );
+    }
 }

@@ -73,18 +73,10 @@ async fn read_response(stream: &mut TcpStream) -> (u16, String, Value) {
 #[tokio::test]
 async fn silent_connections_are_closed_after_the_header_read_timeout_and_readyz_reports_a_full_cap()
 {
-    let mut h = Builder::default()
+    let h = Builder::default()
         .yaml("server:\n  max_connections: 6\n  header_read_timeout: 1s")
         .start()
         .await;
-    // With a 1 s deadline the proxy closes the harness client's idle pooled connections as
-    // the test goes on; a client that opens a connection per request cannot reuse one at
-    // the moment it is closed.
-    h.client = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
     let addr = h.proxy.proxy_addr();
     let mut sockets = Vec::new();
     for kind in 0..6 {
@@ -162,6 +154,71 @@ async fn an_idle_http2_connection_gets_goaway_after_the_idle_timeout() {
     drop(response);
     let ended = tokio::time::timeout(Duration::from_secs(10), connection).await;
     assert!(ended.is_ok(), "the idle HTTP/2 connection stayed open");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_http1_connection_outlives_the_header_read_timeout_until_the_keepalive_timeout() {
+    let h = Builder::default()
+        .yaml("server:\n  header_read_timeout: 1s\n  keepalive_timeout: 5s")
+        .start()
+        .await;
+    let m = h.merchants[0];
+    let request =
+        format!("GET /businesses/{m}/orders HTTP/1.1\r\nhost: x\r\n{HEADER}: {m}\r\n\r\n");
+    let mut kept = TcpStream::connect(h.proxy.proxy_addr()).await.unwrap();
+    kept.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut kept).await.0, 200);
+    // A silent connection opened after that response is closed once header_read_timeout has
+    // passed; two, one after the other, and the kept connection has been idle for twice that.
+    for _ in 0..2 {
+        let mut silent = TcpStream::connect(h.proxy.proxy_addr()).await.unwrap();
+        assert!(
+            closes_within(&mut silent, Duration::from_secs(10)).await,
+            "the silent connection was never closed"
+        );
+    }
+    kept.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(
+        read_response(&mut kept).await.0,
+        200,
+        "the second request on the kept connection is answered"
+    );
+    assert!(
+        closes_within(&mut kept, Duration::from_secs(10)).await,
+        "the idle connection was never closed after the keep-alive timeout"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_unfinished_head_and_a_silent_connection_get_the_header_read_timeout_not_the_keepalive()
+{
+    let h = Builder::default()
+        .yaml("server:\n  header_read_timeout: 1s\n  keepalive_timeout: 10m")
+        .start()
+        .await;
+    let m = h.merchants[0];
+    let addr = h.proxy.proxy_addr();
+    let request =
+        format!("GET /businesses/{m}/orders HTTP/1.1\r\nhost: x\r\n{HEADER}: {m}\r\n\r\n");
+    let mut kept = TcpStream::connect(addr).await.unwrap();
+    kept.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut kept).await.0, 200);
+    kept.write_all(&request.as_bytes()[..20]).await.unwrap();
+    let mut begun = TcpStream::connect(addr).await.unwrap();
+    begun.write_all(&request.as_bytes()[..20]).await.unwrap();
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    for (what, socket) in [
+        ("a head begun after a response", &mut kept),
+        ("a first head begun", &mut begun),
+        ("a silent connection", &mut silent),
+    ] {
+        assert!(
+            closes_within(socket, Duration::from_secs(10)).await,
+            "{what} was not closed after the header read timeout"
+        );
+    }
     h.stop().await;
 }
 

@@ -7,6 +7,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use poynt_proxy::config::Config;
+use poynt_proxy::metrics::Metrics;
+use poynt_proxy::store::{Store, keys};
+use secrecy::ExposeSecret as _;
 use serde_json::Value;
 use support::process::{BIN, lines_of, spawn_proxy, wait_line};
 use support::{Builder, HEADER, eventually};
@@ -330,6 +334,147 @@ fn authorize_url_prints_a_state_the_proxy_accepts_and_needs_the_state_key_file()
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Runs `check` on `config` as a user the test's files do not admit beyond their modes: the
+/// test's own user, or `nobody` when that is root (root reads any file whatever its mode).
+fn check_unprivileged(config: &std::path::Path) -> std::process::Output {
+    let uid = Command::new("id").arg("-u").output().unwrap();
+    let mut command = if String::from_utf8_lossy(&uid.stdout).trim() == "0" {
+        let mut command = Command::new("setpriv");
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]);
+        command
+    } else {
+        Command::new(BIN)
+    };
+    command
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn check_fails_where_run_would_on_the_store_the_listeners_and_the_log_level() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let readable = |path: &std::path::Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    readable(dir.path(), 0o755);
+    let app_key = dir.path().join("app.pem");
+    std::fs::copy(support::fixture("app-key-pkcs8.pem"), &app_key).unwrap();
+    readable(&app_key, 0o644);
+    for name in ["a.key", "b.key"] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, keys::generate().expose_secret()).unwrap();
+        readable(&path, 0o644);
+    }
+    let path = dir.path().join("proxy.yaml");
+    let write = |top: &str, rest: &str| {
+        let yaml = format!(
+            "{top}poynt:\n  application_id: \"urn:aid:x\"\n  private_key_file: {:?}\n{rest}",
+            app_key.display().to_string()
+        );
+        std::fs::write(&path, yaml).unwrap();
+        readable(&path, 0o644);
+    };
+    let ports = "listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\n";
+    let run = |command: &str| {
+        Command::new(BIN)
+            .args([command, "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let fails_with = |out: std::process::Output, expected: &str| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "expected a failure: {out:?}");
+        assert!(
+            stderr.contains(expected),
+            "expected {expected:?} in {stderr}"
+        );
+    };
+    // Stores as a start leaves them: one sealed with a.key, one with the key kept beside it.
+    let keyed = "store:\n  path: tokens.redb\n  key_file: a.key\n";
+    let beside = "store:\n  path: beside/tokens.redb\n";
+    for store in [keyed, beside] {
+        write(ports, store);
+        let config = Config::load(&path).unwrap();
+        let metrics = Metrics::new().unwrap();
+        drop(
+            Store::open(&config.store, &config.poynt.application_id, &metrics)
+                .await
+                .unwrap(),
+        );
+    }
+    write(ports, keyed);
+    let out = run("check");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("the store key opens it"),
+        "{out:?}"
+    );
+    // Held open, as by a running proxy: not opened, and said so.
+    let config = Config::load(&path).unwrap();
+    let held = Store::open(
+        &config.store,
+        &config.poynt.application_id,
+        &Metrics::new().unwrap(),
+    )
+    .await
+    .unwrap();
+    let out = run("check");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is open in another process"),
+        "{out:?}"
+    );
+    drop(held);
+
+    write(ports, &keyed.replace("a.key", "b.key"));
+    fails_with(run("check"), "does not open the store at");
+    fails_with(run("run"), "does not open the store at");
+
+    std::fs::remove_file(dir.path().join("beside/tokens.redb.key")).unwrap();
+    write(ports, beside);
+    fails_with(run("check"), "holds data but its key");
+    fails_with(run("run"), "holds data but its key");
+
+    write(ports, keyed);
+    readable(&dir.path().join("tokens.redb"), 0o000);
+    fails_with(
+        check_unprivileged(&path),
+        &format!(
+            "store.path: {}: Permission denied",
+            dir.path().join("tokens.redb").display()
+        ),
+    );
+
+    write(
+        "listen: \"127.0.0.1:18080\"\nadmin_listen: \"127.0.0.1:18080\"\n",
+        "store:\n  backend: memory\n",
+    );
+    fails_with(
+        run("check"),
+        "admin_listen: expected an address no other listener binds; found 127.0.0.1:18080, which collides with listen (127.0.0.1:18080)",
+    );
+    write(
+        "listen: \"0.0.0.0:18080\"\n",
+        "store:\n  backend: memory\nonboarding:\n  listen: \"127.0.0.1:18080\"\n  public_url: \"https://connect.example.com\"\n",
+    );
+    fails_with(
+        run("check"),
+        "onboarding.listen: expected an address no other listener binds; found 127.0.0.1:18080, which collides with listen (0.0.0.0:18080)",
+    );
+
+    write(ports, "store:\n  backend: memory\nlog:\n  level: warning\n");
+    for command in ["check", "run"] {
+        fails_with(
+            run(command),
+            "log.level: expected trace, debug, info, warn, error, off or an EnvFilter directive; found \"warning\"",
+        );
+    }
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Live reload through the real binary: a rotated app key signs the next grant after
 //! SIGHUP with no failed request, a file that does not validate is refused whole, a change
 //! that needs a restart changes nothing, and `POST /admin/reload` applies the allow-list and
-//! the admin secret.
+//! the admin secret, and a `log.level` change under `RUST_LOG` is reported as not applied.
 
 mod support;
 
@@ -12,6 +12,24 @@ use std::time::Duration;
 use serde_json::Value;
 use support::process::{ProxyProcess, spawn_proxy};
 use support::{Builder, HEADER, eventually};
+
+/// Waits (at most 10 s) until the proxy's output holds every one of `texts`.
+async fn logged(proxy: &ProxyProcess, what: &str, texts: &[&str]) {
+    eventually(what, Duration::from_secs(10), || async {
+        let logs = proxy.logs();
+        texts.iter().all(|text| logs.contains(text))
+    })
+    .await;
+}
+
+/// `POST /admin/reload`.
+async fn post_reload(proxy: &ProxyProcess) -> reqwest::Response {
+    support::client()
+        .post(format!("http://{}/admin/reload", proxy.admin))
+        .send()
+        .await
+        .unwrap()
+}
 
 async fn reloads(proxy: &ProxyProcess, outcome: &str) -> f64 {
     proxy
@@ -63,10 +81,10 @@ async fn a_rotated_app_key_signs_the_next_grant_after_sighup_and_no_request_fail
         reloads(&proxy, "success").await == 1.0
     })
     .await;
-    eventually(
+    logged(
+        &proxy,
         "the reload is logged, naming the key file",
-        Duration::from_secs(10),
-        || async { proxy.logs().contains("poynt.private_key_file") },
+        &["poynt.private_key_file"],
     )
     .await;
     assert_eq!(
@@ -100,16 +118,14 @@ async fn a_file_that_fails_validation_is_refused_whole_and_the_running_config_ke
         reloads(&proxy, "invalid").await == 1.0
     })
     .await;
-    eventually("the refusal is logged", Duration::from_secs(10), || async {
-        proxy.logs().contains("configuration reload refused")
-    })
+    logged(
+        &proxy,
+        "the refusal is logged",
+        &["configuration reload refused"],
+    )
     .await;
     assert_eq!(proxy.get(m).await, 200, "the old configuration serves");
-    let response = support::client()
-        .post(format!("http://{}/admin/reload", proxy.admin))
-        .send()
-        .await
-        .unwrap();
+    let response = post_reload(&proxy).await;
     assert_eq!(response.status(), 422);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], "INVALID_CONFIG");
@@ -131,7 +147,9 @@ async fn a_changed_listener_needs_a_restart_and_nothing_changes() {
     let proxy = spawn_proxy(&emulator, "");
     let good = std::fs::read_to_string(&proxy.config).unwrap();
     // A new listener, and an allow-list that would refuse `m` were anything applied.
-    let changed = good.replace("listen: \"127.0.0.1:0\"", "listen: \"127.0.0.1:1\"");
+    // The first line is `listen`; `admin_listen` stays on port 0 (two listeners on port 1
+    // would collide, which validation refuses before a restart is considered).
+    let changed = good.replacen("listen: \"127.0.0.1:0\"", "listen: \"127.0.0.1:1\"", 1);
     let other = support::merchant();
     std::fs::write(
         &proxy.config,
@@ -143,13 +161,10 @@ async fn a_changed_listener_needs_a_restart_and_nothing_changes() {
         reloads(&proxy, "restart_required").await == 1.0
     })
     .await;
-    eventually(
+    logged(
+        &proxy,
         "the refusal is logged, naming the listener",
-        Duration::from_secs(10),
-        || async {
-            let logs = proxy.logs();
-            logs.contains("a restart is needed") && logs.contains("listen")
-        },
+        &["a restart is needed", "listen"],
     )
     .await;
     assert_eq!(
@@ -176,11 +191,7 @@ async fn post_admin_reload_applies_the_allow_list_and_the_admin_secret() {
         ),
     )
     .unwrap();
-    let reload = support::client()
-        .post(format!("http://{}/admin/reload", proxy.admin))
-        .send()
-        .await
-        .unwrap();
+    let reload = post_reload(&proxy).await;
     assert_eq!(reload.status(), 200);
     let applied: Value = reload.json().await.unwrap();
     let changed: Vec<&str> = applied["changed"]
@@ -207,5 +218,43 @@ async fn post_admin_reload_applies_the_allow_list_and_the_admin_secret() {
             .unwrap()
             .status(),
         200
+    );
+}
+
+#[tokio::test]
+async fn a_reloaded_log_level_under_rust_log_is_reported_as_not_applied() {
+    let m = support::merchant();
+    let emulator = Builder::default().emulator(&[m]).await;
+    // spawn_proxy sets RUST_LOG=info, as the deploy artefacts once did.
+    let proxy = spawn_proxy(&emulator, "");
+    let good = std::fs::read_to_string(&proxy.config).unwrap();
+    let debug = good.replace(
+        "log:\n  format: json\n",
+        "log:\n  format: json\n  level: debug\n",
+    );
+    assert_ne!(debug, good, "the test's config has a log section to change");
+    std::fs::write(&proxy.config, debug).unwrap();
+    let reload = post_reload(&proxy).await;
+    assert_eq!(reload.status(), 200);
+    let applied: Value = reload.json().await.unwrap();
+    assert_eq!(applied["changed"], serde_json::json!([]), "{applied}");
+    let not_applied = applied["not_applied"].as_array().unwrap();
+    assert_eq!(not_applied.len(), 1, "{applied}");
+    assert!(
+        not_applied[0]
+            .as_str()
+            .unwrap()
+            .starts_with("log.level: expected \"debug\" to take effect; found RUST_LOG set"),
+        "{applied}"
+    );
+    logged(
+        &proxy,
+        "the reload's log line says the level did not take effect",
+        &["some changes do not take effect", "RUST_LOG set"],
+    )
+    .await;
+    assert!(
+        !proxy.logs().contains("\"level\":\"DEBUG\""),
+        "RUST_LOG=info still filters"
     );
 }

@@ -74,15 +74,7 @@ impl EmbeddedStore {
         application_id: &str,
         metrics: StoreMetrics,
     ) -> Result<Self, StoreError> {
-        let path = config.path.clone();
-        let key = config.key.clone();
-        let previous = config.previous_keys.clone();
-        let application_id = application_id.to_owned();
-        tokio::task::spawn_blocking(move || {
-            open_blocking(path, key, previous, &application_id, metrics)
-        })
-        .await
-        .map_err(StoreError::Task)?
+        on_blocking_pool(config, application_id, metrics, open_blocking).await
     }
 
     pub(super) fn metrics(&self) -> &StoreMetrics {
@@ -282,13 +274,7 @@ fn open_blocking(
             path = %path.display(),
             "sealed the store again with the current key; the previous keys can be retired"
         ),
-        KeyCheck::Wrong(source) => {
-            return Err(StoreError::WrongKey {
-                origin: current.origin.to_string(),
-                location: path.display().to_string(),
-                source,
-            });
-        }
+        KeyCheck::Wrong(source) => return Err(wrong_key(&current, &path, source)),
     }
     Ok(EmbeddedStore {
         inner: Arc::new(Inner {
@@ -298,6 +284,112 @@ fn open_blocking(
             metrics,
         }),
     })
+}
+
+fn wrong_key(current: &StoreKey, path: &Path, source: SealError) -> StoreError {
+    StoreError::WrongKey {
+        origin: current.origin.to_string(),
+        location: path.display().to_string(),
+        source,
+    }
+}
+
+/// What a look at the embedded store that changes nothing found (`poynt-proxy check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preflight {
+    /// No data yet: the first start creates the file (and its key, when none is configured).
+    New,
+    /// The configured keys open the store's check value, as they will at start.
+    KeyFits,
+    /// Another process (a running proxy) holds the file, so it was not opened here.
+    InUse,
+    /// The file was not closed cleanly: start repairs it, which a read-only look cannot.
+    NeedsRepair,
+}
+
+/// Opens the store read-only and checks the key start would use against its check value,
+/// failing as start would (a wrong key, a missing key beside the data, an unreadable file)
+/// without creating or changing anything.
+pub async fn preflight(
+    config: &StoreConfig,
+    application_id: &str,
+    metrics: StoreMetrics,
+) -> Result<Preflight, StoreError> {
+    on_blocking_pool(config, application_id, metrics, preflight_blocking).await
+}
+
+/// What a blocking look at the file is given: the path, the configured current key (if
+/// any), the previous keys, the application and the metrics.
+type Blocking<T> =
+    fn(PathBuf, Option<StoreKey>, Vec<Key>, &str, StoreMetrics) -> Result<T, StoreError>;
+
+/// Runs `work` on Tokio's blocking pool with what it needs from `config`.
+async fn on_blocking_pool<T: Send + 'static>(
+    config: &StoreConfig,
+    application_id: &str,
+    metrics: StoreMetrics,
+    work: Blocking<T>,
+) -> Result<T, StoreError> {
+    let path = config.path.clone();
+    let key = config.key.clone();
+    let previous = config.previous_keys.clone();
+    let application_id = application_id.to_owned();
+    tokio::task::spawn_blocking(move || work(path, key, previous, &application_id, metrics))
+        .await
+        .map_err(StoreError::Task)?
+}
+
+fn preflight_blocking(
+    path: PathBuf,
+    configured: Option<StoreKey>,
+    previous: Vec<Key>,
+    application_id: &str,
+    metrics: StoreMetrics,
+) -> Result<Preflight, StoreError> {
+    let current = match configured {
+        Some(key) => Some(key),
+        None => keys::load_beside(&path)?,
+    };
+    let length = match std::fs::File::open(&path).and_then(|file| file.metadata()) {
+        Ok(metadata) => metadata.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Preflight::New),
+        Err(source) => {
+            return Err(StoreError::File { path, source });
+        }
+    };
+    let Some(current) = current.filter(|_| length > 0) else {
+        return Ok(Preflight::New);
+    };
+    let keys = Keys::new(current.key.clone(), previous);
+    let sealer = Sealer::new(keys, application_id, metrics);
+    let db = match Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .open_read_only(&path)
+    {
+        Ok(db) => db,
+        Err(DatabaseError::DatabaseAlreadyOpen) => return Ok(Preflight::InUse),
+        Err(DatabaseError::RepairAborted) => return Ok(Preflight::NeedsRepair),
+        Err(source) => {
+            return Err(StoreError::Open { path, source });
+        }
+    };
+    let canary = (|| -> Result<Option<Vec<u8>>, redb::Error> {
+        let txn = db.begin_read()?;
+        let meta = match txn.open_table(META) {
+            Ok(meta) => meta,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        Ok(meta.get(CANARY)?.map(|v| v.value().to_vec()))
+    })()
+    .map_err(|source| StoreError::Database {
+        path: path.clone(),
+        source,
+    })?;
+    match canary.map(|c| sealer.open_canary(&c)) {
+        Some(Err(source)) => Err(wrong_key(&current, &path, source)),
+        None | Some(Ok(_)) => Ok(Preflight::KeyFits),
+    }
 }
 
 /// Creates the file with mode 0600 before redb opens it, or tightens an existing file's mode.

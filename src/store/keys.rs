@@ -134,19 +134,16 @@ pub fn beside(data: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// The key beside `data`: read when present; created (mode 0600) when neither it nor the data
-/// exists. Returns the key and whether it was just created.
-pub fn load_or_create_beside(data: &Path) -> Result<(StoreKey, bool), KeyError> {
+/// The key beside `data` as it is now, creating nothing: read when present; `None` when
+/// neither it nor the data exists (the first start creates it); an error when the data
+/// exists without it, since a new key would not open that data.
+pub fn load_beside(data: &Path) -> Result<Option<StoreKey>, KeyError> {
     let path = beside(data);
-    let origin = KeyOrigin::Beside(path.clone());
     if path.exists() {
-        return Ok((
-            StoreKey {
-                key: read_file(&path)?,
-                origin,
-            },
-            false,
-        ));
+        return Ok(Some(StoreKey {
+            key: read_file(&path)?,
+            origin: KeyOrigin::Beside(path),
+        }));
     }
     if std::fs::metadata(data).is_ok_and(|m| m.len() > 0) {
         return Err(KeyError::Missing {
@@ -154,6 +151,17 @@ pub fn load_or_create_beside(data: &Path) -> Result<(StoreKey, bool), KeyError> 
             key: path,
         });
     }
+    Ok(None)
+}
+
+/// The key beside `data`: read when present; created (mode 0600) when neither it nor the data
+/// exists. Returns the key and whether it was just created.
+pub fn load_or_create_beside(data: &Path) -> Result<(StoreKey, bool), KeyError> {
+    if let Some(key) = load_beside(data)? {
+        return Ok((key, false));
+    }
+    let path = beside(data);
+    let origin = KeyOrigin::Beside(path.clone());
     let text = generate();
     let create = |source| KeyError::Create {
         path: path.clone(),

@@ -38,8 +38,9 @@ pub fn merchant() -> MerchantId {
 }
 
 /// An HTTP client for the proxy (plain HTTP, never through an environment proxy). Like any
-/// well-behaved caller it drops idle connections before the proxy's `header_read_timeout`
-/// (10 s) would close them, so a reused connection never races the proxy's close.
+/// well-behaved caller it drops idle connections before the proxy's `keepalive_timeout`
+/// (75 s) would close them, so a reused connection never races the proxy's close (tests that
+/// shorten it below 5 s talk to the proxy over their own sockets).
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
