@@ -105,8 +105,21 @@ pub fn spawn_proxy_logging(
     extra: &str,
     log_level: &str,
 ) -> ProxyProcess {
+    spawn_proxy_config(
+        |dir| super::proxy_yaml(emulator, dir, &format!("log:\n  format: json\n{extra}")),
+        log_level,
+    )
+}
+
+/// Like [`spawn_proxy_logging`], with the whole configuration made by `yaml` (given the
+/// process's own directory), which must ask for JSON logs: for tests that point the proxy
+/// somewhere other than the emulator itself (through a fault proxy, say).
+pub fn spawn_proxy_config(
+    yaml: impl FnOnce(&tempfile::TempDir) -> String,
+    log_level: &str,
+) -> ProxyProcess {
     let dir = tempfile::tempdir().unwrap();
-    let yaml = super::proxy_yaml(emulator, &dir, &format!("log:\n  format: json\n{extra}"));
+    let yaml = yaml(&dir);
     let path = dir.path().join("proxy.yaml");
     std::fs::write(&path, yaml).unwrap();
     let mut child = Command::new(BIN)
