@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use poynt_proxy::emulator::Fault;
 use poynt_proxy::merchant::MerchantId;
-use support::fleet::{Fleet, answer};
+use support::fleet::Fleet;
 use support::process::ProxyProcess;
 use support::{HEADER, eventually};
 
 /// A proxied GET's status and the SHA-256 of the token it carried (from the emulator's echo).
 async fn call(proxy: &ProxyProcess, merchant: MerchantId) -> (u16, Option<String>) {
-    let (status, echo) = answer(proxy, merchant).await;
+    let (status, echo) = proxy.answer(merchant).await;
     (
         status,
         echo["authorization_sha256"].as_str().map(str::to_owned),

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use poynt_proxy::emulator::Emulator;
 use poynt_proxy::merchant::MerchantId;
-use serde_json::Value;
 
 use super::process::{BIN, ProxyProcess, spawn_proxy_config};
 use super::redis::RedisServer;
@@ -87,20 +86,4 @@ impl Fleet {
             })
             .collect()
     }
-}
-
-/// A proxied GET for `merchant` through `proxy`: the status and the JSON body (the
-/// emulator's echo, or the proxy's error in Poynt's shape; `Null` if neither).
-pub async fn answer(proxy: &ProxyProcess, merchant: MerchantId) -> (u16, Value) {
-    let response = super::client()
-        .get(format!(
-            "http://{}/businesses/{merchant}/orders",
-            proxy.proxy
-        ))
-        .header(super::HEADER, merchant.to_string())
-        .send()
-        .await
-        .expect("proxy answers");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }

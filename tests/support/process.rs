@@ -209,7 +209,14 @@ impl ProxyProcess {
 
     /// GET `/businesses/{merchant}/orders` through it for `merchant`: the status.
     pub async fn get(&self, merchant: poynt_proxy::merchant::MerchantId) -> u16 {
-        super::client()
+        self.answer(merchant).await.0
+    }
+
+    /// GET `/businesses/{merchant}/orders` through it for `merchant`: the status and the
+    /// JSON body (the emulator's echo, or the proxy's error in Poynt's shape; `Null` if
+    /// neither).
+    pub async fn answer(&self, merchant: poynt_proxy::merchant::MerchantId) -> (u16, Value) {
+        let response = super::client()
             .get(format!(
                 "http://{}/businesses/{merchant}/orders",
                 self.proxy
@@ -217,9 +224,9 @@ impl ProxyProcess {
             .header(super::HEADER, merchant.to_string())
             .send()
             .await
-            .expect("proxy answers")
-            .status()
-            .as_u16()
+            .expect("proxy answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// Its /metrics text.
