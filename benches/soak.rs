@@ -5,9 +5,9 @@
 //! merchant, refresh-token reuse and refusals at the emulator, and the proxy's RSS over time.
 //! `benches/soak.sh` runs it; by hand: `cargo bench --bench soak -- --minutes 30`.
 
+mod procs;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,12 +26,8 @@ struct Settings {
 }
 
 fn settings() -> Settings {
-    let args: Vec<String> = std::env::args().collect();
     let value = |name: &str, default: u64| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .map_or(default, |v| v.parse().expect("a number"))
+        procs::arg(name).map_or(default, |v| v.parse().expect("a number"))
     };
     Settings {
         minutes: value("--minutes", 30),
@@ -40,120 +36,26 @@ fn settings() -> Settings {
     }
 }
 
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Spawns the binary and returns the first stdout line `pick` accepts, then drains the rest.
-fn spawn(
-    args: &[&str],
-    env: &[(&str, &str)],
-    pick: impl Fn(&str) -> Option<String>,
-) -> (Proc, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_poynt-proxy"))
-        .args(args)
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the binary runs");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let found = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|line| pick(&line))
-        .expect("the announcement line");
-    std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
-    (Proc(child), found)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// What the load saw: per second since the start, (sent, failed).
 type Seconds = Arc<Mutex<BTreeMap<u64, (u64, u64)>>>;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--list" || a == "--test") {
-        return;
-    }
-    let settings = settings();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(soak(settings));
+    procs::main(|| soak(settings()));
 }
 
 async fn soak(settings: Settings) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = |name: &str| dir.path().join(name).display().to_string();
-    let (_emulator, base) = spawn(
-        &[
-            "emulator",
-            "--listen",
-            "127.0.0.1:0",
-            "--app-id",
-            APP_ID,
-            "--app-private-key-out",
-            &path("app.pem"),
-            "--token-ttl",
-            "5s",
-        ],
-        &[("RUST_LOG", "warn")],
-        |line| {
-            line.strip_prefix("poynt-emulator listening on ")
-                .map(str::to_owned)
-        },
-    );
+    let (_emulator, base) = procs::emulator(APP_ID, &path("app.pem"), "5s");
     let control = reqwest::Client::new();
-    let merchants: Vec<String> = (0..settings.merchants)
-        .map(|_| uuid::Uuid::new_v4().to_string())
-        .collect();
-    for m in &merchants {
-        control
-            .post(format!("{base}/_emulator/merchants/{m}/authorize"))
-            .send()
-            .await
-            .expect("authorize");
-    }
+    let merchants = procs::merchants(&control, &base, settings.merchants).await;
     let config = format!(
         "listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\npoynt:\n  api_url: \"{base}\"\n  application_id: \"{APP_ID}\"\n  private_key_file: {:?}\nstore:\n  backend: embedded\n  path: {:?}\ntokens:\n  backoff_initial: 500ms\n  backoff_max: 2s\n  new_merchant_grant_burst: 1000\nlog:\n  format: json\n",
         path("app.pem"),
         path("tokens.redb"),
     );
     std::fs::write(path("proxy.yaml"), config).unwrap();
-    let (proxy, addrs) = spawn(
-        &["run", "--config", &path("proxy.yaml")],
-        &[("RUST_LOG", "warn,poynt_proxy::lifecycle=info")],
-        |line| {
-            let v: Value = serde_json::from_str(line).ok()?;
-            if v["message"] != "poynt-proxy ready" {
-                return None;
-            }
-            Some(format!(
-                "{} {}",
-                v["proxy_addr"].as_str()?,
-                v["admin_addr"].as_str()?
-            ))
-        },
-    );
-    let (proxy_addr, _admin_addr) = addrs.split_once(' ').expect("two addresses");
+    let (proxy, proxy_addr, _admin) = procs::proxy(&path("proxy.yaml"));
     let pid = proxy.0.id();
     let client = reqwest::Client::builder()
         .pool_idle_timeout(Duration::from_secs(5))
@@ -165,7 +67,7 @@ async fn soak(settings: Settings) {
     let seconds: Seconds = Arc::default();
     let load = tokio::spawn(drive(
         client,
-        proxy_addr.to_owned(),
+        proxy_addr,
         merchants.clone(),
         settings.rate,
         total,
@@ -186,7 +88,7 @@ async fn soak(settings: Settings) {
     while started.elapsed() < total {
         tick.tick().await;
         let now = started.elapsed();
-        rss.push((now.as_secs(), rss_kib(pid)));
+        rss.push((now.as_secs(), procs::rss_kib(pid)));
         // A 10 s fault in the second half of every two minutes.
         if now.as_secs() % 120 >= 60
             && now.as_secs() % 120 < 70
@@ -212,14 +114,7 @@ async fn soak(settings: Settings) {
         }
     }
     load.await.unwrap();
-    let stats: Value = control
-        .get(format!("{base}/_emulator/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = procs::stats(&control, &base).await;
     report(&settings, &seconds, &windows, &rss, &stats);
 }
 

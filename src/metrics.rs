@@ -426,18 +426,21 @@ pub enum StoreOp {
     Lock,
     /// Give a lock back.
     Release,
+    /// Extend a held lock's lease.
+    Extend,
     /// Mark an onboarding state as used.
     SpendState,
 }
 
 impl StoreOp {
-    const ALL: [StoreOp; 7] = [
+    const ALL: [StoreOp; 8] = [
         Self::Load,
         Self::LoadAll,
         Self::Save,
         Self::Delete,
         Self::Lock,
         Self::Release,
+        Self::Extend,
         Self::SpendState,
     ];
 
@@ -450,6 +453,7 @@ impl StoreOp {
             Self::Delete => "delete",
             Self::Lock => "lock",
             Self::Release => "release",
+            Self::Extend => "extend",
             Self::SpendState => "spend_state",
         }
     }
@@ -464,6 +468,8 @@ pub enum StoreOutcome {
     Stale,
     /// A lock is held by another replica.
     Busy,
+    /// A held lock had expired when its holder extended or released it.
+    Lost,
     /// The store could not be reached in time.
     Unavailable,
     /// The store answered with an error.
@@ -480,6 +486,7 @@ impl StoreOutcome {
             Self::Ok => "ok",
             Self::Stale => "stale",
             Self::Busy => "busy",
+            Self::Lost => "lost",
             Self::Unavailable => "unavailable",
             Self::Error => "error",
             Self::Withheld => "withheld",
@@ -518,6 +525,7 @@ pub struct StoreMetrics {
     operations: IntCounterVec,
     duration: HistogramVec,
     lock_waits: IntCounterVec,
+    lock_wait_duration: HistogramVec,
     records_loaded: IntGauge,
     reachable: IntGauge,
     refused: IntCounter,
@@ -547,6 +555,13 @@ impl StoreMetrics {
             ),
             &["outcome"],
         )?;
+        let lock_wait_duration = HistogramVec::new(
+            histogram(
+                "poynt_proxy_store_lock_wait_duration_seconds",
+                "How long waits for another replica's lock on a merchant lasted, by how they ended.",
+            ),
+            &["outcome"],
+        )?;
         let records_loaded = IntGauge::new(
             "poynt_proxy_store_records_loaded",
             "Records read from the token store by the last full load (start-up).",
@@ -569,11 +584,13 @@ impl StoreMetrics {
         }
         for wait in LockWait::ALL {
             lock_waits.with_label_values(&[wait.as_str()]);
+            lock_wait_duration.with_label_values(&[wait.as_str()]);
         }
         reachable.set(1);
         registry.register(Box::new(operations.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(lock_waits.clone()))?;
+        registry.register(Box::new(lock_wait_duration.clone()))?;
         registry.register(Box::new(records_loaded.clone()))?;
         registry.register(Box::new(reachable.clone()))?;
         registry.register(Box::new(refused.clone()))?;
@@ -582,6 +599,7 @@ impl StoreMetrics {
             operations,
             duration,
             lock_waits,
+            lock_wait_duration,
             records_loaded,
             reachable,
             refused,
@@ -599,9 +617,13 @@ impl StoreMetrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Counts how a wait for another replica's lock ended.
-    pub fn lock_wait(&self, outcome: LockWait) {
+    /// Counts how a wait for another replica's lock ended, and how long it lasted (a dead
+    /// holder shows as `acquired` after about one lease).
+    pub fn lock_wait(&self, outcome: LockWait, waited: Duration) {
         self.lock_waits.with_label_values(&[outcome.as_str()]).inc();
+        self.lock_wait_duration
+            .with_label_values(&[outcome.as_str()])
+            .observe(waited.as_secs_f64());
     }
 
     /// Records how many records the last full load read.

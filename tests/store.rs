@@ -785,6 +785,85 @@ async fn the_redis_lock_is_exclusive_expires_and_releases_only_its_own() {
 }
 
 #[tokio::test]
+async fn a_held_redis_lock_outlives_its_lease_and_an_extension_never_takes_a_successors() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start();
+    let config = redis_config(&server, dir.path());
+    let (a, metrics) = open(&config).await;
+    let (b, _) = open(&config).await;
+    let lease = Duration::from_millis(300);
+    let count = |op: &str, outcome: &str| {
+        let series =
+            format!("poynt_proxy_store_operations_total{{op=\"{op}\",outcome=\"{outcome}\"}} ");
+        metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let m = merchant();
+    let lock = a.lock(m, lease).await.unwrap().expect("a free lock");
+    // Work lasting five leases: the holder extends, so no one else gets in meanwhile.
+    lock.hold(async {
+        for _ in 0..15 {
+            assert!(
+                b.lock(m, lease).await.unwrap().is_none(),
+                "the lease lapsed while its holder worked"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(count("extend", "ok") >= 3, "{}", metrics.render());
+    lock.release().await.unwrap();
+    assert!(b.lock(m, lease).await.unwrap().is_some(), "released");
+
+    // A holder whose lock was lost (here: deleted, then taken by another) stops extending
+    // and leaves the successor's lock alone, extending and releasing.
+    let m = merchant();
+    let lost = a.lock(m, lease).await.unwrap().expect("a free lock");
+    let mut raw = ::redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("*lock:{m}"))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let () = ::redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let successor = b
+        .lock(m, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("the lost lock is free");
+    lost.hold(eventually(
+        "the holder's extension finds its lock lost",
+        Duration::from_secs(5),
+        || std::future::ready(count("extend", "lost") == 1),
+    ))
+    .await;
+    lost.release().await.unwrap();
+    assert_eq!(count("release", "lost"), 1);
+    let ttl: i64 = ::redis::cmd("PTTL")
+        .arg(&keys)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 50_000,
+        "the successor's 60 s lock was shortened or deleted: PTTL {ttl}"
+    );
+    successor.release().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_save_on_one_replica_reaches_another_as_an_event() {
     let dir = tempfile::tempdir().unwrap();
     let server = RedisServer::start();
@@ -944,7 +1023,7 @@ async fn the_redis_acl_in_the_operations_guide_is_enough() {
         &format!("  backend: redis\n  redis_url: \"{url}\"\n  key_file: shared.key\n"),
         dir.path(),
     );
-    let (store, _) = open(&config).await;
+    let (store, metrics) = open(&config).await;
     let mut events = store.events().unwrap();
     let m = merchant();
     let heard = save_until_heard(&store, &mut events, m).await;
@@ -955,10 +1034,20 @@ async fn the_redis_acl_in_the_operations_guide_is_enough() {
     );
     assert_eq!(store.load_all().await.unwrap().len(), 1);
     let lock = store
-        .lock(m, Duration::from_secs(5))
+        .lock(m, Duration::from_millis(300))
         .await
         .unwrap()
         .unwrap();
+    lock.hold(eventually(
+        "the restricted user extends a lock",
+        Duration::from_secs(5),
+        || async {
+            metrics
+                .render()
+                .contains("poynt_proxy_store_operations_total{op=\"extend\",outcome=\"ok\"} 2")
+        },
+    ))
+    .await;
     lock.release().await.unwrap();
     assert!(
         store

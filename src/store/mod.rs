@@ -236,7 +236,9 @@ impl StoreError {
     }
 }
 
-/// A merchant's lock, held until released or until its TTL passes.
+/// A merchant's lock: a lease of a few seconds that its holder keeps alive while it works
+/// ([`Lock::hold`]), so a holder that dies is replaced within one lease while a live one
+/// keeps the lock however long its grant takes.
 pub struct Lock {
     held: Held,
     metrics: StoreMetrics,
@@ -258,13 +260,58 @@ impl std::fmt::Debug for Lock {
 }
 
 impl Lock {
+    /// Runs `work` while extending the lease every third of it (a compare-and-PEXPIRE with
+    /// the lock's token, beside the work, never delaying it). An extension that finds the
+    /// lock gone (it expired while the store was away or this process stalled, and may be
+    /// another replica's now) is logged and extending stops: the work goes on, and the
+    /// record's generation still fences its save. An extension the store does not answer
+    /// is tried again at the next tick (the store logs the outage).
+    pub async fn hold<T>(&self, work: impl Future<Output = T>) -> T {
+        let Held::Redis(lock) = &self.held else {
+            return work.await;
+        };
+        let mut work = std::pin::pin!(work);
+        let every = lock.lease() / 3;
+        let extending = async {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                if let Ok(false) = timed(&self.metrics, StoreOp::Extend, kept, lock.extend()).await
+                {
+                    tracing::warn!(
+                        lock = %lock.key(),
+                        "lock lost while its holder worked (it expired); the record's generation still fences the save"
+                    );
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            done = &mut work => done,
+            () = extending => work.await,
+        }
+    }
+
     /// Gives the lock back: a compare-and-delete on Redis (a lock that expired and was taken
-    /// by another holder is left alone); nothing otherwise.
+    /// by another holder is left alone, counted as `lost`); nothing otherwise.
     pub async fn release(self) -> Result<(), StoreError> {
         match self.held {
             Held::Local => Ok(()),
-            Held::Redis(lock) => timed(&self.metrics, StoreOp::Release, ok, lock.release()).await,
+            Held::Redis(lock) => timed(&self.metrics, StoreOp::Release, kept, lock.release())
+                .await
+                .map(drop),
         }
+    }
+}
+
+/// An extension or release: `Ok` while the lock was still ours, `Lost` once it was not.
+fn kept(ours: &bool) -> StoreOutcome {
+    if *ours {
+        StoreOutcome::Ok
+    } else {
+        StoreOutcome::Lost
     }
 }
 
@@ -429,13 +476,13 @@ impl Store {
         timed(self.metrics(), StoreOp::Delete, ok, work).await
     }
 
-    /// Takes `merchant`'s lock for at most `ttl`: on Redis `None` while another replica holds
-    /// it; on the single-process backends always granted (the broker's own single flight is
-    /// the lock there).
+    /// Takes `merchant`'s lock as a lease of `lease`, which [`Lock::hold`] extends while its
+    /// holder works: on Redis `None` while another replica holds it; on the single-process
+    /// backends always granted (the broker's own single flight is the lock there).
     pub async fn lock(
         &self,
         merchant: MerchantId,
-        ttl: Duration,
+        lease: Duration,
     ) -> Result<Option<Lock>, StoreError> {
         let lock = |held| Lock {
             held,
@@ -445,7 +492,7 @@ impl Store {
             match self {
                 Store::Memory(..) | Store::Embedded(..) => Ok(Some(lock(Held::Local))),
                 Store::Redis(store) => Ok(store
-                    .lock(merchant, ttl)
+                    .lock(merchant, lease)
                     .await?
                     .map(|held| lock(Held::Redis(held)))),
             }

@@ -3,7 +3,7 @@
 //!
 //! Keys, under `{prefix}:{app}:`: `token:{merchant}` holds `"<generation>:<sealed record>"`
 //! (plain `GET` works, and a Lua script compares generations without the key);
-//! `lock:{merchant}` holds a random token; `state:{hex id}` marks a spent onboarding state;
+//! `lock:{merchant}` holds a random token for a lease its holder extends; `state:{hex id}` marks a spent onboarding state;
 //! `canary` holds a known text sealed with the current key (a replica with the wrong key
 //! fails at start); `events` is the pub/sub channel (`saved:{merchant}:{generation}`,
 //! `deleted:{merchant}`).
@@ -91,6 +91,15 @@ end
 return 0
 ";
 
+/// Extends a lock's lease only if it still holds our token: 1 when extended, 0 when the
+/// lock expired (and may be another holder's).
+const EXTEND_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
 /// A cloneable handle; the events task stops when the last clone is dropped.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -118,6 +127,7 @@ struct Inner {
     save: Script,
     delete: Script,
     release: Script,
+    extend: Script,
     /// Dropped with the store, which ends the events task.
     _stop: watch::Sender<()>,
 }
@@ -298,6 +308,7 @@ impl RedisStore {
                 save: Script::new(SAVE_SCRIPT),
                 delete: Script::new(DELETE_SCRIPT),
                 release: Script::new(RELEASE_SCRIPT),
+                extend: Script::new(EXTEND_SCRIPT),
                 _stop: stop,
             }),
         };
@@ -503,11 +514,12 @@ impl RedisStore {
         Ok(deleted == 1)
     }
 
-    /// `SET NX PX` with a random token: the lock, or `None` while another holder has it.
+    /// `SET NX PX` with a random token for `lease`: the lock, or `None` while another holder
+    /// has it.
     pub(super) async fn lock(
         &self,
         merchant: MerchantId,
-        ttl: Duration,
+        lease: Duration,
     ) -> Result<Option<RedisLock>, StoreError> {
         let key = self.inner.names.lock(merchant);
         let mut token = [0u8; 16];
@@ -521,7 +533,7 @@ impl RedisStore {
                     .arg(&token)
                     .arg("NX")
                     .arg("PX")
-                    .arg(millis(ttl))
+                    .arg(millis(lease))
                     .query_async(&mut connection),
             )
             .await?;
@@ -529,6 +541,7 @@ impl RedisStore {
             store: self.clone(),
             key,
             token,
+            lease,
         }))
     }
 
@@ -641,32 +654,52 @@ async fn probe(store: Weak<Inner>, mut seen_recoveries: u64) {
     }
 }
 
-/// A held Redis lock: its key and the random token that proves it is ours.
+/// A held Redis lock: its key, the random token that proves it is ours, and its lease.
 pub struct RedisLock {
     store: RedisStore,
     key: String,
     token: String,
+    lease: Duration,
 }
 
 impl RedisLock {
-    /// Compare-and-delete: a lock that expired and was taken by another holder is left alone.
-    pub(super) async fn release(self) -> Result<(), StoreError> {
+    /// How long the lock lives past its last extension.
+    pub(super) fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// The lock's key (no secret: the token stays private).
+    pub(super) fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Compare-and-PEXPIRE: pushes the expiry one lease ahead; false when the lock had
+    /// expired (another holder may have it, and is left alone).
+    pub(super) async fn extend(&self) -> Result<bool, StoreError> {
+        self.compare(&self.store.inner.extend, Some(self.lease))
+            .await
+    }
+
+    /// Compare-and-delete: a lock that expired and was taken by another holder is left
+    /// alone. False when it had expired.
+    pub(super) async fn release(self) -> Result<bool, StoreError> {
+        self.compare(&self.store.inner.release, None).await
+    }
+
+    /// Runs `script` on the lock's key with its token (and `lease`, when given): true when
+    /// the lock still held the token.
+    async fn compare(&self, script: &Script, lease: Option<Duration>) -> Result<bool, StoreError> {
         let mut connection = self.store.connection();
-        let released: u8 = self
-            .store
-            .run(
-                self.store
-                    .inner
-                    .release
-                    .key(&self.key)
-                    .arg(&self.token)
-                    .invoke_async(&mut connection),
-            )
-            .await?;
-        if released == 0 {
-            tracing::debug!(lock = %self.key, "lock had expired before its release");
+        let mut invocation = script.key(&self.key);
+        invocation.arg(&self.token);
+        if let Some(lease) = lease {
+            invocation.arg(millis(lease));
         }
-        Ok(())
+        let done: u8 = self
+            .store
+            .run(invocation.invoke_async(&mut connection))
+            .await?;
+        Ok(done == 1)
     }
 }
 

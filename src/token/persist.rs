@@ -5,8 +5,10 @@
 //! - A flight (`obtain`): the store's record is read first — another replica may already
 //!   have what is wanted — then the merchant's lock is taken (always granted on the
 //!   single-process backends; on Redis one replica at a time) and the record read again
-//!   under it. Replicas that find the lock taken wait for the holder's save (its event, or a
-//!   poll) and adopt the record; a holder that died is replaced when its lock expires.
+//!   under it. The lock is a lease of a few seconds that its holder extends while it works;
+//!   replicas that find it taken wait for the holder's save (its event, or a poll that also
+//!   tries the lock) and adopt the record, and a holder that died is replaced within one
+//!   lease.
 //! - A grant (`grant`): a refresh token is presented only after the record saying it is
 //!   spent has been committed — a process killed at any moment restarts with a record whose
 //!   refresh token was never presented, or none — and the new pair is committed before any
@@ -41,19 +43,26 @@ use crate::token::broker::{Broker, BrokerInner, Token, Want};
 use crate::token::grant::{Grant, IssuedToken, bearer_header};
 use crate::token::state::{MerchantState, Outcome};
 
-/// While another replica holds a merchant's lock, how often the record is read again when
-/// no event says it changed.
+/// While another replica holds a merchant's lock, how often the record is read again and
+/// the lock tried when no event says it changed: a dead holder's lease is noticed this soon
+/// after it ends.
 const LOCK_POLL: Duration = Duration::from_millis(250);
-/// Added to twice the token timeout to make the lock's lifetime: enough for a refresh grant
-/// and its JWT-bearer fallback, with the store's own round trips.
+/// A merchant's lock lives this long past its holder's last extension (every third of it,
+/// while the grant runs): a holder that dies is replaced within one lease. Long enough that
+/// a store round trip (`store.timeout`, 500 ms by default) or two can fail between
+/// extensions without losing it.
+const LOCK_LEASE: Duration = Duration::from_secs(3);
+/// Added to twice the token timeout to bound a wait for a live holder: enough for a refresh
+/// grant and its JWT-bearer fallback, with the store's own round trips.
 const LOCK_MARGIN: Duration = Duration::from_secs(5);
 /// First and longest pause between reconciliation passes that could not complete.
 const RECONCILE_RETRY_MIN: Duration = Duration::from_millis(100);
 const RECONCILE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl Broker {
-    /// How long a merchant's lock lives: a holder that dies is replaced after this.
-    fn lock_ttl(&self) -> Duration {
+    /// How long a replica waits for a live holder (one that keeps extending its lease) before
+    /// granting on its own; the record's generation still decides which save lands.
+    fn lock_patience(&self) -> Duration {
         self.inner().client.timeout().saturating_mul(2) + LOCK_MARGIN
     }
 
@@ -90,48 +99,57 @@ impl Broker {
     ) -> Outcome {
         let inner = self.inner();
         let store = &inner.store;
-        let patience = Instant::now() + self.lock_ttl();
-        let mut waited = false;
+        let patience = Instant::now() + self.lock_patience();
+        let mut waiting_since = None;
         loop {
             // Subscribed before reading, so a save between the read and the wait is seen.
             let mut events = store.events();
             let Ok(stored) = store.load(merchant).await else {
                 return self.grant(merchant, state, None).await;
             };
-            if let Some(token) = self.usable_record(merchant, state, stored.as_ref(), want) {
-                if waited {
-                    inner.metrics.store().lock_wait(LockWait::Adopted);
+            let waited = |outcome| {
+                if let Some(since) = waiting_since {
+                    inner
+                        .metrics
+                        .store()
+                        .lock_wait(outcome, Instant::now().duration_since(since));
                 }
+            };
+            if let Some(token) = self.usable_record(merchant, state, stored.as_ref(), want) {
+                waited(LockWait::Adopted);
                 return Ok(token);
             }
-            match store.lock(merchant, self.lock_ttl()).await {
+            match store.lock(merchant, LOCK_LEASE).await {
                 Ok(Some(lock)) => {
-                    if waited {
-                        inner.metrics.store().lock_wait(LockWait::Acquired);
-                    }
-                    // On Redis the record may have moved between the read and the lock.
-                    let stored = if store.is_shared() {
-                        store.load(merchant).await.unwrap_or(None)
-                    } else {
-                        stored
-                    };
-                    let outcome = match self.usable_record(merchant, state, stored.as_ref(), want) {
-                        Some(token) => Ok(token),
-                        None => self.grant(merchant, state, stored).await,
-                    };
+                    waited(LockWait::Acquired);
+                    let outcome = lock
+                        .hold(async {
+                            // On Redis the record may have moved between the read and the lock.
+                            let stored = if store.is_shared() {
+                                store.load(merchant).await.unwrap_or(None)
+                            } else {
+                                stored
+                            };
+                            match self.usable_record(merchant, state, stored.as_ref(), want) {
+                                Some(token) => Ok(token),
+                                None => self.grant(merchant, state, stored).await,
+                            }
+                        })
+                        .await;
                     if let Err(error) = lock.release().await {
                         tracing::debug!(%merchant, %error, "lock not released; it will expire");
                     }
                     return outcome;
                 }
                 Ok(None) if Instant::now() < patience => {
-                    waited = true;
+                    waiting_since.get_or_insert_with(Instant::now);
                     wait_for_change(merchant, events.as_mut(), patience).await;
                 }
                 Ok(None) => {
-                    // The holder is alive but slow, or its lock outlived it: grant without
-                    // the lock; the record's generation still decides which save lands.
-                    inner.metrics.store().lock_wait(LockWait::TimedOut);
+                    // The holder is alive and extending its lease but slower than any grant
+                    // should be: grant without the lock; the record's generation still
+                    // decides which save lands.
+                    waited(LockWait::TimedOut);
                     return self.grant(merchant, state, stored).await;
                 }
                 Err(_) => return self.grant(merchant, state, None).await,

@@ -3,6 +3,8 @@
 #![allow(dead_code)] // each test binary uses a different subset of the fixtures
 
 pub mod browser;
+pub mod fault;
+pub mod fleet;
 pub mod process;
 pub mod redis;
 

@@ -105,8 +105,21 @@ pub fn spawn_proxy_logging(
     extra: &str,
     log_level: &str,
 ) -> ProxyProcess {
+    spawn_proxy_config(
+        |dir| super::proxy_yaml(emulator, dir, &format!("log:\n  format: json\n{extra}")),
+        log_level,
+    )
+}
+
+/// Like [`spawn_proxy_logging`], with the whole configuration made by `yaml` (given the
+/// process's own directory), which must ask for JSON logs: for tests that point the proxy
+/// somewhere other than the emulator itself (through a fault proxy, say).
+pub fn spawn_proxy_config(
+    yaml: impl FnOnce(&tempfile::TempDir) -> String,
+    log_level: &str,
+) -> ProxyProcess {
     let dir = tempfile::tempdir().unwrap();
-    let yaml = super::proxy_yaml(emulator, &dir, &format!("log:\n  format: json\n{extra}"));
+    let yaml = yaml(&dir);
     let path = dir.path().join("proxy.yaml");
     std::fs::write(&path, yaml).unwrap();
     let mut child = Command::new(BIN)
@@ -196,7 +209,14 @@ impl ProxyProcess {
 
     /// GET `/businesses/{merchant}/orders` through it for `merchant`: the status.
     pub async fn get(&self, merchant: poynt_proxy::merchant::MerchantId) -> u16 {
-        super::client()
+        self.answer(merchant).await.0
+    }
+
+    /// GET `/businesses/{merchant}/orders` through it for `merchant`: the status and the
+    /// JSON body (the emulator's echo, or the proxy's error in Poynt's shape; `Null` if
+    /// neither).
+    pub async fn answer(&self, merchant: poynt_proxy::merchant::MerchantId) -> (u16, Value) {
+        let response = super::client()
             .get(format!(
                 "http://{}/businesses/{merchant}/orders",
                 self.proxy
@@ -204,9 +224,9 @@ impl ProxyProcess {
             .header(super::HEADER, merchant.to_string())
             .send()
             .await
-            .expect("proxy answers")
-            .status()
-            .as_u16()
+            .expect("proxy answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// Its /metrics text.
