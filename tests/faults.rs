@@ -85,14 +85,22 @@ async fn a_black_holed_redis_costs_warm_callers_nothing_and_the_replicas_say_so(
     all_ok(&round(&replicas, &warm, 0).await);
 
     link.set(Mode::Pass);
-    // The next store operation finds Redis again.
-    assert_eq!(replicas[0].get(cold[1]).await, 200);
+    // With no caller traffic the probe finds Redis again, and the replica writes back the
+    // merchant it granted locally.
     eventually(
-        "the replica says the store answers again",
+        "both replicas say the store answers again, and the local grant is stored",
         Duration::from_secs(10),
-        || async { replicas[0].metric("poynt_proxy_store_reachable").await == 1.0 },
+        || async {
+            for replica in &replicas {
+                if replica.metric("poynt_proxy_store_reachable").await != 1.0 {
+                    return false;
+                }
+            }
+            fleet.record(cold[0]).await.is_some()
+        },
     )
     .await;
+    assert_eq!(replicas[0].get(cold[1]).await, 200);
     for offset in 0..2 {
         all_ok(&round(&replicas, &warm, offset).await);
     }
