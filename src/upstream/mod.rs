@@ -19,6 +19,8 @@
 mod body;
 mod error;
 mod framing;
+#[doc(hidden)]
+pub mod fuzzing;
 mod h1;
 mod h2;
 mod head;
