@@ -63,7 +63,7 @@ pub(crate) fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>,
     }));
     for header in response.headers.iter() {
         let name = header.name.as_bytes();
-        let value = header.value;
+        let mut value = header.value;
         // Compared by length first: most fields are none of these.
         if name.len() == 14 && name.eq_ignore_ascii_case(b"content-length") {
             let this = parse_length(value).ok_or_else(|| {
@@ -78,25 +78,17 @@ pub(crate) fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>,
                 ));
             }
             length = Some(this);
-            // `5, 5` or a repeated field is forwarded as one `5` (RFC 9110 §8.6): its first
-            // digit run, trimmed, is that value.
             if length_field.is_some() || nominated.contains(name) {
                 continue;
             }
+            // `5, 5` or a repeated field is forwarded as one `5` (RFC 9110 §8.6): its first
+            // digit run, trimmed, is that value.
             length_field = Some(count);
-            let digits = value
+            value = value
                 .split(|b| *b == b',')
                 .next()
                 .unwrap_or(value)
                 .trim_ascii();
-            kept[count] = (
-                offset(name, base),
-                name.len() as u32,
-                offset(digits, base),
-                digits.len() as u32,
-            );
-            count += 1;
-            continue;
         } else if name.len() == 17 && name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encoding = true;
             chunked = value
