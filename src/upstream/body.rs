@@ -88,18 +88,16 @@ impl IdleTimer {
     /// A read would block: starts the wait if it is not running, and tells whether it ran
     /// out (registering `cx` to be woken when it does).
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Duration> {
-        if !self.armed {
-            self.armed = true;
-            let deadline = Instant::now() + self.limit;
-            match &mut self.sleep {
-                Some(sleep) => sleep.as_mut().reset(deadline),
-                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
+        let limit = self.limit;
+        let made = self.sleep.is_none();
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if !self.armed && !made {
+            sleep.as_mut().reset(Instant::now() + limit);
         }
-        match &mut self.sleep {
-            Some(sleep) => sleep.as_mut().poll(cx).map(|()| self.limit),
-            None => Poll::Pending,
-        }
+        self.armed = true;
+        sleep.as_mut().poll(cx).map(|()| limit)
     }
 }
 
