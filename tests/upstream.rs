@@ -307,26 +307,35 @@ async fn read_through(h: &Harness, suffix: &str) -> Result<(u16, Bytes), reqwest
         .expect("the proxy ends the caller's response")
 }
 
-/// `head` then `body` in one write, for every request whose path is not `/ok`, which gets a
-/// small well-framed response.
-fn reply(request: &str, head: &str, body: &[u8]) -> Vec<u8> {
-    if request.contains("/ok ") {
-        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec();
-    }
-    [head.as_bytes(), body].concat()
+/// A proxy in front of a raw upstream speaking `protocol`, with `extra` config.
+async fn hostile(protocol: Protocol, extra: &str) -> (RawUpstream, Harness) {
+    let upstream = RawUpstream::start(protocol).await;
+    let h = upstream.proxy(extra).await;
+    (upstream, h)
+}
+
+/// The caller's GET was cut off (no complete answer), and the body failure was counted
+/// with `reason`.
+async fn assert_aborted(h: &Harness, reason: &str) {
+    let answer = read_through(h, "/orders").await;
+    assert!(
+        answer.is_err(),
+        "the caller got a complete answer: {answer:?}"
+    );
+    let failures = format!("poynt_proxy_response_body_failures_total{{reason=\"{reason}\"}}");
+    assert_eq!(h.metric(&failures).await, 1.0, "{failures}");
 }
 
 #[tokio::test]
 async fn a_content_length_beside_transfer_encoding_is_not_forwarded() {
-    let upstream = RawUpstream::start(Protocol::Http1(|request| {
-        reply(
-            request,
-            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
-        )
-    }))
+    let (_upstream, h) = hostile(
+        Protocol::Http1(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        ),
+        "",
+    )
     .await;
-    let h = upstream.proxy("").await;
     let response = h.get(h.merchants[0], "/orders").await;
     assert_eq!(response.status(), 200);
     let length = response.headers().get("content-length").cloned();
@@ -340,15 +349,11 @@ async fn a_content_length_beside_transfer_encoding_is_not_forwarded() {
 
 #[tokio::test]
 async fn a_repeated_content_length_is_forwarded_as_one_value() {
-    let upstream = RawUpstream::start(Protocol::Http1(|request| {
-        reply(
-            request,
-            "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
-            b"hello",
-        )
-    }))
+    let (_upstream, h) = hostile(
+        Protocol::Http1(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello"),
+        "",
+    )
     .await;
-    let h = upstream.proxy("").await;
     let m = h.merchants[0];
     // A raw socket, to see the field lines exactly as the caller receives them.
     let mut caller = tokio::net::TcpStream::connect(h.proxy.proxy_addr())
@@ -365,42 +370,27 @@ async fn a_repeated_content_length_is_forwarded_as_one_value() {
         .unwrap();
     let answer = String::from_utf8(answer).unwrap();
     let (head, body) = answer.split_once("\r\n\r\n").expect("a complete head");
-    let lengths: Vec<&str> = head
+    let lengths: Vec<String> = head
         .lines()
-        .filter(|line| line.to_ascii_lowercase().starts_with("content-length:"))
+        .map(str::to_ascii_lowercase)
+        .filter(|line| line.starts_with("content-length:"))
         .collect();
-    assert_eq!(lengths.len(), 1, "{head}");
-    assert_eq!(
-        lengths[0].to_ascii_lowercase(),
-        "content-length: 5",
-        "{head}"
-    );
+    assert_eq!(lengths, ["content-length: 5"], "{head}");
     assert_eq!(body, "hello");
     h.stop().await;
 }
 
 #[tokio::test]
 async fn an_empty_chunk_size_line_aborts_the_body_and_its_connection() {
-    let upstream = RawUpstream::start(Protocol::Http1(|request| {
-        reply(
-            request,
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"5\r\nhello\r\n\r\n5\r\nworld\r\n0\r\n\r\n",
-        )
-    }))
+    let (upstream, h) = hostile(
+        Protocol::Http1(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n\r\n5\r\nworld\r\n0\r\n\r\n",
+        ),
+        "",
+    )
     .await;
-    let h = upstream.proxy("").await;
-    let answer = read_through(&h, "/orders").await;
-    assert!(
-        answer.is_err(),
-        "the caller got a complete answer: {answer:?}"
-    );
-    eventually("the failure counted", BODY_BOUND, || async {
-        h.metric("poynt_proxy_response_body_failures_total{reason=\"framing\"}")
-            .await
-            == 1.0
-    })
-    .await;
+    assert_aborted(&h, "framing").await;
     // The connection that carried the broken body is never reused.
     let before = upstream.accepted();
     let (status, body) = read_through(&h, "/ok").await.unwrap();
@@ -411,15 +401,13 @@ async fn an_empty_chunk_size_line_aborts_the_body_and_its_connection() {
 
 #[tokio::test]
 async fn a_framing_error_that_arrives_with_the_head_is_a_502() {
-    let upstream = RawUpstream::start(Protocol::Http1(|request| {
-        reply(
-            request,
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"zz\r\nhello\r\n0\r\n\r\n",
-        )
-    }))
+    let (_upstream, h) = hostile(
+        Protocol::Http1(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        ),
+        "",
+    )
     .await;
-    let h = upstream.proxy("").await;
     let response = h.get(h.merchants[0], "/orders").await;
     assert_eq!(response.status(), 502);
     let body: Value = response.json().await.unwrap();
@@ -434,25 +422,12 @@ async fn a_framing_error_that_arrives_with_the_head_is_a_502() {
 
 #[tokio::test]
 async fn a_response_body_that_stalls_over_http1_is_given_up_after_the_idle_timeout() {
-    let upstream = RawUpstream::start(Protocol::Http1(|request| {
-        reply(
-            request,
-            "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n",
-            b"hello",
-        )
-    }))
+    let (upstream, h) = hostile(
+        Protocol::Http1(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello"),
+        "poynt:\n  body_idle_timeout: 1s",
+    )
     .await;
-    let h = upstream.proxy("poynt:\n  body_idle_timeout: 1s").await;
-    let answer = read_through(&h, "/orders").await;
-    assert!(
-        answer.is_err(),
-        "the caller got a complete answer: {answer:?}"
-    );
-    assert_eq!(
-        h.metric("poynt_proxy_response_body_failures_total{reason=\"idle_timeout\"}")
-            .await,
-        1.0
-    );
+    assert_aborted(&h, "idle_timeout").await;
     eventually("the stalled connection closed", BODY_BOUND, || async {
         upstream.closed() == 1
     })
@@ -462,17 +437,11 @@ async fn a_response_body_that_stalls_over_http1_is_given_up_after_the_idle_timeo
 
 #[tokio::test]
 async fn a_response_body_that_stalls_over_http2_is_given_up_after_the_idle_timeout() {
-    let upstream = RawUpstream::start(Protocol::Http2Stall(b"hello")).await;
-    let h = upstream.proxy("poynt:\n  body_idle_timeout: 1s").await;
-    let answer = read_through(&h, "/orders").await;
-    assert!(
-        answer.is_err(),
-        "the caller got a complete answer: {answer:?}"
-    );
-    assert_eq!(
-        h.metric("poynt_proxy_response_body_failures_total{reason=\"idle_timeout\"}")
-            .await,
-        1.0
-    );
+    let (_upstream, h) = hostile(
+        Protocol::Http2Stall(b"hello"),
+        "poynt:\n  body_idle_timeout: 1s",
+    )
+    .await;
+    assert_aborted(&h, "idle_timeout").await;
     h.stop().await;
 }

@@ -1,6 +1,8 @@
 //! A hostile Poynt: a TLS server on loopback that answers each request with exactly the
 //! bytes a test gives it (malformed framing included, which the emulator never sends), then
-//! keeps the connection open without a further byte until the proxy closes it. It counts
+//! keeps the connection open without a further byte until the proxy closes it; a request
+//! for a path ending in `/ok` gets a small well-framed answer instead, so a test can see
+//! which connection the next request takes. It counts
 //! the connections it accepts and those the proxy closed, so a test can tell a reused
 //! connection from a new one and see a stalled one given up. With `h2`, it speaks HTTP/2
 //! instead: a response head and the start of a body, then silence.
@@ -8,8 +10,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use poynt_proxy::config::{Config, KeySources};
-use poynt_proxy::{Listeners, start};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::ServerConfig;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -17,16 +17,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::{Builder, Harness, client, merchant, proxy_yaml};
+use super::{Builder, Harness, launch, merchant, proxy_yaml};
 
-/// What the upstream answers a request with, given its head.
-pub type Script = fn(&str) -> Vec<u8>;
+/// The answer to a request for `/ok`.
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
 /// How the upstream speaks.
 #[derive(Clone, Copy)]
 pub enum Protocol {
-    /// HTTP/1.1: each request head gets the script's bytes, verbatim.
-    Http1(Script),
+    /// HTTP/1.1: each request gets these bytes, verbatim, in one write.
+    Http1(&'static [u8]),
     /// HTTP/2: each stream gets a 200 head and these body bytes, and never its end.
     Http2Stall(&'static [u8]),
 }
@@ -75,7 +75,7 @@ impl RawUpstream {
                 tokio::spawn(async move {
                     if let Ok(tls) = acceptor.accept(tcp).await {
                         match protocol {
-                            Protocol::Http1(script) => serve_http1(tls, script).await,
+                            Protocol::Http1(reply) => serve_http1(tls, reply).await,
                             Protocol::Http2Stall(body) => serve_h2(tls, body).await,
                         }
                     }
@@ -108,33 +108,24 @@ impl RawUpstream {
                     ca.display().to_string()
                 ),
             );
-        let config = Config::parse(&config_yaml, &KeySources::default()).expect("config");
-        let listeners = Listeners::bind(&config).await.expect("bind");
-        let proxy = start(config, listeners).await.expect("proxy starts");
-        Harness {
-            emulator,
-            proxy,
-            merchants,
-            client: client(),
-            config_yaml,
-            _dir: dir,
-        }
+        launch(emulator, merchants, config_yaml, dir, None).await
     }
 }
 
-/// Reads request heads (the proxy's GETs carry no body) and answers each with the script's
-/// bytes, until the proxy closes the connection.
+/// Reads request heads (the proxy's GETs carry no body) and answers each with `reply` (or,
+/// for `/ok`, a well-framed `ok`), until the proxy closes the connection.
 async fn serve_http1(
     mut tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-    script: Script,
+    reply: &'static [u8],
 ) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head: Vec<u8> = buf.drain(..end + 4).collect();
-            let reply = script(&String::from_utf8_lossy(&head));
-            if tls.write_all(&reply).await.is_err() || tls.flush().await.is_err() {
+            let ok = head.windows(4).any(|w| w == b"/ok ");
+            let reply = if ok { OK } else { reply };
+            if tls.write_all(reply).await.is_err() || tls.flush().await.is_err() {
                 return;
             }
         }
