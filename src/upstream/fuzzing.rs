@@ -91,3 +91,33 @@ pub fn decode_body(framing: u64, wire: &[u8], cuts: &[usize]) -> Outcome {
         }
     }
 }
+
+/// A fuzz input as the targets read it: a control byte, up to eight bytes that each place a
+/// cut at `step` times their value, then the wire bytes.
+fn fuzz_input(data: &[u8], step: usize) -> Option<(u8, Vec<usize>, &[u8])> {
+    let (&control, rest) = data.split_first()?;
+    let (cuts, wire) = rest.split_at(rest.len().min(8));
+    let cuts = cuts.iter().map(|b| usize::from(*b) * step).collect();
+    Some((control, cuts, wire))
+}
+
+/// The head parser's property on one fuzz input (the control byte's low bit: a HEAD
+/// request); panics when split and whole bytes give different answers.
+pub fn check_head(data: &[u8]) {
+    if let Some((control, cuts, wire)) = fuzz_input(data, 7) {
+        let head = control & 1 == 1;
+        assert_eq!(parse_head(wire, &cuts, head), parse_head(wire, &[], head));
+    }
+}
+
+/// The body decoder's property on one fuzz input (the control byte picks the framing, as
+/// [`decode_body`] reads it); panics when split and whole bytes give different answers.
+pub fn check_body(data: &[u8]) {
+    if let Some((control, cuts, wire)) = fuzz_input(data, 3) {
+        let framing = u64::from(control % 64);
+        assert_eq!(
+            decode_body(framing, wire, &cuts),
+            decode_body(framing, wire, &[])
+        );
+    }
+}
