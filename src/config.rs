@@ -172,6 +172,11 @@ pub struct PoyntConfig {
     pub connect_timeout: Duration,
     /// Bound on waiting for Poynt's response headers on a forwarded call.
     pub response_timeout: Duration,
+    /// Longest a response body may bring no byte before the caller's response is aborted
+    /// and the upstream connection closed: `response_timeout` ends at the head, and a body
+    /// that stalls after it would otherwise hold the caller for as long as Poynt keeps the
+    /// connection open.
+    pub body_idle_timeout: Duration,
     /// Bound on a whole `/token` exchange.
     pub token_timeout: Duration,
 }
@@ -437,6 +442,8 @@ struct RawPoynt {
     connect_timeout: Duration,
     #[serde(default = "default_response_timeout", with = "humantime_serde")]
     response_timeout: Duration,
+    #[serde(default = "default_body_idle_timeout", with = "humantime_serde")]
+    body_idle_timeout: Duration,
     #[serde(default = "default_token_timeout", with = "humantime_serde")]
     token_timeout: Duration,
 }
@@ -451,6 +458,9 @@ fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
 }
 fn default_response_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_body_idle_timeout() -> Duration {
     Duration::from_secs(60)
 }
 fn default_token_timeout() -> Duration {
@@ -1009,6 +1019,11 @@ impl RawPoynt {
             response_timeout: duration_within(
                 "poynt.response_timeout",
                 self.response_timeout,
+                MAX_LONG_TIMEOUT,
+            )?,
+            body_idle_timeout: duration_within(
+                "poynt.body_idle_timeout",
+                self.body_idle_timeout,
                 MAX_LONG_TIMEOUT,
             )?,
             token_timeout: duration_within(

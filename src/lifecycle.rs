@@ -111,7 +111,12 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
     let metrics = Metrics::new()?;
     let poynt = &config.poynt;
     let tls = upstream::tls_config(&poynt.extra_roots)?;
-    let origin = upstream::Origin::new(&poynt.api_url, tls.clone(), poynt.connect_timeout)?;
+    let origin = upstream::Origin::new(
+        &poynt.api_url,
+        tls.clone(),
+        poynt.connect_timeout,
+        poynt.body_idle_timeout,
+    )?;
     let connector = upstream::connector(tls, poynt.connect_timeout);
     let signer = AssertionSigner::new(
         poynt.application_id.clone(),

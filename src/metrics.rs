@@ -91,6 +91,34 @@ pub enum ReloadOutcome {
     RestartNeeded,
 }
 
+/// Why a response body failed after its head went to the caller (whose response was then
+/// aborted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFailure {
+    /// No byte came for `poynt.body_idle_timeout`.
+    IdleTimeout,
+    /// The body broke its framing (a bad chunk, say).
+    Framing,
+    /// Poynt closed the connection before the body's end.
+    Closed,
+    /// The connection or the HTTP/2 stream failed otherwise (reset, I/O error).
+    Reset,
+}
+
+impl BodyFailure {
+    const ALL: [BodyFailure; 4] = [Self::IdleTimeout, Self::Framing, Self::Closed, Self::Reset];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::IdleTimeout => "idle_timeout",
+            Self::Framing => "framing",
+            Self::Closed => "closed",
+            Self::Reset => "reset",
+        }
+    }
+}
+
 /// All metric handles. Cloning is cheap (one `Arc`).
 #[derive(Clone)]
 pub struct Metrics {
@@ -100,6 +128,7 @@ pub struct Metrics {
 struct Inner {
     registry: Registry,
     requests: IntCounterVec,
+    body_failures: [IntCounter; 4],
     request_duration: Histogram,
     upstream_duration: Histogram,
     lookups: [IntCounter; 4],
@@ -140,6 +169,15 @@ impl Metrics {
             ),
             &["method", "code"],
         )?;
+        let body_failure_vec = IntCounterVec::new(
+            Opts::new(
+                "poynt_proxy_response_body_failures_total",
+                "Responses whose body from Poynt failed after the head was sent to the caller (the caller's response aborted; requests_total counted its status), by reason: idle_timeout, framing, closed, reset.",
+            ),
+            &["reason"],
+        )?;
+        let body_failures =
+            BodyFailure::ALL.map(|reason| body_failure_vec.with_label_values(&[reason.as_str()]));
         let request_duration = Histogram::with_opts(histogram(
             "poynt_proxy_request_duration_seconds",
             "Time from request head to response head, as callers see it.",
@@ -241,6 +279,7 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(body_failure_vec))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
         registry.register(Box::new(lookup_vec))?;
@@ -265,6 +304,7 @@ impl Metrics {
             inner: Arc::new(Inner {
                 registry,
                 requests,
+                body_failures,
                 request_duration,
                 upstream_duration,
                 lookups,
@@ -297,6 +337,11 @@ impl Metrics {
             .with_label_values(&[method, code.format(status)])
             .inc();
         self.inner.request_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a response body that failed after its head was sent on.
+    pub fn response_body_failed(&self, reason: BodyFailure) {
+        self.inner.body_failures[reason as usize].inc();
     }
 
     /// Records the time Poynt took to answer a forwarded request.

@@ -233,10 +233,12 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
             (
                 old.poynt.connect_timeout,
                 old.poynt.response_timeout,
+                old.poynt.body_idle_timeout,
                 old.poynt.token_timeout,
             ) != (
                 new.poynt.connect_timeout,
                 new.poynt.response_timeout,
+                new.poynt.body_idle_timeout,
                 new.poynt.token_timeout,
             ),
         ),

@@ -1,7 +1,8 @@
-//! Property tests of the four parsers that take input from outside: the merchant header,
-//! the path guard, the /token response and the configuration. Each holds for any input:
-//! a typed answer, never a panic, and for the guard, never a path that an upstream could
-//! read as another merchant's. Case counts are bounded so the suite stays fast; the fuzz
+//! Property tests of the parsers that take input from outside: the merchant header, the
+//! path guard, the /token response, the configuration, and Poynt's HTTP/1.1 response head
+//! and body framing. Each holds for any input: a typed answer, never a panic; for the
+//! guard, never a path that an upstream could read as another merchant's; for the response
+//! parsers, the same answer however the bytes were split across reads. Case counts are bounded so the suite stays fast; the fuzz
 //! targets in `fuzz/` run the same parsers for as long as one likes.
 
 use std::time::SystemTime;
@@ -14,6 +15,7 @@ use poynt_proxy::merchant::MerchantId;
 use poynt_proxy::proxy::merchant::merchant_from_headers;
 use poynt_proxy::proxy::path::guard_path;
 use poynt_proxy::token::grant::{MAX_TOKEN_LIFETIME, parse_token_response};
+use poynt_proxy::upstream::fuzzing::{decode_body, parse_head};
 use proptest::prelude::*;
 
 const M: &str = "c9580c24-b61e-4e0d-ad26-1dd1d3943d2c";
@@ -213,6 +215,40 @@ proptest! {
     fn the_config_loader_answers_arbitrary_text(text in "\\PC{0,200}") {
         let _ = Config::parse(&text, &KeySources::default());
     }
+
+    #[test]
+    fn a_response_head_parses_the_same_however_it_is_split(
+        wire in wire(&[
+            b"HTTP/1.1 200 OK\r\n", b"HTTP/1.0 204 No Content\r\n", b"Content-Length: 5\r\n",
+            b"Content-Length: 5, 5\r\n", b"Transfer-Encoding: chunked\r\n",
+            b"Connection: close, x-a\r\n", b"X-A: b\r\n", b"\r\n", b"\n", b"hello",
+        ]),
+        cuts in proptest::collection::vec(any::<usize>(), 0..8),
+        head in any::<bool>(),
+    ) {
+        prop_assert_eq!(parse_head(&wire, &cuts, head), parse_head(&wire, &[], head));
+    }
+
+    #[test]
+    fn a_response_body_decodes_the_same_however_it_is_split(
+        wire in wire(&[
+            b"5\r\n", b"A;ext=1\r\n", b"hello", b"0123456789", b"\r\n", b"\n", b"0\r\n",
+            b"x-trailer: 1\r\n", b"zz",
+        ]),
+        cuts in proptest::collection::vec(any::<usize>(), 0..8),
+        framing in 0u64..24,
+    ) {
+        prop_assert_eq!(decode_body(framing, &wire, &cuts), decode_body(framing, &wire, &[]));
+    }
+}
+
+/// Bytes made of `pieces` (the likely ones) and the odd random byte.
+fn wire(pieces: &'static [&'static [u8]]) -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        4 => proptest::sample::select(pieces).prop_map(<[u8]>::to_vec),
+        1 => proptest::collection::vec(any::<u8>(), 1..3),
+    ];
+    proptest::collection::vec(piece, 0..12).prop_map(|pieces| pieces.concat())
 }
 
 /// A /token answer: sometimes well-formed with hostile numbers, sometimes any JSON.
@@ -259,6 +295,7 @@ fn config_key() -> impl Strategy<Value = Vec<String>> {
         "poynt.api_version",
         "poynt.connect_timeout",
         "poynt.response_timeout",
+        "poynt.body_idle_timeout",
         "merchant.header",
         "merchant.allow",
         "server.max_connections",

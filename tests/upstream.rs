@@ -1,10 +1,14 @@
-//! The proxy's own upstream client against the emulator: HTTP/1.1 connections reused (and
+//! The proxy's own upstream client against the emulator, and against a hostile upstream
+//! that sends exact bytes (`support::raw_upstream`): HTTP/1.1 connections reused (and
 //! replaced when Poynt closes them, and a request that crosses Poynt's close of an idle
 //! connection sent again when that is safe), every body framing passed through exactly, streamed
 //! uploads; over TLS, HTTP/2 multiplexing over a bounded number of connections and a GOAWAY
 //! in the middle of traffic that no caller notices. The emulator counts the connections it
 //! accepts; each test first makes one request (so the token grant and its connection are
-//! behind it) and then counts the connections its traffic opened.
+//! behind it) and then counts the connections its traffic opened. Against the hostile
+//! upstream: framing fields forwarded only as the body's real framing allows, stalled
+//! bodies given up, malformed chunks ending the body and its connection, and an error in
+//! the bytes that came with the head answered as a 502.
 
 mod support;
 
@@ -14,7 +18,9 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use poynt_proxy::upstream::MAX_STREAMS_PER_CONNECTION;
 use serde_json::Value;
+use support::raw_upstream::{Protocol, RawUpstream};
 use support::{Builder, HEADER, Harness, eventually};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The emulator's `_size=N` body: byte `i` is `i % 251`.
 fn pattern(len: usize) -> Vec<u8> {
@@ -275,5 +281,167 @@ async fn a_goaway_in_the_middle_of_http2_traffic_fails_no_request() {
         h.stats().connections > warm,
         "traffic moved to a new connection"
     );
+    h.stop().await;
+}
+
+/// Bound on a caller's wait for a body the proxy must end; not an assertion on time.
+const BODY_BOUND: Duration = Duration::from_secs(30);
+
+/// A GET of `suffix` through the proxy, read to its end: its status and body, or the error
+/// the caller's request or read ended with (a response aborted before its head was flushed
+/// fails the request; one aborted later fails the read).
+async fn read_through(h: &Harness, suffix: &str) -> Result<(u16, Bytes), reqwest::Error> {
+    let m = h.merchants[0];
+    let exchange = async {
+        let response = h
+            .client
+            .get(h.url(&format!("/businesses/{m}{suffix}")))
+            .header(HEADER, m.to_string())
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        Ok((status, response.bytes().await?))
+    };
+    tokio::time::timeout(BODY_BOUND, exchange)
+        .await
+        .expect("the proxy ends the caller's response")
+}
+
+/// A proxy in front of a raw upstream speaking `protocol`, with `extra` config.
+async fn hostile(protocol: Protocol, extra: &str) -> (RawUpstream, Harness) {
+    let upstream = RawUpstream::start(protocol).await;
+    let h = upstream.proxy(extra).await;
+    (upstream, h)
+}
+
+/// The caller's GET was cut off (no complete answer), and the body failure was counted
+/// with `reason`.
+async fn assert_aborted(h: &Harness, reason: &str) {
+    let answer = read_through(h, "/orders").await;
+    assert!(
+        answer.is_err(),
+        "the caller got a complete answer: {answer:?}"
+    );
+    let failures = format!("poynt_proxy_response_body_failures_total{{reason=\"{reason}\"}}");
+    assert_eq!(h.metric(&failures).await, 1.0, "{failures}");
+}
+
+#[tokio::test]
+async fn a_content_length_beside_transfer_encoding_is_not_forwarded() {
+    let (_upstream, h) = hostile(
+        Protocol::Http1(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        ),
+        "",
+    )
+    .await;
+    let response = h.get(h.merchants[0], "/orders").await;
+    assert_eq!(response.status(), 200);
+    let length = response.headers().get("content-length").cloned();
+    assert!(
+        length.as_ref().is_none_or(|l| l == "11"),
+        "a stale Content-Length reached the caller: {length:?}"
+    );
+    assert_eq!(&response.bytes().await.unwrap()[..], b"hello world");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_repeated_content_length_is_forwarded_as_one_value() {
+    let (_upstream, h) = hostile(
+        Protocol::Http1(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello"),
+        "",
+    )
+    .await;
+    let m = h.merchants[0];
+    // A raw socket, to see the field lines exactly as the caller receives them.
+    let mut caller = tokio::net::TcpStream::connect(h.proxy.proxy_addr())
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /businesses/{m}/orders HTTP/1.1\r\nHost: proxy\r\n{HEADER}: {m}\r\nConnection: close\r\n\r\n"
+    );
+    caller.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(BODY_BOUND, caller.read_to_end(&mut answer))
+        .await
+        .expect("the proxy closes the connection")
+        .unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a complete head");
+    let lengths: Vec<String> = head
+        .lines()
+        .map(str::to_ascii_lowercase)
+        .filter(|line| line.starts_with("content-length:"))
+        .collect();
+    assert_eq!(lengths, ["content-length: 5"], "{head}");
+    assert_eq!(body, "hello");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_empty_chunk_size_line_aborts_the_body_and_its_connection() {
+    let (upstream, h) = hostile(
+        Protocol::Http1(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n\r\n5\r\nworld\r\n0\r\n\r\n",
+        ),
+        "",
+    )
+    .await;
+    assert_aborted(&h, "framing").await;
+    // The connection that carried the broken body is never reused.
+    let before = upstream.accepted();
+    let (status, body) = read_through(&h, "/ok").await.unwrap();
+    assert_eq!((status, &body[..]), (200, b"ok".as_slice()));
+    assert_eq!(upstream.accepted(), before + 1, "a new connection");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_framing_error_that_arrives_with_the_head_is_a_502() {
+    let (_upstream, h) = hostile(
+        Protocol::Http1(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        ),
+        "",
+    )
+    .await;
+    let response = h.get(h.merchants[0], "/orders").await;
+    assert_eq!(response.status(), 502);
+    let body: Value = response.json().await.unwrap();
+    support::assert_poynt_error(&body, "UPSTREAM_UNAVAILABLE", 502);
+    assert_eq!(
+        h.metric("poynt_proxy_requests_total{code=\"502\",method=\"GET\"}")
+            .await,
+        1.0
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_response_body_that_stalls_over_http1_is_given_up_after_the_idle_timeout() {
+    let (upstream, h) = hostile(
+        Protocol::Http1(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello"),
+        "poynt:\n  body_idle_timeout: 1s",
+    )
+    .await;
+    assert_aborted(&h, "idle_timeout").await;
+    eventually("the stalled connection closed", BODY_BOUND, || async {
+        upstream.closed() == 1
+    })
+    .await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_response_body_that_stalls_over_http2_is_given_up_after_the_idle_timeout() {
+    let (_upstream, h) = hostile(
+        Protocol::Http2Stall(b"hello"),
+        "poynt:\n  body_idle_timeout: 1s",
+    )
+    .await;
+    assert_aborted(&h, "idle_timeout").await;
     h.stop().await;
 }

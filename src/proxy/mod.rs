@@ -13,7 +13,8 @@
 //!            dropped
 //! 6 retry    upstream 401 -> drop exactly that token (rate-limited by the broker), get a
 //!            fresh one, send once more (only when the request body was small enough to keep)
-//! 7 respond  stream back; one metrics update and one log line per request
+//! 7 respond  stream back; one metrics update and one log line per request (and, when Poynt's
+//!            body fails after its head went out, one more of each, from the body)
 //! ```
 //!
 //! [`Proxy::handle`] is the outer shell (request id, error → JSON, the record step);
@@ -156,7 +157,13 @@ impl Proxy {
         let mut ctx = Context::default();
         let (mut response, error) =
             match self.handle_inner(&parts, body, &request_id, &mut ctx).await {
-                Ok(response) => (response.map(Either::Left), None),
+                Ok(mut response) => {
+                    // Shares the id's bytes and the registry: no allocation.
+                    response
+                        .body_mut()
+                        .watch(request_id.clone(), inner.metrics.clone());
+                    (response.map(Either::Left), None)
+                }
                 Err(error) => (
                     error.to_response(&request_id).map(Either::Right),
                     Some(error),

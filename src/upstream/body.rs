@@ -4,23 +4,37 @@
 //! handed on — the connection goes back to the worker's pool. A body dropped before its end
 //! (the caller went away) closes its connection instead. Over HTTP/2 it is hyper's stream,
 //! holding one of its connection's stream slots until it ends.
+//!
+//! Either way a body that brings no byte for the body idle timeout fails: the HTTP/1.1
+//! connection is closed, the HTTP/2 stream reset, and the caller's response aborted. The
+//! timer is armed only when a read would block (the first byte that arrives disarms it, with
+//! no clock read), and the HTTP/1.1 one is kept with its connection, so a body read from the
+//! buffer costs no timer and a connection allocates its timer once, not once per request.
+//! A failure after the head went to the caller is counted and logged here (the access line
+//! was written when the head was): `response_flags="body_failed"`.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
+use http::HeaderValue;
 use http_body::{Body, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
 
 use super::error::SendError;
 use super::framing::{Decoded, Framing};
 use super::h1::Conn;
 use super::h2::StreamSlot;
 use super::pool::Pool;
+use crate::metrics::{BodyFailure, Metrics};
 
 /// A response body from Poynt.
 pub struct ResponseBody {
     kind: Kind,
+    /// Who hears of a failure, once the proxy has sent the head on.
+    watch: Option<Watch>,
 }
 
 enum Kind {
@@ -28,24 +42,81 @@ enum Kind {
     H2 {
         body: hyper::body::Incoming,
         _slot: StreamSlot,
+        idle: IdleTimer,
     },
+}
+
+/// What a failed body is reported with.
+struct Watch {
+    request_id: HeaderValue,
+    metrics: Metrics,
 }
 
 struct H1Body {
     /// `None` once the body is complete (the connection went back to the pool or closed).
     conn: Option<Box<Conn>>,
     framing: Framing,
+    /// Data decoded with the head (so a framing error in it became a 502), not yet handed on.
+    first: Option<Bytes>,
     pool: Arc<Pool>,
     keep_alive: bool,
 }
 
+/// The body idle timeout: a reusable timer, armed when a read would block and disarmed by
+/// any byte, so the clock is read once per wait rather than once per read.
+pub(crate) struct IdleTimer {
+    limit: Duration,
+    /// Made the first time a read blocks, then reset in place.
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl IdleTimer {
+    pub(crate) fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            sleep: None,
+            armed: false,
+        }
+    }
+
+    /// Bytes arrived.
+    fn progressed(&mut self) {
+        self.armed = false;
+    }
+
+    /// A read would block: starts the wait if it is not running, and tells whether it ran
+    /// out (registering `cx` to be woken when it does).
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Duration> {
+        let limit = self.limit;
+        let made = self.sleep.is_none();
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if !self.armed && !made {
+            sleep.as_mut().reset(Instant::now() + limit);
+        }
+        self.armed = true;
+        sleep.as_mut().poll(cx).map(|()| limit)
+    }
+}
+
 impl ResponseBody {
-    /// The body of an HTTP/1.1 response whose head was just read from `conn`. An empty body
-    /// returns the connection at once.
-    pub(crate) fn h1(conn: Box<Conn>, framing: Framing, pool: Arc<Pool>, keep_alive: bool) -> Self {
+    /// The body of an HTTP/1.1 response whose head was just read from `conn`, with `first`
+    /// decoded from what came with the head. An empty or fully buffered body returns the
+    /// connection at once.
+    pub(crate) fn h1(
+        mut conn: Box<Conn>,
+        framing: Framing,
+        first: Option<Bytes>,
+        pool: Arc<Pool>,
+        keep_alive: bool,
+    ) -> Self {
+        conn.idle.progressed();
         let mut body = H1Body {
             conn: Some(conn),
             framing,
+            first,
             pool,
             keep_alive,
         };
@@ -54,14 +125,49 @@ impl ResponseBody {
         }
         Self {
             kind: Kind::H1(body),
+            watch: None,
         }
     }
 
     /// The body of an HTTP/2 response, holding its stream slot until it ends.
-    pub(crate) fn h2(body: hyper::body::Incoming, slot: StreamSlot) -> Self {
+    pub(crate) fn h2(body: hyper::body::Incoming, slot: StreamSlot, idle_limit: Duration) -> Self {
         Self {
-            kind: Kind::H2 { body, _slot: slot },
+            kind: Kind::H2 {
+                body,
+                _slot: slot,
+                idle: IdleTimer::new(idle_limit),
+            },
+            watch: None,
         }
+    }
+
+    /// Reports a failure of this body (after its head went to the caller) under
+    /// `request_id`: one access-log line and `metrics`' count.
+    pub(crate) fn watch(&mut self, request_id: HeaderValue, metrics: Metrics) {
+        self.watch = Some(Watch {
+            request_id,
+            metrics,
+        });
+    }
+}
+
+impl Watch {
+    fn failed(&self, error: &SendError) {
+        let failure = match error {
+            SendError::BodyIdle(_) => BodyFailure::IdleTimeout,
+            SendError::Malformed(_) => BodyFailure::Framing,
+            SendError::Closed(_) => BodyFailure::Closed,
+            _ => BodyFailure::Reset,
+        };
+        self.metrics.response_body_failed(failure);
+        tracing::warn!(
+            target: "poynt_proxy::access",
+            request_id = self.request_id.to_str().unwrap_or_default(),
+            response_flags = "body_failed",
+            reason = failure.as_str(),
+            %error,
+            "response body failed after its head was sent; the caller's response is aborted"
+        );
     }
 }
 
@@ -81,6 +187,9 @@ impl H1Body {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, SendError>>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
         loop {
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(None);
@@ -104,7 +213,13 @@ impl H1Body {
                     return Poll::Ready(None);
                 }
                 Decoded::NeedMore => match conn.poll_fill(cx) {
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        let Poll::Ready(limit) = conn.idle.poll_expired(cx) else {
+                            return Poll::Pending;
+                        };
+                        self.conn = None;
+                        return Poll::Ready(Some(Err(SendError::BodyIdle(limit))));
+                    }
                     Poll::Ready(Ok(0)) if self.framing == Framing::Close => {
                         self.framing = Framing::Done;
                         self.conn = None;
@@ -114,13 +229,41 @@ impl H1Body {
                         self.conn = None;
                         return Poll::Ready(Some(Err(SendError::Closed("response body"))));
                     }
-                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Ok(_)) => conn.idle.progressed(),
                     Poll::Ready(Err(error)) => {
                         self.conn = None;
                         return Poll::Ready(Some(Err(SendError::Io(error))));
                     }
                 },
             }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing.is_done() && self.first.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let first = self.first.as_ref().map_or(0, |first| first.len() as u64);
+        self.framing
+            .remaining()
+            .map_or_else(SizeHint::default, |left| SizeHint::with_exact(left + first))
+    }
+}
+
+/// An HTTP/2 body's next frame, failing when none comes within the idle timeout.
+fn poll_h2(
+    body: &mut hyper::body::Incoming,
+    idle: &mut IdleTimer,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, SendError>>> {
+    match Pin::new(body).poll_frame(cx) {
+        Poll::Pending => idle
+            .poll_expired(cx)
+            .map(|limit| Some(Err(SendError::BodyIdle(limit)))),
+        Poll::Ready(frame) => {
+            idle.progressed();
+            Poll::Ready(frame.map(|frame| frame.map_err(SendError::H2)))
         }
     }
 }
@@ -133,25 +276,27 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, SendError>>> {
-        match &mut self.get_mut().kind {
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
             Kind::H1(body) => body.poll_frame(cx),
-            Kind::H2 { body, .. } => Pin::new(body).poll_frame(cx).map_err(SendError::H2),
+            Kind::H2 { body, idle, .. } => poll_h2(body, idle, cx),
+        };
+        if let (Poll::Ready(Some(Err(error))), Some(watch)) = (&polled, &this.watch) {
+            watch.failed(error);
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::H1(body) => body.framing.is_done(),
+            Kind::H1(body) => body.is_end_stream(),
             Kind::H2 { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::H1(body) => body
-                .framing
-                .remaining()
-                .map_or_else(SizeHint::default, SizeHint::with_exact),
+            Kind::H1(body) => body.size_hint(),
             Kind::H2 { body, .. } => body.size_hint(),
         }
     }

@@ -25,6 +25,9 @@ pub enum SendError {
     /// Poynt closed the connection before the response (or its body) was complete.
     #[error("expected Poynt's {0}; the connection closed first")]
     Closed(&'static str),
+    /// No byte of the response body came for the body idle timeout.
+    #[error("expected Poynt's response body to make progress within {}; no byte came", humantime::format_duration(*.0))]
+    BodyIdle(Duration),
     /// Poynt's answer was not valid HTTP/1.1.
     #[error("expected a valid HTTP/1.1 response from Poynt; {0}")]
     Malformed(String),

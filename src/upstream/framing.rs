@@ -125,7 +125,18 @@ enum Step {
 
 fn chunk_step(chunk: Chunk, buf: &mut BytesMut) -> Result<Step, FramingError> {
     match chunk {
+        // httparse reads a line with no digits at all (a blank line) as size 0, the last
+        // chunk, after which the rest of the body would pass for trailers (RFC 9112 §7.1
+        // requires at least one hex digit).
+        Chunk::Size if buf.first().is_some_and(|b| !b.is_ascii_hexdigit()) => Err(
+            FramingError::ChunkSize("a line not starting with a hex digit"),
+        ),
         Chunk::Size => match httparse::parse_chunk_size(buf) {
+            // Also checked on a complete line, so that the limit does not depend on how the
+            // line was split across reads.
+            Ok(httparse::Status::Complete((used, _))) if used > MAX_CHUNK_LINE + 1 => {
+                Err(FramingError::ChunkSize("a line over 4 KiB"))
+            }
             Ok(httparse::Status::Complete((used, size))) => {
                 buf.advance(used);
                 Ok(Step::Next(Some(if size == 0 {
@@ -244,6 +255,9 @@ mod tests {
             b"zz\r\nhello\r\n".as_slice(),
             b"5\r\nhelloXX0\r\n\r\n",
             b"11111111111111111\r\n",
+            // A blank size line is no last chunk: what follows is no trailer section.
+            b"5\r\nhello\r\n\r\n5\r\nworld\r\n0\r\n\r\n",
+            b"5\r\nhello\r\n;x\r\n0\r\n\r\n",
         ] {
             assert!(
                 decode_in_steps(Framing::Chunked(Chunk::Size), wire, 64).is_err(),
@@ -252,6 +266,10 @@ mod tests {
         }
         let endless_extension = [b"5;".as_slice(), &[b'x'; 5000]].concat();
         assert!(decode_in_steps(Framing::Chunked(Chunk::Size), &endless_extension, 100).is_err());
+        // Over the limit whether the line arrives whole or byte by byte.
+        let long_line = [b"5;".as_slice(), &[b'x'; 5000], b"\r\nhello\r\n0\r\n\r\n"].concat();
+        assert!(decode_in_steps(Framing::Chunked(Chunk::Size), &long_line, 1).is_err());
+        assert!(decode_in_steps(Framing::Chunked(Chunk::Size), &long_line, 10_000).is_err());
         let endless_trailers = [b"0\r\n".as_slice(), &[b'x'; 20_000]].concat();
         assert!(decode_in_steps(Framing::Chunked(Chunk::Size), &endless_trailers, 100).is_err());
     }

@@ -9,12 +9,14 @@ use std::future::poll_fn;
 use std::io::{self, Write as _};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderValue, Method};
 use http_body::Body as _;
 use tokio::io::AsyncWrite;
 
+use super::body::IdleTimer;
 use super::error::SendError;
 use super::head::{BodyLength, RequestBody, RequestHead, encode_head};
 use super::origin::Stream;
@@ -39,14 +41,17 @@ pub(crate) struct Conn {
     /// Bytes read and not yet consumed: the rest of a response, then nothing.
     pub(crate) read_buf: BytesMut,
     write_buf: Vec<u8>,
+    /// The body idle timeout of the response being read, kept across requests.
+    pub(crate) idle: IdleTimer,
 }
 
 impl Conn {
-    pub(crate) fn new(io: Stream) -> Box<Self> {
+    pub(crate) fn new(io: Stream, body_idle_timeout: Duration) -> Box<Self> {
         Box::new(Self {
             io,
             read_buf: BytesMut::new(),
             write_buf: Vec::new(),
+            idle: IdleTimer::new(body_idle_timeout),
         })
     }
 

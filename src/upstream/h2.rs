@@ -195,7 +195,7 @@ impl Multiplexer {
         };
         let first_try = request(origin, head, body)?;
         let error = match send.try_send_request(first_try).await {
-            Ok(response) => return Ok(response_of(response, slot)),
+            Ok(response) => return Ok(response_of(origin, response, slot)),
             Err(error) => error,
         };
         let mut error = error;
@@ -216,7 +216,7 @@ impl Multiplexer {
             Opened::Http1(_) | Opened::UseHttp1 => return Err(SendError::H2(error.into_error())),
         };
         match send.try_send_request(again).await {
-            Ok(response) => Ok(response_of(response, slot)),
+            Ok(response) => Ok(response_of(origin, response, slot)),
             Err(error) => Err(SendError::H2(error.into_error())),
         }
     }
@@ -261,12 +261,14 @@ fn request(
 }
 
 fn response_of(
+    origin: &Origin,
     response: Response<hyper::body::Incoming>,
     slot: StreamSlot,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
     hop::strip(&mut parts.headers);
-    Response::from_parts(parts, ResponseBody::h2(body, slot))
+    let body = ResponseBody::h2(body, slot, origin.body_idle_timeout());
+    Response::from_parts(parts, body)
 }
 
 /// Whether Poynt certainly never processed the request: streams above a GOAWAY's last stream

@@ -19,6 +19,8 @@
 mod body;
 mod error;
 mod framing;
+#[doc(hidden)]
+pub mod fuzzing;
 mod h1;
 mod h2;
 mod head;
@@ -42,6 +44,7 @@ pub use self::origin::Origin;
 pub use self::pooled::{BoxError, Connector, HttpClient, UpstreamBody, client, connector, pooled};
 pub use self::tls::{UpstreamError, read_ca_file, tls_config};
 
+use self::framing::Decoded;
 use self::h1::Conn;
 use self::h2::{Multiplexer, Opened, protocol};
 use self::pool::Pool;
@@ -127,7 +130,7 @@ impl Upstream {
                     .await
             }
             Ok(Opened::Http1(io)) => self
-                .send_h1(Conn::new(io), head, body)
+                .send_h1(Conn::new(io, origin.body_idle_timeout()), head, body)
                 .await
                 .map_err(|failed| failed.error),
             Ok(Opened::UseHttp1) => return Err(body),
@@ -150,7 +153,8 @@ impl Upstream {
                 .send(&inner.origin, &inner.protocol, head, body, first)
                 .await;
         }
-        self.send_h1(Conn::new(connected.io), head, body)
+        let conn = Conn::new(connected.io, inner.origin.body_idle_timeout());
+        self.send_h1(conn, head, body)
             .await
             .map_err(|failed| failed.error)
     }
@@ -172,7 +176,21 @@ impl Upstream {
             }
         };
         let keep_alive = response.keep_alive && complete;
-        let body = ResponseBody::h1(conn, response.framing, inner.pool.clone(), keep_alive);
+        // The body's first piece is decoded now, from what arrived with the head: a framing
+        // error in it becomes an error response (502) rather than a head sent on and then an
+        // aborted body.
+        let mut framing = response.framing;
+        let first = match framing.decode(&mut conn.read_buf) {
+            Ok(Decoded::Data(data)) => Some(data),
+            Ok(Decoded::Done | Decoded::NeedMore) => None,
+            Err(error) => {
+                return Err(Failed {
+                    error: SendError::Malformed(error.to_string()),
+                    unanswered: false,
+                });
+            }
+        };
+        let body = ResponseBody::h1(conn, framing, first, inner.pool.clone(), keep_alive);
         let mut answer = Response::new(body);
         *answer.status_mut() = response.status;
         *answer.headers_mut() = response.headers;

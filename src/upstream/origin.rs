@@ -1,5 +1,6 @@
 //! Where Poynt is and how a connection to it is made: TCP (with `TCP_NODELAY`, so a request
-//! head is never held back waiting for an ACK) under the connect timeout, then TLS with ALPN
+//! head is never held back waiting for an ACK, and TCP keep-alive, so a peer that vanished
+//! without a FIN or RST is noticed) under the connect timeout, then TLS with ALPN
 //! offering `h2` and `http/1.1` — or plain HTTP, which configuration allows only to loopback
 //! hosts (the emulator in tests, the demo). Built once at start-up and shared by every
 //! worker.
@@ -34,7 +35,14 @@ pub struct Origin {
     authority: Authority,
     tls: TlsConnector,
     connect_timeout: Duration,
+    body_idle_timeout: Duration,
 }
+
+/// TCP keep-alive on upstream sockets: the first probe after this long without traffic (as
+/// nginx's `so_keepalive=30s::` would), then every [`KEEPALIVE_INTERVAL`].
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Between keep-alive probes; the system's probe count (9 on Linux) ends the connection.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A fresh connection and what ALPN chose on it.
 pub(crate) struct Connected {
@@ -43,11 +51,13 @@ pub(crate) struct Connected {
 }
 
 impl Origin {
-    /// The origin of `api_url`, trusting what `tls` trusts.
+    /// The origin of `api_url`, trusting what `tls` trusts; a response body with no byte for
+    /// `body_idle_timeout` fails.
     pub fn new(
         api_url: &Uri,
         mut tls: rustls::ClientConfig,
         connect_timeout: Duration,
+        body_idle_timeout: Duration,
     ) -> Result<Arc<Self>, UpstreamError> {
         let no_host = || UpstreamError::NoHost(api_url.to_string());
         let authority = api_url.authority().cloned().ok_or_else(no_host)?;
@@ -74,7 +84,13 @@ impl Origin {
             authority,
             tls: TlsConnector::from(Arc::new(tls)),
             connect_timeout,
+            body_idle_timeout,
         }))
+    }
+
+    /// How long a response body may bring no byte.
+    pub(crate) fn body_idle_timeout(&self) -> Duration {
+        self.body_idle_timeout
     }
 
     /// The `Host` header value.
@@ -99,6 +115,12 @@ impl Origin {
         .map_err(SendError::Connect)?;
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, "TCP_NODELAY not set on an upstream connection");
+        }
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL);
+        if let Err(error) = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive) {
+            tracing::debug!(%error, "TCP keep-alive not set on an upstream connection");
         }
         if !self.https {
             return Ok(Connected {

@@ -53,6 +53,8 @@ pub(crate) fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>,
     let mut kept = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let mut count = 0;
     let mut length: Option<u64> = None;
+    // The one Content-Length field forwarded (its index in `kept`), reduced to one value.
+    let mut length_field: Option<usize> = None;
     let mut chunked = false;
     let mut transfer_encoding = false;
     let mut close = !http11;
@@ -61,7 +63,7 @@ pub(crate) fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>,
     }));
     for header in response.headers.iter() {
         let name = header.name.as_bytes();
-        let value = header.value;
+        let mut value = header.value;
         // Compared by length first: most fields are none of these.
         if name.len() == 14 && name.eq_ignore_ascii_case(b"content-length") {
             let this = parse_length(value).ok_or_else(|| {
@@ -76,6 +78,17 @@ pub(crate) fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>,
                 ));
             }
             length = Some(this);
+            if length_field.is_some() || nominated.contains(name) {
+                continue;
+            }
+            // `5, 5` or a repeated field is forwarded as one `5` (RFC 9110 §8.6): its first
+            // digit run, trimmed, is that value.
+            length_field = Some(count);
+            value = value
+                .split(|b| *b == b',')
+                .next()
+                .unwrap_or(value)
+                .trim_ascii();
         } else if name.len() == 17 && name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encoding = true;
             chunked = value
@@ -94,11 +107,10 @@ pub(crate) fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>,
         if is_hop_by_hop_bytes(name) || nominated.contains(name) {
             continue;
         }
-        let offset = |bytes: &[u8]| (bytes.as_ptr() as usize - base) as u32;
         kept[count] = (
-            offset(name),
+            offset(name, base),
             name.len() as u32,
-            offset(value),
+            offset(value, base),
             value.len() as u32,
         );
         count += 1;
@@ -126,7 +138,17 @@ pub(crate) fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>,
     };
     let head = buf.split_to(used).freeze();
     let mut headers = HeaderMap::with_capacity(count);
-    for &(name_at, name_len, value_at, value_len) in &kept[..count] {
+    // Transfer-Encoding frames the body: a Content-Length beside it is stale, and an
+    // intermediary must not forward it (RFC 9112 §6.3).
+    let dropped = if transfer_encoding {
+        length_field
+    } else {
+        None
+    };
+    for (index, &(name_at, name_len, value_at, value_len)) in kept[..count].iter().enumerate() {
+        if Some(index) == dropped {
+            continue;
+        }
         let name = &head[name_at as usize..(name_at + name_len) as usize];
         let name = HeaderName::from_bytes(name).map_err(|_| {
             SendError::Malformed(format!(
@@ -145,6 +167,11 @@ pub(crate) fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>,
         framing,
         keep_alive: !close && reusable_framing,
     }))
+}
+
+/// Where `bytes`, a slice of the head, starts in it.
+fn offset(bytes: &[u8], base: usize) -> u32 {
+    (bytes.as_ptr() as usize - base) as u32
 }
 
 /// A Content-Length value: digits, or a list of identical digit runs ("42, 42").
@@ -188,6 +215,40 @@ mod tests {
         assert_eq!(names, ["content-type", "content-length", "x-kept"]);
         assert_eq!(head.headers.get_all("x-kept").iter().count(), 2);
         assert_eq!(&rest[..], b"body");
+    }
+
+    #[test]
+    fn content_length_is_forwarded_once_and_only_when_it_frames_the_body() {
+        let lengths = |wire: &str| {
+            let (head, _) = parsed(wire, &Method::GET);
+            head.headers
+                .get_all("content-length")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            lengths("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n"),
+            ["5"]
+        );
+        assert_eq!(
+            lengths("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"),
+            ["5"]
+        );
+        assert!(
+            lengths("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .is_empty()
+        );
+        assert!(
+            lengths(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5, 5\r\n\r\n"
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            lengths("HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n"),
+            ["10"]
+        );
     }
 
     #[test]

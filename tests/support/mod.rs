@@ -6,6 +6,7 @@ pub mod browser;
 pub mod fault;
 pub mod fleet;
 pub mod process;
+pub mod raw_upstream;
 pub mod redis;
 
 use std::path::PathBuf;
@@ -157,20 +158,32 @@ impl Builder {
             None => None,
         };
         let config_yaml = proxy_yaml(&emulator, &dir, &extra);
-        let config = Config::parse(&config_yaml, &KeySources::default()).expect("config");
-        let mut listeners = Listeners::bind(&config).await.expect("bind");
-        if onboarding_listener.is_some() {
-            listeners.onboarding = onboarding_listener;
-        }
-        let proxy = start(config, listeners).await.expect("proxy starts");
-        Harness {
-            emulator,
-            proxy,
-            merchants,
-            client: client(),
-            config_yaml,
-            _dir: dir,
-        }
+        launch(emulator, merchants, config_yaml, dir, onboarding_listener).await
+    }
+}
+
+/// Starts the proxy on `config_yaml` (with `onboarding` as its onboarding listener, if any)
+/// beside `emulator`; `dir` holds the files the config names.
+pub async fn launch(
+    emulator: Emulator,
+    merchants: Vec<MerchantId>,
+    config_yaml: String,
+    dir: tempfile::TempDir,
+    onboarding: Option<TcpListener>,
+) -> Harness {
+    let config = Config::parse(&config_yaml, &KeySources::default()).expect("config");
+    let mut listeners = Listeners::bind(&config).await.expect("bind");
+    if onboarding.is_some() {
+        listeners.onboarding = onboarding;
+    }
+    let proxy = start(config, listeners).await.expect("proxy starts");
+    Harness {
+        emulator,
+        proxy,
+        merchants,
+        client: client(),
+        config_yaml,
+        _dir: dir,
     }
 }
 
