@@ -17,7 +17,7 @@ use crate::onboarding::code_key::{CodeKey, CodeKeySource};
 use crate::onboarding::state::StateKey;
 use crate::store::keys::{self as store_keys, KeyOrigin, STORE_KEY_ENV, StoreKey};
 use crate::store::seal::Key;
-use crate::token::assertion::{AppKey, KeyError};
+use crate::token::assertion::{AppKey, AppKeyError};
 
 /// Environment variable that may carry the app's private key as PEM text, so the key can
 /// come from a secret store without touching disk.
@@ -92,7 +92,7 @@ pub enum ConfigError {
         key: &'static str,
         /// Why it was refused.
         #[source]
-        source: KeyError,
+        source: AppKeyError,
     },
     /// A store key could not be loaded or parsed.
     #[error("{key}: {source}")]
@@ -101,7 +101,7 @@ pub enum ConfigError {
         key: String,
         /// Why it was refused.
         #[source]
-        source: store_keys::KeyError,
+        source: store_keys::StoreKeyError,
     },
 }
 

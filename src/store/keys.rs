@@ -56,7 +56,7 @@ pub struct StoreKey {
 
 /// Why a key could not be had.
 #[derive(Debug, thiserror::Error)]
-pub enum KeyError {
+pub enum StoreKeyError {
     /// The file could not be read.
     #[error("cannot read key file {path}: {source}")]
     Read {
@@ -96,27 +96,34 @@ pub enum KeyError {
 }
 
 /// Parses key text: the base64 of exactly 32 bytes, surrounding whitespace ignored.
-pub fn parse(text: &str) -> Result<Key, KeyError> {
-    let decoded = Zeroizing::new(STANDARD.decode(text.trim()).map_err(|_| KeyError::Format {
-        found: "text that is not base64".into(),
-    })?);
-    let bytes: [u8; KEY_LEN] = decoded
-        .as_slice()
-        .try_into()
-        .map_err(|_| KeyError::Format {
-            found: format!("{} bytes", decoded.len()),
-        })?;
+pub fn parse(text: &str) -> Result<Key, StoreKeyError> {
+    let decoded =
+        Zeroizing::new(
+            STANDARD
+                .decode(text.trim())
+                .map_err(|_| StoreKeyError::Format {
+                    found: "text that is not base64".into(),
+                })?,
+        );
+    let bytes: [u8; KEY_LEN] =
+        decoded
+            .as_slice()
+            .try_into()
+            .map_err(|_| StoreKeyError::Format {
+                found: format!("{} bytes", decoded.len()),
+            })?;
     Ok(Key::new(&SecretBox::new(Box::new(bytes))))
 }
 
 /// Reads and parses a key file.
-pub fn read_file(path: &Path) -> Result<Key, KeyError> {
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path).map_err(|source| KeyError::Read {
-            path: path.to_owned(),
-            source,
-        })?,
-    );
+pub fn read_file(path: &Path) -> Result<Key, StoreKeyError> {
+    let text =
+        Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|source| StoreKeyError::Read {
+                path: path.to_owned(),
+                source,
+            })?,
+        );
     parse(&text)
 }
 
@@ -137,7 +144,7 @@ pub fn beside(data: &Path) -> PathBuf {
 /// The key beside `data` as it is now, creating nothing: read when present; `None` when
 /// neither it nor the data exists (the first start creates it); an error when the data
 /// exists without it, since a new key would not open that data.
-pub fn load_beside(data: &Path) -> Result<Option<StoreKey>, KeyError> {
+pub fn load_beside(data: &Path) -> Result<Option<StoreKey>, StoreKeyError> {
     let path = beside(data);
     if path.exists() {
         return Ok(Some(StoreKey {
@@ -146,7 +153,7 @@ pub fn load_beside(data: &Path) -> Result<Option<StoreKey>, KeyError> {
         }));
     }
     if std::fs::metadata(data).is_ok_and(|m| m.len() > 0) {
-        return Err(KeyError::Missing {
+        return Err(StoreKeyError::Missing {
             data: data.to_owned(),
             key: path,
         });
@@ -156,14 +163,14 @@ pub fn load_beside(data: &Path) -> Result<Option<StoreKey>, KeyError> {
 
 /// The key beside `data`: read when present; created (mode 0600) when neither it nor the data
 /// exists. Returns the key and whether it was just created.
-pub fn load_or_create_beside(data: &Path) -> Result<(StoreKey, bool), KeyError> {
+pub fn load_or_create_beside(data: &Path) -> Result<(StoreKey, bool), StoreKeyError> {
     if let Some(key) = load_beside(data)? {
         return Ok((key, false));
     }
     let path = beside(data);
     let origin = KeyOrigin::Beside(path.clone());
     let text = generate();
-    let create = |source| KeyError::Create {
+    let create = |source| StoreKeyError::Create {
         path: path.clone(),
         source,
     };

@@ -175,7 +175,7 @@ pub enum StoreError {
     MissingKey,
     /// The key beside the embedded file could not be read or created.
     #[error("store key: {0}")]
-    Key(#[from] keys::KeyError),
+    Key(#[from] keys::StoreKeyError),
     /// The embedded file or its directory could not be created or read.
     #[error("store.path: {}: {source}", path.display())]
     File {

@@ -24,7 +24,7 @@ const _: () = assert!(ASSERTION_LIFETIME.as_secs() <= MAX_ASSERTION_LIFETIME_SEC
 
 /// Why the private key was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum KeyError {
+pub enum AppKeyError {
     /// The key file could not be read.
     #[error("cannot read private key file {path}: {source}")]
     Read {
@@ -59,8 +59,8 @@ impl fmt::Debug for AppKey {
 
 impl AppKey {
     /// Loads a PKCS#1 or PKCS#8 PEM file.
-    pub fn from_pem_file(path: &Path) -> Result<Self, KeyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+    pub fn from_pem_file(path: &Path) -> Result<Self, AppKeyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AppKeyError::Read {
             path: path.display().to_string(),
             source,
         })?;
@@ -69,9 +69,9 @@ impl AppKey {
 
     /// Parses PKCS#1 or PKCS#8 PEM text, and proves the key signs, so a key that parses but
     /// cannot sign (wrong type, truncated) fails at start-up rather than at the first grant.
-    pub fn from_pem(pem: &SecretString) -> Result<Self, KeyError> {
+    pub fn from_pem(pem: &SecretString) -> Result<Self, AppKeyError> {
         let text = pem.expose_secret();
-        let parse_error = || KeyError::Parse {
+        let parse_error = || AppKeyError::Parse {
             found: describe_pem(text),
         };
         let key = EncodingKey::from_rsa_pem(text.as_bytes()).map_err(|_| parse_error())?;
