@@ -7,14 +7,15 @@
 //! exchanged for the merchant's token and refresh token (kept by the broker), and a page
 //! says how it went; `GET /connect/signed-out` is where Poynt's sign-out returns.
 //!
-//! Parts: `routes` (the three handlers), [`state`] (state values and the spent set),
-//! [`verify`] (the code), [`code_key`] (the key that verifies it), [`pages`] (HTML and the
-//! security headers). This file is the outer shell: the router, and for each callback one
+//! Parts: `routes` (the three handlers), [`state`] (state values), [`spent`] (the spent
+//! set), [`verify`] (the code), [`code_key`] (the key that verifies it), [`pages`] (HTML and
+//! the security headers). This file is the outer shell: the router, and for each callback one
 //! metric update and one log line, which never carry a code, a state or a token.
 
 pub mod code_key;
 pub mod pages;
 mod routes;
+pub mod spent;
 pub mod state;
 pub mod verify;
 
@@ -37,7 +38,8 @@ use crate::store::seal::Key;
 use crate::token::broker::Broker;
 use crate::upstream::{self, UpstreamError};
 use code_key::{CodeKeySource, CodeKeys};
-use state::{SpentStates, StateKey};
+use spent::SpentStates;
+use state::StateKey;
 
 /// Path that starts onboarding.
 pub const CONNECT_PATH: &str = "/connect";

@@ -5,8 +5,8 @@
 //! `base64url(version | nonce (16 random bytes) | expiry (u64 unix seconds, big-endian) |
 //! return_to | HMAC-SHA256 tag)`, the tag covering everything before it. Opening one checks
 //! the tag in constant time, then the expiry. Single use is enforced when the callback
-//! spends the nonce in [`SpentStates`], which remembers it until the state would have expired
-//! anyway.
+//! spends the nonce in [`SpentStates`](super::spent::SpentStates), which remembers it until
+//! the state would have expired anyway.
 
 use std::fmt;
 use std::path::Path;
@@ -18,11 +18,10 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use rand::RngCore;
 use secrecy::SecretString;
 
-use crate::store::{Store, StoreError};
-
 /// First byte of every state: lets a later format coexist with this one.
 const VERSION: u8 = 1;
-const NONCE_LEN: usize = 16;
+/// Bytes of a state's nonce, the part a spent state is remembered by.
+pub const NONCE_LEN: usize = 16;
 const EXPIRY_LEN: usize = 8;
 const TAG_LEN: usize = 32;
 const HEADER_LEN: usize = 1 + NONCE_LEN + EXPIRY_LEN;
@@ -167,7 +166,7 @@ fn unix_secs(time: SystemTime) -> u64 {
 
 /// An opened, authentic, unexpired state.
 pub struct State {
-    /// What [`SpentStates`] remembers.
+    /// What [`SpentStates`](super::spent::SpentStates) remembers.
     pub nonce: [u8; NONCE_LEN],
     /// When it stops being accepted.
     pub expires_at: SystemTime,
@@ -213,33 +212,6 @@ pub enum StateError {
     /// Already spent by an earlier callback.
     #[error("expected a state used once; found one already used by an earlier callback (replayed)")]
     Replayed,
-}
-
-/// Why a nonce could not be recorded as spent.
-#[derive(Debug, thiserror::Error)]
-pub enum SpentError {
-    /// The token store did not record it (unreachable, or its bounded memory full).
-    #[error("expected the token store to record the state as used: {0}")]
-    Store(#[from] StoreError),
-}
-
-/// The nonces of states already used, each remembered until its state expires, in the
-/// token store: with Redis a state used at one replica is refused at every other.
-pub struct SpentStates {
-    store: Store,
-}
-
-impl SpentStates {
-    /// Spent states kept in `store`.
-    pub fn new(store: Store) -> Self {
-        Self { store }
-    }
-
-    /// Records `nonce` as spent for `ttl`. `Ok(true)` the first time, `Ok(false)` when it was
-    /// spent already (a replay).
-    pub async fn spend(&self, nonce: &[u8; NONCE_LEN], ttl: Duration) -> Result<bool, SpentError> {
-        Ok(self.store.spend_state(nonce, ttl).await?)
-    }
 }
 
 #[cfg(test)]
