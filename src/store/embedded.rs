@@ -19,10 +19,10 @@ use redb::{
     WriteTransaction,
 };
 
+use super::error::StoreError;
 use super::keys::{self, STORE_KEY_ENV, StoreKey};
-use super::record::Sealer;
+use super::record::{Record, RecordSender, Saved, Sealer};
 use super::seal::{Key, Keys, SealError};
-use super::{Record, RecordSender, Saved, StoreError};
 use crate::config::StoreConfig;
 use crate::merchant::MerchantId;
 use crate::metrics::StoreMetrics;

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::{Record, Saved, StoreError};
+use super::error::StoreError;
+use super::record::{Record, Saved};
 use crate::merchant::MerchantId;
 use crate::metrics::StoreMetrics;
 

@@ -2,6 +2,8 @@
 //! sealing: a small JSON document (times in milliseconds since the Unix epoch, so tokens of a
 //! few seconds, as tests use, keep their refresh points exact), sealed by
 //! [`Sealer`] under the associated data `domain | application | merchant`.
+//! Also what the backends answer about records: what a save did ([`Saved`]) and what another
+//! holder changed ([`Event`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -12,7 +14,7 @@ use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::StoreError;
+use super::error::StoreError;
 use super::seal::{Key, Keys, SealError, sealed_key_id};
 use crate::merchant::MerchantId;
 use crate::metrics::StoreMetrics;
@@ -291,6 +293,41 @@ impl Sealer {
         Ok((record, opened.by_current_key))
     }
 }
+
+/// What a compare-and-set save did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Saved {
+    /// Stored: there was no record, or an older generation.
+    Written,
+    /// Not stored: the store holds this generation or a newer one.
+    Stale {
+        /// The generation the store holds.
+        current_generation: u64,
+    },
+}
+
+/// A change another holder of the store made (Redis only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A record was written with this generation.
+    Saved {
+        /// Whose.
+        merchant: MerchantId,
+        /// The generation now stored.
+        generation: u64,
+    },
+    /// A record was deleted.
+    Deleted {
+        /// Whose.
+        merchant: MerchantId,
+    },
+    /// The events subscription was (re)established: anything published meanwhile was missed,
+    /// so reconcile with the store.
+    Resync,
+}
+
+/// The sending half of a full read.
+pub(super) type RecordSender = tokio::sync::mpsc::Sender<(MerchantId, Record)>;
 
 #[cfg(test)]
 mod tests {

@@ -31,10 +31,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, RedisResult, Script};
 use tokio::sync::{broadcast, watch};
 
+use super::error::{StoreError, Unavailable};
 use super::keys::KeyOrigin;
-use super::record::Sealer;
+use super::record::{Event, Record, RecordSender, Saved, Sealer};
 use super::seal::Keys;
-use super::{Event, Record, RecordSender, Saved, StoreError, Unavailable};
 use crate::config::StoreConfig;
 use crate::merchant::MerchantId;
 use crate::metrics::StoreMetrics;
