@@ -227,7 +227,9 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
                 StateKey::random()
             });
             let service = Onboarding::new(
-                &config,
+                settings,
+                &config.oauth,
+                &config.poynt,
                 state_key,
                 SpentStates::new(store.clone()),
                 broker.clone(),

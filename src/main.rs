@@ -212,8 +212,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let key = onboarding::state_key(settings, store_key.as_ref()).context(
                 "onboarding.state_key_file: missing, and no store key to derive the state key from (the memory backend has none); expected one of them, shared with the running proxy",
             )?;
-            let url = onboarding::authorize_url(&config, &key, return_to.as_deref())
-                .context("cannot build the authorization URL")?;
+            let url = onboarding::authorize_url(
+                settings,
+                &config.oauth,
+                &config.poynt.application_id,
+                &key,
+                return_to.as_deref(),
+            )
+            .context("cannot build the authorization URL")?;
             println!("{url}");
             Ok(())
         }
@@ -384,6 +390,6 @@ async fn list_store(config: &Config) -> anyhow::Result<()> {
 fn plain_log() -> LogConfig {
     LogConfig {
         format: LogFormat::Text,
-        level: poynt_proxy::config::DEFAULT_LOG_LEVEL.into(),
+        level: telemetry::DEFAULT_LOG_LEVEL.into(),
     }
 }

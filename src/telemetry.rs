@@ -4,11 +4,33 @@
 
 use std::sync::OnceLock;
 
+use serde::Deserialize;
 use tracing_subscriber::layer::{Layered, SubscriberExt as _};
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
-use crate::config::{LogConfig, LogFormat};
+/// Which log lines are written unless `log.level` or `RUST_LOG` says otherwise.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Log settings.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Line format.
+    pub format: LogFormat,
+    /// Which lines are written, as an `EnvFilter` directive (`info`, `warn,poynt_proxy=debug`);
+    /// the `RUST_LOG` environment variable, when set, takes its place.
+    pub level: String,
+}
 
 /// The registry under the swappable filter: what the formatter layers on.
 type Filtered = Layered<reload::Layer<EnvFilter, Registry>, Registry>;
@@ -36,7 +58,7 @@ fn formatter(format: LogFormat) -> Formatter {
 fn filter(config: &LogConfig) -> EnvFilter {
     EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
-        .unwrap_or_else(|_| EnvFilter::new(crate::config::DEFAULT_LOG_LEVEL))
+        .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_LEVEL))
 }
 
 /// Whether `RUST_LOG` holds a filter, which then takes the place of `log.level` (at start and

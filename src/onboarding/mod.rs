@@ -9,10 +9,11 @@
 //!
 //! Parts: `routes` (the three handlers), [`state`] (state values), [`spent`] (the spent
 //! set), [`verify`] (the code), [`code_key`] (the key that verifies it), [`pages`] (HTML and
-//! the security headers). This file is the outer shell: the router, and for each callback one
+//! the security headers), [`config`] (its settings). This file is the outer shell: the router, and for each callback one
 //! metric update and one log line, which never carry a code, a state or a token.
 
 pub mod code_key;
+pub mod config;
 pub mod pages;
 mod routes;
 pub mod spent;
@@ -31,13 +32,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, OnboardingConfig};
 use crate::metrics::Metrics;
 use crate::server::{self, Limits};
 use crate::store::seal::Key;
 use crate::token::broker::Broker;
+use crate::token::config::PoyntConfig;
 use crate::upstream::{self, UpstreamError};
 use code_key::{CodeKeySource, CodeKeys};
+use config::{OauthConfig, OnboardingConfig};
 use spent::SpentStates;
 use state::StateKey;
 
@@ -51,9 +53,6 @@ pub const SIGNED_OUT_PATH: &str = "/connect/signed-out";
 /// Why onboarding could not start or a URL could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum OnboardingError {
-    /// The configuration has no `onboarding:` section.
-    #[error("onboarding: missing; expected an onboarding section with public_url")]
-    NotConfigured,
     /// A `return_to` outside the allowed origins.
     #[error(
         "return_to: expected an absolute URL on the origin of onboarding.public_url or onboarding.success_redirect; found {0:?}"
@@ -80,24 +79,17 @@ struct Settings {
 }
 
 impl Settings {
-    fn from_config(config: &Config) -> Result<(Self, &OnboardingConfig), OnboardingError> {
-        let onboarding = config
-            .onboarding
-            .as_ref()
-            .ok_or(OnboardingError::NotConfigured)?;
-        Ok((
-            Self {
-                authorize_url: config.oauth.authorize_url.to_string(),
-                client_id: config.poynt.application_id.clone(),
-                redirect_uri: onboarding.redirect_uri.clone(),
-                public_url: onboarding.public_url.clone(),
-                signout_url: config.oauth.signout_url.to_string(),
-                success_redirect: onboarding.success_redirect.clone(),
-                code_issuer: onboarding.code_issuer.clone(),
-                state_ttl: onboarding.state_ttl,
-            },
-            onboarding,
-        ))
+    fn new(onboarding: &OnboardingConfig, oauth: &OauthConfig, client_id: &str) -> Self {
+        Self {
+            authorize_url: oauth.authorize_url.to_string(),
+            client_id: client_id.to_owned(),
+            redirect_uri: onboarding.redirect_uri.clone(),
+            public_url: onboarding.public_url.clone(),
+            signout_url: oauth.signout_url.to_string(),
+            success_redirect: onboarding.success_redirect.clone(),
+            code_issuer: onboarding.code_issuer.clone(),
+            state_ttl: onboarding.state_ttl,
+        }
     }
 
     /// Whether `url` may be a `return_to`: absolute, on `public_url`'s origin or
@@ -160,14 +152,16 @@ pub fn state_key(onboarding: &OnboardingConfig, store_key: Option<&Key>) -> Opti
     })
 }
 
-/// `poynt-proxy authorize-url`: Poynt's authorize URL with a fresh state issued under `key`,
-/// carrying `return_to` when given (checked as `/connect` checks it).
+/// `poynt-proxy authorize-url`: Poynt's authorize URL for the app `client_id` with a fresh
+/// state issued under `key`, carrying `return_to` when given (checked as `/connect` checks it).
 pub fn authorize_url(
-    config: &Config,
+    onboarding: &OnboardingConfig,
+    oauth: &OauthConfig,
+    client_id: &str,
     key: &StateKey,
     return_to: Option<&str>,
 ) -> Result<String, OnboardingError> {
-    let (settings, _) = Settings::from_config(config)?;
+    let settings = Settings::new(onboarding, oauth, client_id);
     if let Some(url) = return_to
         && !settings.allows_return_to(url)
     {
@@ -193,23 +187,26 @@ struct Inner {
 }
 
 impl Onboarding {
-    /// Builds the service. With `code_key: tls`, fetches the authorize host's key now (a
-    /// failure is logged, and fetching is tried again at the first callback).
+    /// Builds the service from its own section, Poynt's pages (`oauth`) and the app's
+    /// identity and TLS settings (`poynt`). With `code_key: tls`, fetches the authorize host's
+    /// key now (a failure is logged, and fetching is tried again at the first callback).
     pub async fn new(
-        config: &Config,
+        onboarding: &OnboardingConfig,
+        oauth: &OauthConfig,
+        poynt: &PoyntConfig,
         state_key: StateKey,
         spent: SpentStates,
         broker: Broker,
         metrics: Metrics,
     ) -> Result<Self, OnboardingError> {
-        let (settings, onboarding) = Settings::from_config(config)?;
+        let settings = Settings::new(onboarding, oauth, &poynt.application_id);
         let keys = match &onboarding.code_key {
             CodeKeySource::Fixed(key) => CodeKeys::fixed(key.clone()),
             CodeKeySource::Tls => {
                 let keys = CodeKeys::tls(
-                    &config.oauth.authorize_url,
-                    upstream::tls_config(&config.poynt.extra_roots)?,
-                    config.poynt.connect_timeout,
+                    &oauth.authorize_url,
+                    upstream::tls_config(&poynt.extra_roots)?,
+                    poynt.connect_timeout,
                 );
                 let _ = keys.refetch().await;
                 keys

@@ -19,11 +19,11 @@ use redb::{
     WriteTransaction,
 };
 
+use super::config::StoreConfig;
 use super::error::StoreError;
 use super::keys::{self, STORE_KEY_ENV, StoreKey};
 use super::record::{Record, RecordSender, Saved, Sealer};
 use super::seal::{Key, Keys, SealError};
-use crate::config::StoreConfig;
 use crate::merchant::MerchantId;
 use crate::metrics::StoreMetrics;
 

@@ -11,9 +11,10 @@
 //! writer that lost its lock cannot overwrite a newer record. A cache hit in the broker never
 //! reaches this module.
 //!
-//! The errors are `error`'s. This file holds the [`Store`] enum and imports its backends;
-//! they import each other's parts, never this file.
+//! The settings are [`config`]'s, the errors `error`'s. This file holds the [`Store`] enum and
+//! imports its backends; they import each other's parts, never this file.
 
+pub mod config;
 pub mod embedded;
 mod error;
 pub mod keys;
@@ -27,9 +28,9 @@ use std::time::{Duration, Instant};
 pub use error::{StoreError, Unavailable};
 pub use record::{Event, Record, Saved};
 
-use crate::config::{StoreBackend, StoreConfig};
 use crate::merchant::MerchantId;
 use crate::metrics::{Metrics, StoreMetrics, StoreOp, StoreOutcome};
+use config::{StoreBackend, StoreConfig};
 use embedded::EmbeddedStore;
 use memory::MemoryStore;
 use redis::{RedisLock, RedisStore};

@@ -31,11 +31,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, RedisResult, Script};
 use tokio::sync::{broadcast, watch};
 
+use super::config::StoreConfig;
 use super::error::{StoreError, Unavailable};
 use super::keys::KeyOrigin;
 use super::record::{Event, Record, RecordSender, Saved, Sealer};
 use super::seal::Keys;
-use crate::config::StoreConfig;
 use crate::merchant::MerchantId;
 use crate::metrics::StoreMetrics;
 

@@ -31,13 +31,13 @@ use secrecy::SecretString;
 use tokio::runtime::Handle;
 use tokio::time::Instant;
 
-use crate::config::TokensConfig;
 use crate::merchant::MerchantId;
 use crate::metrics::{Lookup, Metrics, Unauthorized};
 use crate::poynt::GrantKind;
 use crate::store::{Store, StoreError};
 use crate::token::budget::GrantBudget;
 use crate::token::cache::TokenCache;
+use crate::token::config::TokensConfig;
 use crate::token::grant::{Grant, GrantError, IssuedToken, TokenClient};
 use crate::token::state::{Flight, MerchantState, Outcome, States};
 

@@ -5,6 +5,7 @@ pub mod assertion;
 pub mod broker;
 mod budget;
 mod cache;
+pub mod config;
 pub mod grant;
 mod persist;
 mod state;

@@ -1,0 +1,76 @@
+//! Rules that span sections: listeners that would collide, an exposed admin listener without
+//! a secret, and settings that are valid but probably not meant.
+
+use std::net::SocketAddr;
+
+use super::admin::AdminConfig;
+use super::error::ConfigError;
+use super::fields::invalid;
+use crate::onboarding::CALLBACK_PATH;
+use crate::onboarding::config::{OauthConfig, OnboardingConfig};
+
+/// Refuses an admin listener reachable from other hosts without a bearer secret: `/admin/*`
+/// can evict and refresh tokens.
+pub(super) fn admin_protected(
+    admin_listen: SocketAddr,
+    admin: &AdminConfig,
+) -> Result<(), ConfigError> {
+    if !admin_listen.ip().is_loopback() && admin.bearer_token.is_none() {
+        return Err(invalid(
+            "admin.bearer_token_file",
+            format!(
+                "admin_listen {admin_listen} is reachable from other hosts; expected a bearer secret file protecting /admin/*, found none"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses two listeners that would bind the same port on overlapping addresses (the same
+/// address, or either the unspecified one): the second bind would fail at start with a bare
+/// "address in use". Port 0 (an ephemeral port each) never collides.
+pub(super) fn distinct_listeners(
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    onboarding: Option<SocketAddr>,
+) -> Result<(), ConfigError> {
+    let overlap = |a: SocketAddr, b: SocketAddr| {
+        a.port() != 0
+            && a.port() == b.port()
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    };
+    let mut pairs = vec![("admin_listen", admin_listen, "listen", listen)];
+    if let Some(onboarding) = onboarding {
+        pairs.push(("onboarding.listen", onboarding, "listen", listen));
+        pairs.push((
+            "onboarding.listen",
+            onboarding,
+            "admin_listen",
+            admin_listen,
+        ));
+    }
+    match pairs.into_iter().find(|(_, a, _, b)| overlap(*a, *b)) {
+        Some((key, addr, other, taken)) => Err(invalid(
+            key,
+            format!(
+                "expected an address no other listener binds; found {addr}, which collides with {other} ({taken})"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `oauth.redirect_uri` when it differs from the one onboarding derives and uses: valid, but
+/// probably not meant, since Poynt must be told the one in use.
+pub(super) fn redirect_uri_differs(
+    oauth: &OauthConfig,
+    onboarding: Option<&OnboardingConfig>,
+) -> Option<String> {
+    let (configured, onboarding) = (oauth.redirect_uri.as_ref()?, onboarding?);
+    (configured != &onboarding.redirect_uri).then(|| {
+        format!(
+            "oauth.redirect_uri: {configured:?} differs from onboarding.public_url + {CALLBACK_PATH} ({:?}); onboarding uses the latter, so register that one in Poynt's developer portal",
+            onboarding.redirect_uri
+        )
+    })
+}

@@ -1,0 +1,122 @@
+//! Field parsers every section shares: addresses, URLs, bounded durations and counts. Each
+//! returns a [`ConfigError`] naming the key and saying what was expected and what was found.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use http::Uri;
+
+use super::error::ConfigError;
+
+/// A [`ConfigError::Invalid`] for `key`.
+pub(super) fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.into(),
+    }
+}
+
+pub(super) fn parse_addr(key: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("expected an IP:port socket address such as 127.0.0.1:8080; found {text:?}"),
+        )
+    })
+}
+
+/// Parses an http(s) URL with a host; `http` is allowed only for loopback hosts so that a
+/// token can never cross a network in clear text.
+pub(super) fn parse_url(key: &'static str, text: &str) -> Result<Uri, ConfigError> {
+    if let Some((scheme, rest)) = text.split_once("://") {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        if let Some((_, host)) = authority.rsplit_once('@') {
+            return Err(invalid(
+                key,
+                format!(
+                    "expected a URL without user-info (credentials belong in files or the environment); found \"{scheme}://<redacted>@{host}\""
+                ),
+            ));
+        }
+    }
+    let uri: Uri = text
+        .parse()
+        .map_err(|_| invalid(key, format!("{text:?} is not an http(s) URL")))?;
+    let host = match (uri.scheme_str(), uri.host()) {
+        (Some("https" | "http"), Some(host)) => host,
+        _ => return Err(invalid(key, format!("{text:?} is not an http(s) URL"))),
+    };
+    if uri.scheme_str() == Some("http") && !is_loopback_host(host) {
+        return Err(invalid(
+            key,
+            format!(
+                "{text:?} uses http to a non-loopback host; expected https (http is allowed only for localhost and loopback addresses)"
+            ),
+        ));
+    }
+    Ok(uri)
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+pub(super) fn require_positive(
+    key: &'static str,
+    value: Duration,
+) -> Result<Duration, ConfigError> {
+    if value.is_zero() {
+        return Err(invalid(key, "expected a duration above zero; found 0s"));
+    }
+    Ok(value)
+}
+
+/// Ceilings keep every duration far from what would overflow an instant, and every count
+/// within what the runtime can allocate: a typo of three zeros fails `check`, not `run`.
+pub(super) const MAX_SHORT_TIMEOUT: Duration = Duration::from_secs(600);
+pub(super) const MAX_LONG_TIMEOUT: Duration = Duration::from_secs(86_400);
+
+/// A positive duration of at most `max`.
+pub(super) fn duration_within(
+    key: &'static str,
+    value: Duration,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    require_positive(key, value)?;
+    duration_at_most(key, value, max)
+}
+
+/// A duration (zero allowed) of at most `max`.
+pub(super) fn duration_at_most(
+    key: &'static str,
+    value: Duration,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    if value > max {
+        return Err(invalid(
+            key,
+            format!(
+                "expected at most {}; found {}",
+                humantime::format_duration(max),
+                humantime::format_duration(value)
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+/// A count between `min` and `max`.
+pub(super) fn count_within<T>(key: &'static str, value: T, min: T, max: T) -> Result<T, ConfigError>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    if value < min || value > max {
+        return Err(invalid(
+            key,
+            format!("expected between {min} and {max}; found {value}"),
+        ));
+    }
+    Ok(value)
+}
