@@ -43,7 +43,8 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::merchant::MerchantId;
 use crate::metrics::Metrics;
-use crate::token::broker::{Broker, Token, TokenSource, UnauthorizedAction};
+use crate::token::Token;
+use crate::token::broker::{Broker, TokenSource, UnauthorizedAction};
 use crate::token::grant::error_chain;
 use crate::upstream::{
     BoxError, RequestBody, RequestHead, ResponseBody, SendError, Upstream, UpstreamBody,

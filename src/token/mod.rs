@@ -5,7 +5,11 @@ pub mod assertion;
 pub mod broker;
 mod budget;
 mod cache;
+mod error;
 pub mod grant;
 mod persist;
 mod state;
 pub mod status;
+
+pub use self::cache::Token;
+pub use self::error::BrokerError;
