@@ -20,10 +20,10 @@
 //! [`Proxy::handle`] is the outer shell (request id, error → JSON, the record step);
 //! [`Proxy::handle_inner`] runs the phases in order.
 
+pub mod admit;
 pub mod body;
 pub mod error;
 pub mod headers;
-pub mod merchant;
 pub mod path;
 
 use std::collections::HashSet;
@@ -223,7 +223,7 @@ impl Proxy {
         if !is_forwarded_method(&parts.method) {
             return Err(ProxyError::MethodNotAllowed(parts.method.clone()));
         }
-        let merchant = merchant::merchant_from_headers(&parts.headers, &inner.merchant_header)?;
+        let merchant = admit::merchant_from_headers(&parts.headers, &inner.merchant_header)?;
         ctx.merchant = Some(merchant);
         if let Some(allow) = &*inner.allow.load()
             && !allow.contains(&merchant)
