@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use poynt_proxy::proxy::admit;
 use poynt_proxy::proxy::headers::{self, Rewritten};
-use poynt_proxy::proxy::merchant;
 use poynt_proxy::upstream::{BodyLength, RequestHead, encode_head};
 
 const SIZES: [usize; 3] = [1, 10_000, 100_000];
@@ -99,7 +99,7 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("parse");
     let sample = caller_headers(&all[0].to_string().to_uppercase());
     group.bench_function("merchant_header", |b| {
-        b.iter(|| merchant::merchant_from_headers(black_box(&sample), &header).unwrap())
+        b.iter(|| admit::merchant_from_headers(black_box(&sample), &header).unwrap())
     });
     group.finish();
 
@@ -142,7 +142,7 @@ fn benches(c: &mut Criterion) {
                 runtime.block_on(batched(iters, &requests, |heads| async move {
                     for head in &heads {
                         let id = headers::request_id(head);
-                        let merchant = merchant::merchant_from_headers(head, header).unwrap();
+                        let merchant = admit::merchant_from_headers(head, header).unwrap();
                         let (token, _) = broker.token(merchant).await.unwrap();
                         let mut out = out.borrow_mut();
                         write_head(&mut out, head, header, token.header(), api_version, &id);

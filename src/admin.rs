@@ -5,18 +5,17 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 
 use crate::merchant::MerchantId;
 use crate::metrics::Metrics;
 use crate::poynt::ErrorBody;
-use crate::reload::{ReloadError, Reloader};
+use crate::reload::{AdminSecret, ReloadError, Reloader};
 use crate::server::Limits;
 use crate::token::broker::Broker;
 
@@ -39,9 +38,6 @@ struct AdminInner {
     bearer: AdminSecret,
     reloader: Option<Reloader>,
 }
-
-/// The admin bearer secret, shared with the reloader, which may replace it.
-pub type AdminSecret = Arc<ArcSwapOption<SecretString>>;
 
 impl Admin {
     /// `ready` is shared with the lifecycle: false until the listeners serve and again once

@@ -12,7 +12,6 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
-use crate::admin::AdminSecret;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::onboarding::spent::SpentStates;
@@ -20,7 +19,7 @@ use crate::onboarding::state::StateKey;
 use crate::onboarding::{self, Onboarding, OnboardingError, OnboardingServer};
 use crate::proxy::AllowList;
 use crate::proxy::Proxy;
-use crate::reload::{Applied, ReloadError, Reloadable, Reloader};
+use crate::reload::{AdminSecret, Applied, ReloadError, Reloadable, Reloader};
 use crate::server::{self, Limits};
 use crate::store::{Store, StoreError};
 use crate::token::assertion::AssertionSigner;

@@ -14,16 +14,20 @@ use std::fmt::Debug;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use secrecy::ExposeSecret as _;
+use arc_swap::ArcSwapOption;
+use secrecy::{ExposeSecret as _, SecretString};
 use tokio::sync::Mutex;
 
-use crate::admin::AdminSecret;
 use crate::config::{Config, ConfigError};
 use crate::metrics::{Metrics, ReloadOutcome};
 use crate::proxy::AllowList;
 use crate::telemetry;
 use crate::token::assertion::AssertionSigner;
 use crate::token::broker::Broker;
+
+/// The admin bearer secret: the admin listener checks it, a reload may replace it. It lives
+/// here, not in `admin`, so the admin listener depends on the reloader and not both ways.
+pub type AdminSecret = Arc<ArcSwapOption<SecretString>>;
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use poynt_proxy::proxy::merchant::merchant_from_headers;
+use poynt_proxy::proxy::admit::merchant_from_headers;
 
 fuzz_target!(|values: Vec<Vec<u8>>| {
     let name = HeaderName::from_static("x-poynt-merchant-id");

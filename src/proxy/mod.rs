@@ -20,10 +20,10 @@
 //! [`Proxy::handle`] is the outer shell (request id, error → JSON, the record step);
 //! [`Proxy::handle_inner`] runs the phases in order.
 
+pub mod admit;
 pub mod body;
 pub mod error;
 pub mod headers;
-pub mod merchant;
 pub mod path;
 
 use std::collections::HashSet;
@@ -42,11 +42,13 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::merchant::MerchantId;
-use crate::metrics::Metrics;
-use crate::token::broker::{Broker, Token, TokenSource, UnauthorizedAction};
+use crate::metrics::{BodyFailure, Metrics};
+use crate::token::Token;
+use crate::token::broker::{Broker, TokenSource, UnauthorizedAction};
 use crate::token::grant::error_chain;
 use crate::upstream::{
-    BoxError, RequestBody, RequestHead, ResponseBody, SendError, Upstream, UpstreamBody,
+    BodyWatcher, BoxError, RequestBody, RequestHead, ResponseBody, SendError, Upstream,
+    UpstreamBody,
 };
 
 use self::body::{BodyError, CallerBody};
@@ -77,6 +79,8 @@ struct ProxyInner {
     body_read_timeout: Duration,
     response_timeout: Duration,
     metrics: Metrics,
+    /// `metrics` again, as what hears of a response body failing after its head was sent.
+    body_watcher: Arc<dyn BodyWatcher>,
 }
 
 /// What the phases learned, for the record step.
@@ -122,6 +126,28 @@ impl Drop for Inflight<'_> {
     }
 }
 
+/// A response body that failed after its head went to the caller: one access-log line
+/// (`response_flags="body_failed"`) and the count by reason.
+impl BodyWatcher for Metrics {
+    fn body_failed(&self, request_id: &HeaderValue, error: &SendError) {
+        let failure = match error {
+            SendError::BodyIdle(_) => BodyFailure::IdleTimeout,
+            SendError::Malformed(_) => BodyFailure::Framing,
+            SendError::Closed(_) => BodyFailure::Closed,
+            _ => BodyFailure::Reset,
+        };
+        self.response_body_failed(failure);
+        tracing::warn!(
+            target: "poynt_proxy::access",
+            request_id = request_id.to_str().unwrap_or_default(),
+            response_flags = "body_failed",
+            reason = failure.as_str(),
+            %error,
+            "response body failed after its head was sent; the caller's response is aborted"
+        );
+    }
+}
+
 impl Proxy {
     /// Builds the proxy over a broker and a worker's upstream client.
     pub fn new(
@@ -142,6 +168,7 @@ impl Proxy {
                 retry_buffer: config.server.retry_buffer_bytes,
                 body_read_timeout: config.server.body_read_timeout,
                 response_timeout: config.poynt.response_timeout,
+                body_watcher: Arc::new(metrics.clone()),
                 metrics,
             }),
         }
@@ -158,10 +185,10 @@ impl Proxy {
         let (mut response, error) =
             match self.handle_inner(&parts, body, &request_id, &mut ctx).await {
                 Ok(mut response) => {
-                    // Shares the id's bytes and the registry: no allocation.
+                    // Shares the id's bytes and the watcher: no allocation.
                     response
                         .body_mut()
-                        .watch(request_id.clone(), inner.metrics.clone());
+                        .watch(request_id.clone(), inner.body_watcher.clone());
                     (response.map(Either::Left), None)
                 }
                 Err(error) => (
@@ -196,7 +223,7 @@ impl Proxy {
         if !is_forwarded_method(&parts.method) {
             return Err(ProxyError::MethodNotAllowed(parts.method.clone()));
         }
-        let merchant = merchant::merchant_from_headers(&parts.headers, &inner.merchant_header)?;
+        let merchant = admit::merchant_from_headers(&parts.headers, &inner.merchant_header)?;
         ctx.merchant = Some(merchant);
         if let Some(allow) = &*inner.allow.load()
             && !allow.contains(&merchant)

@@ -22,8 +22,9 @@
 //! 5. The normalised path (step 2) is what is forwarded, so Poynt receives exactly the
 //!    spelling that was checked.
 //!
-//! A property test (`tests/path_guard.rs`) checks the promise against an upstream that
-//! decodes everything, resolves dot segments, collapses slashes and treats `\` and `;` as
+//! A property test (`tests/properties.rs`) and a fuzz target
+//! (`fuzz/fuzz_targets/path_guard.rs`) check the promise against an upstream that decodes
+//! everything, resolves dot segments, collapses slashes and treats `\` and `;` as
 //! separators: whatever the guard lets through names the header's merchant or no merchant.
 
 use std::borrow::Cow;

@@ -21,7 +21,6 @@
 //! "Refresh due" and "expired" are decided on Tokio's clock from instants stored in the
 //! token; moka's own expiry only bounds memory.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -36,87 +35,14 @@ use crate::metrics::{Lookup, Metrics, Unauthorized};
 use crate::poynt::GrantKind;
 use crate::store::{Store, StoreError};
 use crate::token::budget::GrantBudget;
-use crate::token::cache::TokenCache;
+use crate::token::cache::{Token, TokenCache};
 use crate::token::config::TokensConfig;
+use crate::token::error::BrokerError;
 use crate::token::grant::{Grant, GrantError, IssuedToken, TokenClient};
 use crate::token::state::{Flight, MerchantState, Outcome, States};
 
 /// How long after a grant task ends abnormally (a panic) callers are told to come back.
 const ABNORMAL_RETRY_AFTER: Duration = Duration::from_secs(1);
-
-/// A merchant's access token, ready to inject.
-pub struct Token {
-    header: HeaderValue,
-    generation: u64,
-    received_at: Instant,
-    refresh_at: Instant,
-    usable_until: Instant,
-    lifetime: Duration,
-    expires_wall: SystemTime,
-    refresh_wall: SystemTime,
-    grant: GrantKind,
-}
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Token")
-            .field("generation", &self.generation)
-            .field("grant", &self.grant)
-            .field("header", &"<redacted>")
-            .finish()
-    }
-}
-
-impl Token {
-    /// The `Authorization` value (`Bearer ...`), marked sensitive so HTTP/2 never indexes it.
-    pub fn header(&self) -> &HeaderValue {
-        &self.header
-    }
-
-    /// Identifies this token among all tokens the broker made, so a 401 invalidates exactly
-    /// the token that was rejected, not a newer one.
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
-    /// When the token stops being valid at Poynt (wall clock, for operators).
-    pub fn expires_at(&self) -> SystemTime {
-        self.expires_wall
-    }
-
-    /// When a hit starts a background renewal (wall clock, for operators).
-    pub fn refresh_at(&self) -> SystemTime {
-        self.refresh_wall
-    }
-
-    /// The grant that produced it.
-    pub fn grant(&self) -> GrantKind {
-        self.grant
-    }
-
-    /// From issue to expiry: how long the cache may keep it.
-    pub(crate) fn lifetime(&self) -> Duration {
-        self.lifetime
-    }
-
-    /// A day-long token with this generation, for the cache's unit tests.
-    #[cfg(test)]
-    pub(crate) fn for_test(generation: u64) -> Arc<Self> {
-        let lifetime = Duration::from_secs(86_400);
-        let now = Instant::now();
-        Arc::new(Self {
-            header: HeaderValue::from_static("Bearer test"),
-            generation,
-            received_at: now,
-            refresh_at: now + lifetime / 2,
-            usable_until: now + lifetime,
-            lifetime,
-            expires_wall: SystemTime::now() + lifetime,
-            refresh_wall: SystemTime::now() + lifetime / 2,
-            grant: GrantKind::JwtBearer,
-        })
-    }
-}
 
 /// Where a caller's token came from, for the access log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,57 +62,6 @@ impl TokenSource {
             Self::Hit => "hit",
             Self::Miss => "miss",
             Self::Renewal => "renewal",
-        }
-    }
-}
-
-/// Why no token could be had.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum BrokerError {
-    /// Poynt refused every grant the broker could try for this merchant.
-    #[error("Poynt refused a token for this merchant: {reason}")]
-    Refused {
-        /// The refusal, without any secret.
-        reason: String,
-    },
-    /// Poynt could not be reached or failed.
-    #[error("Poynt's token endpoint is unavailable: {reason}")]
-    Unavailable {
-        /// What went wrong.
-        reason: String,
-        /// When it is worth trying again.
-        retry_after: Duration,
-    },
-    /// The merchant's last grant failed and it is waiting before the next attempt.
-    #[error("token grants for this merchant are backing off after a failure: {last_error}")]
-    BackingOff {
-        /// The failure that started the back-off.
-        last_error: String,
-        /// Time left.
-        retry_after: Duration,
-    },
-    /// The merchant was never granted a token and the budget for such grants is spent.
-    #[error(
-        "expected a merchant granted before, or room in the budget for new merchants' grants; found the budget spent"
-    )]
-    Throttled {
-        /// When the budget has room again.
-        retry_after: Duration,
-    },
-}
-
-impl BrokerError {
-    /// Classifies a failed grant: Poynt said no, or Poynt could not answer (worth a retry
-    /// after `retry_after`).
-    fn from_grant(error: &GrantError, retry_after: Duration) -> Self {
-        let reason = error.to_string();
-        if error.is_refused() {
-            Self::Refused { reason }
-        } else {
-            Self::Unavailable {
-                reason,
-                retry_after,
-            }
         }
     }
 }

@@ -1,5 +1,7 @@
 //! The broker's token cache: moka owns the tokens — the `max_merchants` bound and expiry —
-//! and a lock-free papaya index mirrors them for the hot path.
+//! and a lock-free papaya index mirrors them for the hot path. [`Token`] itself is defined
+//! here, beside what keeps it, so the cache and the per-merchant state need nothing from the
+//! broker.
 //!
 //! Why two structures: every moka read records itself for the eviction policy (read
 //! buffer, access-order deque, expiry timer wheel), which costs three to five times the
@@ -14,15 +16,92 @@
 //! (refused or garbage merchant IDs never are), so pressure means `max_merchants` is set
 //! below the number of real merchants.
 
+use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use http::HeaderValue;
 use moka::Expiry;
 use moka::notification::RemovalCause;
 use moka::ops::compute::Op;
+use tokio::time::Instant;
 
 use crate::merchant::MerchantId;
-use crate::token::broker::Token;
+use crate::poynt::GrantKind;
+
+/// A merchant's access token, ready to inject.
+pub struct Token {
+    pub(super) header: HeaderValue,
+    pub(super) generation: u64,
+    pub(super) received_at: Instant,
+    pub(super) refresh_at: Instant,
+    pub(super) usable_until: Instant,
+    pub(super) lifetime: Duration,
+    pub(super) expires_wall: SystemTime,
+    pub(super) refresh_wall: SystemTime,
+    pub(super) grant: GrantKind,
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("generation", &self.generation)
+            .field("grant", &self.grant)
+            .field("header", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Token {
+    /// The `Authorization` value (`Bearer ...`), marked sensitive so HTTP/2 never indexes it.
+    pub fn header(&self) -> &HeaderValue {
+        &self.header
+    }
+
+    /// Identifies this token among all tokens the broker made, so a 401 invalidates exactly
+    /// the token that was rejected, not a newer one.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// When the token stops being valid at Poynt (wall clock, for operators).
+    pub fn expires_at(&self) -> SystemTime {
+        self.expires_wall
+    }
+
+    /// When a hit starts a background renewal (wall clock, for operators).
+    pub fn refresh_at(&self) -> SystemTime {
+        self.refresh_wall
+    }
+
+    /// The grant that produced it.
+    pub fn grant(&self) -> GrantKind {
+        self.grant
+    }
+
+    /// From issue to expiry: how long the cache may keep it.
+    pub(crate) fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    /// A day-long token with this generation, for the cache's unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(generation: u64) -> Arc<Self> {
+        let lifetime = Duration::from_secs(86_400);
+        let now = Instant::now();
+        Arc::new(Self {
+            header: HeaderValue::from_static("Bearer test"),
+            generation,
+            received_at: now,
+            refresh_at: now + lifetime / 2,
+            usable_until: now + lifetime,
+            lifetime,
+            expires_wall: SystemTime::now() + lifetime,
+            refresh_wall: SystemTime::now() + lifetime / 2,
+            grant: GrantKind::JwtBearer,
+        })
+    }
+}
 
 type Index = papaya::HashMap<MerchantId, Arc<Token>, foldhash::fast::RandomState>;
 

@@ -6,7 +6,11 @@ pub mod broker;
 mod budget;
 mod cache;
 pub mod config;
+mod error;
 pub mod grant;
 mod persist;
 mod state;
 pub mod status;
+
+pub use self::cache::Token;
+pub use self::error::BrokerError;

@@ -39,7 +39,8 @@ use crate::merchant::MerchantId;
 use crate::metrics::LockWait;
 use crate::poynt::GrantKind;
 use crate::store::{Event, Record, Saved, StoreError};
-use crate::token::broker::{Broker, BrokerInner, Token, Want};
+use crate::token::broker::{Broker, BrokerInner, Want};
+use crate::token::cache::Token;
 use crate::token::grant::{Grant, IssuedToken, bearer_header};
 use crate::token::state::{MerchantState, Outcome};
 

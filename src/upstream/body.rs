@@ -10,25 +10,24 @@
 //! timer is armed only when a read would block (the first byte that arrives disarms it, with
 //! no clock read), and the HTTP/1.1 one is kept with its connection, so a body read from the
 //! buffer costs no timer and a connection allocates its timer once, not once per request.
-//! A failure after the head went to the caller is counted and logged here (the access line
-//! was written when the head was): `response_flags="body_failed"`.
+//! A failure after the head went to the caller is handed to the [`BodyWatcher`] the proxy
+//! set (the access line was written when the head was), which counts and logs it.
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderValue;
 use http_body::{Body, Frame, SizeHint};
-use tokio::time::{Instant, Sleep};
 
 use super::error::SendError;
 use super::framing::{Decoded, Framing};
 use super::h1::Conn;
-use super::h2::StreamSlot;
+use super::idle::IdleTimer;
 use super::pool::Pool;
-use crate::metrics::{BodyFailure, Metrics};
 
 /// A response body from Poynt.
 pub struct ResponseBody {
@@ -46,10 +45,27 @@ enum Kind {
     },
 }
 
+/// One open stream on an HTTP/2 connection (`h2`), given back when dropped: the response
+/// body holds it until it ends. The count is the connection's open streams.
+pub(crate) struct StreamSlot(pub(crate) Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Hears of a response body that failed after its head went to the caller: the proxy
+/// counts and logs it. A trait, so that upstream/ imports nothing of the crate.
+pub trait BodyWatcher: Send + Sync {
+    /// `error` ended the body of the response to the request `request_id`.
+    fn body_failed(&self, request_id: &HeaderValue, error: &SendError);
+}
+
 /// What a failed body is reported with.
 struct Watch {
     request_id: HeaderValue,
-    metrics: Metrics,
+    watcher: Arc<dyn BodyWatcher>,
 }
 
 struct H1Body {
@@ -60,45 +76,6 @@ struct H1Body {
     first: Option<Bytes>,
     pool: Arc<Pool>,
     keep_alive: bool,
-}
-
-/// The body idle timeout: a reusable timer, armed when a read would block and disarmed by
-/// any byte, so the clock is read once per wait rather than once per read.
-pub(crate) struct IdleTimer {
-    limit: Duration,
-    /// Made the first time a read blocks, then reset in place.
-    sleep: Option<Pin<Box<Sleep>>>,
-    armed: bool,
-}
-
-impl IdleTimer {
-    pub(crate) fn new(limit: Duration) -> Self {
-        Self {
-            limit,
-            sleep: None,
-            armed: false,
-        }
-    }
-
-    /// Bytes arrived.
-    fn progressed(&mut self) {
-        self.armed = false;
-    }
-
-    /// A read would block: starts the wait if it is not running, and tells whether it ran
-    /// out (registering `cx` to be woken when it does).
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Duration> {
-        let limit = self.limit;
-        let made = self.sleep.is_none();
-        let sleep = self
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        if !self.armed && !made {
-            sleep.as_mut().reset(Instant::now() + limit);
-        }
-        self.armed = true;
-        sleep.as_mut().poll(cx).map(|()| limit)
-    }
 }
 
 impl ResponseBody {
@@ -142,32 +119,12 @@ impl ResponseBody {
     }
 
     /// Reports a failure of this body (after its head went to the caller) under
-    /// `request_id`: one access-log line and `metrics`' count.
-    pub(crate) fn watch(&mut self, request_id: HeaderValue, metrics: Metrics) {
+    /// `request_id` to `watcher`.
+    pub(crate) fn watch(&mut self, request_id: HeaderValue, watcher: Arc<dyn BodyWatcher>) {
         self.watch = Some(Watch {
             request_id,
-            metrics,
+            watcher,
         });
-    }
-}
-
-impl Watch {
-    fn failed(&self, error: &SendError) {
-        let failure = match error {
-            SendError::BodyIdle(_) => BodyFailure::IdleTimeout,
-            SendError::Malformed(_) => BodyFailure::Framing,
-            SendError::Closed(_) => BodyFailure::Closed,
-            _ => BodyFailure::Reset,
-        };
-        self.metrics.response_body_failed(failure);
-        tracing::warn!(
-            target: "poynt_proxy::access",
-            request_id = self.request_id.to_str().unwrap_or_default(),
-            response_flags = "body_failed",
-            reason = failure.as_str(),
-            %error,
-            "response body failed after its head was sent; the caller's response is aborted"
-        );
     }
 }
 
@@ -282,7 +239,7 @@ impl Body for ResponseBody {
             Kind::H2 { body, idle, .. } => poll_h2(body, idle, cx),
         };
         if let (Poll::Ready(Some(Err(error))), Some(watch)) = (&polled, &this.watch) {
-            watch.failed(error);
+            watch.watcher.body_failed(&watch.request_id, error);
         }
         polled
     }

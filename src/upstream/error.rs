@@ -5,7 +5,8 @@
 use std::io;
 use std::time::Duration;
 
-use super::pooled::BoxError;
+/// Error type carried by request bodies sent upstream.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A failed exchange (or a response body that broke off).
 #[derive(Debug, thiserror::Error)]

@@ -16,11 +16,10 @@ use http::{HeaderValue, Method};
 use http_body::Body as _;
 use tokio::io::AsyncWrite;
 
-use super::body::IdleTimer;
 use super::error::SendError;
-use super::head::{BodyLength, RequestBody, RequestHead, encode_head};
+use super::head::{BodyLength, RequestBody, RequestHead, UpstreamBody, encode_head};
+use super::idle::IdleTimer;
 use super::origin::Stream;
-use super::pooled::UpstreamBody;
 use super::response::{self, Head};
 
 /// Request bodies up to this size are copied behind the head and sent in one write.

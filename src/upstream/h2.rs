@@ -26,13 +26,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::body::ResponseBody;
-use super::error::SendError;
-use super::head::{RequestBody, RequestHead};
+use super::body::{ResponseBody, StreamSlot};
+use super::error::{BoxError, SendError};
+use super::head::{RequestBody, RequestHead, UpstreamBody};
 use super::hop;
-use super::origin::{Origin, Stream};
-use super::pool::IDLE_TIMEOUT;
-use super::pooled::{BoxError, UpstreamBody};
+use super::origin::{IDLE_TIMEOUT, Origin, Stream};
 
 /// Most streams one connection carries at once, whatever Poynt allows.
 pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
@@ -51,15 +49,6 @@ struct H2Conn {
     /// Poynt's `SETTINGS_MAX_CONCURRENT_STREAMS`, as the connection's task last saw it.
     allowed: Arc<AtomicUsize>,
     last_used: Instant,
-}
-
-/// One open stream on a connection, given back when dropped (with the response body).
-pub(crate) struct StreamSlot(Arc<AtomicUsize>);
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// What looking for an HTTP/2 stream found.

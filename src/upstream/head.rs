@@ -6,8 +6,13 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderName, HeaderValue, Method};
 use http_body::Body as _;
+use http_body_util::combinators::BoxBody;
 
-use super::pooled::UpstreamBody;
+use super::error::BoxError;
+
+/// Body type of requests sent upstream: buffered or streamed, behind one type. The `/token`
+/// client (`control`) sends it too.
+pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 
 /// The header fields a request carries upstream. Whoever implements it (the proxy's
 /// rewrite) decides which of the caller's fields survive, in the one pass that writes them;

@@ -10,13 +10,20 @@
 //!   or extra wake-up per request: that machinery of hyper-util's pooled client cost more
 //!   instructions than the rest of the proxy put together (docs/BENCHMARKS.md). When ALPN
 //!   chooses `h2`, requests are multiplexed over few connections instead (`h2`).
-//! - hyper-util's pooled client ([`pooled`]) for `/token` grants and onboarding's code
-//!   exchange, where convenience beats cycles.
+//! - hyper-util's pooled client (`control`, built by [`pooled`]) for `/token` grants and
+//!   onboarding's code exchange, where convenience beats cycles. The proxy's files above
+//!   never import it.
 //!
 //! `origin` is where Poynt is and how to connect; `tls` its trust anchors; `hop` the
-//! hop-by-hop fields neither direction forwards; `error` what can fail.
+//! hop-by-hop fields neither direction forwards; `idle` the body idle timer; `error` what
+//! can fail.
+//!
+//! Imports between the files run one way: `h2` → `body` → `pool` → `h1` → `head`,
+//! `response`, `origin`, `idle`; `control` → `head`, `origin`, `tls`; at the bottom `error`,
+//! `framing`, `hop`, `idle` and `tls`, which import no sibling.
 
 mod body;
+mod control;
 mod error;
 mod framing;
 #[doc(hidden)]
@@ -25,9 +32,9 @@ mod h1;
 mod h2;
 mod head;
 pub mod hop;
+mod idle;
 mod origin;
 mod pool;
-mod pooled;
 mod response;
 mod tls;
 
@@ -36,12 +43,12 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use http::Response;
 
-pub use self::body::ResponseBody;
-pub use self::error::SendError;
+pub use self::body::{BodyWatcher, ResponseBody};
+pub use self::control::{Connector, HttpClient, client, connector, pooled};
+pub use self::error::{BoxError, SendError};
 pub use self::h2::MAX_STREAMS_PER_CONNECTION;
-pub use self::head::{BodyLength, Fields, RequestBody, RequestHead, encode_head};
+pub use self::head::{BodyLength, Fields, RequestBody, RequestHead, UpstreamBody, encode_head};
 pub use self::origin::Origin;
-pub use self::pooled::{BoxError, Connector, HttpClient, UpstreamBody, client, connector, pooled};
 pub use self::tls::{UpstreamError, read_ca_file, tls_config};
 
 use self::framing::Decoded;

@@ -22,6 +22,11 @@ use tokio_rustls::client::TlsStream;
 use super::error::SendError;
 use super::tls::UpstreamError;
 
+/// Idle connections to Poynt are closed after at most this, below common server keep-alive
+/// limits: by the workers' HTTP/1.1 pools and HTTP/2 multiplexers, and by the `/token`
+/// client's pool.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Poynt's API origin and the means to connect to it.
 pub struct Origin {
     https: bool,

@@ -15,10 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use super::h1::Conn;
-use super::pooled::POOL_IDLE_TIMEOUT;
+use super::origin::IDLE_TIMEOUT;
 
-/// Idle connections are closed after at most this, below common server keep-alive limits.
-pub(crate) const IDLE_TIMEOUT: Duration = POOL_IDLE_TIMEOUT;
 /// Sweeps a connection may stay idle through.
 const EXPIRY_SWEEPS: u64 = 5;
 /// How often idle connections are checked while there are any.

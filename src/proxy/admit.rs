@@ -1,4 +1,6 @@
-//! Phase 1, the merchant: the one business ID the caller names in the merchant header.
+//! Phase 1, admit: the one business ID the caller names in the merchant header (the
+//! allow-list and the method check are in `mod.rs`). The `MerchantId` type itself is
+//! `crate::merchant`.
 
 use http::{HeaderMap, HeaderName};
 

@@ -1,30 +1,22 @@
-//! hyper-util's pooled client, for the requests that are not the proxy's own: `/token`
-//! grants and onboarding's code exchange. They are rare, so the convenience of a general
+//! hyper-util's pooled client, for the control-plane requests that are not the proxy's own:
+//! `/token` grants and onboarding's code exchange. They are rare, so the convenience of a general
 //! client (its own connection tasks, a pool behind a lock) costs nothing that matters; the
 //! proxied requests go through [`crate::upstream::Upstream`] instead.
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rustls_pki_types::CertificateDer;
 
+use super::head::UpstreamBody;
+use super::origin::IDLE_TIMEOUT;
 use super::tls::{UpstreamError, tls_config};
 
-/// Error type carried by request bodies sent upstream.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Body type of requests sent through a general client: buffered or streamed, behind one
-/// type.
-pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 /// The pooled client.
 pub type HttpClient = Client<Connector, UpstreamBody>;
-
-/// Idle pooled connections are closed after this, below common server keep-alive limits.
-pub(crate) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How connections are made: TCP with a connect timeout, then TLS (or plain HTTP, which
 /// configuration already restricted to loopback hosts — the emulator in tests and the
@@ -49,7 +41,7 @@ pub fn connector(tls: rustls::ClientConfig, connect_timeout: Duration) -> Connec
 /// runtime that first needs them.
 pub fn pooled(connector: Connector) -> HttpClient {
     Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_idle_timeout(IDLE_TIMEOUT)
         .pool_max_idle_per_host(usize::MAX)
         .build(connector)
 }
