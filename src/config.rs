@@ -12,12 +12,12 @@ use http::{HeaderName, HeaderValue, Uri};
 use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 
-use crate::merchant::MerchantId;
 use crate::onboarding::code_key::{CodeKey, CodeKeySource};
 use crate::onboarding::state::StateKey;
 use crate::store::keys::{self as store_keys, KeyOrigin, STORE_KEY_ENV, StoreKey};
 use crate::store::seal::Key;
 use crate::token::assertion::{AppKey, KeyError};
+use poynt_wire::MerchantId;
 
 /// Environment variable that may carry the app's private key as PEM text, so the key can
 /// come from a secret store without touching disk.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::future::join_all;
-use poynt_proxy::emulator::Fault;
+use poynt_emulator::Fault;
 use serde_json::Value;
 use support::{Builder, HEADER, Harness, assert_poynt_error, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -11,8 +11,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use poynt_proxy::emulator::Fault;
-use poynt_proxy::merchant::MerchantId;
+use poynt_emulator::Fault;
+use poynt_wire::MerchantId;
 use serde_json::Value;
 use support::fleet::Fleet;
 use support::process::{ProxyProcess, spawn_proxy};

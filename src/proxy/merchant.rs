@@ -2,8 +2,8 @@
 
 use http::{HeaderMap, HeaderName};
 
-use crate::merchant::MerchantId;
 use crate::proxy::error::ProxyError;
+use poynt_wire::MerchantId;
 
 /// Reads exactly one business ID from `header`. Missing is its own error; empty, malformed,
 /// repeated or non-UTF-8 values are all "invalid".

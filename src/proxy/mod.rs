@@ -41,13 +41,13 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::merchant::MerchantId;
 use crate::metrics::Metrics;
 use crate::token::broker::{Broker, Token, TokenSource, UnauthorizedAction};
 use crate::token::grant::error_chain;
 use crate::upstream::{
     BoxError, RequestBody, RequestHead, ResponseBody, SendError, Upstream, UpstreamBody,
 };
+use poynt_wire::MerchantId;
 
 use self::body::{BodyError, CallerBody};
 use self::error::ProxyError;

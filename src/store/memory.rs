@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::{Record, Saved, StoreError};
-use crate::merchant::MerchantId;
 use crate::metrics::StoreMetrics;
+use poynt_wire::MerchantId;
 
 /// Most unexpired onboarding states held at once. Spent states are never evicted early (that
 /// would let one be used twice); past this many, new ones are refused until some expire.

@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 pub use record::Record;
 
 use crate::config::{StoreBackend, StoreConfig};
-use crate::merchant::MerchantId;
 use crate::metrics::{Metrics, StoreMetrics, StoreOp, StoreOutcome};
 use embedded::EmbeddedStore;
 use memory::MemoryStore;
+use poynt_wire::MerchantId;
 use redis::{RedisLock, RedisStore};
 
 /// Records in flight between a store being read in full and whoever takes them.

@@ -32,14 +32,14 @@ use tokio::runtime::Handle;
 use tokio::time::Instant;
 
 use crate::config::TokensConfig;
-use crate::merchant::MerchantId;
 use crate::metrics::{Lookup, Metrics, Unauthorized};
-use crate::poynt::GrantKind;
 use crate::store::{Store, StoreError};
 use crate::token::budget::GrantBudget;
 use crate::token::cache::TokenCache;
 use crate::token::grant::{Grant, GrantError, IssuedToken, TokenClient};
 use crate::token::state::{Flight, MerchantState, Outcome, States};
+use poynt_wire::GrantKind;
+use poynt_wire::MerchantId;
 
 /// How long after a grant task ends abnormally (a panic) callers are told to come back.
 const ABNORMAL_RETRY_AFTER: Duration = Duration::from_secs(1);

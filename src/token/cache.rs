@@ -21,8 +21,8 @@ use moka::Expiry;
 use moka::notification::RemovalCause;
 use moka::ops::compute::Op;
 
-use crate::merchant::MerchantId;
 use crate::token::broker::Token;
+use poynt_wire::MerchantId;
 
 type Index = papaya::HashMap<MerchantId, Arc<Token>, foldhash::fast::RandomState>;
 

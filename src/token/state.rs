@@ -14,8 +14,8 @@ use secrecy::SecretString;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::merchant::MerchantId;
 use crate::token::broker::{BrokerError, Token};
+use poynt_wire::MerchantId;
 
 /// How long a known merchant's state (refresh token, back-off) is kept after its last use.
 const KNOWN_IDLE_TIMEOUT: Duration = Duration::from_secs(48 * 3600);

@@ -18,7 +18,7 @@ use super::fault::Fault;
 use super::jwt::{CLOCK_SKEW_SECS, CheckedAssertion};
 use super::keys::SigningKey;
 use super::stats::Counters;
-use crate::merchant::MerchantId;
+use poynt_wire::MerchantId;
 
 /// Seconds since the Unix epoch, the unit of every JWT time claim.
 pub(crate) fn now_secs() -> u64 {

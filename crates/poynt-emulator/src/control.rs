@@ -16,7 +16,7 @@ use super::error::ApiError;
 use super::fault::Fault;
 use super::reply::{self, RequestId};
 use super::state::Shared;
-use crate::merchant::MerchantId;
+use poynt_wire::MerchantId;
 
 /// Path prefix of the control API.
 pub(crate) const CONTROL_PREFIX: &str = "/_emulator/";

@@ -16,7 +16,7 @@ use super::error::ApiError;
 use super::reply::{self, RequestId, query_param};
 use super::state::{Shared, now_secs};
 use super::token::{POYNT_NET_ISSUER, user_number};
-use crate::merchant::MerchantId;
+use poynt_wire::MerchantId;
 
 /// Lifetime of an authorization code, seconds (Poynt's are about 15 minutes).
 const CODE_TTL_SECS: u64 = 900;
