@@ -42,11 +42,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use authorize::AuthorizeMode;
 pub use cli::{EmulatorArgs, run_cli};
 pub use error::EmulatorError;
 pub use fault::Fault;
 pub use keys::generate_app_key;
+pub use state::AuthorizeMode;
 pub use stats::{GrantStats, Stats, TokenCalls};
 
 use keys::SigningKey;
