@@ -2,6 +2,8 @@
 //! demo, print a merchant authorization URL, or make a store key and list the store. This
 //! file parses the command line and dispatches; each command's work is in `cli/`.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -4,7 +4,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[allow(
+    clippy::disallowed_types,
+    reason = "spent states expire by real time, as in the embedded (wall clock) and Redis (its TTL) stores"
+)]
+use std::time::Instant;
 
 use super::{Record, Saved, StoreError};
 use crate::metrics::StoreMetrics;
@@ -24,6 +29,10 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct Inner {
     records: Mutex<HashMap<MerchantId, Record>>,
+    #[allow(
+        clippy::disallowed_types,
+        reason = "spent states expire by real time, as in the embedded (wall clock) and Redis (its TTL) stores"
+    )]
     states: Mutex<HashMap<[u8; 16], Instant>>,
 }
 
@@ -73,6 +82,11 @@ impl MemoryStore {
         lock(&self.inner.records).remove(&merchant).is_some()
     }
 
+    #[allow(
+        clippy::disallowed_methods,
+        clippy::disallowed_types,
+        reason = "spent states expire by real time, as in the embedded (wall clock) and Redis (its TTL) stores"
+    )]
     pub(super) fn spend_state(&self, id: &[u8; 16], ttl: Duration) -> Result<bool, StoreError> {
         let now = Instant::now();
         let mut states = lock(&self.inner.states);

@@ -35,6 +35,10 @@ pub(crate) struct TokenCache {
 /// Expires each token with its own lifetime, so no secret outlives its use.
 struct TokenExpiry;
 
+#[allow(
+    clippy::disallowed_types,
+    reason = "moka's Expiry trait hands out std's Instant"
+)]
 impl Expiry<MerchantId, Arc<Token>> for TokenExpiry {
     fn expire_after_create(
         &self,

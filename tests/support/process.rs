@@ -1,4 +1,9 @@
 //! Fixtures for tests that run the real binary.
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "real processes run on the wall clock; these waits block a thread, outside any Tokio clock"
+)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
