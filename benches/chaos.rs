@@ -8,6 +8,11 @@
 //! reuse at the emulator, merchants whose refresh token the store no longer holds at the
 //! end, the replicas' lock waits and lost locks, and their RSS.
 //! `benches/chaos.sh` runs it; by hand: `cargo bench --bench chaos -- --duration 60s`.
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "a benchmark of real processes measures wall time"
+)]
 
 mod procs;
 

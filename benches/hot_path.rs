@@ -2,6 +2,11 @@
 //! request head written from the caller's header map), for 1, 10,000 and 100,000 cached
 //! merchants; the cache under 16 concurrent tasks; assertion signing and token-response
 //! parsing (once per grant, not per request).
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "a benchmark measures wall time"
+)]
 
 mod support;
 

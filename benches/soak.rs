@@ -4,6 +4,11 @@
 //! timeout). The emulator is plain HTTP on loopback, the store the embedded default. It reports the errors callers saw outside the injected windows, /token calls per
 //! merchant, refresh-token reuse and refusals at the emulator, and the proxy's RSS over time.
 //! `benches/soak.sh` runs it; by hand: `cargo bench --bench soak -- --minutes 30`.
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "a benchmark of real processes measures wall time"
+)]
 
 mod procs;
 

@@ -6,7 +6,8 @@
 # system's redis service is never used), chromium (the onboarding tests walk a headless
 # browser through /connect, the emulator's authorize page and the callback), and for the
 # deploy checks docker-compose, shellcheck, and Python's kubernetes-validate (plus kubectl
-# when the machine has none) — then runs the whole suite.
+# when the machine has none) — then runs the whole suite, every crate of the workspace (the
+# emulator's own tests are in crates/poynt-emulator/tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,4 +41,4 @@ if [ ! -e "$stamp" ]; then
   touch "$stamp"
 fi
 
-cargo test --locked "$@"
+cargo test --locked --workspace "$@"

@@ -12,12 +12,12 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use secrecy::ExposeSecret;
 
-use crate::merchant::MerchantId;
 use crate::metrics::Metrics;
-use crate::poynt::ErrorBody;
 use crate::reload::{AdminSecret, ReloadError, Reloader};
 use crate::server::Limits;
 use crate::token::broker::Broker;
+use poynt_wire::ErrorBody;
+use poynt_wire::MerchantId;
 
 /// Merchants per page of `GET /admin/tokens` unless `limit` says otherwise.
 const DEFAULT_PAGE: usize = 100;

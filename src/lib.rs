@@ -16,20 +16,18 @@
 //! - [`onboarding`]: the merchant-facing listener: `/connect`, the verified callback, pages.
 //! - [`admin`], [`metrics`], [`telemetry`]: what operators see; [`reload`]: applying a
 //!   changed configuration file without a restart.
-//! - [`emulator`]: a strict stand-in for Poynt, for the tests, the demo and the benchmarks.
-//! - [`demo`]: the emulator and the proxy wired together in one command.
+//!
+//! Poynt's wire vocabulary and the merchant ID live in the `poynt-wire` crate, shared with
+//! the emulator (`poynt-emulator`), the stand-in for Poynt the tests, the demo and the
+//! benchmarks run against.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod config;
-pub mod demo;
-pub mod emulator;
 pub mod lifecycle;
-pub mod merchant;
 pub mod metrics;
 pub mod onboarding;
-pub mod poynt;
 pub mod proxy;
 pub mod reload;
 pub mod server;

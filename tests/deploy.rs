@@ -1254,6 +1254,7 @@ fn the_dockerfile_builds_what_ci_builds_and_runs_unprivileged() {
         "Cargo.toml",
         "Cargo.lock",
         "src/",
+        "crates/",
         "benches/",
         "config/",
         "deploy/image/",

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use poynt_proxy::merchant::MerchantId;
+use poynt_wire::MerchantId;
 use support::eventually;
 use support::fault::{Direction, FaultProxy, Mode};
 use support::fleet::Fleet;

@@ -762,7 +762,7 @@ async fn no_secret_appears_in_logs_metrics_admin_or_responses_at_trace_level() {
     );
     let client = support::client();
     let mut seen = String::new();
-    let call = |m: poynt_proxy::merchant::MerchantId| {
+    let call = |m: poynt_wire::MerchantId| {
         client
             .post(format!("http://{}/businesses/{m}/orders", proxy.proxy))
             .header(HEADER, m.to_string())
@@ -786,7 +786,7 @@ async fn no_secret_appears_in_logs_metrics_admin_or_responses_at_trace_level() {
     let response = call(stranger).await.unwrap();
     assert_eq!(response.status(), 502);
     seen.push_str(&response.text().await.unwrap());
-    emulator.set_fault(poynt_proxy::emulator::Fault {
+    emulator.set_fault(poynt_emulator::Fault {
         token_status: Some(503),
         ..Default::default()
     });

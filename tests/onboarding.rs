@@ -7,10 +7,10 @@ mod support;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use poynt_proxy::emulator::AuthorizeMode;
-use poynt_proxy::merchant::MerchantId;
+use poynt_emulator::AuthorizeMode;
 use poynt_proxy::onboarding::pages::SECURITY_HEADERS;
 use poynt_proxy::onboarding::state::StateKey;
+use poynt_wire::MerchantId;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use support::{APP_ID, Builder, Harness, fixture};
@@ -536,4 +536,36 @@ async fn admin_lists_onboarded_merchants_in_pages_and_forgets_one() {
     assert_eq!(h.get(sorted[0], "/orders").await.status(), 200);
     assert_eq!(h.stats().token_calls.jwt_bearer.total, 1);
     h.stop().await;
+}
+
+/// The proxy's code key taken from TLS is the key the emulator signs codes with: its TLS
+/// leaf's, the one it publishes as poynt.net's (moved here from the emulator's tests: it
+/// needs the proxy's `CodeKeys`).
+#[tokio::test]
+async fn with_tls_codes_are_signed_by_the_leaf_certificates_key() {
+    use poynt_proxy::onboarding::code_key::{CodeKey, CodeKeys};
+    use rustls_pki_types::pem::PemObject;
+    let h = Builder::default().tls().start().await;
+    let roots =
+        rustls_pki_types::CertificateDer::pem_slice_iter(h.emulator.ca_pem().unwrap().as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+    let authorize: http::Uri = format!("{}/applications/authorize", h.emulator.base_url())
+        .parse()
+        .unwrap();
+    let keys = CodeKeys::tls(
+        &authorize,
+        poynt_proxy::upstream::tls_config(&roots).unwrap(),
+        Duration::from_secs(5),
+    );
+    let from_tls = keys
+        .current()
+        .await
+        .expect("the key from the TLS handshake");
+    let published = CodeKey::from_pem(h.emulator.poynt_net_public_key_pem()).unwrap();
+    let certificate = CodeKey::from_pem(h.emulator.tls_certificate_pem().unwrap()).unwrap();
+    assert_eq!(from_tls.fingerprint(), published.fingerprint());
+    assert_eq!(from_tls.fingerprint(), certificate.fingerprint());
+    let pin = h.emulator.tls_spki_pin().unwrap();
+    assert_eq!(pin.len(), 44, "base64 of a SHA-256: {pin}");
 }

@@ -11,11 +11,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use poynt_proxy::config::{Config, ConfigError, KeySources};
-use poynt_proxy::merchant::MerchantId;
 use poynt_proxy::proxy::admit::merchant_from_headers;
 use poynt_proxy::proxy::path::guard_path;
 use poynt_proxy::token::grant::{MAX_TOKEN_LIFETIME, parse_token_response};
 use poynt_proxy::upstream::fuzzing::{decode_body, parse_head};
+use poynt_wire::MerchantId;
 use proptest::prelude::*;
 
 const M: &str = "c9580c24-b61e-4e0d-ad26-1dd1d3943d2c";

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use poynt_proxy::emulator::Fault;
+use poynt_emulator::Fault;
 use serde_json::Value;
 use support::{Builder, HEADER, Harness, assert_poynt_error, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

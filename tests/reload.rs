@@ -73,7 +73,7 @@ async fn a_rotated_app_key_signs_the_next_grant_after_sighup_and_no_request_fail
         })
     };
     // The key pair is reset in the developer portal: Poynt knows only the new public key.
-    let (private_pem, public_pem) = poynt_proxy::emulator::generate_app_key().unwrap();
+    let (private_pem, public_pem) = poynt_emulator::generate_app_key().unwrap();
     std::fs::write(&key_file, private_pem).unwrap();
     emulator.set_app_public_key(&public_pem).unwrap();
     proxy.signal("HUP");

@@ -4,6 +4,11 @@
 //! Redis returns, an empty Redis refilled from the replicas, a wrong-key replica started
 //! during a pause that destroys nothing, evictions that hold, and a fleet restart that makes
 //! no grant.
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "real proxy processes and a real redis-server run on the wall clock, which these periods measure"
+)]
 
 mod support;
 
@@ -11,8 +16,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use poynt_proxy::emulator::Fault;
-use poynt_proxy::merchant::MerchantId;
+use poynt_emulator::Fault;
+use poynt_wire::MerchantId;
 use serde_json::Value;
 use support::fleet::Fleet;
 use support::process::{ProxyProcess, spawn_proxy};

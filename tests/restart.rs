@@ -11,8 +11,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use poynt_proxy::emulator::{Emulator, Fault};
-use poynt_proxy::merchant::MerchantId;
+use poynt_emulator::{Emulator, Fault};
+use poynt_wire::MerchantId;
 use serde_json::Value;
 use support::process::{ProxyProcess, run_expecting_failure, spawn_proxy};
 use support::{Builder, eventually};

@@ -11,10 +11,10 @@ use std::sync::{Mutex, Once};
 use std::time::{Duration, SystemTime};
 
 use poynt_proxy::config::{Config, KeySources, StoreConfig};
-use poynt_proxy::merchant::MerchantId;
 use poynt_proxy::metrics::Metrics;
-use poynt_proxy::poynt::GrantKind;
 use poynt_proxy::store::{Event, Record, Saved, Store, StoreError, keys};
+use poynt_wire::GrantKind;
+use poynt_wire::MerchantId;
 use secrecy::ExposeSecret as _;
 use support::redis::{RedisServer, TlsFiles};
 use support::{APP_ID, eventually, fixture, merchant};

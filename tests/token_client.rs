@@ -5,11 +5,11 @@ mod support;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use poynt_proxy::config::{Config, KeySources};
-use poynt_proxy::merchant::MerchantId;
 use poynt_proxy::metrics::Metrics;
 use poynt_proxy::token::assertion::{AppKey, AssertionSigner};
 use poynt_proxy::token::grant::{Grant, GrantError, TokenClient};
 use poynt_proxy::upstream::{self, HttpClient};
+use poynt_wire::MerchantId;
 use secrecy::{ExposeSecret, SecretString};
 use support::{APP_ID, Builder, fixture};
 
@@ -69,7 +69,7 @@ fn assertion_verifies_with_the_public_key_and_carries_exactly_poynts_claims() {
 
 struct Setup {
     _harness_dir: tempfile::TempDir,
-    emulator: poynt_proxy::emulator::Emulator,
+    emulator: poynt_emulator::Emulator,
     config: Config,
     merchant: MerchantId,
 }

@@ -5,7 +5,7 @@
 
 use http::HeaderName;
 use libfuzzer_sys::fuzz_target;
-use poynt_proxy::merchant::MerchantId;
+use poynt_wire::MerchantId;
 use poynt_proxy::proxy::path::guard_path;
 
 const M: &str = "c9580c24-b61e-4e0d-ad26-1dd1d3943d2c";

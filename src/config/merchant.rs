@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::error::ConfigError;
 use super::fields::invalid;
 use super::sources::{KeySources, resolve};
-use crate::merchant::MerchantId;
+use poynt_wire::MerchantId;
 
 /// The header callers name their merchant in.
 const DEFAULT_MERCHANT_HEADER: &str = "X-Poynt-Merchant-Id";

@@ -12,7 +12,7 @@ use http::header::{
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
-use crate::merchant::MerchantId;
+use poynt_wire::MerchantId;
 
 /// The headers every onboarding response carries: nothing cached, no Referer (a callback URL
 /// holds the code), no framing, no sniffing, and a policy allowing inline style only.

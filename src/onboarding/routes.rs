@@ -14,8 +14,8 @@ use super::code_key::CodeKey;
 use super::state::{StateError, StateKey};
 use super::verify::{self, CodeError, CodeRules, VerifiedCode};
 use super::{Inner, OnboardingError, SIGNED_OUT_PATH, Settings, pages};
-use crate::merchant::MerchantId;
 use crate::metrics::{Metrics, OnboardingOutcome};
+use poynt_wire::MerchantId;
 
 /// The merchant's answer when they authorized the app.
 const AUTHORIZED: &str = "AUTHORIZED";

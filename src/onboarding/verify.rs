@@ -10,8 +10,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 
-use crate::merchant::MerchantId;
 use crate::onboarding::code_key::CodeKey;
+use poynt_wire::MerchantId;
 
 /// Clock skew tolerated on `exp` and `iat`, in seconds.
 pub const LEEWAY_SECS: u64 = 60;

@@ -1,11 +1,11 @@
 //! Phase 1, admit: the one business ID the caller names in the merchant header (the
 //! allow-list and the method check are in `mod.rs`). The `MerchantId` type itself is
-//! `crate::merchant`.
+//! `poynt_wire::MerchantId`.
 
 use http::{HeaderMap, HeaderName};
 
-use crate::merchant::MerchantId;
 use crate::proxy::error::ProxyError;
+use poynt_wire::MerchantId;
 
 /// Reads exactly one business ID from `header`. Missing is its own error; empty, malformed,
 /// repeated or non-UTF-8 values are all "invalid".

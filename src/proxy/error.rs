@@ -9,8 +9,8 @@ use http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 
-use crate::poynt::{ErrorBody, REQUEST_ID_HEADER};
 use crate::token::BrokerError;
+use poynt_wire::{ErrorBody, REQUEST_ID_HEADER};
 
 /// The methods forwarded to Poynt, as the `Allow` header of a 405 lists them.
 pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";

@@ -14,9 +14,9 @@ use bytes::BytesMut;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::poynt::{API_VERSION_HEADER, REQUEST_ID_HEADER};
 use crate::upstream::Fields;
 use crate::upstream::hop::{Nominated, is_hop_by_hop_bytes};
+use poynt_wire::{API_VERSION_HEADER, REQUEST_ID_HEADER};
 
 const API_VERSION: HeaderName = HeaderName::from_static(API_VERSION_HEADER);
 /// `Poynt-Request-Id`, as a name that costs no allocation to use.

@@ -41,7 +41,6 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::merchant::MerchantId;
 use crate::metrics::{BodyFailure, Metrics};
 use crate::token::Token;
 use crate::token::broker::{Broker, TokenSource, UnauthorizedAction};
@@ -50,6 +49,7 @@ use crate::upstream::{
     BodyWatcher, BoxError, RequestBody, RequestHead, ResponseBody, SendError, Upstream,
     UpstreamBody,
 };
+use poynt_wire::MerchantId;
 
 use self::body::{BodyError, CallerBody};
 use self::error::ProxyError;

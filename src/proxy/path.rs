@@ -31,8 +31,8 @@ use std::borrow::Cow;
 
 use http::HeaderName;
 
-use crate::merchant::MerchantId;
 use crate::proxy::error::ProxyError;
+use poynt_wire::MerchantId;
 
 /// Longest part of a refused path quoted back in an error message.
 const QUOTED: usize = 200;

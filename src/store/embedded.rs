@@ -24,8 +24,8 @@ use super::error::StoreError;
 use super::keys::{self, STORE_KEY_ENV, StoreKey};
 use super::record::{Record, RecordSender, Saved, Sealer};
 use super::seal::{Key, Keys, SealError};
-use crate::merchant::MerchantId;
 use crate::metrics::StoreMetrics;
+use poynt_wire::MerchantId;
 
 const RECORDS: TableDefinition<&[u8; 16], (u64, &[u8])> = TableDefinition::new("records");
 const STATES: TableDefinition<&[u8; 16], u64> = TableDefinition::new("spent_states");

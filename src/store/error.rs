@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{keys, seal};
-use crate::merchant::MerchantId;
 use crate::metrics::StoreOutcome;
+use poynt_wire::MerchantId;
 
 /// Why the store could not be reached in time.
 #[derive(Debug, thiserror::Error)]

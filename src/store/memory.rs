@@ -4,12 +4,17 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[allow(
+    clippy::disallowed_types,
+    reason = "spent states expire by real time, as in the embedded (wall clock) and Redis (its TTL) stores"
+)]
+use std::time::Instant;
 
 use super::error::StoreError;
 use super::record::{Record, Saved};
-use crate::merchant::MerchantId;
 use crate::metrics::StoreMetrics;
+use poynt_wire::MerchantId;
 
 /// Most unexpired onboarding states held at once. Spent states are never evicted early (that
 /// would let one be used twice); past this many, new ones are refused until some expire.
@@ -25,6 +30,10 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct Inner {
     records: Mutex<HashMap<MerchantId, Record>>,
+    #[allow(
+        clippy::disallowed_types,
+        reason = "spent states expire by real time, as in the embedded (wall clock) and Redis (its TTL) stores"
+    )]
     states: Mutex<HashMap<[u8; 16], Instant>>,
 }
 
@@ -74,6 +83,11 @@ impl MemoryStore {
         lock(&self.inner.records).remove(&merchant).is_some()
     }
 
+    #[allow(
+        clippy::disallowed_methods,
+        clippy::disallowed_types,
+        reason = "spent states expire by real time, as in the embedded (wall clock) and Redis (its TTL) stores"
+    )]
     pub(super) fn spend_state(&self, id: &[u8; 16], ttl: Duration) -> Result<bool, StoreError> {
         let now = Instant::now();
         let mut states = lock(&self.inner.states);

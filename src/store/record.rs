@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use super::error::StoreError;
 use super::seal::{Key, Keys, SealError, sealed_key_id};
-use crate::merchant::MerchantId;
 use crate::metrics::StoreMetrics;
-use crate::poynt::GrantKind;
+use poynt_wire::GrantKind;
+use poynt_wire::MerchantId;
 
 /// Names what a sealed record is, so no other sealed value can stand in for one.
 const RECORD_DOMAIN: &[u8] = b"poynt-proxy token record v1";

@@ -36,8 +36,8 @@ use super::error::{StoreError, Unavailable};
 use super::keys::KeyOrigin;
 use super::record::{Event, Record, RecordSender, Saved, Sealer};
 use super::seal::Keys;
-use crate::merchant::MerchantId;
 use crate::metrics::StoreMetrics;
+use poynt_wire::MerchantId;
 
 /// How long a record holding a refresh token outlives its access token's expiry.
 pub const REFRESH_TOKEN_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -778,7 +778,7 @@ fn parse_event(payload: &[u8]) -> Option<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::poynt::GrantKind;
+    use poynt_wire::GrantKind;
 
     #[test]
     fn events_parse_and_garbage_is_ignored() {

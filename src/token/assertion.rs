@@ -13,8 +13,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
-use crate::merchant::MerchantId;
-use crate::poynt::MAX_ASSERTION_LIFETIME_SECS;
+use poynt_wire::MAX_ASSERTION_LIFETIME_SECS;
+use poynt_wire::MerchantId;
 
 /// Lifetime of each assertion: well inside Poynt's 300 s cap, yet long enough to absorb a
 /// few seconds of clock skew between the proxy and Poynt.

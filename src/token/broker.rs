@@ -30,9 +30,7 @@ use secrecy::SecretString;
 use tokio::runtime::Handle;
 use tokio::time::Instant;
 
-use crate::merchant::MerchantId;
 use crate::metrics::{Lookup, Metrics, Unauthorized};
-use crate::poynt::GrantKind;
 use crate::store::{Store, StoreError};
 use crate::token::budget::GrantBudget;
 use crate::token::cache::{Token, TokenCache};
@@ -40,6 +38,8 @@ use crate::token::config::TokensConfig;
 use crate::token::error::BrokerError;
 use crate::token::grant::{Grant, GrantError, IssuedToken, TokenClient};
 use crate::token::state::{Flight, MerchantState, Outcome, States};
+use poynt_wire::GrantKind;
+use poynt_wire::MerchantId;
 
 /// How long after a grant task ends abnormally (a panic) callers are told to come back.
 const ABNORMAL_RETRY_AFTER: Duration = Duration::from_secs(1);

@@ -26,8 +26,8 @@ use moka::notification::RemovalCause;
 use moka::ops::compute::Op;
 use tokio::time::Instant;
 
-use crate::merchant::MerchantId;
-use crate::poynt::GrantKind;
+use poynt_wire::GrantKind;
+use poynt_wire::MerchantId;
 
 /// A merchant's access token, ready to inject.
 pub struct Token {
@@ -114,6 +114,10 @@ pub(crate) struct TokenCache {
 /// Expires each token with its own lifetime, so no secret outlives its use.
 struct TokenExpiry;
 
+#[allow(
+    clippy::disallowed_types,
+    reason = "moka's Expiry trait hands out std's Instant"
+)]
 impl Expiry<MerchantId, Arc<Token>> for TokenExpiry {
     fn expire_after_create(
         &self,

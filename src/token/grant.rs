@@ -14,12 +14,12 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::merchant::MerchantId;
 use crate::metrics::{GrantOutcome, Metrics};
-pub use crate::poynt::GrantKind;
-use crate::poynt::{self, ErrorBody};
 use crate::token::assertion::{AssertionSigner, SignError};
 use crate::upstream::{BoxError, HttpClient};
+use poynt_wire::GrantKind;
+use poynt_wire::MerchantId;
+use poynt_wire::{self as poynt, ErrorBody};
 
 /// Largest `/token` response read; Poynt's are about 1.5 KB.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;

@@ -35,14 +35,14 @@ use secrecy::SecretString;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::merchant::MerchantId;
 use crate::metrics::LockWait;
-use crate::poynt::GrantKind;
 use crate::store::{Event, Record, Saved, StoreError};
 use crate::token::broker::{Broker, BrokerInner, Want};
 use crate::token::cache::Token;
 use crate::token::grant::{Grant, IssuedToken, bearer_header};
 use crate::token::state::{MerchantState, Outcome};
+use poynt_wire::GrantKind;
+use poynt_wire::MerchantId;
 
 /// While another replica holds a merchant's lock, how often the record is read again and
 /// the lock tried when no event says it changed: a dead holder's lease is noticed this soon

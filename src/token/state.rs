@@ -14,9 +14,9 @@ use secrecy::SecretString;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::merchant::MerchantId;
 use crate::token::cache::Token;
 use crate::token::error::BrokerError;
+use poynt_wire::MerchantId;
 
 /// How long a known merchant's state (refresh token, back-off) is kept after its last use.
 const KNOWN_IDLE_TIMEOUT: Duration = Duration::from_secs(48 * 3600);

@@ -4,9 +4,9 @@ use std::time::SystemTime;
 
 use tokio::time::Instant;
 
-use crate::merchant::MerchantId;
-use crate::poynt::GrantKind;
 use crate::token::broker::Broker;
+use poynt_wire::GrantKind;
+use poynt_wire::MerchantId;
 
 /// What the admin API shows of a merchant (never a token or refresh token).
 #[derive(Debug, Clone, serde::Serialize)]

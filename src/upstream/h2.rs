@@ -17,6 +17,10 @@ use std::future::{Future as _, poll_fn};
 use std::pin::pin;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+#[allow(
+    clippy::disallowed_types,
+    reason = "idle connections age in real time: Poynt closes them by its own clock, whatever a paused test clock says"
+)]
 use std::time::Instant;
 
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
@@ -48,6 +52,10 @@ struct H2Conn {
     open: Arc<AtomicUsize>,
     /// Poynt's `SETTINGS_MAX_CONCURRENT_STREAMS`, as the connection's task last saw it.
     allowed: Arc<AtomicUsize>,
+    #[allow(
+        clippy::disallowed_types,
+        reason = "idle connections age in real time: Poynt closes them by its own clock, whatever a paused test clock says"
+    )]
     last_used: Instant,
 }
 
@@ -77,6 +85,11 @@ impl Multiplexer {
     }
 
     /// A free stream on an open connection, dropping closed and long-idle ones on the way.
+    #[allow(
+        clippy::disallowed_methods,
+        clippy::disallowed_types,
+        reason = "idle connections age in real time: Poynt closes them by its own clock, whatever a paused test clock says"
+    )]
     fn reserve(&self) -> Option<(SendRequest<UpstreamBody>, StreamSlot)> {
         let mut conns = self.conns();
         conns.retain(|conn| {
@@ -103,6 +116,11 @@ impl Multiplexer {
     }
 
     /// Takes a connection on which ALPN chose `h2` and gives a stream on it.
+    #[allow(
+        clippy::disallowed_methods,
+        clippy::disallowed_types,
+        reason = "idle connections age in real time: Poynt closes them by its own clock, whatever a paused test clock says"
+    )]
     pub(crate) async fn adopt(
         &self,
         io: Stream,

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use poynt_proxy::emulator::Emulator;
-use poynt_proxy::merchant::MerchantId;
+use poynt_emulator::Emulator;
+use poynt_wire::MerchantId;
 
 use super::process::{BIN, ProxyProcess, spawn_proxy_config};
 use super::redis::RedisServer;

@@ -12,10 +12,10 @@ pub mod redis;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use poynt_emulator::{self as emulator, Emulator, EmulatorConfig, Stats};
 use poynt_proxy::config::{Config, KeySources};
-use poynt_proxy::emulator::{self, Emulator, EmulatorConfig, Stats};
-use poynt_proxy::merchant::MerchantId;
 use poynt_proxy::{Listeners, Running, start};
+use poynt_wire::MerchantId;
 use tokio::net::TcpListener;
 
 /// The registered test app.

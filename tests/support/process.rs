@@ -1,4 +1,9 @@
 //! Fixtures for tests that run the real binary.
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "real processes run on the wall clock; these waits block a thread, outside any Tokio clock"
+)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -60,14 +65,14 @@ pub fn wait_line<T>(rx: &mpsc::Receiver<String>, mut pick: impl FnMut(&str) -> O
 }
 
 /// Starts `poynt-proxy run` against `emulator` with `extra` YAML at `RUST_LOG=info`.
-pub fn spawn_proxy(emulator: &poynt_proxy::emulator::Emulator, extra: &str) -> ProxyProcess {
+pub fn spawn_proxy(emulator: &poynt_emulator::Emulator, extra: &str) -> ProxyProcess {
     spawn_proxy_logging(emulator, extra, "info")
 }
 
 /// Runs `poynt-proxy run` with `extra` YAML, expecting it to fail at start (within 30 s);
 /// returns its exit status and everything it wrote.
 pub fn run_expecting_failure(
-    emulator: &poynt_proxy::emulator::Emulator,
+    emulator: &poynt_emulator::Emulator,
     extra: &str,
 ) -> (std::process::ExitStatus, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -101,7 +106,7 @@ pub fn run_expecting_failure(
 /// Starts `poynt-proxy run` with JSON logs at `log_level`, waits for its "ready" line, and
 /// keeps collecting its stdout and stderr into [`ProxyProcess::output`].
 pub fn spawn_proxy_logging(
-    emulator: &poynt_proxy::emulator::Emulator,
+    emulator: &poynt_emulator::Emulator,
     extra: &str,
     log_level: &str,
 ) -> ProxyProcess {
@@ -208,14 +213,14 @@ impl ProxyProcess {
     }
 
     /// GET `/businesses/{merchant}/orders` through it for `merchant`: the status.
-    pub async fn get(&self, merchant: poynt_proxy::merchant::MerchantId) -> u16 {
+    pub async fn get(&self, merchant: poynt_wire::MerchantId) -> u16 {
         self.answer(merchant).await.0
     }
 
     /// GET `/businesses/{merchant}/orders` through it for `merchant`: the status and the
     /// JSON body (the emulator's echo, or the proxy's error in Poynt's shape; `Null` if
     /// neither).
-    pub async fn answer(&self, merchant: poynt_proxy::merchant::MerchantId) -> (u16, Value) {
+    pub async fn answer(&self, merchant: poynt_wire::MerchantId) -> (u16, Value) {
         let response = super::client()
             .get(format!(
                 "http://{}/businesses/{merchant}/orders",

@@ -1,6 +1,11 @@
 //! A real `redis-server` on a free loopback port, persistence off, in a temporary directory;
 //! it can be killed and started again, empty, on the same port, frozen (SIGSTOP) and thawed,
 //! and told to pause its clients (outage tests); it can serve TLS only, and is killed on drop.
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "a real redis-server runs on the wall clock; these waits block a thread, outside any Tokio clock"
+)]
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};

@@ -1,6 +1,7 @@
 //! The Poynt emulator: a strict, in-process stand-in for services.poynt.net and poynt.net,
-//! used by the test-suite, the `demo` command and benchmarks. It implements
-//! `docs/poynt-protocol.md`.
+//! used by the test-suite, the `demo` command and benchmarks. What it checks and answers is
+//! pinned by its own tests (`tests/emulator.rs` in this crate); it shares Poynt's spelling
+//! of every name with the proxy through `poynt-wire`, its only dependency in the workspace.
 //!
 //! Parts:
 //! - `server`: accept loop, router, graceful shutdown (HTTP/1.1 and h2, optional TLS);
@@ -14,6 +15,8 @@
 //!
 //! Start it with [`start`] on a listener the caller bound (port 0 in tests), drive it through
 //! [`Emulator`], stop it with [`Emulator::shutdown`].
+
+#![forbid(unsafe_code)]
 
 mod api;
 mod authorize;
@@ -39,15 +42,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use authorize::AuthorizeMode;
 pub use cli::{EmulatorArgs, run_cli};
 pub use error::EmulatorError;
 pub use fault::Fault;
 pub use keys::generate_app_key;
+pub use state::AuthorizeMode;
 pub use stats::{GrantStats, Stats, TokenCalls};
 
-use crate::merchant::MerchantId;
 use keys::SigningKey;
+use poynt_wire::MerchantId;
 use state::{Shared, SharedInit};
 
 /// Poynt's default access token lifetime (24 h).

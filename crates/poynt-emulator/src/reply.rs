@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::body::ResponseBody;
 use super::error::ApiError;
-use crate::poynt::REQUEST_ID_HEADER;
+use poynt_wire::REQUEST_ID_HEADER;
 
 /// The request's correlation id: the caller's `Poynt-Request-Id` when it is printable, else
 /// a fresh UUID.

@@ -8,15 +8,15 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hyper::{Response, Uri};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use uuid::Uuid;
 
 use super::body::ResponseBody;
 use super::error::ApiError;
 use super::reply::{self, RequestId, query_param};
-use super::state::{Shared, now_secs};
+use super::state::{AuthorizeMode, Shared, now_secs};
 use super::token::{POYNT_NET_ISSUER, user_number};
-use crate::merchant::MerchantId;
+use poynt_wire::MerchantId;
 
 /// Lifetime of an authorization code, seconds (Poynt's are about 15 minutes).
 const CODE_TTL_SECS: u64 = 900;
@@ -24,25 +24,6 @@ const CODE_TTL_SECS: u64 = 900;
 const STATUS_AUTHORIZED: &str = "AUTHORIZED";
 /// The `status` sent back when the merchant declined.
 const STATUS_DENIED: &str = "DENIED";
-
-/// How `/applications/authorize` answers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AuthorizeMode {
-    /// The merchant approves: a good code, signed by the poynt.net key.
-    #[default]
-    Approve,
-    /// The merchant declines: `status=DENIED` and no code.
-    Deny,
-    /// A signed code whose claims were changed afterwards (another `poynt.biz`).
-    TamperedCode,
-    /// A signed code that expired one code lifetime ago.
-    ExpiredCode,
-    /// A signed code whose `sub` is another application.
-    OtherApp,
-    /// An unsigned code: header `alg: none`, empty signature.
-    AlgNone,
-}
 
 /// `GET /applications/authorize?redirect_uri=&client_id=&context=` (or the older
 /// `callback=` and `applicationId=`), optionally `businessId=` to pick the merchant.

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::merchant::MerchantId;
+use poynt_wire::MerchantId;
 
 /// A snapshot of the counters; the same JSON `GET /_emulator/stats` answers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

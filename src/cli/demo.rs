@@ -9,13 +9,13 @@ use std::net::SocketAddr;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
-use crate::config::{Config, ConfigError, KeySources};
-use crate::emulator::{self, EmulatorConfig, EmulatorError};
-use crate::lifecycle::{Listeners, StartError, start};
-use crate::merchant::MerchantId;
+use poynt_emulator::{self as emulator, EmulatorConfig, EmulatorError};
+use poynt_proxy::config::{Config, ConfigError, KeySources};
+use poynt_proxy::lifecycle::{Listeners, StartError, start};
+use poynt_wire::MerchantId;
 
 /// The embedded demo configuration.
-const DEMO_CONFIG: &str = include_str!("../config/demo.yaml");
+const DEMO_CONFIG: &str = include_str!("../../config/demo.yaml");
 /// The demo app's ID.
 const DEMO_APP_ID: &str = "urn:aid:00000000-0000-4000-8000-00000000de30";
 /// Merchants that have authorized the demo app.

@@ -10,13 +10,12 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 use serde_json::json;
 
-use super::authorize::AuthorizeMode;
 use super::body::ResponseBody;
 use super::error::ApiError;
 use super::fault::Fault;
 use super::reply::{self, RequestId};
-use super::state::Shared;
-use crate::merchant::MerchantId;
+use super::state::{AuthorizeMode, Shared};
+use poynt_wire::MerchantId;
 
 /// Path prefix of the control API.
 pub(crate) const CONTROL_PREFIX: &str = "/_emulator/";

@@ -10,15 +10,35 @@ use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::DecodingKey;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::authorize::AuthorizeMode;
 use super::error::ApiError;
 use super::fault::Fault;
 use super::jwt::{CLOCK_SKEW_SECS, CheckedAssertion};
 use super::keys::SigningKey;
 use super::stats::Counters;
-use crate::merchant::MerchantId;
+use poynt_wire::MerchantId;
+
+/// How `/applications/authorize` answers (a setting the state holds, here so the page that
+/// reads it and the control API that sets it both import it from the state).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthorizeMode {
+    /// The merchant approves: a good code, signed by the poynt.net key.
+    #[default]
+    Approve,
+    /// The merchant declines: `status=DENIED` and no code.
+    Deny,
+    /// A signed code whose claims were changed afterwards (another `poynt.biz`).
+    TamperedCode,
+    /// A signed code that expired one code lifetime ago.
+    ExpiredCode,
+    /// A signed code whose `sub` is another application.
+    OtherApp,
+    /// An unsigned code: header `alg: none`, empty signature.
+    AlgNone,
+}
 
 /// Seconds since the Unix epoch, the unit of every JWT time claim.
 pub(crate) fn now_secs() -> u64 {

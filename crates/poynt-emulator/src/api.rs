@@ -24,8 +24,8 @@ use super::error::ApiError;
 use super::reply::{self, RequestId};
 use super::state::{Shared, now_secs};
 use super::token::{DropConnection, bearer_token};
-use crate::merchant::MerchantId;
-use crate::poynt::API_VERSION_HEADER;
+use poynt_wire::API_VERSION_HEADER;
+use poynt_wire::MerchantId;
 
 /// Response header carrying the SHA-256 of the request body, on every successful API call
 /// (the `_size` body has no room for it).

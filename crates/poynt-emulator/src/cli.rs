@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 
 use super::error::EmulatorError;
 use super::{EmulatorConfig, generate_app_key, start};
-use crate::merchant::MerchantId;
+use poynt_wire::MerchantId;
 
 /// Arguments of the `emulator` subcommand.
 #[derive(Debug, Clone, clap::Args)]

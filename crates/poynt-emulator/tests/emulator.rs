@@ -7,9 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use aws_lc_rs::digest;
 use bytes::Bytes;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use poynt_proxy::emulator::{self, Emulator, EmulatorConfig, Fault, Stats};
-use poynt_proxy::merchant::MerchantId;
-use poynt_proxy::poynt::ErrorBody;
+use poynt_emulator::{self as emulator, Emulator, EmulatorConfig, Fault, Stats};
+use poynt_wire::ErrorBody;
+use poynt_wire::MerchantId;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -1305,33 +1305,4 @@ async fn authorize_modes_spoil_codes_that_the_token_endpoint_refuses_too() {
         .await
         .unwrap();
     assert_eq!(current, json!({ "mode": "approve" }));
-}
-
-#[tokio::test]
-async fn with_tls_codes_are_signed_by_the_leaf_certificates_key() {
-    use poynt_proxy::onboarding::code_key::{CodeKey, CodeKeys};
-    use rustls_pki_types::pem::PemObject;
-    let fx = fixture_with(|config| config.tls = true).await;
-    let roots =
-        rustls_pki_types::CertificateDer::pem_slice_iter(fx.emulator.ca_pem().unwrap().as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-    let authorize: http::Uri = format!("{}/applications/authorize", fx.base)
-        .parse()
-        .unwrap();
-    let keys = CodeKeys::tls(
-        &authorize,
-        poynt_proxy::upstream::tls_config(&roots).unwrap(),
-        std::time::Duration::from_secs(5),
-    );
-    let from_tls = keys
-        .current()
-        .await
-        .expect("the key from the TLS handshake");
-    let published = CodeKey::from_pem(fx.emulator.poynt_net_public_key_pem()).unwrap();
-    let certificate = CodeKey::from_pem(fx.emulator.tls_certificate_pem().unwrap()).unwrap();
-    assert_eq!(from_tls.fingerprint(), published.fingerprint());
-    assert_eq!(from_tls.fingerprint(), certificate.fingerprint());
-    let pin = fx.emulator.tls_spki_pin().unwrap();
-    assert_eq!(pin.len(), 44, "base64 of a SHA-256: {pin}");
 }

@@ -21,8 +21,8 @@ use super::jwt::{self, AssertionRules, CheckedAssertion};
 use super::reply::{self, RequestId};
 use super::state::{AccessRecord, Shared, now_secs};
 use super::stats::Grant;
-use crate::merchant::MerchantId;
-use crate::poynt::{
+use poynt_wire::MerchantId;
+use poynt_wire::{
     API_VERSION_HEADER, CLAIM_BUSINESS, GRANT_AUTHORIZATION_CODE, GRANT_JWT_BEARER,
     GRANT_REFRESH_TOKEN,
 };

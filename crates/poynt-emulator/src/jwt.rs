@@ -7,8 +7,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
 
-use crate::merchant::MerchantId;
-use crate::poynt::{CLAIM_BUSINESS, MAX_ASSERTION_LIFETIME_SECS};
+use poynt_wire::MerchantId;
+use poynt_wire::{CLAIM_BUSINESS, MAX_ASSERTION_LIFETIME_SECS};
 
 /// Clock skew tolerated on assertion `iat` and `exp`, in seconds.
 pub(crate) const CLOCK_SKEW_SECS: u64 = 30;

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use hyper::StatusCode;
 
-use crate::merchant::MerchantId;
-use crate::poynt::ErrorBody;
+use poynt_wire::ErrorBody;
+use poynt_wire::MerchantId;
 
 /// Why the emulator could not start or keep running. Each message says what was expected
 /// and what was found, and chains the underlying cause.

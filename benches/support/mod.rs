@@ -7,13 +7,13 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use poynt_proxy::config::{Config, KeySources};
-use poynt_proxy::merchant::MerchantId;
 use poynt_proxy::metrics::Metrics;
 use poynt_proxy::store::Store;
 use poynt_proxy::token::assertion::AssertionSigner;
 use poynt_proxy::token::broker::Broker;
-use poynt_proxy::token::grant::{GrantKind, IssuedToken, TokenClient, parse_token_response};
+use poynt_proxy::token::grant::{IssuedToken, TokenClient, parse_token_response};
 use poynt_proxy::upstream;
+use poynt_wire::{GrantKind, MerchantId};
 
 /// The binary's allocator (src/main.rs), so the figures are those of the shipped proxy.
 #[global_allocator]

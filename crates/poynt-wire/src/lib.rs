@@ -1,7 +1,14 @@
-//! The Poynt Cloud API's wire vocabulary, shared by the proxy (which speaks it) and the
-//! emulator (which answers it), so both sides agree on one spelling of every name.
+//! The Poynt Cloud API's wire vocabulary and the merchant ID, shared by the proxy (which
+//! speaks it) and the emulator (which answers it), so both sides agree on one spelling of
+//! every name. A crate of its own so the emulator can depend on it without the proxy.
+
+#![forbid(unsafe_code)]
+
+mod merchant;
 
 use serde::{Deserialize, Serialize};
+
+pub use merchant::{InvalidMerchantId, MerchantId};
 
 /// Header carrying the API version; Poynt requires it on every call, `/token` included.
 pub const API_VERSION_HEADER: &str = "api-version";
