@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwapOption;
 use tokio::net::TcpListener;
@@ -11,7 +10,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use crate::admin::Admin;
+use crate::admin::{Admin, Phase};
 use crate::admin::AdminSecret;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -95,7 +94,7 @@ pub struct Running {
     admin_addr: SocketAddr,
     stop_proxy: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
-    ready: Arc<AtomicBool>,
+    phase: Phase,
     workers: Workers,
     admin_task: JoinHandle<()>,
     onboarding: Option<OnboardingServer>,
@@ -164,7 +163,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
             metrics: metrics.clone(),
         },
     );
-    let ready = Arc::new(AtomicBool::new(false));
+    let phase = Phase::default();
     // Each listener has its own connection cap, shared by whatever serves it.
     let server = &config.server;
     let limits = || Limits {
@@ -183,7 +182,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
     let admin = Admin::new(
         metrics.clone(),
         broker.clone(),
-        ready.clone(),
+        phase.clone(),
         proxy_limits.clone(),
         admin_secret,
         reloader.clone(),
@@ -240,7 +239,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
     for warning in config.warnings() {
         tracing::warn!(%warning, "configuration");
     }
-    ready.store(true, Ordering::Release);
+    phase.serving();
     let onboarding_addr = onboarding
         .as_ref()
         .map(|o| tracing::field::display(o.addr()));
@@ -250,7 +249,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         admin_addr,
         stop_proxy,
         stop_admin,
-        ready,
+        phase,
         workers,
         admin_task,
         onboarding,
@@ -282,7 +281,7 @@ impl Running {
 
     /// Starts draining: not ready, no new connections, in-flight requests finish.
     pub fn shutdown(&self) {
-        self.ready.store(false, Ordering::Release);
+        self.phase.draining();
         self.stop_proxy.send_replace(true);
         if let Some(onboarding) = &self.onboarding {
             onboarding.shutdown();

@@ -455,6 +455,32 @@ async fn health_and_readiness() {
     assert_eq!(ok.status(), 200);
     let ready = h.client.get(h.admin_url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
+    assert_eq!(ready.text().await.unwrap(), "ready\n");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn readyz_says_it_is_draining() {
+    let h = Harness::new().await;
+    h.proxy.shutdown();
+    let draining = h.client.get(h.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(draining.status(), 503);
+    let body = draining.text().await.unwrap();
+    assert!(body.starts_with("not ready: draining;"), "{body}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_admin_paths_are_not_found() {
+    let h = Harness::new().await;
+    for path in ["/admin/nope", "/admin", "/admin/tokensx", "/nope"] {
+        let response = h.client.get(h.admin_url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!((&body["code"], &body["httpStatus"]), (&"NOT_FOUND".into(), &404.into()));
+        let message = body["message"].as_str().unwrap();
+        assert!(message.ends_with(&format!("found GET {path}")), "{message}");
+    }
     h.stop().await;
 }
 
