@@ -68,7 +68,9 @@ impl Phase {
         match self.0.load(Ordering::Acquire) {
             SERVING => None,
             STARTING => Some("not ready: starting; the listeners are not serving yet\n"),
-            _ => Some("not ready: draining; in-flight requests finish, new connections are refused\n"),
+            _ => Some(
+                "not ready: draining; in-flight requests finish, new connections are refused\n",
+            ),
         }
     }
 }

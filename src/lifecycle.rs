@@ -10,8 +10,8 @@ use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use crate::admin::{Admin, Phase};
 use crate::admin::AdminSecret;
+use crate::admin::{Admin, Phase};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::onboarding::state::{SpentStates, StateKey};

@@ -181,7 +181,7 @@ async fn a_real_prometheus_scrapes_exactly_the_traffic_sent() {
             .unwrap();
         assert_eq!(response.status(), 400);
     }
-    assert_eq!(h.get(stranger, "/orders").await.status(), 502);
+    assert_eq!(h.get(stranger, "/orders").await.status(), 403);
 
     let client = support::client();
     eventually(
@@ -201,7 +201,7 @@ async fn a_real_prometheus_scrapes_exactly_the_traffic_sent() {
         ("code=200,method=GET", 6.0),
         ("code=200,method=POST", 3.0),
         ("code=400,method=GET", 2.0),
-        ("code=502,method=GET", 1.0),
+        ("code=403,method=GET", 1.0),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -478,9 +478,15 @@ async fn the_dashboard_shows_the_chosen_job_and_instance_and_nothing_else() {
 
     let h = Harness::new().await;
     let prometheus = start_prometheus(h.proxy.admin_addr()).await;
-    // A success and a 502, so the rate and 5xx-ratio panels have series to show.
+    // A success and a 502 (Poynt refusing the grant), so the rate and 5xx-ratio panels
+    // have series to show.
     assert_eq!(h.get(h.merchants[0], "/orders").await.status(), 200);
+    h.emulator.set_fault(poynt_proxy::emulator::Fault {
+        token_status: Some(400),
+        ..Default::default()
+    });
     assert_eq!(h.get(support::merchant(), "/orders").await.status(), 502);
+    h.emulator.set_fault(Default::default());
     let client = support::client();
     let instance = h.proxy.admin_addr().to_string();
 
@@ -574,7 +580,7 @@ async fn a_flood_of_merchant_ids_adds_no_series() {
         .await;
     let admin = h.proxy.admin_addr().to_string();
     // One request of each kind the flood sends, so every label value it can produce exists.
-    assert_eq!(h.get(support::merchant(), "/orders").await.status(), 502);
+    assert_eq!(h.get(support::merchant(), "/orders").await.status(), 403);
     let bad = h
         .client
         .get(h.url("/orders"))
@@ -606,7 +612,7 @@ async fn a_flood_of_merchant_ids_adds_no_series() {
     });
     let statuses = futures_util::future::join_all(flood).await;
     assert!(
-        statuses.iter().all(|s| matches!(s, 400 | 502 | 503)),
+        statuses.iter().all(|s| matches!(s, 400 | 403 | 503)),
         "{statuses:?}"
     );
     let after = metrics_text(&h.client, &admin).await;
@@ -782,9 +788,9 @@ async fn no_secret_appears_in_logs_metrics_admin_or_responses_at_trace_level() {
     let response = call(a).await.unwrap();
     assert_eq!(response.status(), 200);
     seen.push_str(&response.text().await.unwrap());
-    // Errors: a refused merchant, and /token failing for a cold one.
+    // Errors: a merchant that never authorized the app, and /token failing for a cold one.
     let response = call(stranger).await.unwrap();
-    assert_eq!(response.status(), 502);
+    assert_eq!(response.status(), 403);
     seen.push_str(&response.text().await.unwrap());
     emulator.set_fault(poynt_proxy::emulator::Fault {
         token_status: Some(503),

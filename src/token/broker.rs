@@ -149,6 +149,15 @@ pub enum BrokerError {
         /// The refusal, without any secret.
         reason: String,
     },
+    /// Poynt said the merchant has not authorized the app (or removed it): only the
+    /// merchant can fix that, by connecting through onboarding.
+    #[error(
+        "the merchant has not authorized this application on Poynt; it must connect through the onboarding listener's /connect first ({reason})"
+    )]
+    NotAuthorized {
+        /// Poynt's refusal, without any secret.
+        reason: String,
+    },
     /// Poynt could not be reached or failed.
     #[error("Poynt's token endpoint is unavailable: {reason}")]
     Unavailable {
@@ -180,7 +189,9 @@ impl BrokerError {
     /// after `retry_after`).
     fn from_grant(error: &GrantError, retry_after: Duration) -> Self {
         let reason = error.to_string();
-        if error.is_refused() {
+        if error.is_merchant_not_authorized() {
+            Self::NotAuthorized { reason }
+        } else if error.is_refused() {
             Self::Refused { reason }
         } else {
             Self::Unavailable {
@@ -456,9 +467,14 @@ impl Broker {
             if let Some(until) = guard.backoff_until
                 && now < until
             {
-                return Err(BrokerError::BackingOff {
-                    last_error: guard.last_error.clone().unwrap_or_default(),
-                    retry_after: until - now,
+                let last_error = guard.last_error.clone().unwrap_or_default();
+                return Err(if guard.not_authorized {
+                    BrokerError::NotAuthorized { reason: last_error }
+                } else {
+                    BrokerError::BackingOff {
+                        last_error,
+                        retry_after: until - now,
+                    }
                 });
             }
             if !guard.granted
@@ -504,6 +520,7 @@ impl Broker {
             guard.failures = 0;
             guard.backoff_until = None;
             guard.last_error = None;
+            guard.not_authorized = false;
             guard.last_renewal = Some(issued.received_wall);
             guard.generation = guard.generation.max(generation);
             if issued.refresh_token.is_some() {
@@ -584,6 +601,7 @@ impl Broker {
         let now = Instant::now();
         guard.backoff_until = Some(now.checked_add(backoff).unwrap_or(now));
         guard.last_error = Some(reason.to_owned());
+        guard.not_authorized = error.is_some_and(GrantError::is_merchant_not_authorized);
         match error {
             Some(error) => BrokerError::from_grant(error, backoff),
             None => BrokerError::Unavailable {
