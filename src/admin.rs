@@ -36,6 +36,7 @@ struct AdminInner {
     broker: Broker,
     phase: Phase,
     proxy_limits: Limits,
+    listeners: Vec<(&'static str, Limits)>,
     bearer: AdminSecret,
     reloader: Option<Reloader>,
 }
@@ -79,12 +80,14 @@ impl Admin {
     /// `phase` is shared with the lifecycle: starting until the listeners serve, draining once
     /// shutdown starts, so a load balancer stops sending traffic before connections close.
     /// `proxy_limits` is the callers' listener's: with every connection permit taken the
-    /// proxy cannot take a new caller, so it is not ready either.
+    /// proxy cannot take a new caller, so it is not ready either. `listeners` are every
+    /// listener's limits by name (`proxy`, `admin`, `onboarding`), for the connection gauges.
     pub fn new(
         metrics: Metrics,
         broker: Broker,
         phase: Phase,
         proxy_limits: Limits,
+        listeners: Vec<(&'static str, Limits)>,
         bearer: AdminSecret,
         reloader: Option<Reloader>,
     ) -> Self {
@@ -94,6 +97,7 @@ impl Admin {
                 broker,
                 phase,
                 proxy_limits,
+                listeners,
                 bearer,
                 reloader,
             }),
@@ -112,7 +116,7 @@ impl Admin {
                 "not ready: the token store answered and no configured key opens it; this replica is read-only until restarted with the right store key\n",
             );
         }
-        if inner.proxy_limits.connections.available_permits() == 0 {
+        if inner.proxy_limits.connection_counts().1 == 0 {
             return Err(
                 "not ready: every caller connection permit is taken (server.max_connections)\n",
             );
@@ -134,8 +138,10 @@ impl Admin {
             (&Method::GET, "/metrics") => {
                 let (cached, backing_off) = inner.broker.counts().await;
                 inner.metrics.set_token_gauges(cached, backing_off);
-                let (open, available) = inner.proxy_limits.connection_counts();
-                inner.metrics.set_connections("proxy", open, available);
+                for (listener, limits) in &inner.listeners {
+                    let (open, available) = limits.connection_counts();
+                    inner.metrics.set_connections(listener, open, available);
+                }
                 let mut response = text(StatusCode::OK, inner.metrics.render());
                 response.headers_mut().insert(
                     CONTENT_TYPE,

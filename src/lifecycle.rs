@@ -172,6 +172,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         max_header_bytes: server.max_header_bytes,
         connections: Arc::new(Semaphore::new(server.max_connections)),
         max_connections: server.max_connections,
+        open: Arc::default(),
         max_concurrent_streams: server.http2_max_concurrent_streams,
         idle_timeout: server.idle_timeout,
         keep_alive_interval: server.http2_keep_alive_interval,
@@ -179,11 +180,21 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         grace: server.shutdown_grace,
     };
     let proxy_limits = limits();
+    let admin_limits = limits();
+    let onboarding_limits = limits();
+    let mut served = vec![
+        ("proxy", proxy_limits.clone()),
+        ("admin", admin_limits.clone()),
+    ];
+    if listeners.onboarding.is_some() {
+        served.push(("onboarding", onboarding_limits.clone()));
+    }
     let admin = Admin::new(
         metrics.clone(),
         broker.clone(),
         phase.clone(),
         proxy_limits.clone(),
+        served,
         admin_secret,
         reloader.clone(),
     );
@@ -215,7 +226,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
             let admin = admin.clone();
             async move { admin.handle(request).await }
         },
-        limits(),
+        admin_limits,
         admin_signal,
     ));
     let onboarding = match (listeners.onboarding, &config.onboarding) {
@@ -232,7 +243,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
                 metrics.clone(),
             )
             .await?;
-            Some(onboarding::spawn(service, listener, limits())?)
+            Some(onboarding::spawn(service, listener, onboarding_limits)?)
         }
         _ => None,
     };
