@@ -364,6 +364,8 @@ pub struct OnboardingConfig {
     /// The state key read from `onboarding.state_key_file`; `None` means a random key per
     /// process.
     pub state_key: Option<StateKey>,
+    /// The app's name as merchants know it, shown on the onboarding pages.
+    pub app_name: String,
 }
 
 /// Log output format.
@@ -642,6 +644,12 @@ struct RawOnboarding {
     state_ttl: Duration,
     success_redirect: Option<String>,
     state_key_file: Option<PathBuf>,
+    #[serde(default = "default_app_name")]
+    app_name: String,
+}
+
+fn default_app_name() -> String {
+    "this app".into()
 }
 
 fn default_onboarding_listen() -> String {
@@ -1471,6 +1479,16 @@ impl RawOnboarding {
         if let Some(url) = &self.success_redirect {
             parse_url("onboarding.success_redirect", url)?;
         }
+        let app_name = self.app_name.trim().to_owned();
+        if app_name.is_empty() || app_name.chars().count() > 100 {
+            return Err(invalid(
+                "onboarding.app_name",
+                format!(
+                    "expected the app's name as merchants know it, 1 to 100 characters; found {:?}",
+                    self.app_name
+                ),
+            ));
+        }
         let state_key = match self.state_key_file {
             Some(path) => Some(
                 StateKey::from_base64_file(&resolve(sources, &path))
@@ -1487,6 +1505,7 @@ impl RawOnboarding {
             state_ttl,
             success_redirect: self.success_redirect,
             state_key,
+            app_name,
         })
     }
 }

@@ -731,6 +731,13 @@ impl Broker {
             .collect())
     }
 
+    /// Whether the token store holds a grant `merchant` gave through onboarding: what the
+    /// success page, reloaded on any replica, shows.
+    pub async fn is_onboarded(&self, merchant: MerchantId) -> Result<bool, StoreError> {
+        let record = self.inner.store.load(merchant).await?;
+        Ok(record.is_some_and(|record| record.onboarded_at.is_some()))
+    }
+
     /// Forgets everything kept for `merchant` — its stored record, its cached token and its
     /// refresh token — so the next call for it needs a new grant (or a new onboarding).
     /// Returns whether anything was kept.
