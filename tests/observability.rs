@@ -942,6 +942,25 @@ fn series(text: &str, name_and_labels: &str) -> f64 {
         .unwrap()
 }
 
+/// `poynt_proxy_connections{state="open"}` of `listener` in a metrics text.
+fn open_connections(text: &str, listener: &str) -> f64 {
+    series(
+        text,
+        &format!("poynt_proxy_connections{{listener=\"{listener}\",state=\"open\"}}"),
+    )
+}
+
+/// Waits until the proxy and onboarding listeners report these open connections.
+async fn settle(h: &Harness, what: &str, proxy: f64, onboarding: f64) {
+    let admin = h.proxy.admin_addr().to_string();
+    eventually(what, Duration::from_secs(10), || async {
+        let text = metrics_text(&h.client, &admin).await;
+        open_connections(&text, "proxy") == proxy
+            && open_connections(&text, "onboarding") == onboarding
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn open_connections_per_listener_match_what_ss_counts() {
     let h = Builder::default()
@@ -955,24 +974,18 @@ async fn open_connections_per_listener_match_what_ss_counts() {
         ("admin", admin.port()),
         ("onboarding", h.proxy.onboarding_addr().unwrap().port()),
     ];
-    let open = |text: &str, listener: &str| {
-        series(
-            text,
-            &format!("poynt_proxy_connections{{listener=\"{listener}\",state=\"open\"}}"),
-        )
-    };
     // Nothing connected but the scrape itself: the accept loops' waiting permits are no
     // connection.
     let text = metrics_text(&h.client, &admin.to_string()).await;
     for (listener, port) in ports {
         assert_eq!(
-            open(&text, listener),
+            open_connections(&text, listener),
             ss_established(port) as f64,
             "{listener}"
         );
     }
-    assert_eq!(open(&text, "proxy"), 0.0);
-    assert_eq!(open(&text, "admin"), 1.0);
+    assert_eq!(open_connections(&text, "proxy"), 0.0);
+    assert_eq!(open_connections(&text, "admin"), 1.0);
 
     let mut held = Vec::new();
     for (count, port) in [(3, ports[0].1), (2, ports[2].1)] {
@@ -984,19 +997,11 @@ async fn open_connections_per_listener_match_what_ss_counts() {
             );
         }
     }
-    eventually(
-        "the listeners accepted the held connections",
-        Duration::from_secs(10),
-        || async {
-            let text = metrics_text(&h.client, &admin.to_string()).await;
-            open(&text, "proxy") == 3.0 && open(&text, "onboarding") == 2.0
-        },
-    )
-    .await;
+    settle(&h, "the listeners accepted the held connections", 3.0, 2.0).await;
     let text = metrics_text(&h.client, &admin.to_string()).await;
     for (listener, port) in ports {
         assert_eq!(
-            open(&text, listener),
+            open_connections(&text, listener),
             ss_established(port) as f64,
             "{listener}"
         );
@@ -1004,18 +1009,14 @@ async fn open_connections_per_listener_match_what_ss_counts() {
             &text,
             &format!("poynt_proxy_connections{{listener=\"{listener}\",state=\"available\"}}"),
         );
-        assert_eq!(open(&text, listener) + available, 10_000.0, "{listener}");
+        assert_eq!(
+            open_connections(&text, listener) + available,
+            10_000.0,
+            "{listener}"
+        );
     }
     drop(held);
-    eventually(
-        "the closed connections are gone",
-        Duration::from_secs(10),
-        || async {
-            let text = metrics_text(&h.client, &admin.to_string()).await;
-            open(&text, "proxy") == 0.0 && open(&text, "onboarding") == 0.0
-        },
-    )
-    .await;
+    settle(&h, "the closed connections are gone", 0.0, 0.0).await;
     h.stop().await;
 }
 
