@@ -3,7 +3,7 @@
 //! bearer secret.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
@@ -33,22 +33,57 @@ pub struct Admin {
 struct AdminInner {
     metrics: Metrics,
     broker: Broker,
-    ready: Arc<AtomicBool>,
+    phase: Phase,
     proxy_limits: Limits,
+    listeners: Vec<(&'static str, Limits)>,
     bearer: AdminSecret,
     reloader: Option<Reloader>,
 }
 
+/// Where the process is in its life, shared by the lifecycle (which moves it on) and
+/// `/readyz` (which says it), so a probe's answer tells a slow start from a drain.
+#[derive(Clone, Default)]
+pub struct Phase(Arc<AtomicU8>);
+
+const STARTING: u8 = 0;
+const SERVING: u8 = 1;
+const DRAINING: u8 = 2;
+
+impl Phase {
+    /// Every listener serves.
+    pub fn serving(&self) {
+        self.0.store(SERVING, Ordering::Release);
+    }
+
+    /// Shutdown began: no new connections, in-flight requests finish.
+    pub fn draining(&self) {
+        self.0.store(DRAINING, Ordering::Release);
+    }
+
+    /// Why the process cannot take traffic in this phase, if it cannot.
+    fn not_serving(&self) -> Option<&'static str> {
+        match self.0.load(Ordering::Acquire) {
+            SERVING => None,
+            STARTING => Some("not ready: starting; the listeners are not serving yet\n"),
+            _ => Some(
+                "not ready: draining; in-flight requests finish, new connections are refused\n",
+            ),
+        }
+    }
+}
+
 impl Admin {
-    /// `ready` is shared with the lifecycle: false until the listeners serve and again once
-    /// draining starts, so a load balancer stops sending traffic before connections close.
+    /// `phase` is shared with the lifecycle: starting until the listeners serve, draining once
+    /// shutdown starts, so a load balancer stops sending traffic before connections close.
     /// `proxy_limits` is the callers' listener's: with every connection permit taken the
-    /// proxy cannot take a new caller, so it is not ready either.
+    /// proxy cannot take a new caller, so it is not ready either. `listeners` are every
+    /// listener's limits by name (`proxy`, `admin`, `onboarding`), for the connection gauges.
     pub fn new(
         metrics: Metrics,
         broker: Broker,
-        ready: Arc<AtomicBool>,
+        phase: Phase,
         proxy_limits: Limits,
+        listeners: Vec<(&'static str, Limits)>,
         bearer: AdminSecret,
         reloader: Option<Reloader>,
     ) -> Self {
@@ -56,8 +91,9 @@ impl Admin {
             inner: Arc::new(AdminInner {
                 metrics,
                 broker,
-                ready,
+                phase,
                 proxy_limits,
+                listeners,
                 bearer,
                 reloader,
             }),
@@ -68,15 +104,15 @@ impl Admin {
     /// for one more caller connection.
     fn readiness(&self) -> Result<(), &'static str> {
         let inner = &self.inner;
-        if !inner.ready.load(Ordering::Acquire) {
-            return Err("not ready: starting or draining\n");
+        if let Some(why) = inner.phase.not_serving() {
+            return Err(why);
         }
         if inner.broker.store_key_refused() {
             return Err(
                 "not ready: the token store answered and no configured key opens it; this replica is read-only until restarted with the right store key\n",
             );
         }
-        if inner.proxy_limits.connections.available_permits() == 0 {
+        if inner.proxy_limits.connection_counts().1 == 0 {
             return Err(
                 "not ready: every caller connection permit is taken (server.max_connections)\n",
             );
@@ -98,8 +134,10 @@ impl Admin {
             (&Method::GET, "/metrics") => {
                 let (cached, backing_off) = inner.broker.counts().await;
                 inner.metrics.set_token_gauges(cached, backing_off);
-                let (open, available) = inner.proxy_limits.connection_counts();
-                inner.metrics.set_connections("proxy", open, available);
+                for (listener, limits) in &inner.listeners {
+                    let (open, available) = limits.connection_counts();
+                    inner.metrics.set_connections(listener, open, available);
+                }
                 let mut response = text(StatusCode::OK, inner.metrics.render());
                 response.headers_mut().insert(
                     CONTENT_TYPE,
@@ -122,15 +160,12 @@ impl Admin {
                 if p == MERCHANTS_PATH || p.starts_with("/admin/merchants/") {
                     return self.merchants_api(&method, p, uri.query()).await;
                 }
-                self.tokens_api(&method, uri).await
+                if p == TOKENS_PATH || p.starts_with("/admin/tokens/") {
+                    return self.tokens_api(&method, uri).await;
+                }
+                not_found(&method, p)
             }
-            _ => error(
-                StatusCode::NOT_FOUND,
-                "NOT_FOUND",
-                format!(
-                    "expected /healthz, /readyz, /metrics, /admin/tokens or /admin/merchants; found {method} {path}"
-                ),
-            ),
+            _ => not_found(&method, &path),
         }
     }
 
@@ -158,7 +193,7 @@ impl Admin {
     async fn tokens_api(&self, method: &Method, uri: &http::Uri) -> Response<Full<Bytes>> {
         let broker = &self.inner.broker;
         let path = uri.path();
-        let rest = path.trim_start_matches("/admin/tokens");
+        let rest = path.trim_start_matches(TOKENS_PATH);
         if rest.is_empty() || rest == "/" {
             return match *method {
                 Method::GET => match page(uri.query()) {
@@ -206,6 +241,20 @@ impl Admin {
             _ => method_not_allowed(method, path),
         }
     }
+}
+
+/// The cached tokens' collection.
+const TOKENS_PATH: &str = "/admin/tokens";
+
+/// 404 for a path the admin listener does not serve, naming the ones it does.
+fn not_found(method: &Method, path: &str) -> Response<Full<Bytes>> {
+    error(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        format!(
+            "expected /healthz, /readyz, /metrics, /admin/tokens, /admin/merchants or /admin/reload; found {method} {path}"
+        ),
+    )
 }
 
 // --- Configuration reload ---------------------------------------------------------------

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwapOption;
 use tokio::net::TcpListener;
@@ -11,7 +10,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use crate::admin::Admin;
+use crate::admin::{Admin, Phase};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::onboarding::spent::SpentStates;
@@ -95,7 +94,7 @@ pub struct Running {
     admin_addr: SocketAddr,
     stop_proxy: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
-    ready: Arc<AtomicBool>,
+    phase: Phase,
     workers: Workers,
     admin_task: JoinHandle<()>,
     onboarding: Option<OnboardingServer>,
@@ -164,7 +163,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
             metrics: metrics.clone(),
         },
     );
-    let ready = Arc::new(AtomicBool::new(false));
+    let phase = Phase::default();
     // Each listener has its own connection cap, shared by whatever serves it.
     let server = &config.server;
     let limits = || Limits {
@@ -173,6 +172,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         max_header_bytes: server.max_header_bytes,
         connections: Arc::new(Semaphore::new(server.max_connections)),
         max_connections: server.max_connections,
+        open: Arc::default(),
         max_concurrent_streams: server.http2_max_concurrent_streams,
         idle_timeout: server.idle_timeout,
         keep_alive_interval: server.http2_keep_alive_interval,
@@ -180,11 +180,21 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         grace: server.shutdown_grace,
     };
     let proxy_limits = limits();
+    let admin_limits = limits();
+    let onboarding_limits = limits();
+    let mut served = vec![
+        ("proxy", proxy_limits.clone()),
+        ("admin", admin_limits.clone()),
+    ];
+    if listeners.onboarding.is_some() {
+        served.push(("onboarding", onboarding_limits.clone()));
+    }
     let admin = Admin::new(
         metrics.clone(),
         broker.clone(),
-        ready.clone(),
+        phase.clone(),
         proxy_limits.clone(),
+        served,
         admin_secret,
         reloader.clone(),
     );
@@ -216,7 +226,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
             let admin = admin.clone();
             async move { admin.handle(request).await }
         },
-        limits(),
+        admin_limits,
         admin_signal,
     ));
     let onboarding = match (listeners.onboarding, &config.onboarding) {
@@ -235,14 +245,14 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
                 metrics.clone(),
             )
             .await?;
-            Some(onboarding::spawn(service, listener, limits())?)
+            Some(onboarding::spawn(service, listener, onboarding_limits)?)
         }
         _ => None,
     };
     for warning in config.warnings() {
         tracing::warn!(%warning, "configuration");
     }
-    ready.store(true, Ordering::Release);
+    phase.serving();
     let onboarding_addr = onboarding
         .as_ref()
         .map(|o| tracing::field::display(o.addr()));
@@ -252,7 +262,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         admin_addr,
         stop_proxy,
         stop_admin,
-        ready,
+        phase,
         workers,
         admin_task,
         onboarding,
@@ -284,7 +294,7 @@ impl Running {
 
     /// Starts draining: not ready, no new connections, in-flight requests finish.
     pub fn shutdown(&self) {
-        self.ready.store(false, Ordering::Release);
+        self.phase.draining();
         self.stop_proxy.send_replace(true);
         if let Some(onboarding) = &self.onboarding {
             onboarding.shutdown();

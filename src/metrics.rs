@@ -165,9 +165,9 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "poynt_proxy_requests_total",
-                "Requests answered to callers, by method and HTTP status.",
+                "Requests answered to callers, by method, HTTP status, and source: upstream (Poynt's answer, passed through) or proxy (the proxy's own error).",
             ),
-            &["method", "code"],
+            &["method", "code", "source"],
         )?;
         let body_failure_vec = IntCounterVec::new(
             Opts::new(
@@ -297,9 +297,7 @@ impl Metrics {
         registry.register(Box::new(build_info))?;
         let store = StoreMetrics::register(&registry)?;
         let onboarding = OnboardingCounters::register(&registry)?;
-        registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
+        registry.register(Box::new(ProcessMetrics::new()?))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 registry,
@@ -325,16 +323,18 @@ impl Metrics {
         })
     }
 
-    /// Counts one answered request and its latency.
-    pub fn observe_request(&self, method: &Method, status: u16, elapsed: Duration) {
+    /// Counts one answered request and its latency; `own` when the proxy answered with its
+    /// own error rather than passing Poynt's answer on.
+    pub fn observe_request(&self, method: &Method, status: u16, own: bool, elapsed: Duration) {
         let method = KNOWN_METHODS
             .iter()
             .find(|m| *m == method)
             .map_or("OTHER", Method::as_str);
         let mut code = itoa::Buffer::new();
+        let source = if own { "proxy" } else { "upstream" };
         self.inner
             .requests
-            .with_label_values(&[method, code.format(status)])
+            .with_label_values(&[method, code.format(status), source])
             .inc();
         self.inner.request_duration.observe(elapsed.as_secs_f64());
     }
@@ -449,6 +449,82 @@ impl Metrics {
             tracing::error!(%error, "encoding metrics failed");
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process metrics: the prometheus crate's, with CPU time at clock-tick resolution.
+// ---------------------------------------------------------------------------------------------
+
+/// The CPU family's name, as every Prometheus client exports it.
+const CPU_SECONDS: &str = "process_cpu_seconds_total";
+
+/// The prometheus crate's process collector (memory, file descriptors, start time, threads)
+/// with its CPU counter replaced: that one divides clock ticks by the tick rate in integers,
+/// so it moves in whole seconds and a `rate()` over minutes reads 0 or a spike.
+struct ProcessMetrics {
+    process: prometheus::process_collector::ProcessCollector,
+    cpu: prometheus::Counter,
+    scrape: std::sync::Mutex<()>,
+    descs: Vec<prometheus::core::Desc>,
+}
+
+impl ProcessMetrics {
+    fn new() -> Result<Self, prometheus::Error> {
+        use prometheus::core::Collector;
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        let cpu = prometheus::Counter::new(
+            CPU_SECONDS,
+            "Total user and system CPU time spent in seconds.",
+        )?;
+        let descs = process
+            .desc()
+            .into_iter()
+            .filter(|d| d.fq_name != CPU_SECONDS)
+            .chain(cpu.desc())
+            .cloned()
+            .collect();
+        Ok(Self {
+            process,
+            cpu,
+            scrape: std::sync::Mutex::default(),
+            descs,
+        })
+    }
+}
+
+/// User plus system CPU time of this process, from `/proc/self/stat`, in seconds.
+fn cpu_seconds() -> Option<f64> {
+    let stat = procfs::process::Process::myself().ok()?.stat().ok()?;
+    let ticks = stat.utime.saturating_add(stat.stime);
+    Some(ticks as f64 / procfs::ticks_per_second() as f64)
+}
+
+impl prometheus::core::Collector for ProcessMetrics {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let mut families: Vec<_> = self
+            .process
+            .collect()
+            .into_iter()
+            .filter(|family| family.name() != CPU_SECONDS)
+            .collect();
+        if let Some(total) = cpu_seconds() {
+            // Read and raised under one lock, so concurrent scrapes do not both add.
+            let _one = self
+                .scrape
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let past = self.cpu.get();
+            if total > past {
+                self.cpu.inc_by(total - past);
+            }
+            families.extend(self.cpu.collect());
+        }
+        families
     }
 }
 

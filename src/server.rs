@@ -63,8 +63,11 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Connections served at once, across all workers; more wait in the listen backlog.
     pub connections: Arc<Semaphore>,
-    /// The size `connections` started with, to tell how many are open.
+    /// The size `connections` started with.
     pub max_connections: usize,
+    /// Connections being served now. Not the permits taken: every accept loop holds one
+    /// while it waits for a connection.
+    pub open: Arc<AtomicUsize>,
     /// HTTP/2 streams one connection may have open at once.
     pub max_concurrent_streams: u32,
     /// An HTTP/2 connection with no open stream for this long gets GOAWAY.
@@ -78,10 +81,27 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Connections open now and permits left.
+    /// Connections open now, and how many more the cap admits.
     pub fn connection_counts(&self) -> (usize, usize) {
-        let available = self.connections.available_permits();
-        (self.max_connections.saturating_sub(available), available)
+        let open = self.open.load(Ordering::Acquire);
+        (open, self.max_connections.saturating_sub(open))
+    }
+}
+
+/// One connection counted in [`Limits::open`] for as long as it lives, however its task
+/// ends (finished, or aborted when the grace period is over).
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::AcqRel);
+        Self(open.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -183,6 +203,7 @@ async fn connection<F, Fut, B>(
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let _counted = Counted::new(&limits.open);
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "TCP_NODELAY not set");
     }
@@ -586,6 +607,7 @@ mod tests {
             max_header_bytes: 8192,
             connections: Arc::new(Semaphore::new(1)),
             max_connections: 1,
+            open: Arc::default(),
             max_concurrent_streams: 1,
             idle_timeout: Duration::from_secs(60),
             keep_alive_interval: Duration::from_secs(20),

@@ -632,6 +632,7 @@ fn onboarding_is_off_unless_configured_and_derives_the_redirect_uri() {
     ));
     assert_eq!(settings.code_issuer, "https://poynt.net");
     assert_eq!(settings.state_ttl, std::time::Duration::from_secs(600));
+    assert_eq!(settings.app_name, "this app");
     assert!(settings.state_key.is_none());
     assert!(on.warnings().is_empty());
 }
@@ -690,6 +691,10 @@ fn onboarding_errors_name_the_key() {
         (
             "  public_url: \"https://c.example.com\"\n  surprise: 1\n",
             "unknown field `surprise`",
+        ),
+        (
+            "  public_url: \"https://c.example.com\"\n  app_name: \" \"\n",
+            "onboarding.app_name: expected the app's name as merchants know it, 1 to 100 characters; found \" \"",
         ),
     ];
     for (lines, needle) in cases {

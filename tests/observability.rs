@@ -181,7 +181,7 @@ async fn a_real_prometheus_scrapes_exactly_the_traffic_sent() {
             .unwrap();
         assert_eq!(response.status(), 400);
     }
-    assert_eq!(h.get(stranger, "/orders").await.status(), 502);
+    assert_eq!(h.get(stranger, "/orders").await.status(), 403);
 
     let client = support::client();
     eventually(
@@ -198,10 +198,10 @@ async fn a_real_prometheus_scrapes_exactly_the_traffic_sent() {
     .await;
     let requests = query(&client, &prometheus, "poynt_proxy_requests_total").await;
     let expected: BTreeMap<String, f64> = [
-        ("code=200,method=GET", 6.0),
-        ("code=200,method=POST", 3.0),
-        ("code=400,method=GET", 2.0),
-        ("code=502,method=GET", 1.0),
+        ("code=200,method=GET,source=upstream", 6.0),
+        ("code=200,method=POST,source=upstream", 3.0),
+        ("code=400,method=GET,source=proxy", 2.0),
+        ("code=403,method=GET,source=proxy", 1.0),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -478,9 +478,15 @@ async fn the_dashboard_shows_the_chosen_job_and_instance_and_nothing_else() {
 
     let h = Harness::new().await;
     let prometheus = start_prometheus(h.proxy.admin_addr()).await;
-    // A success and a 502, so the rate and 5xx-ratio panels have series to show.
+    // A success and a 502 (Poynt refusing the grant), so the rate and 5xx-ratio panels
+    // have series to show.
     assert_eq!(h.get(h.merchants[0], "/orders").await.status(), 200);
+    h.emulator.set_fault(poynt_emulator::Fault {
+        token_status: Some(400),
+        ..Default::default()
+    });
     assert_eq!(h.get(support::merchant(), "/orders").await.status(), 502);
+    h.emulator.set_fault(Default::default());
     let client = support::client();
     let instance = h.proxy.admin_addr().to_string();
 
@@ -574,7 +580,7 @@ async fn a_flood_of_merchant_ids_adds_no_series() {
         .await;
     let admin = h.proxy.admin_addr().to_string();
     // One request of each kind the flood sends, so every label value it can produce exists.
-    assert_eq!(h.get(support::merchant(), "/orders").await.status(), 502);
+    assert_eq!(h.get(support::merchant(), "/orders").await.status(), 403);
     let bad = h
         .client
         .get(h.url("/orders"))
@@ -606,7 +612,7 @@ async fn a_flood_of_merchant_ids_adds_no_series() {
     });
     let statuses = futures_util::future::join_all(flood).await;
     assert!(
-        statuses.iter().all(|s| matches!(s, 400 | 502 | 503)),
+        statuses.iter().all(|s| matches!(s, 400 | 403 | 503)),
         "{statuses:?}"
     );
     let after = metrics_text(&h.client, &admin).await;
@@ -782,9 +788,9 @@ async fn no_secret_appears_in_logs_metrics_admin_or_responses_at_trace_level() {
     let response = call(a).await.unwrap();
     assert_eq!(response.status(), 200);
     seen.push_str(&response.text().await.unwrap());
-    // Errors: a refused merchant, and /token failing for a cold one.
+    // Errors: a merchant that never authorized the app, and /token failing for a cold one.
     let response = call(stranger).await.unwrap();
-    assert_eq!(response.status(), 502);
+    assert_eq!(response.status(), 403);
     seen.push_str(&response.text().await.unwrap());
     emulator.set_fault(poynt_emulator::Fault {
         token_status: Some(503),
@@ -819,13 +825,22 @@ async fn no_secret_appears_in_logs_metrics_admin_or_responses_at_trace_level() {
         support::redirect_from(&emulator, &format!("{authorize}&businessId={newcomer}")).await;
     let code = support::query_param(&callback, "code").expect("code");
     let query = callback.split_once('?').unwrap().1;
-    for expected in [200, 400] {
+    for expected in [303, 400] {
         let page = browser
             .get(onboarding_url(&format!("/oauth/callback?{query}")))
             .send()
             .await
             .unwrap();
         assert_eq!(page.status(), expected);
+        if let Some(location) = page.headers().get("location") {
+            seen.push_str(location.to_str().unwrap());
+            // The location is on public_url, the ingress's; the path is this listener's.
+            let location = location.to_str().unwrap();
+            let path = &location[location.find("/connect/").expect("a path")..];
+            let done = browser.get(onboarding_url(path)).send().await.unwrap();
+            assert_eq!(done.status(), 200);
+            seen.push_str(&done.text().await.unwrap());
+        }
         seen.push_str(&page.text().await.unwrap());
     }
     let admin = |path: String| format!("http://{}{path}", proxy.admin);
@@ -900,4 +915,162 @@ async fn no_secret_appears_in_logs_metrics_admin_or_responses_at_trace_level() {
         );
     }
     emulator.shutdown().await;
+}
+
+/// Established TCP connections whose local port is `port`, as `ss` counts them: the server's
+/// side of each connection to that listener.
+fn ss_established(port: u16) -> usize {
+    let out = Command::new("ss")
+        .args([
+            "-Htn",
+            "state",
+            "established",
+            &format!("( sport = :{port} )"),
+        ])
+        .output()
+        .expect("ss is installed (iproute2)");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// One series' value in a metrics text, by its exact name and labels.
+fn series(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no series {name_and_labels} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// `poynt_proxy_connections{state="open"}` of `listener` in a metrics text.
+fn open_connections(text: &str, listener: &str) -> f64 {
+    series(
+        text,
+        &format!("poynt_proxy_connections{{listener=\"{listener}\",state=\"open\"}}"),
+    )
+}
+
+/// Waits until the proxy and onboarding listeners report these open connections.
+async fn settle(h: &Harness, what: &str, proxy: f64, onboarding: f64) {
+    let admin = h.proxy.admin_addr().to_string();
+    eventually(what, Duration::from_secs(10), || async {
+        let text = metrics_text(&h.client, &admin).await;
+        open_connections(&text, "proxy") == proxy
+            && open_connections(&text, "onboarding") == onboarding
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn open_connections_per_listener_match_what_ss_counts() {
+    let h = Builder::default()
+        .yaml("server:\n  workers: 2")
+        .onboarding("  code_key: {EMULATOR_KEY_FILE}\n")
+        .start()
+        .await;
+    let admin = h.proxy.admin_addr();
+    let ports = [
+        ("proxy", h.proxy.proxy_addr().port()),
+        ("admin", admin.port()),
+        ("onboarding", h.proxy.onboarding_addr().unwrap().port()),
+    ];
+    // Nothing connected but the scrape itself: the accept loops' waiting permits are no
+    // connection.
+    let text = metrics_text(&h.client, &admin.to_string()).await;
+    for (listener, port) in ports {
+        assert_eq!(
+            open_connections(&text, listener),
+            ss_established(port) as f64,
+            "{listener}"
+        );
+    }
+    assert_eq!(open_connections(&text, "proxy"), 0.0);
+    assert_eq!(open_connections(&text, "admin"), 1.0);
+
+    let mut held = Vec::new();
+    for (count, port) in [(3, ports[0].1), (2, ports[2].1)] {
+        for _ in 0..count {
+            held.push(
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .unwrap(),
+            );
+        }
+    }
+    settle(&h, "the listeners accepted the held connections", 3.0, 2.0).await;
+    let text = metrics_text(&h.client, &admin.to_string()).await;
+    for (listener, port) in ports {
+        assert_eq!(
+            open_connections(&text, listener),
+            ss_established(port) as f64,
+            "{listener}"
+        );
+        let available = series(
+            &text,
+            &format!("poynt_proxy_connections{{listener=\"{listener}\",state=\"available\"}}"),
+        );
+        assert_eq!(
+            open_connections(&text, listener) + available,
+            10_000.0,
+            "{listener}"
+        );
+    }
+    drop(held);
+    settle(&h, "the closed connections are gone", 0.0, 0.0).await;
+    h.stop().await;
+}
+
+/// This process's CPU time from `/proc/self/stat`, in seconds.
+fn proc_cpu_seconds() -> f64 {
+    let stat = procfs::process::Process::myself().unwrap().stat().unwrap();
+    (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64
+}
+
+#[tokio::test]
+async fn process_cpu_seconds_moves_with_the_clock_tick() {
+    // The proxy runs in this process, so /proc/self is its CPU time too.
+    let h = Harness::new().await;
+    // Work until the CPU time is well away from a whole second, where whole-second
+    // counting would show; bounded by the count of rounds.
+    let mut rounds = 0u64;
+    while proc_cpu_seconds().fract() < 0.2 && rounds < 200_000_000 {
+        rounds = std::hint::black_box(rounds + 1);
+    }
+    let before = proc_cpu_seconds();
+    let text = metrics_text(&h.client, &h.proxy.admin_addr().to_string()).await;
+    let after = proc_cpu_seconds();
+    let exported = series(&text, "process_cpu_seconds_total");
+    assert!(
+        before <= exported && exported <= after,
+        "expected the exported CPU time between /proc's {before} and {after}; found {exported}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn poynt_502s_and_the_proxy_s_own_are_told_apart() {
+    let h = Builder::default().merchants(2).start().await;
+    let (a, b) = (h.merchants[0], h.merchants[1]);
+    assert_eq!(h.get(a, "/orders?_status=502").await.status(), 502);
+    h.emulator.set_fault(poynt_emulator::Fault {
+        token_status: Some(400),
+        ..Default::default()
+    });
+    for _ in 0..2 {
+        let status = h.get(b, "/orders").await.status();
+        assert!(matches!(status.as_u16(), 502 | 503), "{status}");
+    }
+    let text = metrics_text(&h.client, &h.proxy.admin_addr().to_string()).await;
+    let requests = |code: &str, source: &str| {
+        series(
+            &text,
+            &format!(
+                "poynt_proxy_requests_total{{code=\"{code}\",method=\"GET\",source=\"{source}\"}}"
+            ),
+        )
+    };
+    assert_eq!(requests("502", "upstream"), 1.0);
+    assert_eq!(requests("502", "proxy"), 1.0);
+    assert_eq!(requests("503", "proxy"), 1.0);
+    h.stop().await;
 }

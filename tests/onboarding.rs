@@ -197,6 +197,136 @@ async fn a_browser_onboards_a_merchant_with_the_code_key_as_a_certificate() {
     onboard_in_a_browser("{EMULATOR_CERT_FILE}").await;
 }
 
+/// Where this test binary's screenshots go: under the target directory, to be looked at.
+fn screenshot_path(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("onboarding-screenshots")
+        .join(format!("{name}.png"))
+}
+
+#[tokio::test]
+async fn the_success_page_is_a_clean_url_that_shows_the_success_again_on_reload() {
+    let h = Builder::default()
+        .tls()
+        .onboarding("  code_key: tls\n  app_name: \"Acme Payments\"\n")
+        .start()
+        .await;
+    let m = h.merchants[0];
+    let params = callback_params(&h).await;
+    let done = call_back(&h, &params).await;
+    assert_eq!(done.status(), 303);
+    let location = done.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(
+        location,
+        h.onboarding_url(&format!("/connect/connected?businessId={m}"))
+    );
+    // A reload, a restored tab: the same clean URL, as often as it is asked.
+    for _ in 0..2 {
+        let page = no_redirects().get(&location).send().await.unwrap();
+        assert_eq!(page.status(), 200);
+        let page = page.text().await.unwrap();
+        assert!(
+            page.contains(&format!(r#"<code id="business-id">{m}</code>"#)),
+            "{page}"
+        );
+        assert!(
+            page.contains(r#"<strong id="app-name">Acme Payments</strong>"#),
+            "{page}"
+        );
+    }
+    // The callback URL itself, replayed, is refused and stores nothing new.
+    assert_eq!(call_back(&h, &params).await.status(), 400);
+    let pin = h.emulator.tls_spki_pin().expect("TLS");
+    support::browser::screenshot(&location, pin, &screenshot_path("success-after-reload")).await;
+    // A business that did not connect has no success page.
+    let stranger = h.onboarding_url(&format!(
+        "/connect/connected?businessId={}",
+        support::merchant()
+    ));
+    assert_eq!(
+        no_redirects().get(&stranger).send().await.unwrap().status(),
+        404
+    );
+    h.stop().await;
+}
+
+/// The URL of failure page `name`, made afresh for every load (a callback spends its
+/// state); `spent` are the parameters of a callback that already succeeded.
+async fn failure_url(h: &Harness, spent: &[(String, String)], name: &str) -> String {
+    let fresh = callback_params(h).await;
+    let callback = |params: &[(String, String)]| {
+        h.onboarding_url(&format!(
+            "/oauth/callback?{}",
+            form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(params)
+                .finish()
+        ))
+    };
+    match name {
+        "replayed" => callback(spent),
+        "bad-state" => callback(&with(&fresh, "context", None)),
+        "denied" => callback(&with(&fresh, "status", Some("DENIED"))),
+        "bad-code" => callback(&with(&fresh, "code", Some("not.a.code"))),
+        "bad-return-to" => h.onboarding_url("/connect?return_to=https%3A%2F%2Fevil.example%2F"),
+        _ => h.onboarding_url(&format!(
+            "/connect/connected?businessId={}",
+            support::merchant()
+        )),
+    }
+}
+
+#[tokio::test]
+async fn every_failure_page_names_the_app_and_carries_a_reference() {
+    let h = Builder::default()
+        .tls()
+        .onboarding("  code_key: tls\n  app_name: \"Acme Payments\"\n")
+        .start()
+        .await;
+    let pin = h.emulator.tls_spki_pin().expect("TLS").to_owned();
+    let params = callback_params(&h).await;
+    assert_eq!(call_back(&h, &params).await.status(), 303);
+    let pages = [
+        ("replayed", 400, "already used"),
+        ("bad-state", 400, "did not start here"),
+        ("denied", 400, "did not authorize"),
+        ("bad-code", 400, "could not be verified"),
+        ("bad-return-to", 400, "does not send browsers to"),
+        ("not-connected", 404, "No business is connected"),
+    ];
+    let mut references = std::collections::BTreeSet::new();
+    for (name, status, reason) in pages {
+        let response = no_redirects()
+            .get(failure_url(&h, &params, name).await)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{name}");
+        let page = response.text().await.unwrap();
+        assert!(page.contains("<h1>Not connected</h1>"), "{name}: {page}");
+        assert!(page.contains(reason), "{name}: {page}");
+        assert!(
+            page.contains(r#"<strong id="app-name">Acme Payments</strong>"#),
+            "{name}: {page}"
+        );
+        let reference = page
+            .split(r#"<code id="reference">"#)
+            .nth(1)
+            .and_then(|rest| rest.split('<').next())
+            .unwrap_or_else(|| panic!("{name}: no reference in {page}"));
+        assert!(
+            uuid::Uuid::parse_str(reference).is_ok(),
+            "{name}: {reference}"
+        );
+        assert!(
+            references.insert(reference.to_owned()),
+            "{name}: {reference} again"
+        );
+        let url = failure_url(&h, &params, name).await;
+        support::browser::screenshot(&url, &pin, &screenshot_path(name)).await;
+    }
+    h.stop().await;
+}
+
 // --- Refusals from the emulator's knobs ---------------------------------------------------
 
 async fn refused_by_the_emulator(mode: AuthorizeMode, outcome: &str) {
@@ -432,7 +562,10 @@ async fn every_onboarding_response_carries_the_security_headers() {
         ),
     ];
     let params = callback_params(&h).await;
-    responses.push((call_back(&h, &params).await, 200));
+    responses.push((call_back(&h, &params).await, 303));
+    let connected = format!("/connect/connected?businessId={}", h.merchants[0]);
+    responses.push((get(&connected).await.unwrap(), 200));
+    responses.push((get("/connect/connected").await.unwrap(), 404));
     for (response, status) in responses {
         assert_eq!(response.status(), status, "{}", response.url());
         assert_security_headers(&response);
@@ -492,7 +625,7 @@ async fn admin_lists_onboarded_merchants_in_pages_and_forgets_one() {
         let location =
             support::redirect_from(&h.emulator, &format!("{authorize}&businessId={m}")).await;
         let params = support::query_pairs(&location);
-        assert_eq!(call_back(&h, &params).await.status(), 200);
+        assert_eq!(call_back(&h, &params).await.status(), 303);
     }
     let mut sorted = merchants.clone();
     sorted.sort();

@@ -1,8 +1,8 @@
 #!/bin/sh
 # The compose stack's callers: requests through every proxy in PROXIES for a handful of
 # merchants, with varied upstream latency (the emulator's _delay_ms knob), a POST every
-# tenth request, and, every fiftieth, a merchant that never authorized the app (its 502,
-# then 503 while it backs off, show on the dashboard). Prints a tally every 500 requests,
+# tenth request, and, every fiftieth, a merchant that never authorized the app (its 403
+# MERCHANT_NOT_AUTHORIZED answers show on the dashboard). Prints a tally every 500 requests,
 # and stops after REQUESTS requests when that is set.
 set -u
 PROXIES=${PROXIES:-"127.0.0.1:8080"}

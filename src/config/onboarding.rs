@@ -41,6 +41,12 @@ pub(super) struct RawOnboarding {
     state_ttl: Duration,
     success_redirect: Option<String>,
     state_key_file: Option<PathBuf>,
+    #[serde(default = "default_app_name")]
+    app_name: String,
+}
+
+fn default_app_name() -> String {
+    "this app".into()
 }
 
 fn default_onboarding_listen() -> String {
@@ -110,6 +116,16 @@ impl RawOnboarding {
         if let Some(url) = &self.success_redirect {
             parse_url("onboarding.success_redirect", url)?;
         }
+        let app_name = self.app_name.trim().to_owned();
+        if app_name.is_empty() || app_name.chars().count() > 100 {
+            return Err(invalid(
+                "onboarding.app_name",
+                format!(
+                    "expected the app's name as merchants know it, 1 to 100 characters; found {:?}",
+                    self.app_name
+                ),
+            ));
+        }
         let state_key = match self.state_key_file {
             Some(path) => Some(
                 StateKey::from_base64_file(&resolve(sources, &path))
@@ -126,6 +142,7 @@ impl RawOnboarding {
             state_ttl,
             success_redirect: self.success_redirect,
             state_key,
+            app_name,
         })
     }
 }

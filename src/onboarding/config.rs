@@ -42,4 +42,6 @@ pub struct OnboardingConfig {
     /// The state key read from `onboarding.state_key_file`; `None` means a random key per
     /// process.
     pub state_key: Option<StateKey>,
+    /// The app's name as merchants know it, shown on the onboarding pages.
+    pub app_name: String,
 }

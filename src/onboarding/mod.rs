@@ -49,6 +49,9 @@ pub const CONNECT_PATH: &str = "/connect";
 pub const CALLBACK_PATH: &str = "/oauth/callback";
 /// Path Poynt's sign-out returns to.
 pub const SIGNED_OUT_PATH: &str = "/connect/signed-out";
+/// Where a callback that stored the grant sends the browser (303, `?businessId=`), so the
+/// code leaves the address bar and a reload shows the success again.
+pub const CONNECTED_PATH: &str = "/connect/connected";
 
 /// Why onboarding could not start or a URL could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +79,7 @@ struct Settings {
     success_redirect: Option<String>,
     code_issuer: String,
     state_ttl: Duration,
+    app_name: String,
 }
 
 impl Settings {
@@ -89,6 +93,7 @@ impl Settings {
             success_redirect: onboarding.success_redirect.clone(),
             code_issuer: onboarding.code_issuer.clone(),
             state_ttl: onboarding.state_ttl,
+            app_name: onboarding.app_name.clone(),
         }
     }
 
@@ -229,27 +234,37 @@ impl Onboarding {
         self.answer(request.method(), request.uri()).await
     }
 
-    /// The router: only `GET` on the three paths; anything else gets a page too.
+    /// The router: only `GET` on the four paths; anything else gets a page too. Every
+    /// request gets a fresh id: the reference an error page shows and its log line carries.
     pub async fn answer(&self, method: &Method, uri: &Uri) -> Response<Full<Bytes>> {
+        let inner = &self.inner;
+        let app = inner.settings.app_name.as_str();
         let path = uri.path();
-        let known = matches!(path, CONNECT_PATH | CALLBACK_PATH | SIGNED_OUT_PATH);
+        let known = matches!(
+            path,
+            CONNECT_PATH | CALLBACK_PATH | SIGNED_OUT_PATH | CONNECTED_PATH
+        );
         if !known {
-            return pages::respond(StatusCode::NOT_FOUND, pages::not_found());
+            return pages::respond(StatusCode::NOT_FOUND, pages::not_found(app));
         }
         if method != Method::GET {
-            let mut response = pages::respond(StatusCode::METHOD_NOT_ALLOWED, pages::not_found());
+            let mut response =
+                pages::respond(StatusCode::METHOD_NOT_ALLOWED, pages::not_found(app));
             response
                 .headers_mut()
                 .insert(http::header::ALLOW, http::HeaderValue::from_static("GET"));
             return response;
         }
-        let inner = &self.inner;
+        let reference = uuid::Uuid::new_v4().to_string();
         match path {
-            CONNECT_PATH => routes::connect(&inner.settings, &inner.state_key, uri.query()),
-            SIGNED_OUT_PATH => pages::respond(StatusCode::OK, pages::signed_out()),
+            CONNECT_PATH => {
+                routes::connect(&inner.settings, &inner.state_key, uri.query(), &reference)
+            }
+            SIGNED_OUT_PATH => pages::respond(StatusCode::OK, pages::signed_out(app)),
+            CONNECTED_PATH => routes::connected(inner, uri.query(), &reference).await,
             _ => {
                 let started = tokio::time::Instant::now();
-                let (response, record) = routes::callback(inner, uri.query()).await;
+                let (response, record) = routes::callback(inner, uri.query(), &reference).await;
                 record.finish(&inner.metrics, started.elapsed());
                 response
             }
@@ -317,6 +332,7 @@ mod tests {
             success_redirect: success_redirect.map(str::to_owned),
             code_issuer: "https://poynt.net".into(),
             state_ttl: Duration::from_secs(600),
+            app_name: "Acme".into(),
         }
     }
 

@@ -37,7 +37,7 @@ const HEAD: &str = r#"<!doctype html>
 <style>
 body { font-family: system-ui, sans-serif; max-width: 36rem; margin: 4rem auto; padding: 0 1rem; color: #1b1b1b; line-height: 1.5; }
 h1 { font-size: 1.4rem; }
-code { background: #f2f2f2; padding: 0.1rem 0.3rem; border-radius: 0.2rem; }
+code { background: #f2f2f2; padding: 0.1rem 0.3rem; border-radius: 0.2rem; white-space: nowrap; }
 a.button { display: inline-block; margin-top: 1rem; padding: 0.5rem 1rem; border: 1px solid #1b1b1b; border-radius: 0.3rem; color: inherit; text-decoration: none; }
 </style>
 </head>
@@ -48,19 +48,20 @@ a.button { display: inline-block; margin-top: 1rem; padding: 0.5rem 1rem; border
 /// Everything after a page's body.
 const TAIL: &str = "\n</body>\n</html>\n";
 
-const SUCCESS: &str = r#"<p>Your Poynt business <code id="business-id">{business}</code> is connected.</p>
+const SUCCESS: &str = r#"<p>Your Poynt business <code id="business-id">{business}</code> is connected to <strong id="app-name">{app}</strong>.</p>
 <p>You can close this page.</p>
 <a class="button" href="{signout}">Sign out of Poynt</a>"#;
 
 const REFUSED: &str = r#"<p id="reason">{reason}</p>
-<p>Nothing was saved.</p>
+<p>This attempt to connect your Poynt business to <strong id="app-name">{app}</strong> did not complete.</p>
+<p>If this keeps happening, quote this reference to support: <code id="reference">{reference}</code></p>
 <a class="button" href="/connect">Try again</a>"#;
 
 const SIGNED_OUT: &str = r#"<p>You are signed out of Poynt.</p>
-<a class="button" href="/connect">Connect a business</a>"#;
+<a class="button" href="/connect">Connect a business to {app}</a>"#;
 
 const NOT_FOUND: &str = r#"<p>There is no page here.</p>
-<a class="button" href="/connect">Connect a business</a>"#;
+<a class="button" href="/connect">Connect a business to {app}</a>"#;
 
 const REDIRECTING: &str = r#"<p><a href="{location}">Continue</a></p>"#;
 
@@ -117,9 +118,9 @@ fn layout(title: &str, body: &str) -> String {
     page
 }
 
-/// "Connected": names the business and offers Poynt's sign-out, which returns to
-/// `signed_out_url`.
-pub fn success(business: MerchantId, signout_url: &str, signed_out_url: &str) -> String {
+/// "Connected": names the business and the app, and offers Poynt's sign-out, which returns
+/// to `signed_out_url`.
+pub fn success(app: &str, business: MerchantId, signout_url: &str, signed_out_url: &str) -> String {
     let mut href = format!("{signout_url}?");
     href.push_str(
         &form_urlencoded::Serializer::new(String::new())
@@ -128,24 +129,33 @@ pub fn success(business: MerchantId, signout_url: &str, signed_out_url: &str) ->
     );
     let body = render(
         SUCCESS,
-        &[("business", &business.to_string()), ("signout", &href)],
+        &[
+            ("business", &business.to_string()),
+            ("app", app),
+            ("signout", &href),
+        ],
     );
     layout("Connected to Poynt", &body)
 }
 
-/// "Not connected": a plain-language reason and a way to start again.
-pub fn refused(reason: &str) -> String {
-    layout("Not connected", &render(REFUSED, &[("reason", reason)]))
+/// "Not connected": a plain-language reason, a way to start again, and the `reference` (the
+/// request id its log line carries) to quote to support.
+pub fn refused(app: &str, reason: &str, reference: &str) -> String {
+    let body = render(
+        REFUSED,
+        &[("reason", reason), ("app", app), ("reference", reference)],
+    );
+    layout("Not connected", &body)
 }
 
 /// After Poynt's sign-out.
-pub fn signed_out() -> String {
-    layout("Signed out", SIGNED_OUT)
+pub fn signed_out(app: &str) -> String {
+    layout("Signed out", &render(SIGNED_OUT, &[("app", app)]))
 }
 
 /// Any other path or method.
-pub fn not_found() -> String {
-    layout("Not found", NOT_FOUND)
+pub fn not_found(app: &str) -> String {
+    layout("Not found", &render(NOT_FOUND, &[("app", app)]))
 }
 
 /// An HTML response with the security headers.
@@ -170,7 +180,7 @@ pub fn redirect(status: StatusCode, location: &str) -> Response<Full<Bytes>> {
     let Ok(value) = HeaderValue::try_from(location) else {
         return respond(
             StatusCode::INTERNAL_SERVER_ERROR,
-            refused("The next address is not valid."),
+            layout("Not connected", "<p>The next address is not valid.</p>"),
         );
     };
     let body = render(REDIRECTING, &[("location", location)]);
@@ -185,12 +195,12 @@ mod tests {
 
     #[test]
     fn values_are_escaped_and_nothing_loads_from_outside() {
-        let page = refused("<script>alert('x')</script> & \"more\"");
+        let page = refused("App", "<script>alert('x')</script> & \"more\"", "ref-1");
         assert!(
             page.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;more&quot;")
         );
         assert!(!page.contains("<script"));
-        for page in [page, signed_out(), not_found()] {
+        for page in [page, signed_out("App"), not_found("App")] {
             assert!(!page.contains("src="), "{page}");
             assert!(!page.contains("http"), "{page}");
         }
@@ -202,13 +212,14 @@ mod tests {
             render("a {x} {y} b { c }", &[("x", "{y}"), ("y", "<")]),
             "a {y} &lt; b { c }"
         );
-        assert!(signed_out().contains("body { font-family"));
+        assert!(signed_out("App").contains("body { font-family"));
     }
 
     #[test]
     fn success_names_the_business_and_links_to_sign_out() {
         let business = MerchantId::parse("c9580c24-b61e-4e0d-ad26-1dd1d3943d2c").unwrap();
         let page = success(
+            "Acme <Pay>",
             business,
             "https://services.poynt.net/auth/signout",
             "https://connect.example.com/connect/signed-out",
@@ -216,13 +227,17 @@ mod tests {
         assert!(
             page.contains(r#"<code id="business-id">c9580c24-b61e-4e0d-ad26-1dd1d3943d2c</code>"#)
         );
+        assert!(
+            page.contains(r#"<strong id="app-name">Acme &lt;Pay&gt;</strong>"#),
+            "{page}"
+        );
         assert!(page.contains(r#"href="https://services.poynt.net/auth/signout?redirect=https%3A%2F%2Fconnect.example.com%2Fconnect%2Fsigned-out""#), "{page}");
     }
 
     #[test]
     fn every_response_has_the_security_headers() {
         for response in [
-            respond(StatusCode::OK, signed_out()),
+            respond(StatusCode::OK, signed_out("App")),
             redirect(StatusCode::FOUND, "https://poynt.net/x?a=1&b=2"),
             redirect(StatusCode::FOUND, "bad\nvalue"),
         ] {

@@ -13,7 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::code_key::CodeKey;
 use super::state::{StateError, StateKey};
 use super::verify::{self, CodeError, CodeRules, VerifiedCode};
-use super::{Inner, OnboardingError, SIGNED_OUT_PATH, Settings, pages};
+use super::{CONNECTED_PATH, Inner, OnboardingError, SIGNED_OUT_PATH, Settings, pages};
 use crate::metrics::{Metrics, OnboardingOutcome};
 use poynt_wire::MerchantId;
 
@@ -32,16 +32,19 @@ pub(super) fn connect(
     settings: &Settings,
     key: &StateKey,
     query: Option<&str>,
+    reference: &str,
 ) -> Response<Full<Bytes>> {
     let return_to = param(query, "return_to");
     if let Some(url) = &return_to
         && (url.len() > super::state::MAX_RETURN_TO || !settings.allows_return_to(url))
     {
-        tracing::info!(target: "poynt_proxy::onboarding", error = %OnboardingError::ReturnTo(url.chars().take(200).collect()), "connect refused");
+        tracing::info!(target: "poynt_proxy::onboarding", request_id = reference, error = %OnboardingError::ReturnTo(url.chars().take(200).collect()), "connect refused");
         return pages::respond(
             StatusCode::BAD_REQUEST,
             pages::refused(
+                &settings.app_name,
                 "The page that sent you here asked to return to an address this service does not send browsers to.",
+                reference,
             ),
         );
     }
@@ -60,6 +63,10 @@ struct Refusal {
 }
 
 impl Refusal {
+    /// The page's reason when the service itself cannot answer.
+    const UNAVAILABLE: &'static str =
+        "The service cannot complete sign-ins right now. Please try again in a minute.";
+
     fn new(outcome: OnboardingOutcome, detail: impl std::fmt::Display) -> Self {
         Self {
             outcome,
@@ -91,9 +98,7 @@ impl Refusal {
             OnboardingOutcome::ExchangeFailed => {
                 "Poynt did not grant access for this business. Please try again."
             }
-            OnboardingOutcome::Unavailable => {
-                "The service cannot complete sign-ins right now. Please try again in a minute."
-            }
+            OnboardingOutcome::Unavailable => Self::UNAVAILABLE,
         }
     }
 }
@@ -104,6 +109,7 @@ pub(super) struct Record {
     business: Option<MerchantId>,
     claimed_business: Option<MerchantId>,
     detail: Option<String>,
+    reference: String,
 }
 
 impl Record {
@@ -114,32 +120,39 @@ impl Record {
         let business_id = self.business.map(tracing::field::display);
         let claimed_business_id = self.claimed_business.map(tracing::field::display);
         let latency_ms = elapsed.as_secs_f64() * 1e3;
+        let request_id = self.reference.as_str();
         match &self.detail {
             None => {
-                tracing::info!(target: "poynt_proxy::onboarding", outcome, business_id, latency_ms, "onboarding callback")
+                tracing::info!(target: "poynt_proxy::onboarding", request_id, outcome, business_id, latency_ms, "onboarding callback")
             }
             Some(error) => {
-                tracing::warn!(target: "poynt_proxy::onboarding", outcome, business_id, claimed_business_id, latency_ms, %error, "onboarding callback")
+                tracing::warn!(target: "poynt_proxy::onboarding", request_id, outcome, business_id, claimed_business_id, latency_ms, %error, "onboarding callback")
             }
         }
     }
 }
 
-/// `GET /oauth/callback?code=&status=&context=&businessId=`.
+/// `GET /oauth/callback?code=&status=&context=&businessId=`. `reference` is the request's
+/// id, shown on an error page and logged.
 pub(super) async fn callback(
     inner: &Inner,
     query: Option<&str>,
+    reference: &str,
 ) -> (Response<Full<Bytes>>, Record) {
     let claimed_business = param(query, "businessId").and_then(|id| MerchantId::parse(&id).ok());
     let mut verified = None;
     let result = finish(inner, query, &mut verified).await;
     let business = verified.as_ref().map(|(merchant, _)| *merchant);
+    let app = inner.settings.app_name.as_str();
     let response = match &result {
         Ok(()) => match verified {
             Some((merchant, return_to)) => success(&inner.settings, merchant, return_to),
-            None => pages::respond(StatusCode::INTERNAL_SERVER_ERROR, pages::not_found()),
+            None => pages::respond(StatusCode::INTERNAL_SERVER_ERROR, pages::not_found(app)),
         },
-        Err(refusal) => pages::respond(refusal.status(), pages::refused(refusal.page_reason())),
+        Err(refusal) => pages::respond(
+            refusal.status(),
+            pages::refused(app, refusal.page_reason(), reference),
+        ),
     };
     let record = Record {
         outcome: result
@@ -148,8 +161,55 @@ pub(super) async fn callback(
         business,
         claimed_business,
         detail: result.err().map(|r| r.detail),
+        reference: reference.to_owned(),
     };
     (response, record)
+}
+
+/// `GET /connect/connected?businessId=`: the success page, for as long as the token store
+/// holds the grant that business gave through onboarding — so a reload or a restored tab,
+/// on any replica, shows it again.
+pub(super) async fn connected(
+    inner: &Inner,
+    query: Option<&str>,
+    reference: &str,
+) -> Response<Full<Bytes>> {
+    let settings = &inner.settings;
+    let app = settings.app_name.as_str();
+    let not_connected = || {
+        tracing::info!(target: "poynt_proxy::onboarding", request_id = reference, "success page: no business connected under this address");
+        pages::respond(
+            StatusCode::NOT_FOUND,
+            pages::refused(
+                app,
+                "No business is connected under this address. Please start again.",
+                reference,
+            ),
+        )
+    };
+    let Some(merchant) = param(query, "businessId").and_then(|id| MerchantId::parse(&id).ok())
+    else {
+        return not_connected();
+    };
+    match inner.broker.is_onboarded(merchant).await {
+        Ok(true) => pages::respond(
+            StatusCode::OK,
+            pages::success(
+                app,
+                merchant,
+                &settings.signout_url,
+                &format!("{}{SIGNED_OUT_PATH}", settings.public_url),
+            ),
+        ),
+        Ok(false) => not_connected(),
+        Err(error) => {
+            tracing::warn!(target: "poynt_proxy::onboarding", request_id = reference, %error, "success page: the token store did not answer");
+            pages::respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::refused(app, Refusal::UNAVAILABLE, reference),
+            )
+        }
+    }
 }
 
 /// The checks in order, then the exchange. On success `verified` holds the merchant and the
@@ -232,27 +292,21 @@ async fn verify_code(
     }
 }
 
-/// The success answer: back to `return_to` or `success_redirect` (303, with `businessId`),
-/// else the success page.
+/// The success answer, always a 303 with `businessId` (the code and state stay out of the
+/// address bar and history): to `return_to` or `success_redirect`, else to this listener's
+/// own success page.
 fn success(
     settings: &Settings,
     merchant: MerchantId,
     return_to: Option<String>,
 ) -> Response<Full<Bytes>> {
-    match return_to.or_else(|| settings.success_redirect.clone()) {
-        Some(url) => pages::redirect(
-            StatusCode::SEE_OTHER,
-            &append_query(&url, "businessId", &merchant.to_string()),
-        ),
-        None => pages::respond(
-            StatusCode::OK,
-            pages::success(
-                merchant,
-                &settings.signout_url,
-                &format!("{}{SIGNED_OUT_PATH}", settings.public_url),
-            ),
-        ),
-    }
+    let url = return_to
+        .or_else(|| settings.success_redirect.clone())
+        .unwrap_or_else(|| format!("{}{CONNECTED_PATH}", settings.public_url));
+    pages::redirect(
+        StatusCode::SEE_OTHER,
+        &append_query(&url, "businessId", &merchant.to_string()),
+    )
 }
 
 /// Adds `name=value` to `url`'s query, before any fragment.

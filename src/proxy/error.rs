@@ -114,6 +114,7 @@ impl ProxyError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Token(BrokerError::NotAuthorized { .. }) => StatusCode::FORBIDDEN,
             Self::Token(BrokerError::Refused { .. }) => StatusCode::BAD_GATEWAY,
             Self::Token(
                 BrokerError::Unavailable { .. }
@@ -137,6 +138,7 @@ impl ProxyError {
             Self::InvalidRequestBody(_) => "INVALID_REQUEST_BODY",
             Self::RequestTimeout(_) => "REQUEST_TIMEOUT",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            Self::Token(BrokerError::NotAuthorized { .. }) => "MERCHANT_NOT_AUTHORIZED",
             Self::Token(_) => "TOKEN_UNAVAILABLE",
             Self::UpstreamUnavailable(_) => "UPSTREAM_UNAVAILABLE",
             Self::UpstreamTimeout(_) => "UPSTREAM_TIMEOUT",
@@ -154,7 +156,8 @@ impl ProxyError {
             | Self::MethodNotAllowed(_)
             | Self::InvalidRequestBody(_)
             | Self::RequestTimeout(_)
-            | Self::PayloadTooLarge { .. } => Side::Downstream,
+            | Self::PayloadTooLarge { .. }
+            | Self::Token(BrokerError::NotAuthorized { .. }) => Side::Downstream,
             Self::Token(_) | Self::UpstreamUnavailable(_) | Self::UpstreamTimeout(_) => {
                 Side::Upstream
             }
@@ -222,6 +225,9 @@ mod tests {
                 limit: 1,
                 found: "2".into(),
             },
+            ProxyError::Token(BrokerError::NotAuthorized {
+                reason: "no".into(),
+            }),
             ProxyError::Token(BrokerError::Refused {
                 reason: "no".into(),
             }),
@@ -253,6 +259,7 @@ mod tests {
             (400, "INVALID_REQUEST_BODY", Side::Downstream),
             (408, "REQUEST_TIMEOUT", Side::Downstream),
             (413, "PAYLOAD_TOO_LARGE", Side::Downstream),
+            (403, "MERCHANT_NOT_AUTHORIZED", Side::Downstream),
             (502, "TOKEN_UNAVAILABLE", Side::Upstream),
             (503, "TOKEN_UNAVAILABLE", Side::Upstream),
             (503, "TOKEN_UNAVAILABLE", Side::Upstream),

@@ -394,7 +394,9 @@ impl Proxy {
         let elapsed = ctx.upstream_done.unwrap_or_else(Instant::now) - started;
         let status = response.status().as_u16();
         let method = &parts.method;
-        self.inner.metrics.observe_request(method, status, elapsed);
+        self.inner
+            .metrics
+            .observe_request(method, status, error.is_some(), elapsed);
         tracing::info!(
             target: "poynt_proxy::access",
             request_id = request_id.to_str().unwrap_or_default(),

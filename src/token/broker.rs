@@ -331,9 +331,14 @@ impl Broker {
             if let Some(until) = guard.backoff_until
                 && now < until
             {
-                return Err(BrokerError::BackingOff {
-                    last_error: guard.last_error.clone().unwrap_or_default(),
-                    retry_after: until - now,
+                let last_error = guard.last_error.clone().unwrap_or_default();
+                return Err(if guard.not_authorized {
+                    BrokerError::NotAuthorized { reason: last_error }
+                } else {
+                    BrokerError::BackingOff {
+                        last_error,
+                        retry_after: until - now,
+                    }
                 });
             }
             if !guard.granted
@@ -379,6 +384,7 @@ impl Broker {
             guard.failures = 0;
             guard.backoff_until = None;
             guard.last_error = None;
+            guard.not_authorized = false;
             guard.last_renewal = Some(issued.received_wall);
             guard.generation = guard.generation.max(generation);
             if issued.refresh_token.is_some() {
@@ -459,6 +465,7 @@ impl Broker {
         let now = Instant::now();
         guard.backoff_until = Some(now.checked_add(backoff).unwrap_or(now));
         guard.last_error = Some(reason.to_owned());
+        guard.not_authorized = error.is_some_and(GrantError::is_merchant_not_authorized);
         match error {
             Some(error) => BrokerError::from_grant(error, backoff),
             None => BrokerError::Unavailable {
@@ -586,6 +593,13 @@ impl Broker {
                 has_refresh_token: record.refresh_token.is_some(),
             })
             .collect())
+    }
+
+    /// Whether the token store holds a grant `merchant` gave through onboarding: what the
+    /// success page, reloaded on any replica, shows.
+    pub async fn is_onboarded(&self, merchant: MerchantId) -> Result<bool, StoreError> {
+        let record = self.inner.store.load(merchant).await?;
+        Ok(record.is_some_and(|record| record.onboarded_at.is_some()))
     }
 
     /// Forgets everything kept for `merchant` — its stored record, its cached token and its

@@ -14,6 +14,15 @@ pub enum BrokerError {
         /// The refusal, without any secret.
         reason: String,
     },
+    /// Poynt said the merchant has not authorized the app (or removed it): only the
+    /// merchant can fix that, by connecting through onboarding.
+    #[error(
+        "the merchant has not authorized this application on Poynt; it must connect through the onboarding listener's /connect first ({reason})"
+    )]
+    NotAuthorized {
+        /// Poynt's refusal, without any secret.
+        reason: String,
+    },
     /// Poynt could not be reached or failed.
     #[error("Poynt's token endpoint is unavailable: {reason}")]
     Unavailable {
@@ -45,7 +54,9 @@ impl BrokerError {
     /// after `retry_after`).
     pub(super) fn from_grant(error: &GrantError, retry_after: Duration) -> Self {
         let reason = error.to_string();
-        if error.is_refused() {
+        if error.is_merchant_not_authorized() {
+            Self::NotAuthorized { reason }
+        } else if error.is_refused() {
             Self::Refused { reason }
         } else {
             Self::Unavailable {

@@ -92,7 +92,7 @@ pub enum GrantError {
     #[error("no /token call slot became free within {}", humantime::format_duration(*.0))]
     Queued(Duration),
     /// Poynt refused the grant (4xx): the credential or merchant is not acceptable.
-    #[error("Poynt refused the {grant} grant: HTTP {status}, code {code:?}: {message}")]
+    #[error("Poynt refused the {grant} grant: HTTP {status}{}: {message}", code_part(code.as_deref()))]
     Refused {
         /// The grant.
         grant: &'static str,
@@ -104,7 +104,7 @@ pub enum GrantError {
         message: String,
     },
     /// Poynt failed (5xx, 429): worth retrying later.
-    #[error("Poynt's /token endpoint failed: HTTP {status}, code {code:?}")]
+    #[error("Poynt's /token endpoint failed: HTTP {status}{}", code_part(code.as_deref()))]
     Unavailable {
         /// HTTP status.
         status: u16,
@@ -119,10 +119,25 @@ pub enum GrantError {
     Sign(#[from] SignError),
 }
 
+/// `, code X` for an error body's code, nothing when Poynt sent none.
+fn code_part(code: Option<&str>) -> String {
+    code.map(|code| format!(", code {code}"))
+        .unwrap_or_default()
+}
+
+/// Poynt's `/token` code for a merchant that has not authorized the app (or removed it).
+pub const MERCHANT_NOT_AUTHORIZED: &str = "MERCHANT_NOT_AUTHORIZED";
+
 impl GrantError {
     /// Whether Poynt itself said no (as opposed to not answering properly).
     pub fn is_refused(&self) -> bool {
         matches!(self, Self::Refused { .. })
+    }
+
+    /// Whether Poynt said no because the merchant has not authorized the app: only the
+    /// merchant can fix that, by connecting through onboarding.
+    pub fn is_merchant_not_authorized(&self) -> bool {
+        self.is_refused() && self.poynt_code() == Some(MERCHANT_NOT_AUTHORIZED)
     }
 
     /// Whether the request certainly never reached Poynt, so a refresh token it carried is
@@ -413,8 +428,9 @@ pub fn parse_token_response(
     };
     if lifetime.is_zero() {
         return Err(GrantError::Malformed(format!(
-            "expected a token with a positive lifetime; found expiresIn {} and exp {exp:?}",
-            response.expires_in
+            "expected a token with a positive lifetime; found expiresIn {} and exp {}",
+            response.expires_in,
+            exp.map_or_else(|| "absent".to_owned(), |exp| exp.to_string())
         )));
     }
     let bearer = bearer_header(&response.access_token).ok_or_else(|| {

@@ -47,6 +47,9 @@ pub(crate) struct StateInner {
     pub(crate) backoff_until: Option<Instant>,
     /// The last failure, for the admin API.
     pub(crate) last_error: Option<String>,
+    /// Whether the last failure was Poynt saying the merchant has not authorized the app,
+    /// so callers during the back-off hear that rather than "try again later".
+    pub(crate) not_authorized: bool,
     /// When the last successful grant arrived.
     pub(crate) last_renewal: Option<SystemTime>,
     /// When an upstream 401 last made the broker drop a token, to rate-limit such renewals.

@@ -12,6 +12,36 @@ const DEADLINE: Duration = Duration::from_secs(60);
 /// (base64 SHA-256 of a certificate's SubjectPublicKeyInfo) is the one certificate trusted
 /// beyond the system's: the emulator's, never a blanket ignore.
 pub async fn dump_dom(url: &str, spki_pin: &str) -> String {
+    let output = chromium(url, spki_pin, &["--dump-dom".to_owned()]).await;
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Loads `url` (following redirects) in a fresh profile, as a new tab or a reload would, and
+/// saves what a 800×600 window shows as a PNG at `png`.
+pub async fn screenshot(url: &str, spki_pin: &str, png: &std::path::Path) {
+    if let Some(dir) = png.parent() {
+        std::fs::create_dir_all(dir).expect("screenshot dir");
+    }
+    chromium(
+        url,
+        spki_pin,
+        &[
+            "--window-size=800,600".to_owned(),
+            "--hide-scrollbars".to_owned(),
+            format!("--screenshot={}", png.display()),
+        ],
+    )
+    .await;
+    let written = std::fs::read(png).expect("chromium wrote the screenshot");
+    assert!(
+        written.starts_with(b"\x89PNG"),
+        "{} is no PNG",
+        png.display()
+    );
+}
+
+/// Runs headless Chromium on `url` with `mode` (what to produce), within [`DEADLINE`].
+async fn chromium(url: &str, spki_pin: &str, mode: &[String]) -> std::process::Output {
     let profile = tempfile::tempdir().expect("profile dir");
     let child = Command::new("chromium")
         // As root, Chromium needs --no-sandbox; without the background-networking flags it
@@ -28,7 +58,7 @@ pub async fn dump_dom(url: &str, spki_pin: &str) -> String {
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(format!("--ignore-certificate-errors-spki-list={spki_pin}"))
-        .arg("--dump-dom")
+        .args(mode)
         .arg(url)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -46,5 +76,5 @@ pub async fn dump_dom(url: &str, spki_pin: &str) -> String {
         "chromium failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    output
 }
