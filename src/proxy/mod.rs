@@ -90,7 +90,8 @@ struct Context {
     source: Option<TokenSource>,
     upstream_elapsed: Option<Duration>,
     /// When the last upstream exchange returned: the record step's clock reading when
-    /// nothing happened since (a clock read costs ~25 ns on a VM).
+    /// nothing happened since (clock reads cost: docs/BENCHMARKS.md, "CPU per proxied
+    /// request").
     upstream_done: Option<Instant>,
     retried: bool,
 }

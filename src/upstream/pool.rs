@@ -8,7 +8,8 @@
 //! unless the socket became readable) and by a sweep every [`SWEEP_INTERVAL`] while the
 //! pool holds any, which also closes connections left idle through [`EXPIRY_SWEEPS`]
 //! sweeps (48 to 60 s). Counting sweeps instead of timing each connection keeps the clock
-//! off the request path (a clock read costs ~25 ns on a VM).
+//! off the request path (what a clock read costs: docs/BENCHMARKS.md, "CPU per proxied
+//! request").
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
