@@ -70,6 +70,57 @@ fn the_example_config_is_valid() {
     );
 }
 
+/// Sizes as nginx users type them (binary units, 1k = 1024); decimal units and words are
+/// refused with the key and the text quoted, never guessed at.
+#[test]
+fn body_sizes_take_nginx_style_units() {
+    let parsed = |size: &str| {
+        let yaml = base(
+            "",
+            &format!("server:\n  max_request_body_bytes: {size}\n  retry_buffer_bytes: {size}\n"),
+        );
+        Config::parse(&yaml, &KeySources::default()).map(|c| {
+            (
+                c.server.max_request_body_bytes,
+                c.server.retry_buffer_bytes as u64,
+            )
+        })
+    };
+    for (size, bytes) in [
+        ("65536", 65536),
+        ("\"64k\"", 64 << 10),
+        ("64K", 64 << 10),
+        ("64KiB", 64 << 10),
+        ("1m", 1 << 20),
+        ("\"1 MiB\"", 1 << 20),
+    ] {
+        assert_eq!(parsed(size).expect(size), (bytes, bytes), "{size}");
+    }
+    let config = Config::parse(
+        &base("", "server:\n  max_request_body_bytes: 1GiB\n"),
+        &KeySources::default(),
+    )
+    .expect("1GiB");
+    assert_eq!(config.server.max_request_body_bytes, 1 << 30);
+    let config = Config::parse(
+        &base("", "server:\n  max_request_body_bytes: 2g\n"),
+        &KeySources::default(),
+    )
+    .expect("2g");
+    assert_eq!(config.server.max_request_body_bytes, 2 << 30);
+    for bad in ["1GB", "lots", "-1k", "1.5m", "99999999999999999999g"] {
+        let error = error_of(&base(
+            "",
+            &format!("server:\n  max_request_body_bytes: {bad}\n"),
+        ));
+        assert!(
+            error.contains("server.max_request_body_bytes: expected a byte count or a number with a binary unit")
+                && error.contains(&format!("found {bad:?}")),
+            "{bad}: {error}"
+        );
+    }
+}
+
 #[test]
 fn errors_name_the_key_and_what_was_wrong() {
     let cases = [

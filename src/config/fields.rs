@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use http::Uri;
+use serde::Deserialize;
 
 use super::error::ConfigError;
 
@@ -119,4 +120,48 @@ where
         ));
     }
     Ok(value)
+}
+
+/// A size in bytes as nginx users write it: a count (`65536`) or a number with a binary
+/// unit (`64k`, `64KiB`, `1m`, `1MiB`, `1g`, `1GiB`: 1k is 1024, as nginx reads it).
+/// Decimal units (`1GB`) are refused rather than guessed at.
+#[derive(Deserialize, Clone, Debug)]
+#[serde(untagged)]
+pub(super) enum ByteSize {
+    Count(u64),
+    Text(String),
+}
+
+impl ByteSize {
+    /// The size in bytes, or an error for `key` quoting what was written.
+    pub(super) fn bytes(&self, key: &'static str) -> Result<u64, ConfigError> {
+        let text = match self {
+            Self::Count(count) => return Ok(*count),
+            Self::Text(text) => text.trim(),
+        };
+        let unit_at = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (digits, unit) = text.split_at(unit_at);
+        let multiplier: u64 = match unit.trim() {
+            "" | "b" | "B" => 1,
+            "k" | "K" | "KiB" => 1 << 10,
+            "m" | "M" | "MiB" => 1 << 20,
+            "g" | "G" | "GiB" => 1 << 30,
+            _ => 0,
+        };
+        digits
+            .parse::<u64>()
+            .ok()
+            .filter(|_| multiplier > 0)
+            .and_then(|count| count.checked_mul(multiplier))
+            .ok_or_else(|| {
+                invalid(
+                    key,
+                    format!(
+                        "expected a byte count or a number with a binary unit (k or KiB, m or MiB, g or GiB; 1k = 1024); found {text:?}"
+                    ),
+                )
+            })
+    }
 }

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::error::ConfigError;
 use super::fields::{
-    MAX_LONG_TIMEOUT, MAX_SHORT_TIMEOUT, count_within, duration_at_most, duration_within,
+    ByteSize, MAX_LONG_TIMEOUT, MAX_SHORT_TIMEOUT, count_within, duration_at_most, duration_within,
 };
 
 /// How long an idle HTTP/1 caller connection is kept: nginx's default. Callers' pools should
@@ -59,8 +59,8 @@ pub(super) struct RawServer {
     max_header_bytes: usize,
     max_connections: usize,
     http2_max_concurrent_streams: u32,
-    max_request_body_bytes: u64,
-    retry_buffer_bytes: usize,
+    max_request_body_bytes: ByteSize,
+    retry_buffer_bytes: ByteSize,
     #[serde(with = "humantime_serde")]
     shutdown_grace: Duration,
     workers: Option<usize>,
@@ -82,8 +82,8 @@ impl Default for RawServer {
             max_header_bytes: 64 * 1024,
             max_connections: 10_000,
             http2_max_concurrent_streams: 256,
-            max_request_body_bytes: 1 << 30,
-            retry_buffer_bytes: 64 * 1024,
+            max_request_body_bytes: ByteSize::Count(1 << 30),
+            retry_buffer_bytes: ByteSize::Count(64 * 1024),
             shutdown_grace: Duration::from_secs(30),
             workers: None,
             idle_timeout: Duration::from_secs(60),
@@ -102,7 +102,8 @@ impl RawServer {
         };
         let max_request_body_bytes = count_within(
             "server.max_request_body_bytes",
-            self.max_request_body_bytes,
+            self.max_request_body_bytes
+                .bytes("server.max_request_body_bytes")?,
             0,
             1 << 40,
         )?;
@@ -138,10 +139,10 @@ impl RawServer {
             max_request_body_bytes,
             retry_buffer_bytes: count_within(
                 "server.retry_buffer_bytes",
-                self.retry_buffer_bytes,
+                self.retry_buffer_bytes.bytes("server.retry_buffer_bytes")?,
                 0,
                 16 << 20,
-            )?,
+            )? as usize,
             shutdown_grace: duration_at_most(
                 "server.shutdown_grace",
                 self.shutdown_grace,
