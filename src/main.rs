@@ -58,8 +58,9 @@ enum Command {
     /// Print a URL that sends a merchant to Poynt to authorize the app, with a state the
     /// running proxy's onboarding listener accepts (the same as its /connect issues).
     AuthorizeUrl {
-        /// The YAML configuration (needs an onboarding section with state_key_file, the key
-        /// the running proxy checks states with).
+        /// The YAML configuration the running proxy uses (its onboarding section, and the
+        /// state key it checks states with: state_key_file, or the key derived from the
+        /// store key).
         #[arg(long, short)]
         config: PathBuf,
         /// Where to send the browser after success (on public_url's or success_redirect's

@@ -517,6 +517,22 @@ fn every_command_has_help() {
     }
 }
 
+/// The state key may be derived from the store key (no state_key_file needed); the help
+/// once said otherwise.
+#[test]
+fn authorize_url_help_says_the_state_key_may_be_derived() {
+    let out = Command::new(BIN)
+        .args(["authorize-url", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        help.contains("state_key_file, or the key derived from the store key"),
+        "{help}"
+    );
+}
+
 fn curl_installed() -> bool {
     Command::new("curl")
         .arg("--version")
