@@ -961,6 +961,17 @@ async fn settle(h: &Harness, what: &str, proxy: f64, onboarding: f64) {
     .await;
 }
 
+/// Each listener's open-connection gauge in `text` equals what `ss` counts on its port.
+fn assert_open_matches_ss(text: &str, ports: &[(&str, u16)]) {
+    for &(listener, port) in ports {
+        assert_eq!(
+            open_connections(text, listener),
+            ss_established(port) as f64,
+            "{listener}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn open_connections_per_listener_match_what_ss_counts() {
     let h = Builder::default()
@@ -977,13 +988,7 @@ async fn open_connections_per_listener_match_what_ss_counts() {
     // Nothing connected but the scrape itself: the accept loops' waiting permits are no
     // connection.
     let text = metrics_text(&h.client, &admin.to_string()).await;
-    for (listener, port) in ports {
-        assert_eq!(
-            open_connections(&text, listener),
-            ss_established(port) as f64,
-            "{listener}"
-        );
-    }
+    assert_open_matches_ss(&text, &ports);
     assert_eq!(open_connections(&text, "proxy"), 0.0);
     assert_eq!(open_connections(&text, "admin"), 1.0);
 
@@ -999,12 +1004,8 @@ async fn open_connections_per_listener_match_what_ss_counts() {
     }
     settle(&h, "the listeners accepted the held connections", 3.0, 2.0).await;
     let text = metrics_text(&h.client, &admin.to_string()).await;
-    for (listener, port) in ports {
-        assert_eq!(
-            open_connections(&text, listener),
-            ss_established(port) as f64,
-            "{listener}"
-        );
+    assert_open_matches_ss(&text, &ports);
+    for (listener, _) in ports {
         let available = series(
             &text,
             &format!("poynt_proxy_connections{{listener=\"{listener}\",state=\"available\"}}"),
