@@ -904,6 +904,8 @@ pub struct LimitsMetrics {
     poynt_throttled: IntCounter,
     breaker_open: IntGauge,
     breaker_refused: IntCounter,
+    /// Retries sent, then retries the budget refused.
+    retries: [IntCounter; 2],
 }
 
 impl LimitsMetrics {
@@ -927,6 +929,14 @@ impl LimitsMetrics {
             "poynt_proxy_upstream_breaker_refused_total",
             "Requests answered 503 UPSTREAM_UNAVAILABLE at once because the circuit breaker was open.",
         )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "poynt_proxy_upstream_retries_total",
+                "Exchanges with Poynt that failed (connection failure, 502/503/504) and could be retried, by outcome: retried, or budget_exhausted (the retry budget refused; the failure reached the caller).",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(decisions.clone()))?;
         registry.register(Box::new(poynt_throttled.clone()))?;
         registry.register(Box::new(breaker_open.clone()))?;
@@ -939,6 +949,8 @@ impl LimitsMetrics {
             poynt_throttled,
             breaker_open,
             breaker_refused,
+            retries: ["retried", "budget_exhausted"]
+                .map(|outcome| retries.with_label_values(&[outcome])),
         })
     }
 
@@ -955,6 +967,11 @@ impl LimitsMetrics {
     /// Sets whether the circuit breaker is open.
     pub fn breaker_open(&self, open: bool) {
         self.breaker_open.set(i64::from(open));
+    }
+
+    /// Counts a retry sent (`true`) or refused by the budget (`false`).
+    pub fn retry(&self, sent: bool) {
+        self.retries[usize::from(!sent)].inc();
     }
 
     /// Counts a request refused by the open breaker.

@@ -276,3 +276,90 @@ async fn with_poynt_black_holed_the_breaker_answers_503_at_once_and_a_probe_clos
     assert_eq!(harness.get(a, "").await.status(), 200);
     harness.stop().await;
 }
+
+/// Sends `count` GETs for the harness's merchant one after another, with Poynt answering
+/// every other exchange 503: (answers that were 200, exchanges that reached Poynt).
+async fn through_half_failing_poynt(harness: &Harness, count: u64) -> (u64, u64) {
+    let a = harness.merchants[0];
+    assert_eq!(harness.get(a, "").await.status(), 200);
+    harness.emulator.set_fault(Fault {
+        api_error_every: Some(2),
+        ..Fault::default()
+    });
+    let before = reached(harness, a);
+    let mut served = 0;
+    for _ in 0..count {
+        if harness.get(a, "").await.status() == 200 {
+            served += 1;
+        }
+    }
+    (served, reached(harness, a) - before)
+}
+
+#[tokio::test]
+async fn with_half_of_poynts_answers_503_retries_help_within_their_budget() {
+    const REQUESTS: u64 = 100;
+    let off = Builder::default().start().await;
+    let (served_without, attempts_without) = through_half_failing_poynt(&off, REQUESTS).await;
+    off.stop().await;
+    assert_eq!((served_without, attempts_without), (REQUESTS / 2, REQUESTS));
+
+    let on = Builder::default()
+        .yaml("limits:\n  retries: {budget_ratio: 0.2, budget_per_second: 0, backoff: 1ms}\n")
+        .start()
+        .await;
+    let (served, attempts) = through_half_failing_poynt(&on, REQUESTS).await;
+    assert!(
+        attempts * 10 <= REQUESTS * 12,
+        "{attempts} exchanges for {REQUESTS} requests: the budget did not hold"
+    );
+    assert!(
+        served > served_without,
+        "{served} served with retries, {served_without} without"
+    );
+    let retried = on
+        .metric("poynt_proxy_upstream_retries_total{outcome=\"retried\"}")
+        .await;
+    assert_eq!(retried, (attempts - REQUESTS) as f64);
+    assert!(
+        on.metric("poynt_proxy_upstream_retries_total{outcome=\"budget_exhausted\"}")
+            .await
+            > 0.0
+    );
+    on.stop().await;
+}
+
+#[tokio::test]
+async fn a_post_is_tried_once_unless_named_and_opted_in() {
+    let yaml = |opt_in: bool| {
+        format!(
+            "limits:\n  retries: {{max: 1, budget_ratio: 1, budget_per_second: 0, backoff: 1ms, post_with_request_id: {opt_in}}}\n"
+        )
+    };
+    for (opt_in, expected) in [(false, 1), (true, 2)] {
+        let harness = Builder::default().yaml(&yaml(opt_in)).start().await;
+        let a = harness.merchants[0];
+        assert_eq!(harness.get(a, "").await.status(), 200);
+        harness.emulator.set_fault(Fault {
+            api_error_every: Some(1),
+            ..Fault::default()
+        });
+        let before = reached(&harness, a);
+        let response = harness
+            .client
+            .post(harness.url(&format!("/businesses/{a}/orders")))
+            .header(support::HEADER, a.to_string())
+            .header("Poynt-Request-Id", "order-42")
+            .body("{}")
+            .send()
+            .await
+            .expect("proxy answers");
+        assert_eq!(response.status(), 503);
+        assert_eq!(
+            reached(&harness, a) - before,
+            expected,
+            "POST attempts with post_with_request_id: {opt_in}"
+        );
+        harness.stop().await;
+    }
+}

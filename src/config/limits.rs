@@ -10,8 +10,9 @@ use super::error::ConfigError;
 use super::fields::{MAX_SHORT_TIMEOUT, count_within, duration_at_most, duration_within, invalid};
 use crate::limits::config::{
     BreakerConfig, DEFAULT_BREAKER_FAILURES, DEFAULT_BREAKER_OPEN_FOR, DEFAULT_COOLDOWN_INITIAL,
-    DEFAULT_COOLDOWN_MAX, DEFAULT_IN_FLIGHT_WAIT, DEFAULT_MAX_IN_FLIGHT, LimitsConfig,
-    MerchantLimits, Mode, Rate,
+    DEFAULT_COOLDOWN_MAX, DEFAULT_IN_FLIGHT_WAIT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_RETRIES_MAX,
+    DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BUDGET_PER_SECOND, DEFAULT_RETRY_BUDGET_RATIO,
+    LimitsConfig, MerchantLimits, Mode, Rate, RetryConfig,
 };
 use poynt_wire::MerchantId;
 
@@ -36,6 +37,61 @@ pub(super) struct RawLimits {
     cooldown_max: Duration,
     merchants: HashMap<String, RawOverride>,
     breaker: Option<RawBreaker>,
+    retries: Option<RawRetries>,
+}
+
+/// `limits.retries` as written; present (even `{}`) turns retries on.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRetries {
+    max: u32,
+    budget_ratio: f64,
+    budget_per_second: f64,
+    #[serde(with = "humantime_serde")]
+    backoff: Duration,
+    post_with_request_id: bool,
+}
+
+impl Default for RawRetries {
+    fn default() -> Self {
+        Self {
+            max: DEFAULT_RETRIES_MAX,
+            budget_ratio: DEFAULT_RETRY_BUDGET_RATIO,
+            budget_per_second: DEFAULT_RETRY_BUDGET_PER_SECOND,
+            backoff: DEFAULT_RETRY_BACKOFF,
+            post_with_request_id: false,
+        }
+    }
+}
+
+impl RawRetries {
+    fn validate(self) -> Result<RetryConfig, ConfigError> {
+        if !(0.0..=1.0).contains(&self.budget_ratio) {
+            return Err(invalid(
+                "limits.retries.budget_ratio",
+                format!(
+                    "expected a share of requests between 0 and 1; found {}",
+                    self.budget_ratio
+                ),
+            ));
+        }
+        if !(0.0..=MAX_PER_SECOND).contains(&self.budget_per_second) {
+            return Err(invalid(
+                "limits.retries.budget_per_second",
+                format!(
+                    "expected between 0 and {MAX_PER_SECOND}; found {}",
+                    self.budget_per_second
+                ),
+            ));
+        }
+        Ok(RetryConfig {
+            max: count_within("limits.retries.max", self.max, 1, 10)?,
+            budget_ratio: self.budget_ratio,
+            budget_per_second: self.budget_per_second,
+            backoff: duration_at_most("limits.retries.backoff", self.backoff, MAX_SHORT_TIMEOUT)?,
+            post_with_request_id: self.post_with_request_id,
+        })
+    }
 }
 
 /// `limits.breaker` as written; present (even `{}`) turns the breaker on.
@@ -67,6 +123,7 @@ impl Default for RawLimits {
             cooldown_max: DEFAULT_COOLDOWN_MAX,
             merchants: HashMap::new(),
             breaker: None,
+            retries: None,
         }
     }
 }
@@ -175,6 +232,7 @@ impl RawLimits {
                     })
                 })
                 .transpose()?,
+            retries: self.retries.map(RawRetries::validate).transpose()?,
         })
     }
 }
@@ -202,6 +260,9 @@ mod tests {
         assert_eq!(special.rate, config.default.rate);
         let breaker = parse("breaker: {}").unwrap().breaker.expect("on");
         assert_eq!(breaker.failures, DEFAULT_BREAKER_FAILURES);
+        let retries = parse("retries: {}").unwrap().retries.expect("on");
+        assert_eq!(retries.max, DEFAULT_RETRIES_MAX);
+        assert!(!retries.post_with_request_id);
     }
 
     #[test]

@@ -31,6 +31,30 @@ pub struct BreakerConfig {
     pub open_for: Duration,
 }
 
+/// Retries of a failed exchange, once `limits.retries` is set.
+pub const DEFAULT_RETRIES_MAX: u32 = 2;
+/// Retries may add this share of the requests...
+pub const DEFAULT_RETRY_BUDGET_RATIO: f64 = 0.2;
+/// ...plus this many a second.
+pub const DEFAULT_RETRY_BUDGET_PER_SECOND: f64 = 3.0;
+/// The first pause before a retry (doubled per retry, with full jitter).
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(25);
+
+/// Retries toward Poynt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryConfig {
+    /// Retries per request at most.
+    pub max: u32,
+    /// Share of requests retries may add.
+    pub budget_ratio: f64,
+    /// Retries a second allowed on top of the share.
+    pub budget_per_second: f64,
+    /// The first back-off.
+    pub backoff: Duration,
+    /// Whether a POST the caller named with `Poynt-Request-Id` may be retried.
+    pub post_with_request_id: bool,
+}
+
 /// Whether a decision refuses or only counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
@@ -86,6 +110,8 @@ pub struct LimitsConfig {
     pub cooldown_max: Duration,
     /// The circuit breaker; `None`: off (every request waits for its own timeout).
     pub breaker: Option<BreakerConfig>,
+    /// Retries; `None`: off (every failure reaches the caller).
+    pub retries: Option<RetryConfig>,
 }
 
 impl Default for LimitsConfig {
@@ -101,6 +127,7 @@ impl Default for LimitsConfig {
             cooldown_initial: DEFAULT_COOLDOWN_INITIAL,
             cooldown_max: DEFAULT_COOLDOWN_MAX,
             breaker: None,
+            retries: None,
         }
     }
 }

@@ -12,6 +12,9 @@
 //! - `inflight`: at most N of the merchant's requests at Poynt at once, a bounded wait for a
 //!   slot.
 //!
+//! After a failed exchange, [`Governor::before_retry`] decides whether to send it again
+//! (`retry`: which methods and answers, the back-off; `budget`: how many retries in all).
+//!
 //! Limits are per merchant; a caller's identity, once callers are authenticated, becomes a
 //! second key beside the merchant in `Governor::state` (the seam: the map's key). Everything
 //! here is local to the replica. `retry_after` reads Poynt's header; `config` holds the
@@ -19,16 +22,18 @@
 
 mod breaker;
 mod bucket;
+mod budget;
 pub mod config;
 mod cooldown;
 mod error;
 mod inflight;
+mod retry;
 mod retry_after;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
@@ -37,6 +42,7 @@ use poynt_wire::MerchantId;
 
 use self::breaker::{Breaker, Probe, Transition};
 use self::bucket::Bucket;
+use self::budget::Budget;
 use self::config::{LimitsConfig, MerchantLimits, Mode};
 use self::cooldown::{Backoff, Cooldown};
 pub use self::error::LimitError;
@@ -67,6 +73,8 @@ struct Inner {
     state: moka::sync::Cache<MerchantId, Arc<State>>,
     /// The upstream's circuit breaker, when configured.
     breaker: Option<Breaker>,
+    /// The retry budget, when retries are configured.
+    budget: Option<Budget>,
     metrics: LimitsMetrics,
 }
 
@@ -76,6 +84,15 @@ struct State {
     cooldown: Cooldown,
     bucket: Bucket,
     slots: Slots,
+}
+
+/// The retries one request has left; see [`Governor::retries`].
+#[derive(Debug)]
+pub struct Retries {
+    /// Retries still allowed by `limits.retries.max` (0: none, or not repeatable).
+    left: u32,
+    /// Retries sent so far.
+    sent: u32,
 }
 
 /// A request the limits let through. It holds the merchant's in-flight slot until dropped:
@@ -102,6 +119,9 @@ impl Governor {
                 breaker: config
                     .breaker
                     .map(|breaker| Breaker::new(breaker.failures, breaker.open_for)),
+                budget: config
+                    .retries
+                    .map(|r| Budget::new(r.budget_ratio, r.budget_per_second)),
                 config,
                 metrics,
             }),
@@ -201,6 +221,45 @@ impl Governor {
             retry_after_given = retry_after.is_some(),
             "Poynt answered 429; the merchant's requests are held back"
         );
+    }
+
+    /// A request with a kept body is about to be sent: its share of the retry budget, and how
+    /// many retries it may have (none unless `limits.retries` is set and `method` may be
+    /// repeated; `named`: the caller sent the `Poynt-Request-Id` Poynt will see).
+    pub fn retries(&self, method: &Method, named: bool) -> Retries {
+        let (Some(config), Some(budget)) = (self.inner.config.retries, &self.inner.budget) else {
+            return Retries { left: 0, sent: 0 };
+        };
+        budget.deposit(self.now());
+        let left = if retry::may_repeat(method, named, config.post_with_request_id) {
+            config.max
+        } else {
+            0
+        };
+        Retries { left, sent: 0 }
+    }
+
+    /// An exchange failed with `status` (`None`: no connection or no response head): whether
+    /// to send it again. When it is retryable, retries are left and the budget has one, it
+    /// waits out the back-off and answers `true`.
+    pub async fn before_retry(&self, retries: &mut Retries, status: Option<StatusCode>) -> bool {
+        let inner = &self.inner;
+        let (Some(config), Some(budget)) = (inner.config.retries, &inner.budget) else {
+            return false;
+        };
+        if retries.left == 0 || !status.is_none_or(retry::retryable_status) {
+            return false;
+        }
+        if !budget.take(self.now()) {
+            inner.metrics.retry(false);
+            return false;
+        }
+        retries.left -= 1;
+        retries.sent += 1;
+        inner.metrics.retry(true);
+        let pause = retry::backoff(config.backoff, retries.sent, rand::random::<f64>());
+        tokio::time::sleep(pause).await;
+        true
     }
 
     /// Poynt could not be reached or did not answer in time: a failure for the breaker.

@@ -15,6 +15,8 @@
 //! 5 send     the worker's upstream client with a response-header timeout; bodies stream
 //!            both ways, the caller's under a size cap and a progress deadline, trailers
 //!            dropped
+//!            a kept body whose exchange failed (no connection or head, 502/503/504) is sent
+//!            again when `limits.retries` allows it (idempotent, within the budget)
 //! 6 retry    upstream 401 -> drop exactly that token (rate-limited by the broker), get a
 //!            fresh one, send once more (only when the request body was small enough to keep)
 //!            (after every exchange: a Poynt 429 starts the merchant's cool-down and is
@@ -284,9 +286,25 @@ impl Proxy {
             }
             Prepared::Buffered(bytes) => bytes,
         };
-        let response = self
-            .send(&outgoing, &token, RequestBody::Full(bytes.clone()), ctx)
-            .await?;
+        let named = parts.headers.get(headers::REQUEST_ID) == Some(request_id);
+        let mut retries = inner.governor.retries(&parts.method, named);
+        // Bounded by limits.retries.max: `before_retry` says no once they are spent.
+        let response = loop {
+            let result = self
+                .send(&outgoing, &token, RequestBody::Full(bytes.clone()), ctx)
+                .await;
+            let failed = match &result {
+                Ok(response) => Some(Some(response.status())),
+                Err(ProxyError::UpstreamUnavailable(_)) => Some(None),
+                Err(_) => None,
+            };
+            match failed {
+                Some(status) if inner.governor.before_retry(&mut retries, status).await => {
+                    ctx.retried = true;
+                }
+                _ => break result?,
+            }
+        };
         // 6 retry
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
