@@ -363,3 +363,26 @@ async fn a_post_is_tried_once_unless_named_and_opted_in() {
         harness.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_changed_limits_section_is_refused_by_a_reload_as_needing_a_restart() {
+    let m = support::merchant();
+    let emulator = Builder::default().emulator(&[m]).await;
+    let proxy = support::process::spawn_proxy(&emulator, "");
+    let config = std::fs::read_to_string(&proxy.config).unwrap();
+    std::fs::write(
+        &proxy.config,
+        format!("{config}limits:\n  max_in_flight: 1\n"),
+    )
+    .unwrap();
+    let response = support::client()
+        .post(format!("http://{}/admin/reload", proxy.admin))
+        .send()
+        .await
+        .expect("admin answers");
+    assert_eq!(response.status(), 409);
+    let body: Value = response.json().await.expect("a JSON body");
+    assert_eq!(body["code"], "RESTART_REQUIRED", "{body}");
+    assert!(body.to_string().contains("limits"), "{body}");
+    assert_eq!(proxy.get(m).await, 200);
+}
