@@ -2,8 +2,8 @@
 //! spends a token lookup or an upstream connection on a request ([`Governor::admit`]), and
 //! tells after Poynt answered ([`Governor::answered`]).
 //!
-//! In the order `admit` checks them (the cheapest refusal first, and none of them spends
-//! anything a later one would have to give back):
+//! In the order `admit` checks them, the cheapest refusal first (a request the bucket let
+//! through but no in-flight slot took has still spent its token):
 //! - `breaker`: Poynt failed too often in a row; every request is refused at once (503)
 //!   until a probe gets through (when `limits.breaker` is set);
 //! - `cooldown`: Poynt answered the merchant 429; until its `Retry-After` (capped) or an
