@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{Admin, Phase};
 use crate::config::Config;
+use crate::limits::Governor;
 use crate::metrics::Metrics;
 use crate::onboarding::spent::SpentStates;
 use crate::onboarding::state::StateKey;
@@ -163,6 +164,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
             metrics: metrics.clone(),
         },
     );
+    let governor = Governor::new(config.limits.clone(), metrics.limits().clone());
     let phase = Phase::default();
     // Each listener has its own connection cap, shared by whatever serves it.
     let server = &config.server;
@@ -208,6 +210,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
                 &config,
                 broker.clone(),
                 upstream::Upstream::new(origin.clone()),
+                governor.clone(),
                 allow.clone(),
                 metrics.clone(),
             );

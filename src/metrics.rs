@@ -145,6 +145,7 @@ struct Inner {
     inflight: IntGauge,
     store: StoreMetrics,
     onboarding: OnboardingCounters,
+    limits: LimitsMetrics,
 }
 
 fn unix_now() -> f64 {
@@ -297,6 +298,7 @@ impl Metrics {
         registry.register(Box::new(build_info))?;
         let store = StoreMetrics::register(&registry)?;
         let onboarding = OnboardingCounters::register(&registry)?;
+        let limits = LimitsMetrics::register(&registry)?;
         registry.register(Box::new(ProcessMetrics::new()?))?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -319,6 +321,7 @@ impl Metrics {
                 inflight,
                 store,
                 onboarding,
+                limits,
             }),
         })
     }
@@ -439,6 +442,11 @@ impl Metrics {
     /// The token store's handles.
     pub fn store(&self) -> &StoreMetrics {
         &self.inner.store
+    }
+
+    /// The traffic limits' handles.
+    pub fn limits(&self) -> &LimitsMetrics {
+        &self.inner.limits
     }
 
     /// The text exposition format.
@@ -857,5 +865,117 @@ mod onboarding_tests {
             text.contains("poynt_proxy_onboarding_total{outcome=\"unavailable\"} 1"),
             "{text}"
         );
+    }
+}
+
+// --- Traffic limits toward Poynt ---------------------------------------------------------
+
+/// Which limit a request met: a fixed set, so the label stays bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitReason {
+    /// The merchant's token bucket was empty.
+    RateLimited,
+    /// Every one of the merchant's in-flight slots stayed busy.
+    InFlight,
+    /// Poynt had answered the merchant 429 and its cool-down ran.
+    CoolingDown,
+}
+
+impl LimitReason {
+    /// Every reason, in label order.
+    pub const ALL: [Self; 3] = [Self::RateLimited, Self::InFlight, Self::CoolingDown];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RateLimited => "rate_limited",
+            Self::InFlight => "in_flight",
+            Self::CoolingDown => "cooling_down",
+        }
+    }
+}
+
+/// The limits' metric handles; every series exists from the start (zero), so rates and
+/// alerts see them before the first refusal.
+#[derive(Clone)]
+pub struct LimitsMetrics {
+    /// By reason (label order) then by action: refused, observed.
+    decisions: [[IntCounter; 2]; 3],
+    poynt_throttled: IntCounter,
+    breaker_open: IntGauge,
+    breaker_refused: IntCounter,
+    /// Retries sent, then retries the budget refused.
+    retries: [IntCounter; 2],
+}
+
+impl LimitsMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "poynt_proxy_limited_requests_total",
+                "Requests that met a limit before reaching Poynt, by reason (rate_limited, in_flight, cooling_down) and action: refused (answered 429 by the proxy) or observed (limits.mode observe: counted, forwarded).",
+            ),
+            &["reason", "action"],
+        )?;
+        let poynt_throttled = IntCounter::new(
+            "poynt_proxy_upstream_throttled_total",
+            "Poynt 429 answers, each starting (or lengthening) a cool-down for its merchant.",
+        )?;
+        let breaker_open = IntGauge::new(
+            "poynt_proxy_upstream_breaker_open",
+            "1 while the circuit breaker toward Poynt is open (or half-open, probing), else 0.",
+        )?;
+        let breaker_refused = IntCounter::new(
+            "poynt_proxy_upstream_breaker_refused_total",
+            "Requests answered 503 UPSTREAM_UNAVAILABLE at once because the circuit breaker was open.",
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "poynt_proxy_upstream_retries_total",
+                "Exchanges with Poynt that failed (connection failure, 502/503/504) and could be retried, by outcome: retried, or budget_exhausted (the retry budget refused; the failure reached the caller).",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(decisions.clone()))?;
+        registry.register(Box::new(poynt_throttled.clone()))?;
+        registry.register(Box::new(breaker_open.clone()))?;
+        registry.register(Box::new(breaker_refused.clone()))?;
+        Ok(Self {
+            decisions: LimitReason::ALL.map(|reason| {
+                ["refused", "observed"]
+                    .map(|action| decisions.with_label_values(&[reason.as_str(), action]))
+            }),
+            poynt_throttled,
+            breaker_open,
+            breaker_refused,
+            retries: ["retried", "budget_exhausted"]
+                .map(|outcome| retries.with_label_values(&[outcome])),
+        })
+    }
+
+    /// Counts a request that met `reason`: refused, or only observed.
+    pub fn limited(&self, reason: LimitReason, refused: bool) {
+        self.decisions[reason as usize][usize::from(!refused)].inc();
+    }
+
+    /// Counts a Poynt 429.
+    pub fn poynt_throttled(&self) {
+        self.poynt_throttled.inc();
+    }
+
+    /// Sets whether the circuit breaker is open.
+    pub fn breaker_open(&self, open: bool) {
+        self.breaker_open.set(i64::from(open));
+    }
+
+    /// Counts a retry sent (`true`) or refused by the budget (`false`).
+    pub fn retry(&self, sent: bool) {
+        self.retries[usize::from(!sent)].inc();
+    }
+
+    /// Counts a request refused by the open breaker.
+    pub fn breaker_refused(&self) {
+        self.breaker_refused.inc();
     }
 }

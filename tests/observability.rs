@@ -295,6 +295,13 @@ fn counter_series_the_alerts_read() -> BTreeSet<String> {
     }
     series.insert("poynt_proxy_upstream_unauthorized_retries_total".to_owned());
     series.insert("poynt_proxy_store_records_refused_total".to_owned());
+    for reason in ["rate_limited", "in_flight", "cooling_down"] {
+        for action in ["refused", "observed"] {
+            series.insert(format!(
+                "poynt_proxy_limited_requests_total{{action=\"{action}\",reason=\"{reason}\"}}"
+            ));
+        }
+    }
     series
 }
 

@@ -224,9 +224,10 @@ async fn a_chunked_upload_of_unknown_length_streams_through_intact() {
 #[tokio::test]
 async fn http2_multiplexes_callers_over_a_bounded_number_of_connections() {
     // One worker: each worker multiplexes over connections of its own.
+    // One merchant's 250 requests in flight: above its default in-flight cap.
     let h = Builder::default()
         .tls()
-        .yaml("server:\n  workers: 1")
+        .yaml("server:\n  workers: 1\nlimits:\n  max_in_flight: 1000")
         .start()
         .await;
     assert_eq!(h.get(h.merchants[0], "/orders").await.status(), 200);

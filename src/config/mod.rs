@@ -3,14 +3,15 @@
 //! was expected and what was found, and every check runs at start-up, never at a request.
 //!
 //! One file per YAML section, each with its raw serde struct, defaults and validation:
-//! `poynt`, `merchant`, `store`, `server`, `tokens`, `oauth`, `onboarding`, `log`, `admin`.
+//! `poynt`, `merchant`, `store`, `server`, `tokens`, `oauth`, `onboarding`, `log`, `admin`,
+//! `limits`.
 //! Beside them: `sources` (what the environment supplies instead of the file), `checks`
 //! (rules that span sections), `fields` (parsers the sections share) and `error`. This file
 //! reads the file, holds the top of the schema and assembles [`Config`]; the files under it
 //! import each other, never this one, so the folder's imports form no circle either.
 //!
 //! The checked settings types belong to the modules they configure — `store::config`,
-//! `token::config`, `onboarding::config`, `telemetry` — so imports point one way, from here
+//! `token::config`, `onboarding::config`, `limits::config`, `telemetry` — so imports point one way, from here
 //! down into them; key material is parsed by each key type itself. They are re-exported here
 //! so the fields of [`Config`] can be named from one place.
 
@@ -18,6 +19,7 @@ mod admin;
 mod checks;
 mod error;
 mod fields;
+mod limits;
 mod log;
 mod merchant;
 mod oauth;
@@ -38,6 +40,7 @@ pub use self::error::ConfigError;
 pub use self::merchant::MerchantConfig;
 pub use self::server::ServerConfig;
 pub use self::sources::{KeySources, PRIVATE_KEY_ENV, REDIS_URL_ENV};
+pub use crate::limits::config::LimitsConfig;
 pub use crate::onboarding::config::{OauthConfig, OnboardingConfig};
 pub use crate::store::config::{RedisUrl, StoreBackend, StoreConfig};
 pub use crate::telemetry::{LogConfig, LogFormat};
@@ -70,6 +73,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Admin API protection.
     pub admin: AdminConfig,
+    /// Traffic governance toward Poynt.
+    pub limits: LimitsConfig,
     /// The file this configuration was read from, which a reload reads again; `None` when it
     /// was parsed from text (tests, the demo).
     pub source: Option<PathBuf>,
@@ -100,6 +105,8 @@ struct RawConfig {
     log: log::RawLog,
     #[serde(default)]
     admin: admin::RawAdmin,
+    #[serde(default)]
+    limits: limits::RawLimits,
 }
 
 fn default_listen() -> String {
@@ -127,6 +134,7 @@ impl RawConfig {
             .map(|raw| raw.validate(sources))
             .transpose()?;
         let log = self.log.validate()?;
+        let limits = self.limits.validate()?;
         checks::distinct_listeners(listen, admin_listen, onboarding.as_ref().map(|o| o.listen))?;
         Ok(Config {
             listen,
@@ -140,6 +148,7 @@ impl RawConfig {
             onboarding,
             log,
             admin,
+            limits,
             source: None,
         })
     }

@@ -9,6 +9,7 @@ use http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 
+use crate::limits::{LIMIT_SOURCE_HEADER, LimitError};
 use crate::token::BrokerError;
 use poynt_wire::{ErrorBody, REQUEST_ID_HEADER};
 
@@ -89,6 +90,9 @@ pub enum ProxyError {
         /// The declared length, or "more" for a stream that passed the cap.
         found: String,
     },
+    /// A limit of the merchant's refused the request before any call to Poynt.
+    #[error("{0}")]
+    Limited(#[from] LimitError),
     /// No token could be had for the merchant.
     #[error("no access token for this merchant: {0}")]
     Token(#[from] BrokerError),
@@ -114,6 +118,12 @@ impl ProxyError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Limited(
+                LimitError::RateLimited { .. }
+                | LimitError::CoolingDown(_)
+                | LimitError::InFlight { .. },
+            ) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Limited(LimitError::BreakerOpen(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Token(BrokerError::NotAuthorized { .. }) => StatusCode::FORBIDDEN,
             Self::Token(BrokerError::Refused { .. }) => StatusCode::BAD_GATEWAY,
             Self::Token(
@@ -138,6 +148,10 @@ impl ProxyError {
             Self::InvalidRequestBody(_) => "INVALID_REQUEST_BODY",
             Self::RequestTimeout(_) => "REQUEST_TIMEOUT",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            Self::Limited(LimitError::RateLimited { .. }) => "RATE_LIMITED",
+            Self::Limited(LimitError::CoolingDown(_)) => "POYNT_RATE_LIMITED",
+            Self::Limited(LimitError::InFlight { .. }) => "TOO_MANY_IN_FLIGHT",
+            Self::Limited(LimitError::BreakerOpen(_)) => "UPSTREAM_UNAVAILABLE",
             Self::Token(BrokerError::NotAuthorized { .. }) => "MERCHANT_NOT_AUTHORIZED",
             Self::Token(_) => "TOKEN_UNAVAILABLE",
             Self::UpstreamUnavailable(_) => "UPSTREAM_UNAVAILABLE",
@@ -157,10 +171,12 @@ impl ProxyError {
             | Self::InvalidRequestBody(_)
             | Self::RequestTimeout(_)
             | Self::PayloadTooLarge { .. }
+            | Self::Limited(LimitError::RateLimited { .. } | LimitError::InFlight { .. })
             | Self::Token(BrokerError::NotAuthorized { .. }) => Side::Downstream,
-            Self::Token(_) | Self::UpstreamUnavailable(_) | Self::UpstreamTimeout(_) => {
-                Side::Upstream
-            }
+            Self::Limited(LimitError::CoolingDown(_) | LimitError::BreakerOpen(_))
+            | Self::Token(_)
+            | Self::UpstreamUnavailable(_)
+            | Self::UpstreamTimeout(_) => Side::Upstream,
         }
     }
 
@@ -172,6 +188,7 @@ impl ProxyError {
                 | BrokerError::BackingOff { retry_after, .. }
                 | BrokerError::Throttled { retry_after },
             ) => Some(*retry_after),
+            Self::Limited(limit) => Some(limit.retry_after()),
             _ => None,
         }
     }
@@ -190,11 +207,32 @@ impl ProxyError {
             headers.insert(ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
         }
         if let Some(wait) = self.retry_after() {
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            headers.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            headers.insert(RETRY_AFTER, HeaderValue::from(whole_seconds(wait).max(1)));
+        }
+        if let Self::Limited(limit) = self
+            && limit.is_rate_limit()
+        {
+            headers.insert(LIMIT_SOURCE_HEADER, HeaderValue::from_static("proxy"));
+            if let LimitError::RateLimited { burst, reset, .. } = limit {
+                headers.insert(RATELIMIT_LIMIT, HeaderValue::from(*burst));
+                headers.insert(RATELIMIT_REMAINING, HeaderValue::from(0u32));
+                headers.insert(RATELIMIT_RESET, HeaderValue::from(whole_seconds(*reset)));
+            }
         }
         response
     }
+}
+
+/// `RateLimit-Limit` (draft-ietf-httpapi-ratelimit-headers): the bucket's size.
+const RATELIMIT_LIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit-limit");
+/// `RateLimit-Remaining`: requests left now.
+const RATELIMIT_REMAINING: http::HeaderName = http::HeaderName::from_static("ratelimit-remaining");
+/// `RateLimit-Reset`: seconds until the bucket is full again.
+const RATELIMIT_RESET: http::HeaderName = http::HeaderName::from_static("ratelimit-reset");
+
+/// `wait` in whole seconds, rounded up: a caller that waits that long is never early.
+fn whole_seconds(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 #[cfg(test)]
@@ -244,6 +282,18 @@ mod tests {
             }),
             ProxyError::UpstreamUnavailable("reset".into()),
             ProxyError::UpstreamTimeout(Duration::from_secs(60)),
+            ProxyError::Limited(LimitError::RateLimited {
+                burst: 10,
+                per_second: 5.0,
+                retry_after: Duration::from_millis(200),
+                reset: Duration::from_millis(2100),
+            }),
+            ProxyError::Limited(LimitError::CoolingDown(Duration::from_secs(5))),
+            ProxyError::Limited(LimitError::InFlight {
+                limit: 64,
+                waited: Duration::from_secs(1),
+            }),
+            ProxyError::Limited(LimitError::BreakerOpen(Duration::from_secs(5))),
         ]
     }
 
@@ -266,6 +316,10 @@ mod tests {
             (503, "TOKEN_UNAVAILABLE", Side::Upstream),
             (502, "UPSTREAM_UNAVAILABLE", Side::Upstream),
             (504, "UPSTREAM_TIMEOUT", Side::Upstream),
+            (429, "RATE_LIMITED", Side::Downstream),
+            (429, "POYNT_RATE_LIMITED", Side::Upstream),
+            (429, "TOO_MANY_IN_FLIGHT", Side::Downstream),
+            (503, "UPSTREAM_UNAVAILABLE", Side::Upstream),
         ];
         assert_eq!(all().len(), expected.len());
         for (error, (status, code, side)) in all().iter().zip(expected) {
@@ -292,5 +346,31 @@ mod tests {
         assert_eq!(throttled.to_response(&id).headers()[RETRY_AFTER], "1");
         let trace = ProxyError::MethodNotAllowed(Method::TRACE).to_response(&id);
         assert_eq!(trace.headers()[ALLOW], ALLOWED_METHODS);
+    }
+
+    #[test]
+    fn the_proxys_own_429s_say_so_and_a_rate_limit_carries_its_headers() {
+        let id = HeaderValue::from_static("req-1");
+        for error in all() {
+            let response = error.to_response(&id);
+            let marked = response.headers().get(LIMIT_SOURCE_HEADER);
+            if response.status() == StatusCode::TOO_MANY_REQUESTS {
+                assert_eq!(marked.unwrap(), "proxy", "{error:?}");
+            } else {
+                assert!(marked.is_none(), "{error:?}");
+            }
+        }
+        let rate = ProxyError::Limited(LimitError::RateLimited {
+            burst: 10,
+            per_second: 5.0,
+            retry_after: Duration::from_millis(200),
+            reset: Duration::from_millis(2100),
+        })
+        .to_response(&id);
+        let headers = rate.headers();
+        assert_eq!(headers[RETRY_AFTER], "1");
+        assert_eq!(headers[RATELIMIT_LIMIT], "10");
+        assert_eq!(headers[RATELIMIT_REMAINING], "0");
+        assert_eq!(headers[RATELIMIT_RESET], "3");
     }
 }

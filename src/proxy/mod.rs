@@ -4,6 +4,10 @@
 //! 1 admit    method (GET HEAD POST PUT PATCH DELETE OPTIONS, else 405), declared body
 //!            size, merchant header -> MerchantId, allow-list
 //! 2 guard    the normalised path; a /businesses/{id}/... path must name the same merchant
+//! 2b limit   the circuit breaker (503 while open), then the merchant's limits (see
+//!            `limits`): a cool-down after Poynt's 429, its token bucket, an in-flight slot
+//!            (held until Poynt's head arrives); refused -> 429 before any token lookup or
+//!            call to Poynt
 //! 3 token    broker.token(merchant): cache hit, or one shared grant for all waiters
 //! 4 rewrite  drop hop-by-hop, merchant header, caller Authorization, forwarding headers;
 //!            add Authorization, api-version, Poynt-Request-Id (decided as the head is
@@ -11,8 +15,13 @@
 //! 5 send     the worker's upstream client with a response-header timeout; bodies stream
 //!            both ways, the caller's under a size cap and a progress deadline, trailers
 //!            dropped
+//!            a kept body whose exchange failed (no connection or head, 502/503/504) is sent
+//!            again when `limits.retries` allows it (idempotent, within the budget)
 //! 6 retry    upstream 401 -> drop exactly that token (rate-limited by the broker), get a
 //!            fresh one, send once more (only when the request body was small enough to keep)
+//!            (after every exchange: a Poynt 429 starts the merchant's cool-down and is
+//!            marked as Poynt's; a 5xx, timeout or connection failure counts toward the
+//!            breaker, any other answer closes it)
 //! 7 respond  stream back; one metrics update and one log line per request (and, when Poynt's
 //!            body fails after its head went out, one more of each, from the body)
 //! ```
@@ -41,6 +50,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::limits::Governor;
 use crate::metrics::{BodyFailure, Metrics};
 use crate::token::Token;
 use crate::token::broker::{Broker, TokenSource, UnauthorizedAction};
@@ -71,6 +81,7 @@ pub struct Proxy {
 struct ProxyInner {
     broker: Broker,
     upstream: Upstream,
+    governor: Governor,
     merchant_header: HeaderName,
     allow: AllowList,
     api_version: HeaderValue,
@@ -94,6 +105,8 @@ struct Context {
     /// request").
     upstream_done: Option<Instant>,
     retried: bool,
+    /// The limit a request would have met, when limits only observe (Envoy's `RL` flag).
+    limit_observed: Option<crate::metrics::LimitReason>,
 }
 
 /// What every attempt at a request sends, whatever its token: the caller's head and the
@@ -155,6 +168,7 @@ impl Proxy {
         config: &Config,
         broker: Broker,
         upstream: Upstream,
+        governor: Governor,
         allow: AllowList,
         metrics: Metrics,
     ) -> Self {
@@ -162,6 +176,7 @@ impl Proxy {
             inner: Arc::new(ProxyInner {
                 broker,
                 upstream,
+                governor,
                 merchant_header: config.merchant.header.clone(),
                 allow,
                 api_version: config.poynt.api_version.clone(),
@@ -244,6 +259,9 @@ impl Proxy {
         }
         // 2 guard
         let path = path::guard_path(parts.uri.path(), merchant, &inner.merchant_header)?;
+        // 2b limit: the admission holds the merchant's in-flight slot until this returns
+        let admission = inner.governor.admit(merchant).await?;
+        ctx.limit_observed = admission.observed;
         // 3 token
         let (token, source) = inner.broker.token(merchant).await?;
         ctx.source = Some(source);
@@ -268,9 +286,25 @@ impl Proxy {
             }
             Prepared::Buffered(bytes) => bytes,
         };
-        let response = self
-            .send(&outgoing, &token, RequestBody::Full(bytes.clone()), ctx)
-            .await?;
+        let named = parts.headers.get(headers::REQUEST_ID) == Some(request_id);
+        let mut retries = inner.governor.retries(&parts.method, named);
+        // Bounded by limits.retries.max: `before_retry` says no once they are spent.
+        let response = loop {
+            let result = self
+                .send(&outgoing, &token, RequestBody::Full(bytes.clone()), ctx)
+                .await;
+            let failed = match &result {
+                Ok(response) => Some(Some(response.status())),
+                Err(ProxyError::UpstreamUnavailable(_)) => Some(None),
+                Err(_) => None,
+            };
+            match failed {
+                Some(status) if inner.governor.before_retry(&mut retries, status).await => {
+                    ctx.retried = true;
+                }
+                _ => break result?,
+            }
+        };
         // 6 retry
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
@@ -372,12 +406,26 @@ impl Proxy {
         inner.metrics.observe_upstream(elapsed);
         *ctx.upstream_elapsed.get_or_insert_default() += elapsed;
         match result {
-            Err(_) => Err(ProxyError::UpstreamTimeout(inner.response_timeout)),
+            Err(_) => {
+                inner.governor.upstream_failed();
+                Err(ProxyError::UpstreamTimeout(inner.response_timeout))
+            }
             Ok(Err(error)) => match caller_body_error(&error) {
                 Some(body_error) => Err(self.body_error(body_error)),
-                None => Err(ProxyError::UpstreamUnavailable(error_chain(&error))),
+                None => {
+                    inner.governor.upstream_failed();
+                    Err(ProxyError::UpstreamUnavailable(error_chain(&error)))
+                }
             },
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(mut response)) => {
+                if let Some(merchant) = ctx.merchant {
+                    let status = response.status();
+                    inner
+                        .governor
+                        .answered(merchant, status, response.headers_mut());
+                }
+                Ok(response)
+            }
         }
     }
 
@@ -409,6 +457,7 @@ impl Proxy {
             total_ms = elapsed.as_secs_f64() * 1e3,
             token = ctx.source.map(TokenSource::as_str),
             retried = ctx.retried,
+            limit_observed = ctx.limit_observed.map(crate::metrics::LimitReason::as_str),
             error_code = error.map(ProxyError::code),
             error_side = error.map(|e| e.side().as_str()),
             error = error.map(tracing::field::display),

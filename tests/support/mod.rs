@@ -56,6 +56,9 @@ pub fn client() -> reqwest::Client {
 /// How to build a harness.
 pub struct Builder {
     merchants: usize,
+    /// Merchants chosen by the test (so its YAML can name them); `merchants` fresh ones
+    /// otherwise.
+    merchant_ids: Vec<MerchantId>,
     token_ttl: Duration,
     tls: bool,
     extra_yaml: String,
@@ -66,6 +69,7 @@ impl Default for Builder {
     fn default() -> Self {
         Self {
             merchants: 1,
+            merchant_ids: Vec::new(),
             token_ttl: Duration::from_secs(3600),
             tls: false,
             extra_yaml: String::new(),
@@ -88,6 +92,12 @@ impl Builder {
     /// Merchants authorized at the emulator up front.
     pub fn merchants(mut self, n: usize) -> Self {
         self.merchants = n;
+        self
+    }
+
+    /// These merchants, authorized at the emulator up front, instead of fresh ones.
+    pub fn merchant_ids(mut self, merchants: &[MerchantId]) -> Self {
+        self.merchant_ids = merchants.to_vec();
         self
     }
 
@@ -139,7 +149,11 @@ impl Builder {
 
     /// Starts both.
     pub async fn start(self) -> Harness {
-        let merchants: Vec<MerchantId> = (0..self.merchants).map(|_| merchant()).collect();
+        let merchants: Vec<MerchantId> = if self.merchant_ids.is_empty() {
+            (0..self.merchants).map(|_| merchant()).collect()
+        } else {
+            self.merchant_ids.clone()
+        };
         let emulator = self.emulator(&merchants).await;
         let dir = tempfile::tempdir().expect("tempdir");
         let mut extra = self.extra_yaml.clone();

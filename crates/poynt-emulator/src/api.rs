@@ -15,12 +15,13 @@ use aws_lc_rs::digest;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 
 use super::body::ResponseBody;
 use super::error::ApiError;
+use super::fault::ApiFault;
 use super::reply::{self, RequestId};
 use super::state::{Shared, now_secs};
 use super::token::{DropConnection, bearer_token};
@@ -41,7 +42,11 @@ pub(crate) async fn handle(
     request_id: &RequestId,
     reused: bool,
 ) -> Result<Response<ResponseBody>, DropConnection> {
-    shared.counters.api_call();
+    let merchant = path_merchant(request.uri().path()).ok();
+    shared.counters.api_call(merchant);
+    if let Some(response) = injected_fault(shared, merchant, request_id).await? {
+        return Ok(response);
+    }
     let knobs = Knobs::parse(request.uri().query());
     if reused && knobs.as_ref().is_ok_and(|knobs| knobs.drop_reused) {
         return Err(DropConnection);
@@ -57,6 +62,41 @@ pub(crate) async fn handle(
             }
         },
     )
+}
+
+/// Applies the faults in force (see `fault`): `Ok(Some)` is the injected answer, `Err` a
+/// dropped connection, `Ok(None)` serves the call.
+async fn injected_fault(
+    shared: &Shared,
+    merchant: Option<MerchantId>,
+    request_id: &RequestId,
+) -> Result<Option<Response<ResponseBody>>, DropConnection> {
+    let (delay, fault) = shared.api_fault(merchant);
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    let Some(fault) = fault else {
+        return Ok(None);
+    };
+    shared.counters.api_faulted();
+    match fault {
+        ApiFault::Blackhole => {
+            shared.blackhole_lifted().await;
+            Err(DropConnection)
+        }
+        ApiFault::Drop => Err(DropConnection),
+        ApiFault::Throttle(seconds) => {
+            let mut response = reply::error(&ApiError::Throttled(seconds), request_id);
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+            Ok(Some(response))
+        }
+        ApiFault::Error(status) => Ok(Some(reply::error(
+            &ApiError::InjectedFault(status),
+            request_id,
+        ))),
+    }
 }
 
 /// The phases: api-version, token, merchant, knobs, body, delay, answer.

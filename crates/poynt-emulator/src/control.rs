@@ -53,7 +53,9 @@ async fn handle_inner(
         (["fault"], Method::POST) => {
             let fault: Fault = read_json(
                 request,
-                "a fault object with token_status, token_drop and/or token_delay_ms",
+                "a fault object with any of token_status, token_drop, token_delay_ms, \
+                 token_expires_in, api_throttle ({merchant: seconds}), api_error_every, \
+                 api_error_status, api_delay_ms, api_drop, api_blackhole",
             )
             .await?;
             fault.validate().map_err(ApiError::InvalidRequest)?;

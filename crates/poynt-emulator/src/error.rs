@@ -184,6 +184,11 @@ pub(crate) enum ApiError {
         /// The route.
         path: &'static str,
     },
+    /// The `api_throttle` fault: Poynt rate-limiting a merchant, retry after these seconds.
+    #[error(
+        "emulated throttling: too many requests for this merchant; retry after {0} s (injected through /_emulator/fault)"
+    )]
+    Throttled(u64),
     /// A fault injected through the control API.
     #[error("emulated fault: this status was injected through /_emulator/fault")]
     InjectedFault(StatusCode),
@@ -208,6 +213,7 @@ impl ApiError {
             ApiError::AccessDenied(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::InjectedFault(status) => *status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -228,6 +234,7 @@ impl ApiError {
             ApiError::AccessDenied(_) => "ACCESS_DENIED",
             ApiError::NotFound(_) => "NOT_FOUND",
             ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
+            ApiError::Throttled(_) => "TOO_MANY_REQUESTS",
             ApiError::InjectedFault(_) => "EMULATED_FAULT",
             ApiError::Internal(_) => "INTERNAL_ERROR",
         }
@@ -293,6 +300,7 @@ mod tests {
                 405,
                 "METHOD_NOT_ALLOWED",
             ),
+            (ApiError::Throttled(5), 429, "TOO_MANY_REQUESTS"),
             (
                 ApiError::InjectedFault(StatusCode::BAD_GATEWAY),
                 502,

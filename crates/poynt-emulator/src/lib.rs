@@ -250,8 +250,8 @@ impl Emulator {
         self.shared.secrets()
     }
 
-    /// Replaces the faults injected into `/token` (`Fault::default()` clears them), as
-    /// `POST /_emulator/fault` does.
+    /// Replaces the faults injected into `/token` and the API (`Fault::default()` clears
+    /// them), as `POST /_emulator/fault` does.
     pub fn set_fault(&self, fault: Fault) {
         self.shared.set_fault(fault);
     }

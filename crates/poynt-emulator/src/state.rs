@@ -3,9 +3,11 @@
 //! tokens and codes, which merchants authorized the app, revocations, faults, counters).
 //!
 //! Locks are `std` locks held only for a map operation, never across an `.await`. The API
-//! hot path takes one read lock (the issued-token table) and touches atomics only.
+//! hot path takes two read locks (the issued-token table and the faults) and touches atomics
+//! otherwise.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::fault::Fault;
+use super::fault::{ApiFault, Fault};
 use super::jwt::{CLOCK_SKEW_SECS, CheckedAssertion};
 use super::keys::SigningKey;
 use super::stats::Counters;
@@ -80,8 +82,11 @@ pub(crate) struct Shared {
     grants: Mutex<Grants>,
     /// Every secret issued or received, for leak tests.
     secrets: Mutex<Vec<String>>,
-    /// Faults injected into `/token`.
-    fault: Mutex<Fault>,
+    /// Faults injected into `/token` and the API; a watch so that black-holed calls hear
+    /// when the fault is replaced.
+    fault: tokio::sync::watch::Sender<Fault>,
+    /// API calls since the fault was last set: what `api_error_every` counts.
+    api_sequence: AtomicU64,
     /// How `/applications/authorize` answers.
     authorize_mode: Mutex<AuthorizeMode>,
     /// Bumped to make every open connection close gracefully (HTTP/2: GOAWAY).
@@ -160,7 +165,8 @@ impl Shared {
             access: RwLock::new(AccessTokens::default()),
             grants: Mutex::new(grants),
             secrets: Mutex::new(Vec::new()),
-            fault: Mutex::new(Fault::default()),
+            fault: tokio::sync::watch::Sender::new(Fault::default()),
+            api_sequence: AtomicU64::new(0),
             authorize_mode: Mutex::new(AuthorizeMode::default()),
             goaway: tokio::sync::watch::Sender::new(0),
         }
@@ -392,12 +398,32 @@ impl Shared {
 
     /// The faults in force.
     pub(crate) fn fault(&self) -> Fault {
-        self.fault.lock().expect("fault lock poisoned").clone()
+        self.fault.borrow().clone()
     }
 
-    /// Replaces the faults in force.
+    /// Replaces the faults in force (waking black-holed calls) and restarts the count
+    /// `api_error_every` divides.
     pub(crate) fn set_fault(&self, fault: Fault) {
-        *self.fault.lock().expect("fault lock poisoned") = fault;
+        self.api_sequence.store(0, Ordering::Relaxed);
+        self.fault.send_replace(fault);
+    }
+
+    /// What the faults in force do to the next API call for `merchant`, with the delay to
+    /// wait before it.
+    pub(crate) fn api_fault(
+        &self,
+        merchant: Option<MerchantId>,
+    ) -> (Option<std::time::Duration>, Option<ApiFault>) {
+        let sequence = self.api_sequence.fetch_add(1, Ordering::Relaxed) + 1;
+        let fault = self.fault.borrow();
+        (fault.api_delay(), fault.api(merchant, sequence))
+    }
+
+    /// Resolves once the faults in force no longer black-hole API calls.
+    pub(crate) async fn blackhole_lifted(&self) {
+        let mut receiver = self.fault.subscribe();
+        // Err only when the sender is gone, which `self` rules out.
+        let _ = receiver.wait_for(|fault| !fault.api_blackhole).await;
     }
 
     /// How `/applications/authorize` answers now.

@@ -1,9 +1,10 @@
 //! What the emulator counts, so tests can assert how the proxy behaved upstream (how many
-//! token calls per grant and merchant, refresh-token reuse, API calls refused).
+//! token calls per grant and merchant, refresh-token reuse, API calls per merchant, refused
+//! or faulted).
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +23,13 @@ pub struct Stats {
     pub refresh_token_reuse: u64,
     /// Calls under `/businesses/`.
     pub api_calls: u64,
+    /// Calls under `/businesses/{id}`, per merchant the path names (hyphenated UUID), faulted
+    /// ones included: how tests see that the proxy kept a merchant's calls away.
+    #[serde(default)]
+    pub api_calls_by_merchant: BTreeMap<String, u64>,
+    /// Calls under `/businesses/` answered (or dropped, or held) by an injected fault.
+    #[serde(default)]
+    pub api_faulted: u64,
     /// Calls under `/businesses/` refused with 401 `INVALID_ACCESS_TOKEN`.
     pub api_unauthorized: u64,
     /// Calls under `/businesses/` whose request body broke off before its end (the sender
@@ -79,6 +87,10 @@ pub(crate) struct Counters {
     token: Mutex<TokenCounters>,
     /// `Stats::api_calls`.
     api_calls: AtomicU64,
+    /// `Stats::api_calls_by_merchant`: a read lock and an atomic once a merchant is known.
+    api_by_merchant: RwLock<HashMap<MerchantId, AtomicU64>>,
+    /// `Stats::api_faulted`.
+    api_faulted: AtomicU64,
     /// `Stats::api_unauthorized`.
     api_unauthorized: AtomicU64,
     /// `Stats::api_incomplete_bodies`.
@@ -135,9 +147,27 @@ impl Counters {
         self.token().refresh_reuse += 1;
     }
 
-    /// Counts a call under `/businesses/`.
-    pub(crate) fn api_call(&self) {
+    /// Counts a call under `/businesses/`, and for the merchant its path names, if any.
+    pub(crate) fn api_call(&self, merchant: Option<MerchantId>) {
         self.api_calls.fetch_add(1, Ordering::Relaxed);
+        let Some(merchant) = merchant else {
+            return;
+        };
+        if let Some(count) = self.by_merchant_read().get(&merchant) {
+            count.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.api_by_merchant
+            .write()
+            .expect("merchant counters lock poisoned")
+            .entry(merchant)
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a `/businesses/` call met by an injected fault.
+    pub(crate) fn api_faulted(&self) {
+        self.api_faulted.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a `/businesses/` call refused for its access token.
@@ -172,6 +202,12 @@ impl Counters {
             token_faulted,
             refresh_token_reuse,
             api_calls: self.api_calls.load(Ordering::Relaxed),
+            api_calls_by_merchant: self
+                .by_merchant_read()
+                .iter()
+                .map(|(merchant, count)| (merchant.to_string(), count.load(Ordering::Relaxed)))
+                .collect(),
+            api_faulted: self.api_faulted.load(Ordering::Relaxed),
             api_unauthorized: self.api_unauthorized.load(Ordering::Relaxed),
             api_incomplete_bodies: self.api_incomplete_bodies.load(Ordering::Relaxed),
             connections: self.connections.load(Ordering::Relaxed),
@@ -182,9 +218,20 @@ impl Counters {
     pub(crate) fn reset(&self) {
         *self.token() = TokenCounters::default();
         self.api_calls.store(0, Ordering::Relaxed);
+        self.api_by_merchant
+            .write()
+            .expect("merchant counters lock poisoned")
+            .clear();
+        self.api_faulted.store(0, Ordering::Relaxed);
         self.api_unauthorized.store(0, Ordering::Relaxed);
         self.api_incomplete_bodies.store(0, Ordering::Relaxed);
         self.connections.store(0, Ordering::Relaxed);
+    }
+
+    fn by_merchant_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<MerchantId, AtomicU64>> {
+        self.api_by_merchant
+            .read()
+            .expect("merchant counters lock poisoned")
     }
 
     fn token(&self) -> std::sync::MutexGuard<'_, TokenCounters> {
@@ -204,7 +251,9 @@ mod tests {
         counters.token_call_finished(Grant::JwtBearer, Some(merchant), false);
         counters.token_call_arrived();
         counters.token_call_finished(Grant::JwtBearer, None, true);
-        counters.api_call();
+        counters.api_call(Some(merchant));
+        counters.api_call(None);
+        counters.api_faulted();
         counters.connection();
         let json = serde_json::to_value(counters.snapshot()).unwrap();
         assert_eq!(json["token_calls"]["jwt_bearer"]["total"], 2);
@@ -214,7 +263,12 @@ mod tests {
             1
         );
         assert_eq!(json["token_calls_total"], 2);
-        assert_eq!(json["api_calls"], 1);
+        assert_eq!(json["api_calls"], 2);
+        assert_eq!(
+            json["api_calls_by_merchant"]["c9580c24-b61e-4e0d-ad26-1dd1d3943d2c"],
+            1
+        );
+        assert_eq!(json["api_faulted"], 1);
         assert_eq!(json["connections"], 1);
         counters.reset();
         assert_eq!(counters.snapshot(), Stats::default());

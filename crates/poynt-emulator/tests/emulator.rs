@@ -865,6 +865,90 @@ async fn token_faults_status_drop_and_clear() {
 }
 
 #[tokio::test]
+async fn api_faults_throttle_fail_drop_and_blackhole_at_run_time() {
+    let fx = fixture().await;
+    let a = fx.tokens_for(MERCHANT_A).await;
+    let b = fx.tokens_for(MERCHANT_B).await;
+    let a = a["accessToken"].as_str().unwrap();
+    let b = b["accessToken"].as_str().unwrap();
+    let path_a = format!("/businesses/{MERCHANT_A}");
+    let path_b = format!("/businesses/{MERCHANT_B}");
+    let set = |fault: Value| {
+        let request = fx
+            .client
+            .post(format!("{}/_emulator/fault", fx.base))
+            .json(&fault);
+        async move { request.send().await.expect("POST fault") }
+    };
+
+    // A throttled merchant gets 429 with Retry-After; the other is served.
+    assert_eq!(
+        set(json!({"api_throttle": {MERCHANT_A: 7}})).await.status(),
+        200
+    );
+    let throttled = fx.api(reqwest::Method::GET, &path_a, a).await;
+    assert_eq!(throttled.headers()["retry-after"], "7");
+    expect_error(throttled, 429, "TOO_MANY_REQUESTS").await;
+    assert_eq!(fx.api(reqwest::Method::GET, &path_b, b).await.status(), 200);
+
+    // Every 2nd call fails with the chosen 5xx.
+    set(json!({"api_error_every": 2, "api_error_status": 502})).await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(
+            fx.api(reqwest::Method::GET, &path_b, b)
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [200, 502, 200, 502]);
+    let refused = set(json!({"api_error_status": 404})).await;
+    let message = expect_error(refused, 400, "INVALID_REQUEST").await;
+    assert!(message.contains("found 404"), "{message}");
+
+    // Dropped: the connection closes unanswered.
+    set(json!({"api_drop": true})).await;
+    let dropped = fx
+        .client
+        .get(format!("{}{path_b}", fx.base))
+        .header("api-version", "1.2")
+        .bearer_auth(b)
+        .send()
+        .await
+        .expect_err("a dropped connection is an error, not a response");
+    assert!(!dropped.is_status(), "{dropped:?}");
+
+    // Black-holed: the call is held until the fault is replaced, then its connection closes.
+    set(json!({"api_blackhole": true})).await;
+    let held = tokio::spawn(
+        fx.client
+            .get(format!("{}{path_b}", fx.base))
+            .header("api-version", "1.2")
+            .bearer_auth(b)
+            .send(),
+    );
+    let expected_faulted = 5;
+    for _ in 0..200 {
+        if fx.emulator.stats().api_faulted == expected_faulted {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(fx.emulator.stats().api_faulted, expected_faulted);
+    assert!(!held.is_finished(), "a black-holed call was answered");
+    set(json!({})).await;
+    let ended = held.await.unwrap();
+    assert!(ended.is_err(), "{ended:?}");
+    assert_eq!(fx.api(reqwest::Method::GET, &path_a, a).await.status(), 200);
+
+    let stats = fx.stats().await;
+    assert_eq!(stats.api_calls_by_merchant[MERCHANT_A], 2);
+    assert_eq!(stats.api_calls_by_merchant[MERCHANT_B], 7);
+    assert_eq!(stats.api_calls, 9);
+}
+
+#[tokio::test]
 async fn reset_clears_counters_faults_and_revocations() {
     let fx = fixture().await;
     let tokens = fx.tokens_for(MERCHANT_A).await;
