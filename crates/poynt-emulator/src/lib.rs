@@ -43,6 +43,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use cli::{EmulatorArgs, run_cli};
+pub use control::CONTROL_API_HELP;
 pub use error::EmulatorError;
 pub use fault::Fault;
 pub use keys::generate_app_key;
