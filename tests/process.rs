@@ -632,7 +632,7 @@ async fn the_demo_takes_free_ports_when_its_own_are_taken_and_its_curls_work_as_
     }
     let page = support::browser::dump_dom(&connect, &pin).await;
     assert!(
-        page.contains(r#"<code id="business-id">11111111-1111-4111-8111-111111111111</code>"#),
+        page.contains(r#"<strong id="business-name">Business 11111111</strong> (<code id="business-id">11111111-1111-4111-8111-111111111111</code>)"#),
         "{page}"
     );
     let killed = Command::new("kill")

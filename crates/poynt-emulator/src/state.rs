@@ -13,6 +13,7 @@ use jsonwebtoken::DecodingKey;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::business::BusinessNames;
 use super::error::ApiError;
 use super::fault::Fault;
 use super::jwt::{CLOCK_SKEW_SECS, CheckedAssertion};
@@ -86,6 +87,8 @@ pub(crate) struct Shared {
     authorize_mode: Mutex<AuthorizeMode>,
     /// Bumped to make every open connection close gracefully (HTTP/2: GOAWAY).
     goaway: tokio::sync::watch::Sender<u64>,
+    /// What `GET /businesses/{id}` names each business.
+    pub(crate) business_names: BusinessNames,
 }
 
 /// What the emulator knows about an access token it issued.
@@ -163,6 +166,7 @@ impl Shared {
             fault: Mutex::new(Fault::default()),
             authorize_mode: Mutex::new(AuthorizeMode::default()),
             goaway: tokio::sync::watch::Sender::new(0),
+            business_names: BusinessNames::default(),
         }
     }
 
