@@ -16,7 +16,8 @@
 //! - [`store`]: where tokens outlive the process (memory, an embedded file, or Redis), sealed.
 //! - [`onboarding`]: the merchant-facing listener: `/connect`, the verified callback, pages.
 //! - [`admin`], [`metrics`], [`telemetry`]: what operators see; [`reload`]: applying a
-//!   changed configuration file without a restart.
+//!   changed configuration file without a restart; [`report`]: an error chain as one line.
+//! - [`armour`]: PEM armour checked line by line, for every key read from a file.
 //!
 //! Poynt's wire vocabulary and the merchant ID live in the `poynt-wire` crate, shared with
 //! the emulator (`poynt-emulator`), the stand-in for Poynt the tests, the demo and the
@@ -25,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod armour;
 pub mod config;
 pub mod lifecycle;
 pub mod limits;
@@ -32,6 +34,7 @@ pub mod metrics;
 pub mod onboarding;
 pub mod proxy;
 pub mod reload;
+pub mod report;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -32,8 +32,10 @@ use crate::workers::{self, WorkerError, Workers};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("{listener}: cannot listen on {addr}: {source}")]
     Bind {
+        /// The key that names the listener (`listen`, `admin_listen`, `onboarding.listen`).
+        listener: &'static str,
         /// The address asked for.
         addr: SocketAddr,
         /// What the OS said.
@@ -73,16 +75,20 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the addresses the configuration names.
     pub async fn bind(config: &Config) -> Result<Self, StartError> {
-        let bind = |addr: SocketAddr| async move {
+        let bind = |listener: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
-                .map_err(|source| StartError::Bind { addr, source })
+                .map_err(|source| StartError::Bind {
+                    listener,
+                    addr,
+                    source,
+                })
         };
         Ok(Self {
-            proxy: bind(config.listen).await?,
-            admin: bind(config.admin_listen).await?,
+            proxy: bind("listen", config.listen).await?,
+            admin: bind("admin_listen", config.admin_listen).await?,
             onboarding: match &config.onboarding {
-                Some(onboarding) => Some(bind(onboarding.listen).await?),
+                Some(onboarding) => Some(bind("onboarding.listen", onboarding.listen).await?),
                 None => None,
             },
         })

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use poynt_proxy::config::Config;
+use poynt_proxy::report::error_chain;
 use poynt_proxy::telemetry;
 
 mod cli;
@@ -52,6 +53,7 @@ enum Command {
         config: PathBuf,
     },
     /// Run the Poynt emulator: a strict local stand-in for services.poynt.net.
+    #[command(after_help = poynt_emulator::CONTROL_API_HELP)]
     Emulator(poynt_emulator::EmulatorArgs),
     /// Run the emulator and the proxy wired to it, and print curl commands to try.
     Demo(demo::DemoArgs),
@@ -110,7 +112,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", error_chain(error.as_ref()));
             ExitCode::FAILURE
         }
     }

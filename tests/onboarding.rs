@@ -204,40 +204,69 @@ fn screenshot_path(name: &str) -> std::path::PathBuf {
         .join(format!("{name}.png"))
 }
 
-#[tokio::test]
-async fn the_success_page_is_a_clean_url_that_shows_the_success_again_on_reload() {
-    let h = Builder::default()
+/// The success page's greeting as a browser renders it: the business (by name when the
+/// page may show one) and its ID.
+fn greeting(name: Option<&str>, m: MerchantId) -> String {
+    match name {
+        Some(name) => format!(
+            r#"<p>Your Poynt business <strong id="business-name">{name}</strong> (<code id="business-id">{m}</code>) is connected to <strong id="app-name">Acme Payments</strong>.</p>"#
+        ),
+        None => format!(
+            r#"<p>Your Poynt business <code id="business-id">{m}</code> is connected to <strong id="app-name">Acme Payments</strong>.</p>"#
+        ),
+    }
+}
+
+/// A TLS harness whose success pages name the app "Acme Payments".
+async fn named_app_harness() -> Harness {
+    Builder::default()
         .tls()
         .onboarding("  code_key: tls\n  app_name: \"Acme Payments\"\n")
         .start()
-        .await;
+        .await
+}
+
+#[tokio::test]
+async fn the_success_page_is_a_clean_url_that_names_the_business_again_on_reload() {
+    let h = named_app_harness().await;
     let m = h.merchants[0];
+    h.emulator
+        .set_business_name(m, Some("Bob's <Corner> Café".to_owned()));
     let params = callback_params(&h).await;
     let done = call_back(&h, &params).await;
     assert_eq!(done.status(), 303);
     let location = done.headers()["location"].to_str().unwrap().to_owned();
-    assert_eq!(
-        location,
-        h.onboarding_url(&format!("/connect/connected?businessId={m}"))
-    );
-    // A reload, a restored tab: the same clean URL, as often as it is asked.
+    let clean = h.onboarding_url(&format!("/connect/connected?businessId={m}"));
+    let rest = location
+        .strip_prefix(&format!(
+            "{clean}&name=Bob%27s+%3CCorner%3E+Caf%C3%A9&seal="
+        ))
+        .unwrap_or_else(|| panic!("{location}"));
+    assert!(!rest.contains(['&', '#']), "{location}");
+    // A reload, a restored tab: the same URL, as often as it is asked.
+    let named = greeting(Some("Bob's &lt;Corner&gt; Café"), m);
     for _ in 0..2 {
         let page = no_redirects().get(&location).send().await.unwrap();
         assert_eq!(page.status(), 200);
         let page = page.text().await.unwrap();
-        assert!(
-            page.contains(&format!(r#"<code id="business-id">{m}</code>"#)),
-            "{page}"
-        );
-        assert!(
-            page.contains(r#"<strong id="app-name">Acme Payments</strong>"#),
-            "{page}"
-        );
+        assert!(page.contains(&named.replace('\'', "&#39;")), "{page}");
     }
     // The callback URL itself, replayed, is refused and stores nothing new.
     assert_eq!(call_back(&h, &params).await.status(), 400);
     let pin = h.emulator.tls_spki_pin().expect("TLS");
+    let rendered = support::browser::dump_dom(&location, pin).await;
+    assert!(rendered.contains(&named), "{rendered}");
     support::browser::screenshot(&location, pin, &screenshot_path("success-after-reload")).await;
+    // The name is shown only under the seal the callback made for it: another name, or the
+    // address without it, shows the ID alone.
+    let forged = location.replace("name=Bob%27s", "name=Evil");
+    for url in [forged.as_str(), clean.as_str()] {
+        let page = no_redirects().get(url).send().await.unwrap();
+        assert_eq!(page.status(), 200);
+        let page = page.text().await.unwrap();
+        assert!(page.contains(&greeting(None, m)), "{url}: {page}");
+        assert!(!page.contains("business-name"), "{url}: {page}");
+    }
     // A business that did not connect has no success page.
     let stranger = h.onboarding_url(&format!(
         "/connect/connected?businessId={}",
@@ -247,6 +276,25 @@ async fn the_success_page_is_a_clean_url_that_shows_the_success_again_on_reload(
         no_redirects().get(&stranger).send().await.unwrap().status(),
         404
     );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_success_page_shows_the_business_id_when_poynt_gives_no_name() {
+    let h = named_app_harness().await;
+    let m = h.merchants[0];
+    h.emulator.set_business_name(m, None);
+    let done = call_back(&h, &callback_params(&h).await).await;
+    assert_eq!(done.status(), 303);
+    let location = done.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(
+        location,
+        h.onboarding_url(&format!("/connect/connected?businessId={m}"))
+    );
+    let pin = h.emulator.tls_spki_pin().expect("TLS");
+    let rendered = support::browser::dump_dom(&location, pin).await;
+    assert!(rendered.contains(&greeting(None, m)), "{rendered}");
+    support::browser::screenshot(&location, pin, &screenshot_path("success-unnamed")).await;
     h.stop().await;
 }
 
@@ -277,11 +325,7 @@ async fn failure_url(h: &Harness, spent: &[(String, String)], name: &str) -> Str
 
 #[tokio::test]
 async fn every_failure_page_names_the_app_and_carries_a_reference() {
-    let h = Builder::default()
-        .tls()
-        .onboarding("  code_key: tls\n  app_name: \"Acme Payments\"\n")
-        .start()
-        .await;
+    let h = named_app_harness().await;
     let pin = h.emulator.tls_spki_pin().expect("TLS").to_owned();
     let params = callback_params(&h).await;
     assert_eq!(call_back(&h, &params).await.status(), 303);
@@ -320,6 +364,13 @@ async fn every_failure_page_names_the_app_and_carries_a_reference() {
         assert!(
             references.insert(reference.to_owned()),
             "{name}: {reference} again"
+        );
+        let rendered =
+            support::browser::dump_dom(&failure_url(&h, &params, name).await, &pin).await;
+        assert!(rendered.contains(reason), "{name}: {rendered}");
+        assert!(
+            rendered.contains("quote this reference to support"),
+            "{name}: {rendered}"
         );
         let url = failure_url(&h, &params, name).await;
         support::browser::screenshot(&url, &pin, &screenshot_path(name)).await;

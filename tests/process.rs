@@ -540,43 +540,71 @@ fn curl_installed() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Holds `addr` for the test's length, unless something else already does (taken either way).
+fn occupy(addr: &str) -> Option<std::net::TcpListener> {
+    std::net::TcpListener::bind(addr).ok()
+}
+
 #[tokio::test]
-async fn the_demos_curl_commands_succeed_and_its_connect_url_ends_on_the_success_page() {
+async fn the_demo_takes_free_ports_when_its_own_are_taken_and_its_curls_work_as_printed() {
     assert!(
         curl_installed(),
         "curl is needed (the test command installs it)"
     );
+    let defaults = [
+        ("127.0.0.1:8080", "--listen"),
+        ("127.0.0.1:9090", "--admin-listen"),
+        ("127.0.0.1:8081", "--onboarding-listen"),
+    ];
+    let _held: Vec<_> = defaults.iter().map(|(addr, _)| occupy(addr)).collect();
     let mut child = Command::new(BIN)
-        .args([
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--onboarding-listen",
-            "127.0.0.1:0",
-        ])
+        .arg("demo")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let rx = lines_of(&mut child);
-    let mut curls = Vec::new();
-    while curls.len() < 4 {
-        curls.push(wait_line(&rx, |l| {
-            l.starts_with("curl ").then(|| l.to_owned())
-        }));
-    }
-    let connect = wait_line(&rx, |l| {
-        l.strip_prefix("Onboard a merchant: open ")
-            .and_then(|rest| rest.split_whitespace().next())
-            .map(str::to_owned)
-    });
+    let mut output = Vec::new();
     let pin = wait_line(&rx, |l| {
+        output.push(l.to_owned());
         l.split("--ignore-certificate-errors-spki-list=")
             .nth(1)
             .map(|rest| rest.trim_end_matches(')').to_owned())
     });
+    let took: Vec<String> = defaults
+        .iter()
+        .map(|(addr, flag)| {
+            let prefix = format!("note: {addr} is taken, so the demo took 127.0.0.1:");
+            let suffix = format!(" instead ({flag} picks another)");
+            output
+                .iter()
+                .find_map(|l| l.strip_prefix(&prefix)?.strip_suffix(&suffix))
+                .unwrap_or_else(|| panic!("no note for {addr}: {output:#?}"))
+                .to_owned()
+        })
+        .collect();
+    let warnings: Vec<_> = output.iter().filter(|l| l.contains("WARN")).collect();
+    assert!(warnings.is_empty(), "{warnings:#?}");
+    let curls: Vec<&String> = output.iter().filter(|l| l.starts_with("curl ")).collect();
+    assert_eq!(curls.len(), 4, "{output:#?}");
+    let (proxy_port, admin_port) = (&took[0], &took[1]);
+    assert!(
+        curls[0].starts_with(&format!(
+            "curl -s 'http://127.0.0.1:{proxy_port}/businesses/11111111-1111-4111-8111-111111111111/orders?limit=5' "
+        )),
+        "{curls:#?}"
+    );
+    assert_eq!(
+        *curls[3],
+        format!("curl -s 'http://127.0.0.1:{admin_port}/metrics'")
+    );
+    let connect = format!("http://127.0.0.1:{}/connect", took[2]);
+    assert!(
+        output
+            .iter()
+            .any(|l| l == &format!("Onboard a merchant: open {connect} in a browser")),
+        "{output:#?}"
+    );
     for curl in &curls {
         let out = Command::new("sh")
             .args(["-c", &format!("{curl} --fail-with-body --max-time 20")])
@@ -604,7 +632,7 @@ async fn the_demos_curl_commands_succeed_and_its_connect_url_ends_on_the_success
     }
     let page = support::browser::dump_dom(&connect, &pin).await;
     assert!(
-        page.contains(r#"<code id="business-id">11111111-1111-4111-8111-111111111111</code>"#),
+        page.contains(r#"<strong id="business-name">Business 11111111</strong> (<code id="business-id">11111111-1111-4111-8111-111111111111</code>)"#),
         "{page}"
     );
     let killed = Command::new("kill")
@@ -614,6 +642,35 @@ async fn the_demos_curl_commands_succeed_and_its_connect_url_ends_on_the_success
     assert!(killed.success());
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn the_emulator_help_lists_its_control_api() {
+    let out = Command::new(BIN)
+        .args(["emulator", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for call in [
+        "GET  /_emulator/stats",
+        "POST /_emulator/fault",
+        "\"token_status\"",
+        "\"token_drop\"",
+        "\"token_delay_ms\"",
+        "\"token_expires_in\"",
+        "POST /_emulator/authorize",
+        "\"tampered_code\"",
+        "\"alg_none\"",
+        "POST /_emulator/goaway",
+        "POST /_emulator/reset",
+        "GET  /_emulator/keys",
+        "POST /_emulator/merchants/{id}/revoke",
+        "POST /_emulator/merchants/{id}/unauthorize",
+        "POST /_emulator/merchants/{id}/token",
+    ] {
+        assert!(help.contains(call), "{call} missing from\n{help}");
+    }
 }
 
 #[test]
@@ -694,4 +751,144 @@ async fn authorize_url_states_open_under_the_key_a_proxy_derives_from_the_same_s
     assert!(derived.open(&state, std::time::SystemTime::now()).is_ok());
     let other = poynt_proxy::onboarding::state::StateKey::new([9; 32]);
     assert!(other.open(&state, std::time::SystemTime::now()).is_err());
+}
+
+/// What `poynt-proxy <command> --config <config>` wrote to stderr, run in `dir` (so a
+/// relative path is resolved as an operator's shell would), and that it failed.
+fn stderr_of_failure(dir: &std::path::Path, command: &str, config: &str) -> String {
+    let out = Command::new(BIN)
+        .current_dir(dir)
+        .args([command, "--config", config])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "expected a failure: {out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn every_error_is_said_once_with_the_file_the_line_and_the_path_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let at = dir.display();
+    std::fs::copy(support::fixture("app-key-pkcs8.pem"), dir.join("app.pem")).unwrap();
+    std::fs::copy(
+        support::fixture("poynt-merchant-authorization-key.pem"),
+        dir.join("seed.pem"),
+    )
+    .unwrap();
+    let config = |key: &str, rest: &str| {
+        let yaml = format!(
+            "listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\npoynt:\n  application_id: \"urn:aid:x\"\n  private_key_file: {key}\n{rest}"
+        );
+        std::fs::write(dir.join("proxy.yaml"), yaml).unwrap();
+    };
+    let cases: [(&str, &str, String); 6] = [
+        (
+            "app.pem",
+            "store:\n  path: tokens.redb\n  key_file: nope.key\n",
+            format!(
+                "error: store.key_file: cannot read key file {at}/nope.key: No such file or directory (os error 2)\n"
+            ),
+        ),
+        (
+            "nope.pem",
+            "",
+            format!(
+                "error: poynt.private_key_file: cannot read private key file {at}/nope.pem: No such file or directory (os error 2)\n"
+            ),
+        ),
+        (
+            "seed.pem",
+            "",
+            "error: poynt.private_key_file: line 1: expected a PEM armour line such as \"-----BEGIN PRIVATE KEY-----\"; found \"-----START PUBLIC KEY-----\"\n".to_owned(),
+        ),
+        (
+            "app.pem",
+            "log:\n  level: info\nlisten: \"127.0.0.1:1\"\n",
+            format!(
+                "error: {at}/proxy.yaml: line 8: duplicate top-level key `listen` (first at line 1); each key may appear once\n"
+            ),
+        ),
+        (
+            "app.pem",
+            "  colour: blue\n",
+            format!(
+                "error: {at}/proxy.yaml: poynt: unknown field `colour`, expected one of `api_url`, `token_url`, `audience`, `api_version`, `application_id`, `private_key_file`, `ca_file`, `connect_timeout`, `response_timeout`, `body_idle_timeout`, `token_timeout` at line 6 column 3\n"
+            ),
+        ),
+        (
+            "app.pem",
+            "log: [\n",
+            format!(
+                "error: {at}/proxy.yaml: log: invalid type: sequence, expected struct RawLog at line 6 column 6\n"
+            ),
+        ),
+    ];
+    for (key, rest, expected) in &cases {
+        config(key, rest);
+        for command in ["check", "run"] {
+            assert_eq!(
+                stderr_of_failure(dir, command, "proxy.yaml"),
+                *expected,
+                "{command} with {key} and {rest:?}"
+            );
+        }
+    }
+    assert_eq!(
+        stderr_of_failure(dir, "check", "missing.yaml"),
+        format!(
+            "error: cannot read config file {at}/missing.yaml: No such file or directory (os error 2)\n"
+        )
+    );
+}
+
+#[test]
+fn a_bind_error_names_the_listener_and_says_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        support::fixture("app-key-pkcs8.pem"),
+        dir.path().join("app.pem"),
+    )
+    .unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let listeners = [
+        (
+            "listen",
+            format!("listen: \"127.0.0.1:{port}\"\nadmin_listen: \"127.0.0.1:0\"\n"),
+        ),
+        (
+            "admin_listen",
+            format!("listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:{port}\"\n"),
+        ),
+        (
+            "onboarding.listen",
+            format!(
+                "listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\nonboarding:\n  listen: \"127.0.0.1:{port}\"\n  public_url: \"https://connect.example.com\"\n  code_key: seed.pem\n"
+            ),
+        ),
+    ];
+    std::fs::copy(
+        support::fixture("poynt-merchant-authorization-key-fixed.pem"),
+        dir.path().join("seed.pem"),
+    )
+    .unwrap();
+    for (name, top) in listeners {
+        let yaml = format!(
+            "{top}poynt:\n  application_id: \"urn:aid:x\"\n  private_key_file: app.pem\nstore:\n  backend: memory\n"
+        );
+        std::fs::write(dir.path().join("proxy.yaml"), yaml).unwrap();
+        let stderr = stderr_of_failure(dir.path(), "run", "proxy.yaml");
+        assert_eq!(
+            stderr.lines().last(),
+            Some(
+                format!(
+                    "error: {name}: cannot listen on 127.0.0.1:{port}: Address already in use (os error 98)"
+                )
+                .as_str()
+            ),
+            "{stderr}"
+        );
+    }
+    drop(taken);
 }

@@ -4,7 +4,7 @@
 //! open in a browser.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -12,6 +12,7 @@ use rustls_pki_types::pem::PemObject;
 use poynt_emulator::{self as emulator, EmulatorConfig, EmulatorError};
 use poynt_proxy::config::{Config, ConfigError, KeySources};
 use poynt_proxy::lifecycle::{Listeners, StartError, start};
+use poynt_proxy::onboarding::state::StateKey;
 use poynt_wire::MerchantId;
 
 /// The embedded demo configuration.
@@ -25,18 +26,30 @@ const DEMO_MERCHANTS: [&str; 3] = [
     "33333333-3333-4333-8333-333333333333",
 ];
 
+/// The demo's usual addresses, taken when free; when one is taken (another server on 8080),
+/// the demo takes a free port instead and says so, rather than failing on a first try.
+const DEFAULT_LISTEN: SocketAddr = loopback(8080);
+const DEFAULT_ADMIN_LISTEN: SocketAddr = loopback(9090);
+const DEFAULT_ONBOARDING_LISTEN: SocketAddr = loopback(8081);
+
+const fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+}
+
 /// Where the demo listens.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Proxy listener for callers.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-    /// Admin listener (health, metrics, admin API).
-    #[arg(long, default_value = "127.0.0.1:9090")]
-    pub admin_listen: SocketAddr,
-    /// Onboarding listener (merchants' browsers); its address is also the public URL.
-    #[arg(long, default_value = "127.0.0.1:8081")]
-    pub onboarding_listen: SocketAddr,
+    /// Proxy listener for callers [default: 127.0.0.1:8080, or a free port when it is taken].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Admin listener (health, metrics, admin API) [default: 127.0.0.1:9090, or a free port
+    /// when it is taken].
+    #[arg(long)]
+    pub admin_listen: Option<SocketAddr>,
+    /// Onboarding listener (merchants' browsers); its address is also the public URL
+    /// [default: 127.0.0.1:8081, or a free port when it is taken].
+    #[arg(long)]
+    pub onboarding_listen: Option<SocketAddr>,
     /// Emulator listener (HTTPS); port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub emulator_listen: SocketAddr,
@@ -62,10 +75,44 @@ pub enum DemoError {
     Signal(String),
 }
 
-async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
+async fn bind(
+    listener: &'static str,
+    addr: SocketAddr,
+) -> Result<tokio::net::TcpListener, StartError> {
     tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| StartError::Bind { addr, source })
+        .map_err(|source| StartError::Bind {
+            listener,
+            addr,
+            source,
+        })
+}
+
+/// Binds `asked` exactly when the flag `flag` gave it; else `default`, or a free port on the
+/// same address when `default` is taken (saying which flag picks another).
+async fn bind_or_fallback(
+    flag: &'static str,
+    asked: Option<SocketAddr>,
+    default: SocketAddr,
+) -> Result<tokio::net::TcpListener, StartError> {
+    if let Some(addr) = asked {
+        return bind(flag, addr).await;
+    }
+    match tokio::net::TcpListener::bind(default).await {
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+            let listener = bind(flag, SocketAddr::new(default.ip(), 0)).await?;
+            let took = listener.local_addr().map_err(StartError::Addr)?;
+            println!(
+                "note: {default} is taken, so the demo took {took} instead ({flag} picks another)"
+            );
+            Ok(listener)
+        }
+        result => result.map_err(|source| StartError::Bind {
+            listener: flag,
+            addr: default,
+            source,
+        }),
+    }
 }
 
 /// Runs until `until` resolves, then drains and stops both.
@@ -78,10 +125,19 @@ pub async fn run<E: std::fmt::Display>(
         .iter()
         .filter_map(|m| MerchantId::parse(m).ok())
         .collect();
-    let emulator_listener = bind(args.emulator_listen).await?;
-    // Bound first: with port 0 the public URL needs the port picked.
-    let onboarding_listener = bind(args.onboarding_listen).await?;
-    let onboarding_addr = onboarding_listener.local_addr().map_err(StartError::Addr)?;
+    let emulator_listener = bind("--emulator-listen", args.emulator_listen).await?;
+    // Bound before the configuration is written: it names the ports actually taken.
+    let proxy_listener = bind_or_fallback("--listen", args.listen, DEFAULT_LISTEN).await?;
+    let admin_listener =
+        bind_or_fallback("--admin-listen", args.admin_listen, DEFAULT_ADMIN_LISTEN).await?;
+    let onboarding_listener = bind_or_fallback(
+        "--onboarding-listen",
+        args.onboarding_listen,
+        DEFAULT_ONBOARDING_LISTEN,
+    )
+    .await?;
+    let addr = |listener: &tokio::net::TcpListener| listener.local_addr().map_err(StartError::Addr);
+    let onboarding_addr = addr(&onboarding_listener)?;
     let emulator = emulator::start(
         EmulatorConfig {
             app_id: DEMO_APP_ID.into(),
@@ -96,8 +152,8 @@ pub async fn run<E: std::fmt::Display>(
     )
     .await?;
     let text = DEMO_CONFIG
-        .replace("{LISTEN}", &args.listen.to_string())
-        .replace("{ADMIN_LISTEN}", &args.admin_listen.to_string())
+        .replace("{LISTEN}", &addr(&proxy_listener)?.to_string())
+        .replace("{ADMIN_LISTEN}", &addr(&admin_listener)?.to_string())
         .replace("{EMULATOR_URL}", &emulator.base_url())
         .replace("{APP_ID}", DEMO_APP_ID)
         .replace("{ONBOARDING_LISTEN}", &onboarding_addr.to_string());
@@ -107,13 +163,18 @@ pub async fn run<E: std::fmt::Display>(
         ..KeySources::default()
     };
     let mut config = Config::parse(&text, &sources)?;
+    // The demo lives in one process with a memory store: a state key of its own says so
+    // up front, instead of a start-up warning about a file the newcomer has no use for.
+    if let Some(onboarding) = &mut config.onboarding {
+        onboarding.state_key = Some(StateKey::random());
+    }
     let ca = emulator.ca_pem().unwrap_or_default();
     config.poynt.extra_roots = CertificateDer::pem_slice_iter(ca.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| DemoError::Ca(e.to_string()))?;
     let listeners = Listeners {
-        proxy: bind(config.listen).await?,
-        admin: bind(config.admin_listen).await?,
+        proxy: proxy_listener,
+        admin: admin_listener,
         onboarding: Some(onboarding_listener),
     };
     let header = config.merchant.header.to_string();
@@ -129,12 +190,13 @@ pub async fn run<E: std::fmt::Display>(
     );
     println!("Try:");
     let [first, second, ..] = DEMO_MERCHANTS;
-    println!("curl -s http://{proxy}/businesses/{first}/orders?limit=5 -H '{header}: {first}'");
+    // URLs quoted: zsh reads an unquoted `?` as a glob and stops.
+    println!("curl -s 'http://{proxy}/businesses/{first}/orders?limit=5' -H '{header}: {first}'");
     println!(
-        "curl -s -X POST http://{proxy}/businesses/{second}/orders -H '{header}: {second}' -H 'Content-Type: application/json' -d '{{\"amount\": 1200}}'"
+        "curl -s -X POST 'http://{proxy}/businesses/{second}/orders' -H '{header}: {second}' -H 'Content-Type: application/json' -d '{{\"amount\": 1200}}'"
     );
-    println!("curl -s http://{admin}/admin/tokens");
-    println!("curl -s http://{admin}/metrics");
+    println!("curl -s 'http://{admin}/admin/tokens'");
+    println!("curl -s 'http://{admin}/metrics'");
     println!("Onboard a merchant: open http://{onboarding_addr}/connect in a browser");
     if let Some(pin) = emulator.tls_spki_pin() {
         println!(

@@ -6,7 +6,8 @@
 //! `poynt`, `merchant`, `store`, `server`, `tokens`, `oauth`, `onboarding`, `log`, `admin`,
 //! `limits`.
 //! Beside them: `sources` (what the environment supplies instead of the file), `checks`
-//! (rules that span sections), `fields` (parsers the sections share) and `error`. This file
+//! (rules that span sections), `fields` (parsers the sections share), `yaml` (the text
+//! into the raw schema, errors naming the file and line) and `error`. This file
 //! reads the file, holds the top of the schema and assembles [`Config`]; the files under it
 //! import each other, never this one, so the folder's imports form no circle either.
 //!
@@ -29,6 +30,7 @@ mod server;
 mod sources;
 mod store;
 mod tokens;
+mod yaml;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -156,22 +158,24 @@ impl RawConfig {
 
 impl Config {
     /// Reads and validates a config file; relative paths inside it are resolved against the
-    /// file's directory, and the private key may come from [`PRIVATE_KEY_ENV`].
+    /// file's directory, and the private key may come from [`PRIVATE_KEY_ENV`]. The path is
+    /// made absolute first, so every path an error prints is the one actually opened.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
             source,
         })?;
         let base_dir = path.parent().map(Path::to_path_buf);
-        let mut config = Self::parse(&text, &KeySources::from_env(base_dir))?;
-        config.source = Some(path.to_owned());
+        let raw: RawConfig = yaml::from_str(&text, Some(&path))?;
+        let mut config = raw.validate(&KeySources::from_env(base_dir))?;
+        config.source = Some(path);
         Ok(config)
     }
 
     /// Parses and validates YAML text.
     pub fn parse(text: &str, sources: &KeySources) -> Result<Self, ConfigError> {
-        let raw: RawConfig =
-            serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let raw: RawConfig = yaml::from_str(text, None)?;
         raw.validate(sources)
     }
 

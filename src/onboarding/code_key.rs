@@ -5,8 +5,9 @@
 //! fetched through the configured trust at start, cached, and fetched again after a
 //! signature failure at most once a minute (Poynt may have rotated its certificate). The
 //! alternative is a PEM public key or certificate file, read and checked at start-up; its
-//! armour is checked line by line so that a key pasted from Poynt's documentation, whose
-//! armour is malformed, is refused with the line at fault rather than failing later.
+//! armour is checked line by line ([`crate::armour`]) so that a key pasted from Poynt's
+//! documentation, whose armour is malformed, is refused with the line at fault rather than
+//! failing later.
 
 use std::fmt;
 use std::path::Path;
@@ -18,6 +19,8 @@ use jsonwebtoken::DecodingKey;
 use rustls_pki_types::pem::{PemObject, SectionKind};
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::time::Instant;
+
+use crate::armour::{self, ArmourError};
 
 /// Smallest RSA modulus accepted, in bits (RS256 verification needs at least 2048).
 const MIN_RSA_BITS: usize = 2048;
@@ -36,16 +39,9 @@ pub enum CodeKeyError {
         #[source]
         source: std::io::Error,
     },
-    /// A PEM armour line is not `-----BEGIN <LABEL>-----` / `-----END <LABEL>-----`.
-    #[error("line {line}: expected a PEM armour line such as \"{expected}\"; found {found:?}")]
-    Armour {
-        /// 1-based line number.
-        line: usize,
-        /// What a correct line looks like here.
-        expected: String,
-        /// The line as written (armour carries no secret).
-        found: String,
-    },
+    /// A PEM armour line is malformed.
+    #[error(transparent)]
+    Armour(#[from] ArmourError),
     /// The PEM text held no usable block.
     #[error("expected a PEM \"PUBLIC KEY\" or \"CERTIFICATE\" block; found {found}")]
     NoKey {
@@ -126,7 +122,7 @@ impl CodeKey {
     /// Parses PEM text holding a `PUBLIC KEY` (SPKI) or a `CERTIFICATE` (the first one is
     /// used), after checking every armour line.
     pub fn from_pem(text: &str) -> Result<Self, CodeKeyError> {
-        check_armour(text)?;
+        armour::check(text, "PUBLIC KEY")?;
         let first = <(SectionKind, Vec<u8>)>::pem_slice_iter(text.as_bytes())
             .next()
             .ok_or_else(|| CodeKeyError::NoKey {
@@ -160,58 +156,6 @@ impl CodeKey {
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
     }
-}
-
-/// Checks that every line that looks like PEM armour (starts with a dash of any kind) is
-/// exactly `-----BEGIN <LABEL>-----` or `-----END <LABEL>-----`, and that each END closes
-/// the BEGIN before it. PEM parsers skip what they do not recognise, so without this a
-/// malformed armour reads as "no key" at best.
-fn check_armour(text: &str) -> Result<(), CodeKeyError> {
-    let mut open: Option<String> = None;
-    for (index, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        let looks_like_armour = line.starts_with(['-', '\u{2013}', '\u{2014}', '\u{2012}']);
-        if !looks_like_armour {
-            continue;
-        }
-        let armour = |expected: String| CodeKeyError::Armour {
-            line: index + 1,
-            expected,
-            found: line.chars().take(80).collect(),
-        };
-        let inner = line
-            .strip_prefix("-----")
-            .and_then(|l| l.strip_suffix("-----"));
-        match (inner, &open) {
-            (Some(inner), None) => match inner.strip_prefix("BEGIN ") {
-                Some(label) if valid_label(label) => open = Some(label.to_owned()),
-                _ => return Err(armour("-----BEGIN PUBLIC KEY-----".to_owned())),
-            },
-            (Some(inner), Some(label)) => {
-                if inner.strip_prefix("END ") != Some(label.as_str()) {
-                    return Err(armour(format!("-----END {label}-----")));
-                }
-                open = None;
-            }
-            (None, None) => return Err(armour("-----BEGIN PUBLIC KEY-----".to_owned())),
-            (None, Some(label)) => return Err(armour(format!("-----END {label}-----"))),
-        }
-    }
-    match open {
-        Some(label) => Err(CodeKeyError::Armour {
-            line: text.lines().count(),
-            expected: format!("-----END {label}-----"),
-            found: "the end of the text".to_owned(),
-        }),
-        None => Ok(()),
-    }
-}
-
-fn valid_label(label: &str) -> bool {
-    !label.is_empty()
-        && label
-            .chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == ' ')
 }
 
 /// How the code key is obtained, as configured.

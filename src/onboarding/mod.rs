@@ -7,15 +7,18 @@
 //! exchanged for the merchant's token and refresh token (kept by the broker), and a page
 //! says how it went; `GET /connect/signed-out` is where Poynt's sign-out returns.
 //!
-//! Parts: `routes` (the three handlers), [`state`] (state values), [`spent`] (the spent
-//! set), [`verify`] (the code), [`code_key`] (the key that verifies it), [`pages`] (HTML and
-//! the security headers), [`config`] (its settings). This file is the outer shell: the router, and for each callback one
+//! Parts: `routes` (the handlers), [`state`] (state values), [`spent`] (the spent
+//! set), [`verify`] (the code), [`code_key`] (the key that verifies it), [`business`] (the
+//! business's name, from Poynt), [`seal`] (what lets the success page show that name),
+//! [`pages`] (HTML and the security headers), [`config`] (its settings). This file is the outer shell: the router, and for each callback one
 //! metric update and one log line, which never carry a code, a state or a token.
 
+pub mod business;
 pub mod code_key;
 pub mod config;
 pub mod pages;
 mod routes;
+pub mod seal;
 pub mod spent;
 pub mod state;
 pub mod verify;
@@ -38,6 +41,7 @@ use crate::store::seal::Key;
 use crate::token::broker::Broker;
 use crate::token::config::PoyntConfig;
 use crate::upstream::{self, UpstreamError};
+use business::BusinessLookup;
 use code_key::{CodeKeySource, CodeKeys};
 use config::{OauthConfig, OnboardingConfig};
 use spent::SpentStates;
@@ -188,6 +192,7 @@ struct Inner {
     spent: SpentStates,
     keys: CodeKeys,
     broker: Broker,
+    business: BusinessLookup,
     metrics: Metrics,
 }
 
@@ -224,6 +229,7 @@ impl Onboarding {
                 spent,
                 keys,
                 broker,
+                business: BusinessLookup::new(poynt)?,
                 metrics,
             }),
         })

@@ -48,7 +48,11 @@ a.button { display: inline-block; margin-top: 1rem; padding: 0.5rem 1rem; border
 /// Everything after a page's body.
 const TAIL: &str = "\n</body>\n</html>\n";
 
-const SUCCESS: &str = r#"<p>Your Poynt business <code id="business-id">{business}</code> is connected to <strong id="app-name">{app}</strong>.</p>
+/// The success page names the business by its name when the page may show it, always by ID.
+const BUSINESS_NAMED: &str = r#"<p>Your Poynt business <strong id="business-name">{name}</strong> (<code id="business-id">{business}</code>)"#;
+const BUSINESS_ID: &str = r#"<p>Your Poynt business <code id="business-id">{business}</code>"#;
+
+const SUCCESS: &str = r#" is connected to <strong id="app-name">{app}</strong>.</p>
 <p>You can close this page.</p>
 <a class="button" href="{signout}">Sign out of Poynt</a>"#;
 
@@ -118,23 +122,27 @@ fn layout(title: &str, body: &str) -> String {
     page
 }
 
-/// "Connected": names the business and the app, and offers Poynt's sign-out, which returns
-/// to `signed_out_url`.
-pub fn success(app: &str, business: MerchantId, signout_url: &str, signed_out_url: &str) -> String {
+/// "Connected": names the business (by `name` too, when given) and the app, and offers
+/// Poynt's sign-out, which returns to `signed_out_url`.
+pub fn success(
+    app: &str,
+    business: MerchantId,
+    name: Option<&str>,
+    signout_url: &str,
+    signed_out_url: &str,
+) -> String {
+    let id = business.to_string();
+    let mut body = match name {
+        Some(name) => render(BUSINESS_NAMED, &[("name", name), ("business", &id)]),
+        None => render(BUSINESS_ID, &[("business", &id)]),
+    };
     let mut href = format!("{signout_url}?");
     href.push_str(
         &form_urlencoded::Serializer::new(String::new())
             .append_pair("redirect", signed_out_url)
             .finish(),
     );
-    let body = render(
-        SUCCESS,
-        &[
-            ("business", &business.to_string()),
-            ("app", app),
-            ("signout", &href),
-        ],
-    );
+    body.push_str(&render(SUCCESS, &[("app", app), ("signout", &href)]));
     layout("Connected to Poynt", &body)
 }
 
@@ -221,6 +229,7 @@ mod tests {
         let page = success(
             "Acme <Pay>",
             business,
+            None,
             "https://services.poynt.net/auth/signout",
             "https://connect.example.com/connect/signed-out",
         );
@@ -232,6 +241,17 @@ mod tests {
             "{page}"
         );
         assert!(page.contains(r#"href="https://services.poynt.net/auth/signout?redirect=https%3A%2F%2Fconnect.example.com%2Fconnect%2Fsigned-out""#), "{page}");
+        let named = success(
+            "App",
+            business,
+            Some("Bob's <Café>"),
+            "https://s/o",
+            "https://c/s",
+        );
+        assert!(
+            named.contains(r#"<strong id="business-name">Bob&#39;s &lt;Café&gt;</strong> (<code id="business-id">c9580c24-b61e-4e0d-ad26-1dd1d3943d2c</code>) is connected"#),
+            "{named}"
+        );
     }
 
     #[test]

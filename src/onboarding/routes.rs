@@ -10,15 +10,19 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use secrecy::{ExposeSecret, SecretString};
 
+use super::business::LookupError;
 use super::code_key::CodeKey;
 use super::state::{StateError, StateKey};
 use super::verify::{self, CodeError, CodeRules, VerifiedCode};
-use super::{CONNECTED_PATH, Inner, OnboardingError, SIGNED_OUT_PATH, Settings, pages};
+use super::{CONNECTED_PATH, Inner, OnboardingError, SIGNED_OUT_PATH, Settings, pages, seal};
 use crate::metrics::{Metrics, OnboardingOutcome};
 use poynt_wire::MerchantId;
 
 /// The merchant's answer when they authorized the app.
 const AUTHORIZED: &str = "AUTHORIZED";
+/// The success page's query parameters for the business's name and its seal.
+const NAME: &str = "name";
+const SEAL: &str = "seal";
 
 /// The first value of query parameter `name`, percent-decoded.
 fn param(query: Option<&str>, name: &str) -> Option<String> {
@@ -146,7 +150,7 @@ pub(super) async fn callback(
     let app = inner.settings.app_name.as_str();
     let response = match &result {
         Ok(()) => match verified {
-            Some((merchant, return_to)) => success(&inner.settings, merchant, return_to),
+            Some((merchant, return_to)) => success(inner, merchant, return_to, reference).await,
             None => pages::respond(StatusCode::INTERNAL_SERVER_ERROR, pages::not_found(app)),
         },
         Err(refusal) => pages::respond(
@@ -191,12 +195,18 @@ pub(super) async fn connected(
     else {
         return not_connected();
     };
+    let name = param(query, NAME).filter(|name| {
+        param(query, SEAL).is_some_and(|sealed| {
+            seal::opens(&inner.state_key, merchant, name, &sealed, SystemTime::now())
+        })
+    });
     match inner.broker.is_onboarded(merchant).await {
         Ok(true) => pages::respond(
             StatusCode::OK,
             pages::success(
                 app,
                 merchant,
+                name.as_deref(),
                 &settings.signout_url,
                 &format!("{}{SIGNED_OUT_PATH}", settings.public_url),
             ),
@@ -294,28 +304,52 @@ async fn verify_code(
 
 /// The success answer, always a 303 with `businessId` (the code and state stay out of the
 /// address bar and history): to `return_to` or `success_redirect`, else to this listener's
-/// own success page.
-fn success(
-    settings: &Settings,
+/// own success page, with the business's name and its seal when Poynt gave the name.
+async fn success(
+    inner: &Inner,
     merchant: MerchantId,
     return_to: Option<String>,
+    reference: &str,
 ) -> Response<Full<Bytes>> {
-    let url = return_to
-        .or_else(|| settings.success_redirect.clone())
-        .unwrap_or_else(|| format!("{}{CONNECTED_PATH}", settings.public_url));
-    pages::redirect(
-        StatusCode::SEE_OTHER,
-        &append_query(&url, "businessId", &merchant.to_string()),
-    )
+    let settings = &inner.settings;
+    let id = merchant.to_string();
+    let url = match return_to.or_else(|| settings.success_redirect.clone()) {
+        Some(url) => append_query(&url, &[("businessId", &id)]),
+        None => {
+            let own = format!("{}{CONNECTED_PATH}", settings.public_url);
+            match business_name(inner, merchant, reference).await {
+                Some(name) => {
+                    let sealed = seal::seal(&inner.state_key, merchant, &name, SystemTime::now());
+                    append_query(&own, &[("businessId", &id), (NAME, &name), (SEAL, &sealed)])
+                }
+                None => append_query(&own, &[("businessId", &id)]),
+            }
+        }
+    };
+    pages::redirect(StatusCode::SEE_OTHER, &url)
 }
 
-/// Adds `name=value` to `url`'s query, before any fragment.
-fn append_query(url: &str, name: &str, value: &str) -> String {
+/// The business's name from Poynt, with the token the exchange just stored; `None` (logged)
+/// on any failure, and the page shows the ID.
+async fn business_name(inner: &Inner, merchant: MerchantId, reference: &str) -> Option<String> {
+    let looked_up = match inner.broker.token(merchant).await {
+        Ok((token, _)) => inner.business.name(merchant, token.header()).await,
+        Err(error) => Err(LookupError::Transport(error.to_string())),
+    };
+    looked_up
+        .inspect_err(|error| {
+            tracing::info!(target: "poynt_proxy::onboarding", request_id = reference, business_id = %merchant, %error, "no business name for the success page; it shows the ID");
+        })
+        .ok()
+}
+
+/// Adds the `pairs` to `url`'s query, before any fragment.
+fn append_query(url: &str, pairs: &[(&str, &str)]) -> String {
     let (base, fragment) = url
         .split_once('#')
         .map_or((url, None), |(b, f)| (b, Some(f)));
     let pair = form_urlencoded::Serializer::new(String::new())
-        .append_pair(name, value)
+        .extend_pairs(pairs)
         .finish();
     let separator = if base.contains('?') { '&' } else { '?' };
     let mut out = format!("{base}{separator}{pair}");
@@ -333,12 +367,15 @@ mod tests {
     #[test]
     fn business_id_is_appended_before_the_fragment() {
         assert_eq!(
-            append_query("https://a/x", "businessId", "b"),
+            append_query("https://a/x", &[("businessId", "b")]),
             "https://a/x?businessId=b"
         );
         assert_eq!(
-            append_query("https://a/x?y=1#f", "businessId", "b"),
-            "https://a/x?y=1&businessId=b#f"
+            append_query(
+                "https://a/x?y=1#f",
+                &[("businessId", "b"), ("name", "A & B")]
+            ),
+            "https://a/x?y=1&businessId=b&name=A+%26+B#f"
         );
     }
 

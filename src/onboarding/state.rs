@@ -110,6 +110,18 @@ impl StateKey {
         URL_SAFE_NO_PAD.encode(raw).into()
     }
 
+    /// The tag of `message` under this key, for values other than states (the success page's
+    /// seal). Callers start `message` with a purpose label, so it never reads as a state,
+    /// whose first byte is its version.
+    pub(super) fn tag(&self, message: &[u8]) -> hmac::Tag {
+        hmac::sign(&self.0, message)
+    }
+
+    /// Whether `tag` is `message`'s under this key, compared in constant time.
+    pub(super) fn verifies(&self, message: &[u8], tag: &[u8]) -> bool {
+        hmac::verify(&self.0, message, tag).is_ok()
+    }
+
     /// Opens a state: authentic (constant-time tag check), then unexpired at `now`.
     pub fn open(&self, value: &str, now: SystemTime) -> Result<State, StateError> {
         if value.len() > MAX_ENCODED {

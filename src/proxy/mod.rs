@@ -52,9 +52,9 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::limits::Governor;
 use crate::metrics::{BodyFailure, Metrics};
+use crate::report::error_chain;
 use crate::token::Token;
 use crate::token::broker::{Broker, TokenSource, UnauthorizedAction};
-use crate::token::grant::error_chain;
 use crate::upstream::{
     BodyWatcher, BoxError, RequestBody, RequestHead, ResponseBody, SendError, Upstream,
     UpstreamBody,

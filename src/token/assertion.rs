@@ -13,6 +13,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
+use crate::armour::{self, ArmourError};
 use poynt_wire::MAX_ASSERTION_LIFETIME_SECS;
 use poynt_wire::MerchantId;
 
@@ -42,6 +43,9 @@ pub enum AppKeyError {
         /// What the text looked like (its PEM label, never its content).
         found: String,
     },
+    /// A PEM armour line is malformed (named by line, as the code key's are).
+    #[error(transparent)]
+    Armour(#[from] ArmourError),
 }
 
 /// The app's RSA private key. Its `Debug` prints only its fingerprint.
@@ -67,10 +71,12 @@ impl AppKey {
         Self::from_pem(&SecretString::from(text))
     }
 
-    /// Parses PKCS#1 or PKCS#8 PEM text, and proves the key signs, so a key that parses but
-    /// cannot sign (wrong type, truncated) fails at start-up rather than at the first grant.
+    /// Parses PKCS#1 or PKCS#8 PEM text (its armour checked line by line first), and proves
+    /// the key signs, so a key that parses but cannot sign (wrong type, truncated) fails at
+    /// start-up rather than at the first grant.
     pub fn from_pem(pem: &SecretString) -> Result<Self, AppKeyError> {
         let text = pem.expose_secret();
+        armour::check(text, "PRIVATE KEY")?;
         let parse_error = || AppKeyError::Parse {
             found: describe_pem(text),
         };

@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::metrics::{GrantOutcome, Metrics};
+use crate::report::error_chain;
 use crate::token::assertion::{AssertionSigner, SignError};
 use crate::upstream::{BoxError, HttpClient};
 use poynt_wire::GrantKind;
@@ -168,18 +169,6 @@ impl GrantError {
             GrantOutcome::Error
         }
     }
-}
-
-/// Flattens an error and its sources into one line.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[derive(Deserialize)]

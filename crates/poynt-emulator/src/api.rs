@@ -1,5 +1,6 @@
 //! `/businesses/{id}/...`: Poynt's resource API, reduced to what the proxy can observe. A call
-//! with a valid token for the path's merchant gets an echo of what arrived (method, path,
+//! with a valid token for the path's merchant gets the business record for a plain
+//! `GET /businesses/{id}` (`business`), else an echo of what arrived (method, path,
 //! query, headers, body length and SHA-256), or a body shaped by query knobs — or, with
 //! `_drop_reused=1` on a connection that has served before, no answer at all: the connection
 //! is closed as the request arrives, which is what a keep-alive connection that Poynt closed
@@ -16,10 +17,11 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
 use super::body::ResponseBody;
+use super::business;
 use super::error::ApiError;
 use super::fault::ApiFault;
 use super::reply::{self, RequestId};
@@ -130,6 +132,12 @@ async fn handle_inner(
     }
     let query = parts.uri.query();
     let knobs = knobs?;
+    if parts.method == Method::GET
+        && query.is_none()
+        && business::is_record(path, BUSINESSES_PREFIX)
+    {
+        return business::answer(&shared.business_names, merchant, request_id);
+    }
 
     let (body_len, body_sha256, trailers) = match hash_body(body).await {
         Ok(read) => read,

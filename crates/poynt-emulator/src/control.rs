@@ -17,6 +17,25 @@ use super::reply::{self, RequestId};
 use super::state::{AuthorizeMode, Shared};
 use poynt_wire::MerchantId;
 
+/// The control API as `poynt-proxy emulator --help` lists it (and docs/OPERATIONS.md).
+pub const CONTROL_API_HELP: &str = "\
+Control API (JSON; under the base URL the start line prints):
+  GET  /_emulator/stats                     counters: /token calls by grant and outcome, API calls, 401s
+  GET  /_emulator/fault                     the faults injected into /token now
+  POST /_emulator/fault                     {\"token_status\": 503, \"token_drop\": true, \"token_delay_ms\": 2000,
+                                            \"token_expires_in\": 60}, any of them; {} clears them all
+  GET  /_emulator/authorize                 how /applications/authorize answers
+  POST /_emulator/authorize                 {\"mode\": \"approve\" | \"deny\" | \"tampered_code\" | \"expired_code\" |
+                                            \"other_app\" | \"alg_none\"}
+  POST /_emulator/goaway                    every open connection closes gracefully (HTTP/2: GOAWAY)
+  POST /_emulator/reset                     clears counters, faults, revocations and the authorize mode
+  GET  /_emulator/keys                      the PEM public keys of poynt.net's code key and the token key
+  POST /_emulator/merchants/{id}/revoke     the merchant's access tokens stop working (401)
+  POST /_emulator/merchants/{id}/authorize  the merchant authorizes the app
+  POST /_emulator/merchants/{id}/unauthorize  the merchant removes the app (MERCHANT_NOT_AUTHORIZED)
+  POST /_emulator/merchants/{id}/token      a token pair for the merchant, without a grant
+Example: curl -s -X POST 'http://127.0.0.1:9443/_emulator/fault' -d '{\"token_status\": 503}'";
+
 /// Path prefix of the control API.
 pub(crate) const CONTROL_PREFIX: &str = "/_emulator/";
 /// Largest control body accepted.

@@ -21,6 +21,7 @@
 mod api;
 mod authorize;
 mod body;
+mod business;
 mod cli;
 mod control;
 mod error;
@@ -42,7 +43,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use business::default_name;
 pub use cli::{EmulatorArgs, run_cli};
+pub use control::CONTROL_API_HELP;
 pub use error::EmulatorError;
 pub use fault::Fault;
 pub use keys::generate_app_key;
@@ -272,6 +275,12 @@ impl Emulator {
     /// Records that `merchant` authorized the app, as if it had gone through onboarding.
     pub fn authorize(&self, merchant: MerchantId) {
         self.shared.authorize(merchant);
+    }
+
+    /// Gives `merchant` the name `GET /businesses/{id}` answers with (`doingBusinessAs` and
+    /// `legalName`), or none: the call then answers 404. Unset, it is [`default_name`].
+    pub fn set_business_name(&self, merchant: MerchantId, name: Option<String>) {
+        self.shared.business_names.set(merchant, name);
     }
 
     /// Records that `merchant` removed the app: its access tokens stop working and its

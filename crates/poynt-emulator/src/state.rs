@@ -15,6 +15,7 @@ use jsonwebtoken::DecodingKey;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::business::BusinessNames;
 use super::error::ApiError;
 use super::fault::{ApiFault, Fault};
 use super::jwt::{CLOCK_SKEW_SECS, CheckedAssertion};
@@ -91,6 +92,8 @@ pub(crate) struct Shared {
     authorize_mode: Mutex<AuthorizeMode>,
     /// Bumped to make every open connection close gracefully (HTTP/2: GOAWAY).
     goaway: tokio::sync::watch::Sender<u64>,
+    /// What `GET /businesses/{id}` names each business.
+    pub(crate) business_names: BusinessNames,
 }
 
 /// What the emulator knows about an access token it issued.
@@ -169,6 +172,7 @@ impl Shared {
             api_sequence: AtomicU64::new(0),
             authorize_mode: Mutex::new(AuthorizeMode::default()),
             goaway: tokio::sync::watch::Sender::new(0),
+            business_names: BusinessNames::default(),
         }
     }
 
