@@ -9,6 +9,7 @@
 //! - [`lifecycle`]: [`start`], used by `main`, the demo and the tests alike.
 //! - [`server`]: listeners, connection limits, graceful drain.
 //! - [`proxy`]: the request phases (admit, guard, token, rewrite, send, retry, respond).
+//! - [`callers`]: who is asking (API keys, JWT bearer tokens) and what each caller may do.
 //! - [`token`]: the self-signed assertion, the `/token` client, the per-merchant broker.
 //! - [`upstream`]: connections to Poynt (each worker's HTTP/1.1 and HTTP/2 client, and the
 //!   pooled client for `/token`).
@@ -24,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod callers;
 pub mod config;
 pub mod lifecycle;
 pub mod metrics;

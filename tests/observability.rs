@@ -1066,7 +1066,7 @@ async fn poynt_502s_and_the_proxy_s_own_are_told_apart() {
         series(
             &text,
             &format!(
-                "poynt_proxy_requests_total{{code=\"{code}\",method=\"GET\",source=\"{source}\"}}"
+                "poynt_proxy_requests_total{{caller=\"unknown\",code=\"{code}\",method=\"GET\",source=\"{source}\"}}"
             ),
         )
     };

@@ -596,7 +596,7 @@ async fn the_demos_curl_commands_succeed_and_its_connect_url_ends_on_the_success
         if curl.contains("/metrics") {
             assert!(
                 stdout.contains(
-                    "poynt_proxy_requests_total{code=\"200\",method=\"GET\",source=\"upstream\"} 1"
+                    "poynt_proxy_requests_total{caller=\"unknown\",code=\"200\",method=\"GET\",source=\"upstream\"} 1"
                 ),
                 "{stdout}"
             );

@@ -3,7 +3,8 @@
 //! was expected and what was found, and every check runs at start-up, never at a request.
 //!
 //! One file per YAML section, each with its raw serde struct, defaults and validation:
-//! `poynt`, `merchant`, `store`, `server`, `tokens`, `oauth`, `onboarding`, `log`, `admin`.
+//! `poynt`, `merchant`, `store`, `server`, `tokens`, `oauth`, `onboarding`, `log`, `admin`,
+//! `callers`.
 //! Beside them: `sources` (what the environment supplies instead of the file), `checks`
 //! (rules that span sections), `fields` (parsers the sections share) and `error`. This file
 //! reads the file, holds the top of the schema and assembles [`Config`]; the files under it
@@ -15,6 +16,7 @@
 //! so the fields of [`Config`] can be named from one place.
 
 mod admin;
+mod callers;
 mod checks;
 mod error;
 mod fields;
@@ -34,6 +36,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use self::admin::AdminConfig;
+pub use self::callers::{CallersConfig, JwksSource, JwtConfig, Mode};
 pub use self::error::ConfigError;
 pub use self::merchant::MerchantConfig;
 pub use self::server::ServerConfig;
@@ -70,6 +73,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Admin API protection.
     pub admin: AdminConfig,
+    /// Caller authentication and rights; `None`: any peer may act as any merchant.
+    pub callers: Option<CallersConfig>,
     /// The file this configuration was read from, which a reload reads again; `None` when it
     /// was parsed from text (tests, the demo).
     pub source: Option<PathBuf>,
@@ -100,6 +105,8 @@ struct RawConfig {
     log: log::RawLog,
     #[serde(default)]
     admin: admin::RawAdmin,
+    #[serde(default)]
+    callers: Option<callers::RawCallers>,
 }
 
 fn default_listen() -> String {
@@ -127,6 +134,7 @@ impl RawConfig {
             .map(|raw| raw.validate(sources))
             .transpose()?;
         let log = self.log.validate()?;
+        let callers = self.callers.map(|raw| raw.validate(sources)).transpose()?;
         checks::distinct_listeners(listen, admin_listen, onboarding.as_ref().map(|o| o.listen))?;
         Ok(Config {
             listen,
@@ -140,6 +148,7 @@ impl RawConfig {
             onboarding,
             log,
             admin,
+            callers,
             source: None,
         })
     }
@@ -170,6 +179,7 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         checks::redirect_uri_differs(&self.oauth, self.onboarding.as_ref())
             .into_iter()
+            .chain(checks::callers_open(self.callers.as_ref()))
             .collect()
     }
 }

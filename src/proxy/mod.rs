@@ -1,9 +1,13 @@
 //! The life of one proxied request, as phases:
 //!
 //! ```text
+//! 0 authenticate  with `callers` configured: the caller its credentials prove, or 401
+//!            (before anything looks at the merchant)
 //! 1 admit    method (GET HEAD POST PUT PATCH DELETE OPTIONS, else 405), declared body
 //!            size, merchant header -> MerchantId, allow-list
 //! 2 guard    the normalised path; a /businesses/{id}/... path must name the same merchant
+//!   authorize  the caller's policy allows this merchant, method and guarded path, or 403
+//!            (so a refused caller never causes a token lookup, a grant or a request)
 //! 3 token    broker.token(merchant): cache hit, or one shared grant for all waiters
 //! 4 rewrite  drop hop-by-hop, merchant header, caller Authorization, forwarding headers;
 //!            add Authorization, api-version, Poynt-Request-Id (decided as the head is
@@ -40,6 +44,7 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::callers::{Callers, UNKNOWN};
 use crate::config::Config;
 use crate::metrics::{BodyFailure, Metrics};
 use crate::token::Token;
@@ -69,6 +74,7 @@ pub struct Proxy {
 }
 
 struct ProxyInner {
+    callers: Callers,
     broker: Broker,
     upstream: Upstream,
     merchant_header: HeaderName,
@@ -86,6 +92,10 @@ struct ProxyInner {
 /// What the phases learned, for the record step.
 #[derive(Default)]
 struct Context {
+    /// The proven caller, for the access log.
+    caller: Option<Arc<str>>,
+    /// The `caller` metric label: a configured caller's name, or `unknown`.
+    caller_label: Option<Arc<str>>,
     merchant: Option<MerchantId>,
     source: Option<TokenSource>,
     upstream_elapsed: Option<Duration>,
@@ -153,6 +163,7 @@ impl Proxy {
     /// Builds the proxy over a broker and a worker's upstream client.
     pub fn new(
         config: &Config,
+        callers: Callers,
         broker: Broker,
         upstream: Upstream,
         allow: AllowList,
@@ -160,6 +171,7 @@ impl Proxy {
     ) -> Self {
         Self {
             inner: Arc::new(ProxyInner {
+                callers,
                 broker,
                 upstream,
                 merchant_header: config.merchant.header.clone(),
@@ -220,6 +232,10 @@ impl Proxy {
         ctx: &mut Context,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let inner = &self.inner;
+        // 0 authenticate
+        let identity = inner.callers.authenticate(&parts.headers).await?;
+        ctx.caller = identity.name().cloned();
+        ctx.caller_label = identity.configured().cloned();
         // 1 admit
         if !is_forwarded_method(&parts.method) {
             return Err(ProxyError::MethodNotAllowed(parts.method.clone()));
@@ -244,6 +260,11 @@ impl Proxy {
         }
         // 2 guard
         let path = path::guard_path(parts.uri.path(), merchant, &inner.merchant_header)?;
+        //   authorize
+        inner
+            .callers
+            .authorize(&identity, merchant, &parts.method, &path)
+            .await?;
         // 3 token
         let (token, source) = inner.broker.token(merchant).await?;
         ctx.source = Some(source);
@@ -395,12 +416,17 @@ impl Proxy {
         let elapsed = ctx.upstream_done.unwrap_or_else(Instant::now) - started;
         let status = response.status().as_u16();
         let method = &parts.method;
-        self.inner
-            .metrics
-            .observe_request(method, status, error.is_some(), elapsed);
+        self.inner.metrics.observe_request(
+            method,
+            status,
+            error.is_some(),
+            ctx.caller_label.as_deref().unwrap_or(UNKNOWN),
+            elapsed,
+        );
         tracing::info!(
             target: "poynt_proxy::access",
             request_id = request_id.to_str().unwrap_or_default(),
+            caller = ctx.caller.as_deref(),
             merchant = ctx.merchant.map(tracing::field::display),
             method = method.as_str(),
             path = parts.uri.path(),
