@@ -199,6 +199,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
     let admin = Admin::new(
         metrics.clone(),
         broker.clone(),
+        callers.clone(),
         phase.clone(),
         proxy_limits.clone(),
         served,

@@ -629,7 +629,37 @@ async fn each_method_and_each_algorithm_lets_its_caller_through_and_names_it() {
     for (what, merchant, path, creds) in &ok {
         let (status, body, _) = call(&w.h, "GET", *merchant, path, creds).await;
         assert_eq!(status, 200, "{what}: {body}");
+        // The emulator echoes what reached it: neither credential did.
+        let forwarded = &body["headers"];
+        assert!(
+            forwarded.get("x-poynt-proxy-key").is_none(),
+            "{what}: {body}"
+        );
+        assert_eq!(
+            forwarded["authorization"], "Bearer [redacted]",
+            "{what}: {body}"
+        );
     }
+    let tokens: Value =
+        w.h.client
+            .get(w.h.admin_url(&format!("/admin/tokens/{m0}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let names: Vec<&str> = tokens["callers"]
+        .as_array()
+        .expect("callers listed")
+        .iter()
+        .map(|seen| seen["caller"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"analytics") && names.contains(&"payments"),
+        "{tokens}"
+    );
+    assert!(!names.contains(&REPORTS), "{tokens}");
     // A verified token is remembered: the same token again still passes.
     let token = w.rsa.sign(&claims("analytics"));
     for _ in 0..2 {

@@ -9,7 +9,8 @@
 //! state they started with.
 //!
 //! One job per file: `config` (the checked settings), `api_key`, `jwt` and `jwks` (the
-//! credentials), `policy` (rights), `error` (refusals and their messages).
+//! credentials), `policy` (rights), `recent` (who used which merchant lately, for
+//! `/admin/tokens`), `error` (refusals and their messages).
 
 pub mod api_key;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod jwks;
 pub mod jwt;
 pub mod policy;
+pub mod recent;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +33,7 @@ use self::config::{CallersConfig, Mode};
 use self::error::{AuthError, Forbidden, JwksError, Refusal};
 use self::jwt::JwtVerifier;
 use self::policy::{CallerPolicy, Merchants};
+use self::recent::{Recent, Seen};
 use crate::metrics::Metrics;
 use crate::token::broker::Broker;
 
@@ -51,6 +54,8 @@ pub struct Callers {
 
 struct Inner {
     state: ArcSwapOption<State>,
+    /// Who acted for which merchant lately; kept across reloads.
+    recent: Recent,
     broker: Broker,
     metrics: Metrics,
 }
@@ -106,6 +111,7 @@ impl Callers {
         let callers = Self {
             inner: Arc::new(Inner {
                 state: ArcSwapOption::empty(),
+                recent: Recent::default(),
                 broker,
                 metrics,
             }),
@@ -177,9 +183,18 @@ impl Callers {
             }
         };
         match verdict {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.inner.recent.saw(merchant, caller);
+                Ok(())
+            }
             Err(forbidden) => self.refuse(state, Refusal::Forbidden(forbidden)),
         }
+    }
+
+    /// The callers that acted for `merchant` lately (empty without `callers`), for
+    /// `/admin/tokens`.
+    pub fn recent(&self, merchant: MerchantId) -> Vec<Seen> {
+        self.inner.recent.of(merchant)
     }
 
     async fn check(
