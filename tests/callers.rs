@@ -640,15 +640,7 @@ async fn each_method_and_each_algorithm_lets_its_caller_through_and_names_it() {
             "{what}: {body}"
         );
     }
-    let tokens: Value =
-        w.h.client
-            .get(w.h.admin_url(&format!("/admin/tokens/{m0}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let tokens = w.h.admin_json(&format!("/admin/tokens/{m0}")).await;
     let names: Vec<&str> = tokens["callers"]
         .as_array()
         .expect("callers listed")

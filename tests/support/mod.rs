@@ -338,6 +338,16 @@ impl Harness {
             .sum()
     }
 
+    /// GET `path` on the admin listener, as JSON.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        let response = self.client.get(self.admin_url(path)).send().await;
+        response
+            .expect("admin answers")
+            .json()
+            .await
+            .expect("admin JSON")
+    }
+
     /// The emulator's counters.
     pub fn stats(&self) -> Stats {
         self.emulator.stats()
