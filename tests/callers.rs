@@ -884,3 +884,65 @@ fn the_example_callers_section_is_valid_once_uncommented() {
     assert_eq!(callers.mode, poynt_proxy::config::Mode::Enforce);
     assert!(callers.policy.get("analytics").is_some());
 }
+
+#[test]
+fn add_key_prints_a_key_once_and_check_warns_while_callers_is_absent() {
+    use poynt_proxy::callers::api_key::ApiKeys;
+    use std::process::Command;
+    use support::process::BIN;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("callers.keys");
+    let out = Command::new(BIN)
+        .args(["callers", "add-key", "payments", "--file"])
+        .arg(&keys)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(key.starts_with("ppk_"), "{key}");
+    let file = std::fs::read_to_string(&keys).unwrap();
+    assert!(
+        !file.contains(&key),
+        "the file holds the key itself: {file}"
+    );
+    let parsed = ApiKeys::parse(&file).unwrap();
+    assert_eq!(parsed.identify(key.as_bytes()).as_deref(), Some("payments"));
+
+    let out = Command::new(BIN)
+        .args(["callers", "add-key", "two words"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("expected a caller name"), "{stderr}");
+
+    let config = dir.path().join("proxy.yaml");
+    let yaml = format!(
+        "poynt:\n  application_id: \"urn:aid:x\"\n  private_key_file: {:?}\n",
+        support::fixture("app-key-pkcs1.pem").display().to_string()
+    );
+    write(dir.path(), "proxy.yaml", &yaml);
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("any network peer that reaches listen may act as any merchant"),
+        "{said}"
+    );
+}
