@@ -946,3 +946,62 @@ fn add_key_prints_a_key_once_and_check_warns_while_callers_is_absent() {
         "{said}"
     );
 }
+
+#[tokio::test]
+async fn onboarded_merchants_are_served_once_their_grant_is_stored_and_no_sooner() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, line) = api_key::generate("payments").unwrap();
+    write(dir.path(), "keys", &line);
+    let yaml = format!(
+        "callers:\n  authentication:\n    api_keys:\n      file: {:?}\n  policy:\n    payments:\n      merchants: onboarded\n      allow: [\"GET /businesses/*\"]\n",
+        dir.path().join("keys").display().to_string()
+    );
+    let h = Builder::default()
+        .onboarding(&format!(
+            "  code_key: \"{{EMULATOR_KEY_FILE}}\"\n  state_key_file: {:?}\n",
+            support::fixture("state-key.b64").display().to_string()
+        ))
+        .yaml(&yaml)
+        .start()
+        .await;
+    let m0 = h.merchants[0];
+    let orders = format!("/businesses/{m0}/orders");
+    let creds = [Cred::Key(key)];
+    let (status, body, _) = call(&h, "GET", m0, &orders, &creds).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("onboarding grant"),
+        "{body}"
+    );
+    assert_eq!(h.stats().token_calls_total, 0);
+
+    // The merchant authorizes the app through /connect and Poynt's page.
+    let no_redirects = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let connect = no_redirects
+        .get(h.onboarding_url("/connect"))
+        .send()
+        .await
+        .unwrap();
+    let authorize = connect.headers()["location"].to_str().unwrap().to_owned();
+    let callback = support::redirect_from(&h.emulator, &authorize).await;
+    let query = callback.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    let done = no_redirects
+        .get(h.onboarding_url(&format!("/oauth/callback?{query}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        done.status().is_success() || done.status().is_redirection(),
+        "{}",
+        done.status()
+    );
+    let (status, body, _) = call(&h, "GET", m0, &orders, &creds).await;
+    assert_eq!(status, 200, "{body}");
+}
