@@ -888,20 +888,21 @@ fn the_example_callers_section_is_valid_once_uncommented() {
 #[test]
 fn add_key_prints_a_key_once_and_check_warns_while_callers_is_absent() {
     use poynt_proxy::callers::api_key::ApiKeys;
-    use std::process::Command;
+    use std::ffi::OsStr;
+    use std::process::{Command, Output};
     use support::process::BIN;
+    /// Runs the binary; `ok` says whether it must succeed.
+    fn run(args: &[&OsStr], ok: bool) -> Output {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), ok, "{stderr}");
+        out
+    }
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("callers.keys");
-    let out = Command::new(BIN)
-        .args(["callers", "add-key", "payments", "--file"])
-        .arg(&keys)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let add = ["callers", "add-key"].map(OsStr::new);
+    let file = [OsStr::new("--file"), keys.as_os_str()];
+    let out = run(&[&add[..], &[OsStr::new("payments")], &file].concat(), true);
     let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert!(key.starts_with("ppk_"), "{key}");
     let file = std::fs::read_to_string(&keys).unwrap();
@@ -912,11 +913,7 @@ fn add_key_prints_a_key_once_and_check_warns_while_callers_is_absent() {
     let parsed = ApiKeys::parse(&file).unwrap();
     assert_eq!(parsed.identify(key.as_bytes()).as_deref(), Some("payments"));
 
-    let out = Command::new(BIN)
-        .args(["callers", "add-key", "two words"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    let out = run(&[&add[..], &[OsStr::new("two words")]].concat(), false);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("expected a caller name"), "{stderr}");
 
@@ -926,15 +923,13 @@ fn add_key_prints_a_key_once_and_check_warns_while_callers_is_absent() {
         support::fixture("app-key-pkcs1.pem").display().to_string()
     );
     write(dir.path(), "proxy.yaml", &yaml);
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run(
+        &[
+            OsStr::new("check"),
+            OsStr::new("--config"),
+            config.as_os_str(),
+        ],
+        true,
     );
     let said = format!(
         "{}{}",
