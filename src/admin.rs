@@ -12,6 +12,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use secrecy::ExposeSecret;
 
+use crate::callers::Callers;
 use crate::metrics::Metrics;
 use crate::reload::{AdminSecret, ReloadError, Reloader};
 use crate::server::Limits;
@@ -33,6 +34,8 @@ pub struct Admin {
 struct AdminInner {
     metrics: Metrics,
     broker: Broker,
+    /// Who used which merchant lately, shown in `/admin/tokens`.
+    callers: Callers,
     phase: Phase,
     proxy_limits: Limits,
     listeners: Vec<(&'static str, Limits)>,
@@ -78,9 +81,11 @@ impl Admin {
     /// `proxy_limits` is the callers' listener's: with every connection permit taken the
     /// proxy cannot take a new caller, so it is not ready either. `listeners` are every
     /// listener's limits by name (`proxy`, `admin`, `onboarding`), for the connection gauges.
+    #[allow(clippy::too_many_arguments)] // each is a distinct shared handle; a struct of them would only rename this list
     pub fn new(
         metrics: Metrics,
         broker: Broker,
+        callers: Callers,
         phase: Phase,
         proxy_limits: Limits,
         listeners: Vec<(&'static str, Limits)>,
@@ -91,6 +96,7 @@ impl Admin {
             inner: Arc::new(AdminInner {
                 metrics,
                 broker,
+                callers,
                 phase,
                 proxy_limits,
                 listeners,
@@ -190,6 +196,29 @@ impl Admin {
         })
     }
 
+    /// `value` (a status or a page of them) with each merchant's recent callers added as
+    /// `callers`, so the token view answers "who uses this merchant?" too.
+    fn with_callers(&self, value: &impl serde::Serialize) -> serde_json::Value {
+        let mut value = serde_json::to_value(value).unwrap_or_default();
+        let callers = &self.inner.callers;
+        let mut add = |status: &mut serde_json::Value| {
+            let merchant = status["merchant"]
+                .as_str()
+                .and_then(|m| MerchantId::parse(m).ok());
+            if let Some(merchant) = merchant {
+                status["callers"] = serde_json::json!(callers.recent(merchant));
+            }
+        };
+        match value
+            .get_mut("merchants")
+            .and_then(serde_json::Value::as_array_mut)
+        {
+            Some(page) => page.iter_mut().for_each(&mut add),
+            None => add(&mut value),
+        }
+        value
+    }
+
     async fn tokens_api(&self, method: &Method, uri: &http::Uri) -> Response<Full<Bytes>> {
         let broker = &self.inner.broker;
         let path = uri.path();
@@ -197,9 +226,10 @@ impl Admin {
         if rest.is_empty() || rest == "/" {
             return match *method {
                 Method::GET => match page(uri.query()) {
-                    Ok((after, limit)) => {
-                        json(StatusCode::OK, &broker.statuses(after, limit).await)
-                    }
+                    Ok((after, limit)) => json(
+                        StatusCode::OK,
+                        &self.with_callers(&broker.statuses(after, limit).await),
+                    ),
                     Err(message) => error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", message),
                 },
                 _ => method_not_allowed(method, path),
@@ -217,7 +247,7 @@ impl Admin {
         };
         match (method, action) {
             (&Method::GET, None) => match broker.status(merchant).await {
-                Some(status) => json(StatusCode::OK, &status),
+                Some(status) => json(StatusCode::OK, &self.with_callers(&status)),
                 None => error(
                     StatusCode::NOT_FOUND,
                     "UNKNOWN_MERCHANT",

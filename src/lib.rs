@@ -8,8 +8,9 @@
 //! - [`config`]: YAML → the checked `Config`.
 //! - [`lifecycle`]: [`start`], used by `main`, the demo and the tests alike.
 //! - [`server`]: listeners, connection limits, graceful drain.
-//! - [`proxy`]: the request phases (admit, guard, limit, token, rewrite, send, retry, respond).
+//! - [`proxy`]: the request phases (admit, guard, authorize, limit, token, rewrite, send, retry, respond).
 //! - [`limits`]: per-merchant rate limits, in-flight caps and cool-downs after Poynt's 429s.
+//! - [`callers`]: who is asking (API keys, JWT bearer tokens) and what each caller may do.
 //! - [`token`]: the self-signed assertion, the `/token` client, the per-merchant broker.
 //! - [`upstream`]: connections to Poynt (each worker's HTTP/1.1 and HTTP/2 client, and the
 //!   pooled client for `/token`).
@@ -27,6 +28,7 @@
 
 pub mod admin;
 pub mod armour;
+pub mod callers;
 pub mod config;
 pub mod lifecycle;
 pub mod limits;

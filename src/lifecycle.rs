@@ -11,6 +11,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin::{Admin, Phase};
+use crate::callers::Callers;
+use crate::callers::error::JwksError;
 use crate::config::Config;
 use crate::limits::Governor;
 use crate::metrics::Metrics;
@@ -60,6 +62,9 @@ pub enum StartError {
     /// The onboarding listener could not be started.
     #[error(transparent)]
     Onboarding(#[from] OnboardingError),
+    /// The JWKS client for `callers.authentication.jwt.jwks_url` could not be built.
+    #[error("callers.authentication.jwt.jwks_url: {0}")]
+    Callers(#[from] JwksError),
 }
 
 /// The bound listeners.
@@ -156,6 +161,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         Err(error) => return Err(error.into()),
     }
     broker.watch_store();
+    let callers = Callers::new(config.callers.as_ref(), broker.clone(), metrics.clone())?;
     let allow: AllowList = Arc::new(ArcSwapOption::new(config.merchant.allow.clone()));
     let admin_secret: AdminSecret = Arc::new(ArcSwapOption::new(
         config.admin.bearer_token.clone().map(Arc::new),
@@ -164,6 +170,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         &config,
         Reloadable {
             signer,
+            callers: callers.clone(),
             broker: broker.clone(),
             allow: allow.clone(),
             admin_secret: admin_secret.clone(),
@@ -200,6 +207,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
     let admin = Admin::new(
         metrics.clone(),
         broker.clone(),
+        callers.clone(),
         phase.clone(),
         proxy_limits.clone(),
         served,
@@ -214,6 +222,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         || {
             let proxy = Proxy::new(
                 &config,
+                callers.clone(),
                 broker.clone(),
                 upstream::Upstream::new(origin.clone()),
                 governor.clone(),

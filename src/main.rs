@@ -70,10 +70,28 @@ enum Command {
         #[arg(long)]
         return_to: Option<String>,
     },
+    /// Manage caller credentials.
+    Callers {
+        #[command(subcommand)]
+        command: CallersCommand,
+    },
     /// Make a store key, or list what the token store holds.
     Store {
         #[command(subcommand)]
         command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CallersCommand {
+    /// Print a new API key for caller NAME (once: only its hash is kept) and the line for
+    /// callers.authentication.api_keys.file.
+    AddKey {
+        /// The caller's name, as callers.policy names it.
+        name: String,
+        /// Append the line to this key file instead of printing it.
+        #[arg(long)]
+        file: Option<PathBuf>,
     },
 }
 
@@ -122,6 +140,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run { config } => cli::run::run(&config).await,
         Command::Check { config } => cli::check::check(&config).await,
+        Command::Callers {
+            command: CallersCommand::AddKey { name, file },
+        } => cli::callers::add_key(&name, file.as_deref()),
         Command::Store {
             command: StoreCommand::Keygen,
         } => {

@@ -128,6 +128,7 @@ pub struct Metrics {
 struct Inner {
     registry: Registry,
     requests: IntCounterVec,
+    caller_refusals: IntCounterVec,
     body_failures: [IntCounter; 4],
     request_duration: Histogram,
     upstream_duration: Histogram,
@@ -166,9 +167,16 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "poynt_proxy_requests_total",
-                "Requests answered to callers, by method, HTTP status, and source: upstream (Poynt's answer, passed through) or proxy (the proxy's own error).",
+                "Requests answered to callers, by method, HTTP status, source: upstream (Poynt's answer, passed through) or proxy (the proxy's own error), and caller (a name configured under callers.policy, else unknown).",
             ),
-            &["method", "code", "source"],
+            &["method", "code", "source", "caller"],
+        )?;
+        let caller_refusals = IntCounterVec::new(
+            Opts::new(
+                "poynt_proxy_caller_refusals_total",
+                "Callers refused by callers.policy, by kind (unauthenticated, forbidden) and mode: enforce (answered 401/403) or observe (logged and served).",
+            ),
+            &["kind", "mode"],
         )?;
         let body_failure_vec = IntCounterVec::new(
             Opts::new(
@@ -280,6 +288,7 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(caller_refusals.clone()))?;
         registry.register(Box::new(body_failure_vec))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -304,6 +313,7 @@ impl Metrics {
             inner: Arc::new(Inner {
                 registry,
                 requests,
+                caller_refusals,
                 body_failures,
                 request_duration,
                 upstream_duration,
@@ -328,7 +338,14 @@ impl Metrics {
 
     /// Counts one answered request and its latency; `own` when the proxy answered with its
     /// own error rather than passing Poynt's answer on.
-    pub fn observe_request(&self, method: &Method, status: u16, own: bool, elapsed: Duration) {
+    pub fn observe_request(
+        &self,
+        method: &Method,
+        status: u16,
+        own: bool,
+        caller: &str,
+        elapsed: Duration,
+    ) {
         let method = KNOWN_METHODS
             .iter()
             .find(|m| *m == method)
@@ -337,9 +354,18 @@ impl Metrics {
         let source = if own { "proxy" } else { "upstream" };
         self.inner
             .requests
-            .with_label_values(&[method, code.format(status), source])
+            .with_label_values(&[method, code.format(status), source, caller])
             .inc();
         self.inner.request_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a caller refusal (`kind`: unauthenticated or forbidden) in `mode` (enforce or
+    /// observe); both label sets are fixed by the callers module.
+    pub fn caller_refused(&self, kind: &'static str, mode: &'static str) {
+        self.inner
+            .caller_refusals
+            .with_label_values(&[kind, mode])
+            .inc();
     }
 
     /// Counts a response body that failed after its head was sent on.

@@ -2,7 +2,8 @@
 //! what can change while serving — the app's private key (a rotated Kubernetes Secret lands
 //! without a restart), the admin bearer secret, the log format and level (not while `RUST_LOG`
 //! is set, which takes the level's place: the answer says so), the `tokens.*`
-//! tuning and the merchant allow-list.
+//! tuning, the merchant allow-list and the whole `callers` section (API keys, the JWT key
+//! set and its CA bundle, the policy: a caller removed is refused on its next request).
 //!
 //! A reload is all or nothing: a file that fails validation is refused whole and the running
 //! configuration stays; so is one that changes anything only a restart can change (a
@@ -18,6 +19,7 @@ use arc_swap::ArcSwapOption;
 use secrecy::{ExposeSecret as _, SecretString};
 use tokio::sync::Mutex;
 
+use crate::callers::Callers;
 use crate::config::{Config, ConfigError};
 use crate::metrics::{Metrics, ReloadOutcome};
 use crate::proxy::AllowList;
@@ -69,6 +71,7 @@ struct Inner {
     /// The running configuration; its lock also serialises reloads.
     current: Mutex<Config>,
     signer: AssertionSigner,
+    callers: Callers,
     broker: Broker,
     allow: AllowList,
     admin_secret: AdminSecret,
@@ -79,6 +82,8 @@ struct Inner {
 pub struct Reloadable {
     /// Signs the app's assertions.
     pub signer: AssertionSigner,
+    /// Authenticates and authorizes callers.
+    pub callers: Callers,
     /// Holds the `tokens.*` tuning.
     pub broker: Broker,
     /// The merchants served.
@@ -98,6 +103,7 @@ impl Reloader {
                 source,
                 current: Mutex::new(config.clone()),
                 signer: handles.signer,
+                callers: handles.callers,
                 broker: handles.broker,
                 allow: handles.allow,
                 admin_secret: handles.admin_secret,
@@ -197,6 +203,13 @@ impl Reloader {
         if old.merchant.allow != new.merchant.allow {
             changed.push("merchant.allow");
             inner.allow.store(new.merchant.allow.clone());
+        }
+        if differs(&old.callers, &new.callers) {
+            changed.push("callers");
+        }
+        // Replaced even when unchanged: a key file may hold a rotated key under the same name.
+        if let Err(error) = inner.callers.replace(new.callers.as_ref()) {
+            not_applied.push(format!("callers: {error}; the running callers stay"));
         }
         (changed, not_applied)
     }

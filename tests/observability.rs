@@ -198,10 +198,10 @@ async fn a_real_prometheus_scrapes_exactly_the_traffic_sent() {
     .await;
     let requests = query(&client, &prometheus, "poynt_proxy_requests_total").await;
     let expected: BTreeMap<String, f64> = [
-        ("code=200,method=GET,source=upstream", 6.0),
-        ("code=200,method=POST,source=upstream", 3.0),
-        ("code=400,method=GET,source=proxy", 2.0),
-        ("code=403,method=GET,source=proxy", 1.0),
+        ("caller=unknown,code=200,method=GET,source=upstream", 6.0),
+        ("caller=unknown,code=200,method=POST,source=upstream", 3.0),
+        ("caller=unknown,code=400,method=GET,source=proxy", 2.0),
+        ("caller=unknown,code=403,method=GET,source=proxy", 1.0),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -1073,7 +1073,7 @@ async fn poynt_502s_and_the_proxy_s_own_are_told_apart() {
         series(
             &text,
             &format!(
-                "poynt_proxy_requests_total{{code=\"{code}\",method=\"GET\",source=\"{source}\"}}"
+                "poynt_proxy_requests_total{{caller=\"unknown\",code=\"{code}\",method=\"GET\",source=\"{source}\"}}"
             ),
         )
     };

@@ -624,7 +624,7 @@ async fn the_demo_takes_free_ports_when_its_own_are_taken_and_its_curls_work_as_
         if curl.contains("/metrics") {
             assert!(
                 stdout.contains(
-                    "poynt_proxy_requests_total{code=\"200\",method=\"GET\",source=\"upstream\"} 1"
+                    "poynt_proxy_requests_total{caller=\"unknown\",code=\"200\",method=\"GET\",source=\"upstream\"} 1"
                 ),
                 "{stdout}"
             );

@@ -414,7 +414,7 @@ async fn a_framing_error_that_arrives_with_the_head_is_a_502() {
     let body: Value = response.json().await.unwrap();
     support::assert_poynt_error(&body, "UPSTREAM_UNAVAILABLE", 502);
     assert_eq!(
-        h.metric("poynt_proxy_requests_total{code=\"502\",method=\"GET\",source=\"proxy\"}")
+        h.metric("poynt_proxy_requests_total{caller=\"unknown\",code=\"502\",method=\"GET\",source=\"proxy\"}")
             .await,
         1.0
     );

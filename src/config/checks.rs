@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use super::admin::AdminConfig;
+use super::callers::CallersConfig;
 use super::error::ConfigError;
 use super::fields::invalid;
 use crate::onboarding::CALLBACK_PATH;
@@ -58,6 +59,14 @@ pub(super) fn distinct_listeners(
         )),
         None => Ok(()),
     }
+}
+
+/// Without `callers`, anyone who reaches `listen` may act as any merchant: valid (the
+/// network may be the boundary), but said once at `check` and at start-up.
+pub(super) fn callers_open(callers: Option<&CallersConfig>) -> Option<String> {
+    callers.is_none().then(|| {
+        "no callers section: any network peer that reaches listen may act as any merchant (configure callers.authentication and callers.policy; see OPERATIONS, Callers)".to_owned()
+    })
 }
 
 /// `oauth.redirect_uri` when it differs from the one onboarding derives and uses: valid, but

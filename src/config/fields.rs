@@ -1,13 +1,16 @@
 //! Field parsers every section shares: addresses, URLs, bounded durations and counts. Each
 //! returns a [`ConfigError`] naming the key and saying what was expected and what was found.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
 
 use http::Uri;
 use serde::Deserialize;
 
 use super::error::ConfigError;
+use poynt_wire::MerchantId;
 
 /// A [`ConfigError::Invalid`] for `key`.
 pub(super) fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
@@ -164,4 +167,21 @@ impl ByteSize {
                 )
             })
     }
+}
+
+/// Business IDs from a file, one a line (`#` starts a comment), added to `ids`; the error
+/// names the file, and the line with what was wrong with it.
+pub(super) fn read_merchant_file(path: &Path, ids: &mut HashSet<MerchantId>) -> Result<(), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    for (number, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        let id = MerchantId::parse(line)
+            .map_err(|e| format!("{} line {}: {e}", path.display(), number + 1))?;
+        ids.insert(id);
+    }
+    Ok(())
 }

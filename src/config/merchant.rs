@@ -9,7 +9,7 @@ use http::HeaderName;
 use serde::Deserialize;
 
 use super::error::ConfigError;
-use super::fields::invalid;
+use super::fields::{invalid, read_merchant_file};
 use super::sources::{KeySources, resolve};
 use poynt_wire::MerchantId;
 
@@ -70,26 +70,8 @@ impl RawMerchant {
             allow.insert(id);
         }
         if let Some(path) = &self.allow_file {
-            let path = resolve(sources, path);
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                invalid(
-                    "merchant.allow_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            for (number, line) in text.lines().enumerate() {
-                let line = line.split('#').next().unwrap_or_default().trim();
-                if line.is_empty() {
-                    continue;
-                }
-                let id = MerchantId::parse(line).map_err(|e| {
-                    invalid(
-                        "merchant.allow_file",
-                        format!("{} line {}: {e}", path.display(), number + 1),
-                    )
-                })?;
-                allow.insert(id);
-            }
+            read_merchant_file(&resolve(sources, path), &mut allow)
+                .map_err(|problem| invalid("merchant.allow_file", problem))?;
         }
         if allow.is_empty() {
             return Err(invalid(

@@ -4,7 +4,7 @@
 //!
 //! One file per YAML section, each with its raw serde struct, defaults and validation:
 //! `poynt`, `merchant`, `store`, `server`, `tokens`, `oauth`, `onboarding`, `log`, `admin`,
-//! `limits`.
+//! `limits`, `callers`.
 //! Beside them: `sources` (what the environment supplies instead of the file), `checks`
 //! (rules that span sections), `fields` (parsers the sections share), `yaml` (the text
 //! into the raw schema, errors naming the file and line) and `error`. This file
@@ -17,6 +17,7 @@
 //! so the fields of [`Config`] can be named from one place.
 
 mod admin;
+mod callers;
 mod checks;
 mod error;
 mod fields;
@@ -38,6 +39,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use self::admin::AdminConfig;
+pub use self::callers::{CallersConfig, JwksSource, JwtConfig, Mode};
 pub use self::error::ConfigError;
 pub use self::merchant::MerchantConfig;
 pub use self::server::ServerConfig;
@@ -77,6 +79,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Traffic governance toward Poynt.
     pub limits: LimitsConfig,
+    /// Caller authentication and rights; `None`: any peer may act as any merchant.
+    pub callers: Option<CallersConfig>,
     /// The file this configuration was read from, which a reload reads again; `None` when it
     /// was parsed from text (tests, the demo).
     pub source: Option<PathBuf>,
@@ -109,6 +113,7 @@ struct RawConfig {
     admin: admin::RawAdmin,
     #[serde(default)]
     limits: limits::RawLimits,
+    callers: Option<callers::RawCallers>,
 }
 
 fn default_listen() -> String {
@@ -137,6 +142,7 @@ impl RawConfig {
             .transpose()?;
         let log = self.log.validate()?;
         let limits = self.limits.validate()?;
+        let callers = self.callers.map(|raw| raw.validate(sources)).transpose()?;
         checks::distinct_listeners(listen, admin_listen, onboarding.as_ref().map(|o| o.listen))?;
         Ok(Config {
             listen,
@@ -151,6 +157,7 @@ impl RawConfig {
             log,
             admin,
             limits,
+            callers,
             source: None,
         })
     }
@@ -183,6 +190,7 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         checks::redirect_uri_differs(&self.oauth, self.onboarding.as_ref())
             .into_iter()
+            .chain(checks::callers_open(self.callers.as_ref()))
             .collect()
     }
 }

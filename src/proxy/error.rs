@@ -5,10 +5,11 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 
+use crate::callers::error::{AuthError, Forbidden, Refusal};
 use crate::limits::{LIMIT_SOURCE_HEADER, LimitError};
 use crate::token::BrokerError;
 use poynt_wire::{ErrorBody, REQUEST_ID_HEADER};
@@ -93,6 +94,18 @@ pub enum ProxyError {
     /// A limit of the merchant's refused the request before any call to Poynt.
     #[error("{0}")]
     Limited(#[from] LimitError),
+    /// The caller proved no identity (no credential, or one that does not verify).
+    #[error("{error}")]
+    CallerUnauthenticated {
+        /// Why.
+        #[source]
+        error: AuthError,
+        /// Whether to answer `WWW-Authenticate: Bearer` (JWT bearer configured).
+        challenge: bool,
+    },
+    /// The caller's policy does not allow this merchant, method or path.
+    #[error(transparent)]
+    CallerForbidden(Forbidden),
     /// No token could be had for the merchant.
     #[error("no access token for this merchant: {0}")]
     Token(#[from] BrokerError),
@@ -102,6 +115,17 @@ pub enum ProxyError {
     /// Poynt did not send response headers in time.
     #[error("Poynt did not answer within {}", humantime::format_duration(*.0))]
     UpstreamTimeout(Duration),
+}
+
+impl From<Refusal> for ProxyError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Unauthenticated { error, challenge } => {
+                Self::CallerUnauthenticated { error, challenge }
+            }
+            Refusal::Forbidden(forbidden) => Self::CallerForbidden(forbidden),
+        }
+    }
 }
 
 impl ProxyError {
@@ -115,6 +139,8 @@ impl ProxyError {
             Self::MerchantPathMismatch { .. } | Self::MerchantNotAllowed { .. } => {
                 StatusCode::FORBIDDEN
             }
+            Self::CallerUnauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            Self::CallerForbidden(_) => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -152,6 +178,8 @@ impl ProxyError {
             Self::Limited(LimitError::CoolingDown(_)) => "POYNT_RATE_LIMITED",
             Self::Limited(LimitError::InFlight { .. }) => "TOO_MANY_IN_FLIGHT",
             Self::Limited(LimitError::BreakerOpen(_)) => "UPSTREAM_UNAVAILABLE",
+            Self::CallerUnauthenticated { .. } => "CALLER_UNAUTHENTICATED",
+            Self::CallerForbidden(_) => "CALLER_FORBIDDEN",
             Self::Token(BrokerError::NotAuthorized { .. }) => "MERCHANT_NOT_AUTHORIZED",
             Self::Token(_) => "TOKEN_UNAVAILABLE",
             Self::UpstreamUnavailable(_) => "UPSTREAM_UNAVAILABLE",
@@ -172,6 +200,8 @@ impl ProxyError {
             | Self::RequestTimeout(_)
             | Self::PayloadTooLarge { .. }
             | Self::Limited(LimitError::RateLimited { .. } | LimitError::InFlight { .. })
+            | Self::CallerUnauthenticated { .. }
+            | Self::CallerForbidden(_)
             | Self::Token(BrokerError::NotAuthorized { .. }) => Side::Downstream,
             Self::Limited(LimitError::CoolingDown(_) | LimitError::BreakerOpen(_))
             | Self::Token(_)
@@ -205,6 +235,15 @@ impl ProxyError {
         headers.insert(REQUEST_ID_HEADER, request_id.clone());
         if matches!(self, Self::MethodNotAllowed(_)) {
             headers.insert(ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+        }
+        if matches!(
+            self,
+            Self::CallerUnauthenticated {
+                challenge: true,
+                ..
+            }
+        ) {
+            headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if let Some(wait) = self.retry_after() {
             headers.insert(RETRY_AFTER, HeaderValue::from(whole_seconds(wait).max(1)));
@@ -263,6 +302,13 @@ mod tests {
                 limit: 1,
                 found: "2".into(),
             },
+            ProxyError::CallerUnauthenticated {
+                error: AuthError::UnknownKey,
+                challenge: false,
+            },
+            ProxyError::CallerForbidden(Forbidden::NoPolicy {
+                caller: "analytics".into(),
+            }),
             ProxyError::Token(BrokerError::NotAuthorized {
                 reason: "no".into(),
             }),
@@ -309,6 +355,8 @@ mod tests {
             (400, "INVALID_REQUEST_BODY", Side::Downstream),
             (408, "REQUEST_TIMEOUT", Side::Downstream),
             (413, "PAYLOAD_TOO_LARGE", Side::Downstream),
+            (401, "CALLER_UNAUTHENTICATED", Side::Downstream),
+            (403, "CALLER_FORBIDDEN", Side::Downstream),
             (403, "MERCHANT_NOT_AUTHORIZED", Side::Downstream),
             (502, "TOKEN_UNAVAILABLE", Side::Upstream),
             (503, "TOKEN_UNAVAILABLE", Side::Upstream),
@@ -346,6 +394,14 @@ mod tests {
         assert_eq!(throttled.to_response(&id).headers()[RETRY_AFTER], "1");
         let trace = ProxyError::MethodNotAllowed(Method::TRACE).to_response(&id);
         assert_eq!(trace.headers()[ALLOW], ALLOWED_METHODS);
+        let bearer = ProxyError::CallerUnauthenticated {
+            error: AuthError::NotBearer,
+            challenge: true,
+        };
+        assert_eq!(
+            bearer.to_response(&id).headers()[WWW_AUTHENTICATE],
+            "Bearer"
+        );
     }
 
     #[test]

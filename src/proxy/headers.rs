@@ -1,5 +1,6 @@
 //! Phase 4: what of the caller's request head reaches Poynt. Hop-by-hop headers (and those
-//! the `Connection` header names), the merchant header, the caller's `Authorization`,
+//! the `Connection` header names), the merchant header, the caller's `Authorization` and
+//! `X-Poynt-Proxy-Key` (its credentials are the proxy's business, never Poynt's),
 //! `Host`, `Forwarded`, `X-Forwarded-*` (internal topology is not Poynt's business, and a
 //! caller must not speak for the proxy) and `Poynt-Request-Id` go; the broker's token,
 //! `api-version` (unless the caller chose one) and the settled `Poynt-Request-Id` come in.
@@ -14,6 +15,7 @@ use bytes::BytesMut;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::callers::api_key::API_KEY_HEADER;
 use crate::upstream::Fields;
 use crate::upstream::hop::{Nominated, is_hop_by_hop_bytes};
 use poynt_wire::{API_VERSION_HEADER, REQUEST_ID_HEADER};
@@ -59,7 +61,7 @@ impl<'a> Rewritten<'a> {
         !(is_hop_by_hop_bytes(text.as_bytes())
             || matches!(
                 text,
-                "host" | "authorization" | "forwarded" | REQUEST_ID_HEADER
+                "host" | "authorization" | "forwarded" | REQUEST_ID_HEADER | API_KEY_HEADER
             )
             || name == self.merchant_header
             || text.starts_with(X_FORWARDED)

@@ -1,9 +1,13 @@
 //! The life of one proxied request, as phases:
 //!
 //! ```text
+//! 0 authenticate  with `callers` configured: the caller its credentials prove, or 401
+//!            (before anything looks at the merchant)
 //! 1 admit    method (GET HEAD POST PUT PATCH DELETE OPTIONS, else 405), declared body
 //!            size, merchant header -> MerchantId, allow-list
 //! 2 guard    the normalised path; a /businesses/{id}/... path must name the same merchant
+//! 2a authorize the caller's policy allows this merchant, method and guarded path, or 403
+//!            (so a refused caller never causes a token lookup, a grant or a request)
 //! 2b limit   the circuit breaker (503 while open), then the merchant's limits (see
 //!            `limits`): a cool-down after Poynt's 429, its token bucket, an in-flight slot
 //!            (held until Poynt's head arrives); refused -> 429 before any token lookup or
@@ -49,6 +53,7 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::callers::{Callers, UNKNOWN};
 use crate::config::Config;
 use crate::limits::Governor;
 use crate::metrics::{BodyFailure, Metrics};
@@ -79,6 +84,7 @@ pub struct Proxy {
 }
 
 struct ProxyInner {
+    callers: Callers,
     broker: Broker,
     upstream: Upstream,
     governor: Governor,
@@ -97,6 +103,10 @@ struct ProxyInner {
 /// What the phases learned, for the record step.
 #[derive(Default)]
 struct Context {
+    /// The proven caller, for the access log.
+    caller: Option<Arc<str>>,
+    /// The `caller` metric label: a configured caller's name, or `unknown`.
+    caller_label: Option<Arc<str>>,
     merchant: Option<MerchantId>,
     source: Option<TokenSource>,
     upstream_elapsed: Option<Duration>,
@@ -166,6 +176,7 @@ impl Proxy {
     /// Builds the proxy over a broker and a worker's upstream client.
     pub fn new(
         config: &Config,
+        callers: Callers,
         broker: Broker,
         upstream: Upstream,
         governor: Governor,
@@ -174,6 +185,7 @@ impl Proxy {
     ) -> Self {
         Self {
             inner: Arc::new(ProxyInner {
+                callers,
                 broker,
                 upstream,
                 governor,
@@ -235,6 +247,10 @@ impl Proxy {
         ctx: &mut Context,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let inner = &self.inner;
+        // 0 authenticate
+        let identity = inner.callers.authenticate(&parts.headers).await?;
+        ctx.caller = identity.name().cloned();
+        ctx.caller_label = identity.configured().cloned();
         // 1 admit
         if !is_forwarded_method(&parts.method) {
             return Err(ProxyError::MethodNotAllowed(parts.method.clone()));
@@ -259,6 +275,11 @@ impl Proxy {
         }
         // 2 guard
         let path = path::guard_path(parts.uri.path(), merchant, &inner.merchant_header)?;
+        // 2a authorize
+        inner
+            .callers
+            .authorize(&identity, merchant, &parts.method, &path)
+            .await?;
         // 2b limit: the admission holds the merchant's in-flight slot until this returns
         let admission = inner.governor.admit(merchant).await?;
         ctx.limit_observed = admission.observed;
@@ -443,12 +464,17 @@ impl Proxy {
         let elapsed = ctx.upstream_done.unwrap_or_else(Instant::now) - started;
         let status = response.status().as_u16();
         let method = &parts.method;
-        self.inner
-            .metrics
-            .observe_request(method, status, error.is_some(), elapsed);
+        self.inner.metrics.observe_request(
+            method,
+            status,
+            error.is_some(),
+            ctx.caller_label.as_deref().unwrap_or(UNKNOWN),
+            elapsed,
+        );
         tracing::info!(
             target: "poynt_proxy::access",
             request_id = request_id.to_str().unwrap_or_default(),
+            caller = ctx.caller.as_deref(),
             merchant = ctx.merchant.map(tracing::field::display),
             method = method.as_str(),
             path = parts.uri.path(),

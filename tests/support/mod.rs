@@ -186,6 +186,18 @@ pub async fn launch(
     onboarding: Option<TcpListener>,
 ) -> Harness {
     let config = Config::parse(&config_yaml, &KeySources::default()).expect("config");
+    harness(emulator, merchants, config, config_yaml, dir, onboarding).await
+}
+
+/// Starts the proxy on `config` and wraps everything in a [`Harness`].
+async fn harness(
+    emulator: Emulator,
+    merchants: Vec<MerchantId>,
+    config: Config,
+    config_yaml: String,
+    dir: tempfile::TempDir,
+    onboarding: Option<TcpListener>,
+) -> Harness {
     let mut listeners = Listeners::bind(&config).await.expect("bind");
     if onboarding.is_some() {
         listeners.onboarding = onboarding;
@@ -340,6 +352,16 @@ impl Harness {
             .sum()
     }
 
+    /// GET `path` on the admin listener, as JSON.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        let response = self.client.get(self.admin_url(path)).send().await;
+        response
+            .expect("admin answers")
+            .json()
+            .await
+            .expect("admin JSON")
+    }
+
     /// The emulator's counters.
     pub fn stats(&self) -> Stats {
         self.emulator.stats()
@@ -452,4 +474,19 @@ pub fn assert_poynt_error(body: &serde_json::Value, code: &str, status: u16) {
         body["requestId"].as_str().is_some_and(|m| !m.is_empty()),
         "{body}"
     );
+}
+
+/// Like [`launch`], but from a file (`proxy.yaml` in `dir`), as `run` loads it, so
+/// [`Running::reload`] can read it again; the test edits the file to change what a reload
+/// applies.
+pub async fn launch_file(
+    emulator: Emulator,
+    merchants: Vec<MerchantId>,
+    config_yaml: String,
+    dir: tempfile::TempDir,
+) -> Harness {
+    let path = dir.path().join("proxy.yaml");
+    std::fs::write(&path, &config_yaml).expect("write config");
+    let config = Config::load(&path).expect("config");
+    harness(emulator, merchants, config, config_yaml, dir, None).await
 }
