@@ -235,7 +235,7 @@ done
 BODY+='{"id":"0b5e8e66-2c4f-4f6e-9d0a-2f1c6b1e4a79","amount":990,"currency":"USD","status":"OPENED"}]}'
 
 render() { # template -> file, replacing @NAME@ with the shell variable NAME
-    local text
+    local text name
     text=$(<"$ROOT/benches/load/$1")
     for name in WORK DIR UPSTREAM_PORT UPSTREAM_H2_PORT EMULATOR_PORT LISTEN_PORT ADMIN_PORT WORKERS BODY \
         TOKEN APP_ID EMULATOR_URL LOG_LEVEL ACCESS_LOG HAPROXY_LOG; do
@@ -420,7 +420,7 @@ saturate() {
         -v busy=$((busy_after - busy_before)) -v cpus="$LOADGEN_THREADS" -v seconds="${2:-$DURATION}" \
         -v periods=$((periods_after - periods_before)) -v throttled=$((throttled_after - throttled_before)) \
         'BEGIN {printf "%s %s %.2f %.0f %s\n", rps, proxy == "" ? "-" : sprintf("%.2f", ticks / hz * 1e6 / n), up / hz * 1e6 / n,
-            busy / hz / seconds / cpus * 100, periods > 0 ? sprintf("%.0f", throttled / periods * 100) : "-"}'
+            busy / hz / seconds / cpus * 100, (periods > 0 ? sprintf("%.0f", throttled / periods * 100) : "-")}'
 }
 
 fixed_rate() { # name -> "p50 p99 p99.9 count", milliseconds
@@ -536,9 +536,9 @@ REPORT=$OUT/report.md
         echo "$ROUNDS rounds; saturation: wrk, $CONNECTIONS connections, ${DURATION}s; latency: oha, $RATE req/s evenly spaced, 50 connections, ${DURATION}s."
     fi
     echo "A measurement during which the host took over $STEAL_MAX % of the CPUs was tried again (at most $ATTEMPTS tries, the calmest kept)."
-    versions="$("$BIN" --version), $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
-    [[ -n $CPU_QUOTA ]] || versions+=", $("$OHA" --version)"
-    echo "Versions: $versions."
+    oha_version=''
+    [[ -n $CPU_QUOTA ]] || oha_version=", $("$OHA" --version)"
+    echo "Versions: $("$BIN" --version), $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)$oha_version."
     echo
     if [[ -n $CPU_QUOTA ]]; then
         echo "| contestant | access log | req/s at $CPU_QUOTA CPU (median) | ÷ nginx, same log (within rounds) | CPU µs/request | ÷ nginx | throttled periods % | load-generator CPUs busy % | CPUs stolen % | peak RSS MiB |"
@@ -565,7 +565,7 @@ REPORT=$OUT/report.md
         if ((${#undecided[@]} == 0)); then
             echo "Decidable: the load generator's CPUs stayed under $LOADGEN_MAX % busy in every contestant's median, so the cap set the rates."
         else
-            echo "**Not decidable**: the load generator's CPUs were $LOADGEN_MAX % busy or more while measuring ${undecided[*]}: they, not the cap, may have set those rates. Lower --cpu-quota, or give the load generator more CPUs (LOADGEN_CPUS)."
+            echo "**Not decidable**: the load generator's CPUs were $LOADGEN_MAX % busy or more while measuring $(printf '%s, ' "${undecided[@]}" | sed 's/, $//'): they, not the cap, may have set those rates. Lower --cpu-quota, or give the load generator more CPUs (LOADGEN_CPUS)."
         fi
     else
         echo "| contestant | access log | req/s (median) | CPU µs/request | upstream CPU µs/request | load-generator CPUs busy % | CPUs stolen % (saturation / latency) | p50 ms | p99 ms | p99.9 ms | peak RSS MiB |"
