@@ -1,7 +1,7 @@
-//! The per-request work without I/O: merchant parse, cache hit, header rewrite (the upstream
-//! request head written from the caller's header map), for 1, 10,000 and 100,000 cached
-//! merchants; the cache under 16 concurrent tasks; assertion signing and token-response
-//! parsing (once per grant, not per request).
+//! The per-request work without I/O: merchant parse, path guard, cache hit, header rewrite
+//! (the upstream request head written from the caller's header map), for 1, 10,000 and
+//! 100,000 cached merchants; the cache under 16 concurrent tasks; assertion signing and
+//! token-response parsing (once per grant, not per request).
 #![allow(
     clippy::disallowed_types,
     clippy::disallowed_methods,
@@ -16,8 +16,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use poynt_proxy::proxy::admit;
 use poynt_proxy::proxy::headers::{self, Rewritten};
+use poynt_proxy::proxy::{admit, path};
 use poynt_proxy::upstream::{BodyLength, RequestHead, encode_head};
 
 const SIZES: [usize; 3] = [1, 10_000, 100_000];
@@ -105,6 +105,14 @@ fn benches(c: &mut Criterion) {
     let sample = caller_headers(&all[0].to_string().to_uppercase());
     group.bench_function("merchant_header", |b| {
         b.iter(|| admit::merchant_from_headers(black_box(&sample), &header).unwrap())
+    });
+    // A plain path of typical length: checked in place, forwarded borrowed.
+    let order_path = format!(
+        "/businesses/{}/orders/0b5e8e66-2c4f-4f6e-9d0a-2f1c6b1e4a77",
+        all[0]
+    );
+    group.bench_function("path_guard", |b| {
+        b.iter(|| path::guard_path(black_box(&order_path), all[0], &header).unwrap())
     });
     group.finish();
 

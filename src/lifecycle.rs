@@ -28,6 +28,7 @@ use crate::token::assertion::AssertionSigner;
 use crate::token::broker::Broker;
 use crate::token::grant::TokenClient;
 use crate::upstream::{self, UpstreamError};
+use crate::workers::cpus::CpuBudget;
 use crate::workers::{self, WorkerError, Workers};
 
 /// Why the proxy could not start.
@@ -274,7 +275,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
     let onboarding_addr = onboarding
         .as_ref()
         .map(|o| tracing::field::display(o.addr()));
-    tracing::info!(%proxy_addr, %admin_addr, onboarding_addr, upstream = %config.poynt.api_url, workers = config.server.workers, "poynt-proxy ready");
+    tracing::info!(%proxy_addr, %admin_addr, onboarding_addr, upstream = %config.poynt.api_url, workers = config.server.workers, cpus = %CpuBudget::of_this_process(), "poynt-proxy ready");
     Ok(Running {
         proxy_addr,
         admin_addr,

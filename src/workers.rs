@@ -7,6 +7,9 @@
 //!
 //! All workers accept from duplicates of one socket: a new connection wakes them all, and the
 //! first one free to take it does, so idle workers pick up new callers before busy ones.
+//! How many there are by default is [`cpus`]' answer: the CPUs the process may use.
+
+pub mod cpus;
 
 use std::future::Future;
 

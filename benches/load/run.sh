@@ -3,29 +3,63 @@
 # each forward to the same TLS upstream (nginx serving a fixed ~1 KB JSON) with a bearer
 # header injected, and the direct call goes to the upstream with no proxy at all.
 # poynt-proxy-h2 is a second poynt-proxy whose upstream port offers HTTP/2 (nginx and
-# HAProxy forward over HTTP/1.1, as nginx's proxy cannot do otherwise).
+# HAProxy forward over HTTP/1.1, as nginx's proxy cannot do otherwise). Every proxy runs
+# twice, its access log on (to a file) and off, so each ratio compares like with like.
 #
-#   benches/load/run.sh            # from the repository root; see docs/BENCHMARKS.md
+#   benches/load/run.sh --cpu-quota 0.3   # the headline: each proxy capped at 0.3 CPU
+#   benches/load/run.sh                   # uncapped: throughput and latency on whole CPUs
 #
-# Each round (contestants in rotating order) measures every contestant's requests/s at
-# saturation (wrk), with the CPU time each proxy spent per request (user + system, its
-# threads and child processes, from /proc), back to back; then every contestant's latency
-# at a fixed rate (oha: requests started evenly spaced, each timed from when it was due,
-# every request's time kept, percentiles computed here). Reports medians over the rounds,
-# the ratios taken within each round, how busy the load generator's CPUs were while a
-# proxy was saturated (near 100 %: they, not the proxy, set the rate), peak resident
-# memory of each proxy, poynt-proxy's idle memory and the /token calls made while
+# (from the repository root, as root; see docs/BENCHMARKS.md)
+#
+# --cpu-quota F puts each proxy in a cgroup of its own allowed F CPUs (cgroup v2 cpu.max or
+# v1 cpu.cfs_quota_us, whichever holds the CPU controller; created here, removed on exit), so
+# the proxy rather than the load generator is the bottleneck, as in a pod with a CPU limit.
+# It measures saturation only (wrk): requests/s at the cap, the ratio to nginx with the same
+# access-log setting, CPU per request, the share of periods in which the kernel throttled the
+# proxy, and how busy the load generator's CPUs were: at LOADGEN_MAX % or more they, not the
+# cap, may have set the rate, and the report says the measurement is not decidable.
+#
+# Without it, each round (contestants in rotating order) measures every contestant's
+# requests/s at saturation (wrk), with the CPU time each proxy spent per request (user +
+# system, its threads and child processes, from /proc), back to back; then every
+# contestant's latency at a fixed rate (oha: requests started evenly spaced, each timed from
+# when it was due, every request's time kept, percentiles computed here). Reports medians
+# over the rounds, the ratios taken within each round, how busy the load generator's CPUs
+# were while a proxy was saturated (near 100 %: they, not the proxy, set the rate), peak
+# resident memory of each proxy, poynt-proxy's idle memory and the /token calls made while
 # measuring. Writes target/load/report.md.
 #
 # Knobs (environment): ROUNDS (3), DURATION seconds per measurement (8), RATE req/s for
 # the latency runs (2000), CONNECTIONS for saturation (64), BASE_PORT (18400),
 # PROXY_CPUS (cpu list the proxies run on; default the first CPU), LOADGEN_CPUS (the rest;
-# the load generators and the upstream run there), STEAL_MAX (3: a measurement during which
-# the host took more than this % of the CPUs is tried again) and ATTEMPTS (4 tries at most),
-# OHA (an oha binary to use; by default the pinned version is built once into
-# target/load/tools with cargo install), KEEP=1 keeps the work directory.
-# Ports BASE_PORT+1..+9.
+# the load generators and the upstream run there), WORKERS (each proxy's threads or
+# processes; default the quota rounded up when capped, else the number of PROXY_CPUS),
+# LOADGEN_MAX (80), STEAL_MAX (3: a measurement during which the host took more than this %
+# of the CPUs is tried again) and ATTEMPTS (4 tries at most), OHA (an oha binary to use; by
+# default the pinned version is built once into target/load/tools with cargo install; not
+# needed with --cpu-quota), KEEP=1 keeps the work directory. Ports BASE_PORT+1..+3, +10..+25.
 set -euo pipefail
+
+say() { echo "load: $*" >&2; }
+die() { say "$*"; exit 1; }
+
+CPU_QUOTA=
+while (($# > 0)); do
+    case $1 in
+    --cpu-quota) (($# >= 2)) || die "--cpu-quota expects a number of CPUs (0.3, say); found nothing"
+        CPU_QUOTA=$2; shift 2 ;;
+    --cpu-quota=*) CPU_QUOTA=${1#*=}; shift ;;
+    *) die "expected no argument or --cpu-quota F; found '$1'" ;;
+    esac
+done
+CFS_PERIOD_US=100000
+if [[ -n $CPU_QUOTA ]]; then
+    [[ $CPU_QUOTA =~ ^[0-9]*\.?[0-9]+$ ]] || die "--cpu-quota expects a number of CPUs (0.3, say); found '$CPU_QUOTA'"
+    QUOTA_US=$(awk -v f="$CPU_QUOTA" -v p="$CFS_PERIOD_US" 'BEGIN {printf "%d", f * p}')
+    # The kernel's smallest CFS quota is 1 ms per period.
+    ((QUOTA_US >= 1000)) || die "--cpu-quota expects at least 0.01 CPU; found $CPU_QUOTA"
+    [[ $(id -u) == 0 ]] || die "--cpu-quota creates cgroups and must run as root"
+fi
 
 ROUNDS=${ROUNDS:-3}
 STEAL_MAX=${STEAL_MAX:-3}
@@ -34,10 +68,10 @@ DURATION=${DURATION:-8}
 RATE=${RATE:-2000}
 CONNECTIONS=${CONNECTIONS:-64}
 BASE_PORT=${BASE_PORT:-18400}
+LOADGEN_MAX=${LOADGEN_MAX:-80}
 CPUS=$(nproc)
 if ((CPUS < 2)); then
-    echo "load: needs at least 2 CPUs (found $CPUS): the proxies and the load generator must not share one" >&2
-    exit 1
+    die "needs at least 2 CPUs (found $CPUS): the proxies and the load generator must not share one"
 fi
 PROXY_CPUS=${PROXY_CPUS:-0}
 LOADGEN_CPUS=${LOADGEN_CPUS:-1-$((CPUS - 1))}
@@ -59,16 +93,21 @@ cpu_numbers() { # "0-2,5" -> "0 1 2 5"
 }
 PROXY_THREADS=$(cpu_count "$PROXY_CPUS")
 LOADGEN_THREADS=$(cpu_count "$LOADGEN_CPUS")
+# Capped, every proxy gets as many workers as poynt-proxy's default would under that quota
+# (rounded up); uncapped, one per CPU it runs on.
+if [[ -n $CPU_QUOTA ]]; then
+    WORKERS=${WORKERS:-$(((QUOTA_US + CFS_PERIOD_US - 1) / CFS_PERIOD_US))}
+    if ((QUOTA_US > PROXY_THREADS * CFS_PERIOD_US)); then
+        say "warning: a quota of $CPU_QUOTA CPUs is more than the $PROXY_THREADS CPU(s) the proxies run on (PROXY_CPUS=$PROXY_CPUS)"
+    fi
+else
+    WORKERS=${WORKERS:-$PROXY_THREADS}
+fi
 
 UPSTREAM_PORT=$((BASE_PORT + 1))
 EMULATOR_PORT=$((BASE_PORT + 2))
-POYNT_PORT=$((BASE_PORT + 3))
-POYNT_ADMIN_PORT=$((BASE_PORT + 4))
-NGINX_PORT=$((BASE_PORT + 5))
-HAPROXY_PORT=$((BASE_PORT + 6))
-POYNT_H2_PORT=$((BASE_PORT + 7))
-POYNT_H2_ADMIN_PORT=$((BASE_PORT + 8))
-UPSTREAM_H2_PORT=$((BASE_PORT + 9))
+UPSTREAM_H2_PORT=$((BASE_PORT + 3))
+NEXT_PORT=$((BASE_PORT + 10)) # then one port per proxy, and an admin port per poynt-proxy
 MERCHANT=5a2c1e7e-1b8e-4d4e-9f7a-3c2b1a0f9e8d
 APP_ID=urn:aid:4f1c2a3b-load-bench
 PATH_Q="/businesses/$MERCHANT/orders?limit=10"
@@ -78,18 +117,23 @@ OUT=$ROOT/target/load
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/poynt-load.XXXXXX)
 PIDS=()
+CGROUPS=() # made here, removed on exit, innermost last
 declare -A PID # name -> pid of what start() started
 
 cleanup() {
-    local pid
+    local pid dir i
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [[ ${KEEP:-0} == 1 ]]; then echo "load: kept $WORK" >&2; else rm -rf "$WORK"; fi
+    # A cgroup can be removed once its last process is gone (reaped above); nginx's workers
+    # leave with their master. Innermost first.
+    for ((i = ${#CGROUPS[@]} - 1; i >= 0; i--)); do
+        dir=${CGROUPS[i]}
+        rmdir "$dir" 2>/dev/null || { sleep 0.5; rmdir "$dir"; } || say "could not remove the cgroup $dir"
+    done
+    if [[ ${KEEP:-0} == 1 ]]; then say "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-say() { echo "load: $*" >&2; }
 
 # --- tools -----------------------------------------------------------------------------
 install_missing() {
@@ -100,8 +144,7 @@ install_missing() {
     done
     if ((${#missing[@]} == 0)); then return 0; fi
     if [[ $(id -u) != 0 ]]; then
-        echo "load: missing ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root" >&2
-        exit 1
+        die "missing ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root"
     fi
     say "installing ${missing[*]}"
     # Packages must not start their system services (nginx on port 80, haproxy).
@@ -116,14 +159,15 @@ install_missing() {
 install_missing
 export PATH=$PATH:/usr/sbin
 
-# The fixed-rate load generator. hey's -q paces each of its connections on its own ticker,
-# all started together: 2,000 req/s over 50 connections arrive as a burst of 50 every
-# 25 ms, and its percentiles measure how fast a proxy drains a burst. oha starts requests
-# evenly spaced across the second and times each from when it was due (no coordinated
-# omission). Not packaged by Debian: built from crates.io once (a few minutes).
+# The fixed-rate load generator, for the uncapped mode only. hey's -q paces each of its
+# connections on its own ticker, all started together: 2,000 req/s over 50 connections
+# arrive as a burst of 50 every 25 ms, and its percentiles measure how fast a proxy drains a
+# burst. oha starts requests evenly spaced across the second and times each from when it
+# was due (no coordinated omission). Not packaged by Debian: built from crates.io once (a
+# few minutes).
 OHA_VERSION=1.16.0
 OHA=${OHA:-$OUT/tools/bin/oha}
-if [[ ! -x $OHA ]]; then
+if [[ -z $CPU_QUOTA && ! -x $OHA ]]; then
     say "building oha $OHA_VERSION (once, into $OUT/tools)"
     cargo install oha --version "$OHA_VERSION" --locked --quiet --root "$OUT/tools"
 fi
@@ -131,6 +175,48 @@ fi
 say "building poynt-proxy (release)"
 (cd "$ROOT" && cargo build --release --locked --quiet)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/poynt-proxy
+
+# --- cgroups: one per proxy, each allowed QUOTA_US of CPU time per CFS_PERIOD_US -----------
+# cgroup v2 where its hierarchy holds the CPU controller (at /sys/fs/cgroup, or beside v1
+# ones at /sys/fs/cgroup/unified), else v1's cpu controller.
+CGROUP_KIND='' CGROUP_PARENT=''
+cgroup_prepare() {
+    local base
+    for base in /sys/fs/cgroup /sys/fs/cgroup/unified; do
+        if [[ -f $base/cgroup.controllers ]] && grep -qw cpu "$base/cgroup.controllers"; then
+            CGROUP_KIND=v2
+            grep -qw cpu "$base/cgroup.subtree_control" || echo +cpu >"$base/cgroup.subtree_control"
+            break
+        fi
+    done
+    if [[ -z $CGROUP_KIND ]]; then
+        for base in /sys/fs/cgroup/cpu /sys/fs/cgroup/cpu,cpuacct; do
+            if [[ -f $base/cpu.cfs_quota_us ]]; then CGROUP_KIND=v1 && break; fi
+        done
+    fi
+    [[ -n $CGROUP_KIND ]] || die "found no cgroup CPU controller (v2 cgroup.controllers with cpu, or v1 cpu.cfs_quota_us under /sys/fs/cgroup)"
+    CGROUP_PARENT=$base/poynt-load-$$
+    mkdir "$CGROUP_PARENT"
+    CGROUPS+=("$CGROUP_PARENT")
+    if [[ $CGROUP_KIND == v2 ]]; then echo +cpu >"$CGROUP_PARENT/cgroup.subtree_control"; fi
+}
+declare -A CGROUP # proxy name -> its cgroup's directory
+cgroup_for() { # name: a new cgroup with the quota for that proxy, in CGROUP[name]
+    local dir=$CGROUP_PARENT/$1
+    mkdir "$dir"
+    CGROUPS+=("$dir")
+    CGROUP[$1]=$dir
+    if [[ $CGROUP_KIND == v2 ]]; then
+        echo "$QUOTA_US $CFS_PERIOD_US" >"$dir/cpu.max"
+    else
+        echo "$CFS_PERIOD_US" >"$dir/cpu.cfs_period_us"
+        echo "$QUOTA_US" >"$dir/cpu.cfs_quota_us"
+    fi
+}
+throttled() { # cgroup directory -> "periods throttled-periods" so far (cpu.stat, v1 and v2)
+    awk '$1 == "nr_periods" {p = $2} $1 == "nr_throttled" {t = $2} END {print p + 0, t + 0}' "$1/cpu.stat"
+}
+if [[ -n $CPU_QUOTA ]]; then cgroup_prepare; fi
 
 # --- certificates: a CA and a leaf for localhost / 127.0.0.1 -----------------------------
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=poynt-load-ca \
@@ -149,10 +235,10 @@ done
 BODY+='{"id":"0b5e8e66-2c4f-4f6e-9d0a-2f1c6b1e4a79","amount":990,"currency":"USD","status":"OPENED"}]}'
 
 render() { # template -> file, replacing @NAME@ with the shell variable NAME
-    local text
+    local text name
     text=$(<"$ROOT/benches/load/$1")
-    for name in WORK UPSTREAM_PORT UPSTREAM_H2_PORT EMULATOR_PORT POYNT_PORT POYNT_ADMIN_PORT NGINX_PORT \
-        HAPROXY_PORT PROXY_THREADS BODY TOKEN APP_ID EMULATOR_URL; do
+    for name in WORK DIR UPSTREAM_PORT UPSTREAM_H2_PORT EMULATOR_PORT LISTEN_PORT ADMIN_PORT WORKERS BODY \
+        TOKEN APP_ID EMULATOR_URL LOG_LEVEL ACCESS_LOG HAPROXY_LOG; do
         text=${text//@$name@/${!name:-}}
     done
     printf '%s\n' "$text" >"$WORK/$2"
@@ -165,20 +251,37 @@ wait_ready() { # url [curl options...]: bounded poll until it answers 200
         if [[ $(curl -s -o /dev/null -w '%{http_code}' "$@" "$url" || true) == 200 ]]; then return 0; fi
         sleep 0.1
     done
-    echo "load: $url did not answer 200 within 10 s" >&2
-    return 1
+    die "$url did not answer 200 within 10 s"
 }
 
-start() { # name cpus command...: start in the background, remember the pid
+# start name cpus command...: start in the background, stdout and stderr appended to
+# $WORK/name.out (appended, so emptying it between measurements frees the space), and
+# remember the pid.
+start() {
     local name=$1 cpus=$2
     shift 2
-    taskset -c "$cpus" "$@" >"$WORK/$name.out" 2>&1 &
+    taskset -c "$cpus" "$@" >>"$WORK/$name.out" 2>&1 &
     PIDS+=($!)
     PID[$name]=$!
 }
 
+# start_proxy name command...: start a contestant on PROXY_CPUS; capped, inside a cgroup of
+# its own: the shell joins it and then becomes the command, so every thread and child
+# process the proxy makes is inside from its first instruction.
+start_proxy() {
+    local name=$1
+    shift
+    if [[ -n $CPU_QUOTA ]]; then
+        cgroup_for "$name"
+        # shellcheck disable=SC2016 # $$ and $@ are the inner shell's
+        start "$name" "$PROXY_CPUS" sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "${CGROUP[$name]}" "$@"
+    else
+        start "$name" "$PROXY_CPUS" "$@"
+    fi
+}
+
 # --- upstream and emulator -----------------------------------------------------------------
-mkdir -p "$WORK/nginx-upstream" "$WORK/nginx-proxy"
+mkdir -p "$WORK/nginx-upstream"
 render nginx-upstream.conf nginx-upstream.conf
 start upstream "$LOADGEN_CPUS" nginx -p "$WORK/nginx-upstream" -c "$WORK/nginx-upstream.conf" -e "$WORK/nginx-upstream.err"
 wait_ready "https://127.0.0.1:$UPSTREAM_PORT/" --cacert "$WORK/ca.crt"
@@ -192,40 +295,79 @@ wait_ready "$EMULATOR_URL/_emulator/stats"
 # emulator's (same size as the one poynt-proxy injects), minted without a grant.
 TOKEN=$(curl -sf -X POST "$EMULATOR_URL/_emulator/merchants/$MERCHANT/token" |
     sed -n 's/.*"accessToken":"\([^"]*\)".*/\1/p')
-[[ -n $TOKEN ]] || { echo "load: the emulator minted no token" >&2; exit 1; }
+[[ -n $TOKEN ]] || die "the emulator minted no token"
 
 # --- contestants -----------------------------------------------------------------------------
-render poynt-proxy.yaml poynt-proxy.yaml
-start poynt-proxy "$PROXY_CPUS" env RUST_LOG=warn "$BIN" run --config "$WORK/poynt-proxy.yaml"
-wait_ready "http://127.0.0.1:$POYNT_ADMIN_PORT/readyz"
-IDLE_RSS_KB=$(awk '/^VmRSS:/ {print $2}' "/proc/${PID[poynt-proxy]}/status")
-# The same proxy in front of the HTTP/2 port (the template, rendered with other ports).
-POYNT_PORT=$POYNT_H2_PORT POYNT_ADMIN_PORT=$POYNT_H2_ADMIN_PORT UPSTREAM_PORT=$UPSTREAM_H2_PORT \
-    render poynt-proxy.yaml poynt-proxy-h2.yaml
-start poynt-proxy-h2 "$PROXY_CPUS" env RUST_LOG=warn "$BIN" run --config "$WORK/poynt-proxy-h2.yaml"
-wait_ready "http://127.0.0.1:$POYNT_H2_ADMIN_PORT/readyz"
-
-render nginx-proxy.conf nginx-proxy.conf
-start nginx "$PROXY_CPUS" nginx -p "$WORK/nginx-proxy" -c "$WORK/nginx-proxy.conf" -e "$WORK/nginx-proxy.err"
-render haproxy.cfg haproxy.cfg
-start haproxy "$PROXY_CPUS" haproxy -db -f "$WORK/haproxy.cfg"
-
-declare -A URL HEADER
+# A proxy's name is its kind and whether its access log is on: nginx.log, nginx.nolog. Its
+# access log goes to a file: nginx's own, the others' stdout ($WORK/name.out).
+KINDS=(poynt-proxy poynt-proxy-h2 nginx haproxy)
+LOGS=(log nolog)
+PROXY_NAMES=()
+for kind in "${KINDS[@]}"; do for logs in "${LOGS[@]}"; do PROXY_NAMES+=("$kind.$logs"); done; done
+declare -A URL HEADER ACCESS_FILE
 URL[direct]="https://127.0.0.1:$UPSTREAM_PORT$PATH_Q"
 HEADER[direct]="Authorization: Bearer $TOKEN"
-for name in poynt-proxy poynt-proxy-h2 nginx haproxy; do HEADER[$name]="X-Poynt-Merchant-Id: $MERCHANT"; done
-URL[poynt-proxy]="http://127.0.0.1:$POYNT_PORT$PATH_Q"
-URL[poynt-proxy-h2]="http://127.0.0.1:$POYNT_H2_PORT$PATH_Q"
-URL[nginx]="http://127.0.0.1:$NGINX_PORT$PATH_Q"
-URL[haproxy]="http://127.0.0.1:$HAPROXY_PORT$PATH_Q"
-CONTESTANTS=(direct poynt-proxy poynt-proxy-h2 nginx haproxy)
-PROXIES=(poynt-proxy poynt-proxy-h2 nginx haproxy)
+IDLE_RSS_KB=
+# shellcheck disable=SC2034 # LOG_LEVEL, ACCESS_LOG and HAPROXY_LOG are read by render
+for name in "${PROXY_NAMES[@]}"; do
+    kind=${name%.*} logs=${name#*.}
+    LISTEN_PORT=$NEXT_PORT ADMIN_PORT=$((NEXT_PORT + 1))
+    NEXT_PORT=$((NEXT_PORT + 2))
+    URL[$name]="http://127.0.0.1:$LISTEN_PORT$PATH_Q"
+    HEADER[$name]="X-Poynt-Merchant-Id: $MERCHANT"
+    DIR=$WORK/$name
+    mkdir -p "$DIR"
+    case $kind in
+    poynt-proxy | poynt-proxy-h2)
+        LOG_LEVEL=warn
+        if [[ $logs == log ]]; then LOG_LEVEL=info ACCESS_FILE[$name]=$WORK/$name.out; fi
+        # The HTTP/2 variant: the same template in front of the upstream's HTTP/2 port.
+        [[ $kind == poynt-proxy-h2 ]] && upstream=$UPSTREAM_H2_PORT || upstream=$UPSTREAM_PORT
+        UPSTREAM_PORT=$upstream render poynt-proxy.yaml "$name.yaml"
+        # RUST_LOG would take log.level's place.
+        start_proxy "$name" env -u RUST_LOG "$BIN" run --config "$WORK/$name.yaml"
+        wait_ready "http://127.0.0.1:$ADMIN_PORT/readyz"
+        [[ -n $IDLE_RSS_KB ]] || IDLE_RSS_KB=$(awk '/^VmRSS:/ {print $2}' "/proc/${PID[$name]}/status")
+        ;;
+    nginx)
+        ACCESS_LOG=off
+        if [[ $logs == log ]]; then ACCESS_LOG="$DIR/access.log poynt" ACCESS_FILE[$name]=$DIR/access.log; fi
+        render nginx-proxy.conf "$name.conf"
+        start_proxy "$name" nginx -p "$DIR" -c "$WORK/$name.conf" -e "$DIR/error.log"
+        ;;
+    haproxy)
+        HAPROXY_LOG=''
+        if [[ $logs == log ]]; then HAPROXY_LOG="log stdout format raw local0" ACCESS_FILE[$name]=$WORK/$name.out; fi
+        render haproxy.cfg "$name.cfg"
+        start_proxy "$name" haproxy -db -f "$WORK/$name.cfg"
+        ;;
+    esac
+done
 
+if [[ -n $CPU_QUOTA ]]; then
+    # The direct call is not capped and would measure the load generator alone.
+    CONTESTANTS=("${PROXY_NAMES[@]}")
+else
+    CONTESTANTS=(direct "${PROXY_NAMES[@]}")
+fi
 for name in "${CONTESTANTS[@]}"; do
     wait_ready "${URL[$name]}" -k -H "${HEADER[$name]}"
-    [[ $(curl -sk -H "${HEADER[$name]}" "${URL[$name]}") == "$BODY" ]] ||
-        { echo "load: $name does not return the upstream's body" >&2; exit 1; }
+    [[ $(curl -sk -H "${HEADER[$name]}" "${URL[$name]}") == "$BODY" ]] || die "$name does not return the upstream's body"
 done
+for name in "${!ACCESS_FILE[@]}"; do
+    grep -q "$MERCHANT" "${ACCESS_FILE[$name]}" || die "$name wrote no access-log line to ${ACCESS_FILE[$name]}"
+done
+for name in "${PROXY_NAMES[@]}"; do
+    if [[ -z ${ACCESS_FILE[$name]:-} && -s $WORK/$name.out ]] && grep -q "$MERCHANT" "$WORK/$name.out"; then
+        die "$name logged requests with its access log off"
+    fi
+done
+# Access logs grow by ~250 bytes a request; emptied after each measurement (the writers
+# append, so they carry on at the start of the file).
+empty_access_logs() {
+    local name
+    for name in "${!ACCESS_FILE[@]}"; do : >"${ACCESS_FILE[$name]}"; done
+}
 
 token_calls() { curl -sf "$EMULATOR_URL/_emulator/stats" | sed -n 's/.*"token_calls_total":\([0-9]*\).*/\1/p'; }
 
@@ -249,21 +391,26 @@ MEASURED_CPUS=$((PROXY_THREADS + LOADGEN_THREADS))
 HZ=$(getconf CLK_TCK)
 
 # saturate name [seconds] -> "requests/s CPU-µs-per-request upstream-CPU-µs-per-request
-# load-generator-CPUs-busy-%" (fails on any error or non-2xx answer). The upstream's share
-# tells whether a proxy makes the upstream (which shares the load generator's CPUs) work
-# harder per request; the busy figure whether those CPUs, not the proxy's, set the rate.
+# load-generator-CPUs-busy-% throttled-periods-%" (fails on any error or non-2xx answer).
+# The upstream's share tells whether a proxy makes the upstream (which shares the load
+# generator's CPUs) work harder per request; the busy figure whether those CPUs, not the
+# proxy's, set the rate; the throttled share (capped only) whether the cap did.
 saturate() {
     local name=$1 out before=0 after=0 requests up_before up_after busy_before busy_after
+    local periods_before=0 throttled_before=0 periods_after=0 throttled_after=0
     [[ -n ${PID[$name]:-} ]] && before=$(cpu_ticks "${PID[$name]}")
+    [[ -n ${CGROUP[$name]:-} ]] && read -r periods_before throttled_before < <(throttled "${CGROUP[$name]}")
     up_before=$(cpu_ticks "${PID[upstream]}")
     busy_before=$(cpu_stat "$LOADGEN_CPU_NUMBERS" busy)
     out=$(taskset -c "$LOADGEN_CPUS" wrk -t"$LOADGEN_THREADS" -c"$CONNECTIONS" -d"${2:-$DURATION}s" \
         -H "${HEADER[$name]}" "${URL[$name]}")
     [[ -n ${PID[$name]:-} ]] && after=$(cpu_ticks "${PID[$name]}")
+    [[ -n ${CGROUP[$name]:-} ]] && read -r periods_after throttled_after < <(throttled "${CGROUP[$name]}")
     up_after=$(cpu_ticks "${PID[upstream]}")
     busy_after=$(cpu_stat "$LOADGEN_CPU_NUMBERS" busy)
+    empty_access_logs
     if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
-        echo "load: $name answered errors under load:" >&2
+        say "$name answered errors under load:"
         echo "$out" >&2
         exit 1
     fi
@@ -271,8 +418,9 @@ saturate() {
     awk -v rps="$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")" -v ticks=$((after - before)) \
         -v hz="$HZ" -v n="$requests" -v proxy="${PID[$name]:-}" -v up=$((up_after - up_before)) \
         -v busy=$((busy_after - busy_before)) -v cpus="$LOADGEN_THREADS" -v seconds="${2:-$DURATION}" \
-        'BEGIN {printf "%s %s %.2f %.0f\n", rps, proxy == "" ? "-" : sprintf("%.2f", ticks / hz * 1e6 / n), up / hz * 1e6 / n,
-            busy / hz / seconds / cpus * 100}'
+        -v periods=$((periods_after - periods_before)) -v throttled=$((throttled_after - throttled_before)) \
+        'BEGIN {printf "%s %s %.2f %.0f %s\n", rps, proxy == "" ? "-" : sprintf("%.2f", ticks / hz * 1e6 / n), up / hz * 1e6 / n,
+            busy / hz / seconds / cpus * 100, (periods > 0 ? sprintf("%.0f", throttled / periods * 100) : "-")}'
 }
 
 fixed_rate() { # name -> "p50 p99 p99.9 count", milliseconds
@@ -282,12 +430,12 @@ fixed_rate() { # name -> "p50 p99 p99.9 count", milliseconds
     # upstream's private CA (hey, which this replaced, did not verify either).
     taskset -c "$LOADGEN_CPUS" "$OHA" -z "${DURATION}s" -w -c 50 -q "$RATE" --latency-correction --insecure \
         --no-tui --output-format csv -H "${HEADER[$name]}" "${URL[$name]}" >"$csv"
+    empty_access_logs
     # Columns: request-start, DNS, DNS+dialup, response-delay, request-duration (s), bytes, status.
     # A request that failed has no row: fewer rows than requests due is a failure too.
     local due=$((RATE * DURATION * 9 / 10))
     if awk -F, -v due="$due" 'NR > 1 && $7 != 200 {bad++} END {exit bad > 0 || NR - 1 < due ? 0 : 1}' "$csv"; then
-        echo "load: $name answered $(($(wc -l <"$csv") - 1)) requests at the fixed rate (at least $due due), or some non-200" >&2
-        exit 1
+        die "$name answered $(($(wc -l <"$csv") - 1)) requests at the fixed rate (at least $due due), or some non-200"
     fi
     awk -F, 'NR > 1 {print $5 * 1000}' "$csv" | sort -g | awk '
         function rank(q,  i) { i = int(NR * q); if (i < NR * q) i++; if (i < 1) i = 1; return v[i] }
@@ -322,23 +470,31 @@ for name in "${CONTESTANTS[@]}"; do saturate "$name" 2 >/dev/null; done
 LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
 TOKEN_CALLS_BEFORE=$(token_calls)
 RESULTS=$OUT/results.tsv
-printf 'round\tcontestant\trps\tp50_ms\tp99_ms\tp999_ms\trequests\tcpu_us_per_request\tupstream_cpu_us_per_request\tloadgen_busy_pct\tsteal_pct\tlatency_steal_pct\n' >"$RESULTS"
+printf 'round\tcontestant\trps\tp50_ms\tp99_ms\tp999_ms\trequests\tcpu_us_per_request\tupstream_cpu_us_per_request\tloadgen_busy_pct\tsteal_pct\tlatency_steal_pct\tthrottled_pct\n' >"$RESULTS"
 # Within a round the saturation runs come back to back, so the two proxies a ratio compares
 # are measured seconds apart rather than a minute: the machine's speed drifts less between.
-declare -A RPS CPU UPSTREAM_CPU LOADGEN_BUSY STEAL
+declare -A RPS CPU UPSTREAM_CPU LOADGEN_BUSY STEAL THROTTLED
 for round in $(seq 1 "$ROUNDS"); do
     ORDER=()
     for i in "${!CONTESTANTS[@]}"; do ORDER+=("${CONTESTANTS[$(((i + round - 1) % ${#CONTESTANTS[@]}))]}"); done
     for name in "${ORDER[@]}"; do
-        read -r "RPS[$name]" "CPU[$name]" "UPSTREAM_CPU[$name]" "LOADGEN_BUSY[$name]" "STEAL[$name]" < <(calm saturate "$name")
+        read -r "RPS[$name]" "CPU[$name]" "UPSTREAM_CPU[$name]" "LOADGEN_BUSY[$name]" "THROTTLED[$name]" "STEAL[$name]" \
+            < <(calm saturate "$name")
+        [[ -n ${STEAL[$name]} ]] || die "round $round: the saturation run of $name failed"
         say "round $round $name: ${RPS[$name]} req/s, CPU ${CPU[$name]} µs/request (upstream ${UPSTREAM_CPU[$name]}," \
-            "load-generator CPUs ${LOADGEN_BUSY[$name]} % busy, ${STEAL[$name]} % stolen by the host)"
+            "load-generator CPUs ${LOADGEN_BUSY[$name]} % busy, throttled in ${THROTTLED[$name]} % of periods," \
+            "${STEAL[$name]} % stolen by the host)"
     done
     for name in "${ORDER[@]}"; do
-        read -r p50 p99 p999 count latency_steal < <(calm fixed_rate "$name")
-        say "round $round $name: at $RATE req/s p50 $p50 ms, p99 $p99 ms, p99.9 $p999 ms ($latency_steal % stolen)"
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "${RPS[$name]}" "$p50" "$p99" "$p999" \
-            "$count" "${CPU[$name]}" "${UPSTREAM_CPU[$name]}" "${LOADGEN_BUSY[$name]}" "${STEAL[$name]}" "$latency_steal" >>"$RESULTS"
+        p50=- p99=- p999=- count=- latency_steal=-
+        if [[ -z $CPU_QUOTA ]]; then
+            read -r p50 p99 p999 count latency_steal < <(calm fixed_rate "$name")
+            [[ -n $latency_steal ]] || die "round $round: the fixed-rate run of $name failed"
+            say "round $round $name: at $RATE req/s p50 $p50 ms, p99 $p99 ms, p99.9 $p999 ms ($latency_steal % stolen)"
+        fi
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "${RPS[$name]}" "$p50" "$p99" "$p999" \
+            "$count" "${CPU[$name]}" "${UPSTREAM_CPU[$name]}" "${LOADGEN_BUSY[$name]}" "${STEAL[$name]}" "$latency_steal" \
+            "${THROTTLED[$name]}" >>"$RESULTS"
     done
 done
 TOKEN_CALLS_DURING=$(($(token_calls) - TOKEN_CALLS_BEFORE))
@@ -351,59 +507,94 @@ peak_kb() { # pid and its children, summed
     echo "$total"
 }
 declare -A PEAK
-for name in "${PROXIES[@]}"; do PEAK[$name]=$(peak_kb "${PID[$name]}"); done
+for name in "${PROXY_NAMES[@]}"; do PEAK[$name]=$(peak_kb "${PID[$name]}"); done
 
 median() { grep -v '^-$' | sort -g | awk '{v[NR] = $1} END {if (NR == 0) print "-"; else print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 column_of() { awk -F'\t' -v n="$1" -v c="$2" 'NR > 1 && $2 == n {print $c}' "$RESULTS" | median; }
+ratio() { awk -v a="$(column_of "$1" "$3")" -v b="$(column_of "$2" "$3")" 'BEGIN {printf "%.2f", a / b}'; }
+peak_ratio() { awk -v a="${PEAK[$1]}" -v b="${PEAK[$2]}" 'BEGIN {printf "%.2f", a / b}'; }
+# The same ratios taken within each round (measurements seconds apart) and then the median
+# over the rounds: a shared machine's speed drifts during a run, and this cancels the drift
+# that the ratio of two medians keeps.
+paired() { # ours other column -> median over rounds of ours / other
+    awk -F'\t' -v a="$1" -v b="$2" -v c="$3" '
+        NR > 1 && $2 == a {x[$1] = $c}
+        NR > 1 && $2 == b {y[$1] = $c}
+        END {for (r in x) if ((r in y) && x[r] != "-" && y[r] > 0) printf "%.4f\n", x[r] / y[r]}' "$RESULTS" | median
+}
+mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
+logs_of() { [[ $1 == *.log ]] && echo on || echo off; }
 
 REPORT=$OUT/report.md
 {
     echo "Machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $CPUS CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo); $(uname -sr)."
-    echo "Proxies on CPUs $PROXY_CPUS ($PROXY_THREADS worker thread/process each); wrk, oha and the upstream on CPUs $LOADGEN_CPUS."
-    echo "$ROUNDS rounds; saturation: wrk, $CONNECTIONS connections, ${DURATION}s; latency: oha, $RATE req/s evenly spaced, 50 connections, ${DURATION}s."
+    if [[ -n $CPU_QUOTA ]]; then
+        echo "Capped: each proxy in a cgroup of its own ($CGROUP_KIND) allowed $CPU_QUOTA CPU ($QUOTA_US µs every $CFS_PERIOD_US µs), $WORKERS worker thread/process each, on CPUs $PROXY_CPUS; wrk and the upstream on CPUs $LOADGEN_CPUS."
+        echo "$ROUNDS rounds; saturation: wrk, $CONNECTIONS connections, ${DURATION}s. Access log on: poynt-proxy at its default level (info), nginx and HAProxy writing JSON lines of the same fields to a file; off: poynt-proxy at log.level warn."
+    else
+        echo "Proxies on CPUs $PROXY_CPUS ($WORKERS worker thread/process each); wrk, oha and the upstream on CPUs $LOADGEN_CPUS."
+        echo "$ROUNDS rounds; saturation: wrk, $CONNECTIONS connections, ${DURATION}s; latency: oha, $RATE req/s evenly spaced, 50 connections, ${DURATION}s."
+    fi
     echo "A measurement during which the host took over $STEAL_MAX % of the CPUs was tried again (at most $ATTEMPTS tries, the calmest kept)."
-    echo "Versions: $("$BIN" --version), $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $("$OHA" --version)."
+    oha_version=''
+    [[ -n $CPU_QUOTA ]] || oha_version=", $("$OHA" --version)"
+    echo "Versions: $("$BIN" --version), $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)$oha_version."
     echo
-    echo "| contestant | req/s (median) | CPU µs/request | upstream CPU µs/request | load-generator CPUs busy % | CPUs stolen % (saturation / latency) | p50 ms | p99 ms | p99.9 ms | peak RSS MiB |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    for name in "${CONTESTANTS[@]}"; do
-        peak=${PEAK[$name]:-}
-        printf '| %s | %.0f | %s | %s | %s | %s / %s | %s | %s | %s | %s |\n' "$name" "$(column_of "$name" 3)" "$(column_of "$name" 8)" \
-            "$(column_of "$name" 9)" "$(column_of "$name" 10)" "$(column_of "$name" 11)" "$(column_of "$name" 12)" \
-            "$(column_of "$name" 4)" "$(column_of "$name" 5)" "$(column_of "$name" 6)" \
-            "${peak:+$(awk -v k="$peak" 'BEGIN {printf "%.1f", k / 1024}')}"
-    done
-    echo
-    ratio() { awk -v a="$(column_of "$1" "$3")" -v b="$(column_of "$2" "$3")" 'BEGIN {printf "%.2f", a / b}'; }
-    peak_ratio() { awk -v a="${PEAK[$1]}" -v b="${PEAK[$2]}" 'BEGIN {printf "%.2f", a / b}'; }
-    echo "| ratio | req/s | CPU per request | p99 | peak RSS |"
-    echo "|---|---:|---:|---:|---:|"
-    for ours in poynt-proxy poynt-proxy-h2; do
-        for other in nginx haproxy; do
-            echo "| $ours / $other | $(ratio "$ours" "$other" 3) | $(ratio "$ours" "$other" 8) | $(ratio "$ours" "$other" 5) | $(peak_ratio "$ours" "$other") |"
+    if [[ -n $CPU_QUOTA ]]; then
+        echo "| contestant | access log | req/s at $CPU_QUOTA CPU (median) | ÷ nginx, same log (within rounds) | CPU µs/request | ÷ nginx | throttled periods % | load-generator CPUs busy % | CPUs stolen % | peak RSS MiB |"
+        echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        for name in "${CONTESTANTS[@]}"; do
+            nginx=nginx.${name#*.}
+            printf '| %s | %s | %.0f | %s (%.2f) | %s | %s | %s | %s | %s | %s |\n' "${name%.*}" "$(logs_of "$name")" \
+                "$(column_of "$name" 3)" "$(ratio "$name" "$nginx" 3)" "$(paired "$name" "$nginx" 3)" "$(column_of "$name" 8)" \
+                "$(ratio "$name" "$nginx" 8)" "$(column_of "$name" 13)" "$(column_of "$name" 10)" "$(column_of "$name" 11)" \
+                "$(mib "${PEAK[$name]}")"
         done
-    done
-    echo "| poynt-proxy / direct | $(ratio poynt-proxy direct 3) | | $(ratio poynt-proxy direct 5) | |"
-    echo
-    # The same ratios taken within each round (measurements a minute apart) and then the
-    # median over the rounds: a shared machine's speed drifts during a run, and this
-    # cancels the drift that the ratio of two medians keeps.
-    paired() { # ours other column -> median over rounds of ours / other
-        awk -F'\t' -v a="$1" -v b="$2" -v c="$3" '
-            NR > 1 && $2 == a {x[$1] = $c}
-            NR > 1 && $2 == b {y[$1] = $c}
-            END {for (r in x) if ((r in y) && x[r] != "-" && y[r] > 0) printf "%.4f\n", x[r] / y[r]}' "$RESULTS" | median
-    }
-    echo "| ratio within each round, median | req/s | CPU per request | p99 |"
-    echo "|---|---:|---:|---:|"
-    for ours in poynt-proxy poynt-proxy-h2; do
-        for other in nginx haproxy; do
-            printf '| %s / %s | %.2f | %.2f | %.2f |\n' "$ours" "$other" "$(paired "$ours" "$other" 3)" \
-                "$(paired "$ours" "$other" 8)" "$(paired "$ours" "$other" 5)"
+        echo
+        echo "| the access log's cost: CPU per request, on ÷ off | |"
+        echo "|---|---:|"
+        for kind in "${KINDS[@]}"; do
+            printf '| %s | %s (within rounds %.2f) |\n' "$kind" "$(ratio "$kind.log" "$kind.nolog" 8)" "$(paired "$kind.log" "$kind.nolog" 8)"
         done
-    done
+        echo
+        undecided=()
+        for name in "${CONTESTANTS[@]}"; do
+            busy=$(column_of "$name" 10)
+            if awk -v b="$busy" -v max="$LOADGEN_MAX" 'BEGIN {exit !(b >= max)}'; then undecided+=("$name ($busy %)"); fi
+        done
+        if ((${#undecided[@]} == 0)); then
+            echo "Decidable: the load generator's CPUs stayed under $LOADGEN_MAX % busy in every contestant's median, so the cap set the rates."
+        else
+            echo "**Not decidable**: the load generator's CPUs were $LOADGEN_MAX % busy or more while measuring $(printf '%s, ' "${undecided[@]}" | sed 's/, $//'): they, not the cap, may have set those rates. Lower --cpu-quota, or give the load generator more CPUs (LOADGEN_CPUS)."
+        fi
+    else
+        echo "| contestant | access log | req/s (median) | CPU µs/request | upstream CPU µs/request | load-generator CPUs busy % | CPUs stolen % (saturation / latency) | p50 ms | p99 ms | p99.9 ms | peak RSS MiB |"
+        echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        for name in "${CONTESTANTS[@]}"; do
+            logs=
+            [[ $name != direct ]] && logs=$(logs_of "$name")
+            printf '| %s | %s | %.0f | %s | %s | %s | %s / %s | %s | %s | %s | %s |\n' "${name%.*}" "$logs" "$(column_of "$name" 3)" \
+                "$(column_of "$name" 8)" "$(column_of "$name" 9)" "$(column_of "$name" 10)" "$(column_of "$name" 11)" \
+                "$(column_of "$name" 12)" "$(column_of "$name" 4)" "$(column_of "$name" 5)" "$(column_of "$name" 6)" \
+                "${PEAK[$name]:+$(mib "${PEAK[$name]}")}"
+        done
+        echo
+        echo "| ratio (same access-log setting) | access log | req/s (within rounds) | CPU per request (within rounds) | p99 (within rounds) | peak RSS |"
+        echo "|---|---|---:|---:|---:|---:|"
+        for logs in "${LOGS[@]}"; do
+            for ours in poynt-proxy poynt-proxy-h2; do
+                for other in nginx haproxy; do
+                    a=$ours.$logs b=$other.$logs
+                    printf '| %s / %s | %s | %s (%.2f) | %s (%.2f) | %s (%.2f) | %s |\n' "$ours" "$other" "$(logs_of "$a")" \
+                        "$(ratio "$a" "$b" 3)" "$(paired "$a" "$b" 3)" "$(ratio "$a" "$b" 8)" "$(paired "$a" "$b" 8)" \
+                        "$(ratio "$a" "$b" 5)" "$(paired "$a" "$b" 5)" "$(peak_ratio "$a" "$b")"
+                done
+            done
+            echo "| poynt-proxy / direct | $(logs_of "poynt-proxy.$logs") | $(ratio "poynt-proxy.$logs" direct 3) | | $(ratio "poynt-proxy.$logs" direct 5) | |"
+        done
+    fi
     echo
-    echo "poynt-proxy idle RSS (started, token not yet fetched): $(awk -v k="$IDLE_RSS_KB" 'BEGIN {printf "%.1f", k / 1024}') MiB."
+    [[ -n $IDLE_RSS_KB ]] && echo "poynt-proxy idle RSS (started, token not yet fetched): $(mib "$IDLE_RSS_KB") MiB."
     echo "Load average (1, 5, 15 min) when measuring started: $LOAD_AT_START; when it ended: $(cut -d' ' -f1-3 /proc/loadavg)."
     echo "/token calls while measuring: $TOKEN_CALLS_DURING."
 } | tee "$REPORT"

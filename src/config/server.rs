@@ -8,6 +8,7 @@ use super::error::ConfigError;
 use super::fields::{
     ByteSize, MAX_LONG_TIMEOUT, MAX_SHORT_TIMEOUT, count_within, duration_at_most, duration_within,
 };
+use crate::workers::cpus::CpuBudget;
 
 /// How long an idle HTTP/1 caller connection is kept: nginx's default. Callers' pools should
 /// drop idle connections sooner; Go's and reqwest's default 90 s does not (docs/OPERATIONS.md
@@ -36,7 +37,8 @@ pub struct ServerConfig {
     pub retry_buffer_bytes: usize,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
-    /// Threads serving callers, each with its own event loop and upstream connections.
+    /// Threads serving callers, each with its own event loop and upstream connections;
+    /// by default one per CPU the process may use, its cgroup's CPU quota rounded up.
     pub workers: usize,
     /// An HTTP/2 connection with no open stream for this long gets GOAWAY and is closed.
     pub idle_timeout: Duration,
@@ -98,7 +100,7 @@ impl RawServer {
     pub(super) fn validate(self) -> Result<ServerConfig, ConfigError> {
         let workers = match self.workers {
             Some(workers) => count_within("server.workers", workers, 1, 1024)?,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            None => CpuBudget::of_this_process().workers(),
         };
         let max_request_body_bytes = count_within(
             "server.max_request_body_bytes",
