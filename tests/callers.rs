@@ -918,8 +918,9 @@ fn add_key_prints_a_key_once_and_check_warns_while_callers_is_absent() {
     assert!(stderr.contains("expected a caller name"), "{stderr}");
 
     let config = dir.path().join("proxy.yaml");
+    // Reachable from the network: a loopback listener (the default) is not warned about.
     let yaml = format!(
-        "poynt:\n  application_id: \"urn:aid:x\"\n  private_key_file: {:?}\n",
+        "listen: \"0.0.0.0:8080\"\npoynt:\n  application_id: \"urn:aid:x\"\n  private_key_file: {:?}\n",
         support::fixture("app-key-pkcs1.pem").display().to_string()
     );
     write(dir.path(), "proxy.yaml", &yaml);

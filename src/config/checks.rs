@@ -62,9 +62,10 @@ pub(super) fn distinct_listeners(
 }
 
 /// Without `callers`, anyone who reaches `listen` may act as any merchant: valid (the
-/// network may be the boundary), but said once at `check` and at start-up.
-pub(super) fn callers_open(callers: Option<&CallersConfig>) -> Option<String> {
-    callers.is_none().then(|| {
+/// network may be the boundary), but said once at `check` and at start-up — unless `listen`
+/// is a loopback address, which no network peer reaches (the default, a sidecar, the demo).
+pub(super) fn callers_open(callers: Option<&CallersConfig>, listen: SocketAddr) -> Option<String> {
+    (callers.is_none() && !listen.ip().is_loopback()).then(|| {
         "no callers section: any network peer that reaches listen may act as any merchant (configure callers.authentication and callers.policy; see OPERATIONS, Callers)".to_owned()
     })
 }

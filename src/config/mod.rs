@@ -190,7 +190,7 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         checks::redirect_uri_differs(&self.oauth, self.onboarding.as_ref())
             .into_iter()
-            .chain(checks::callers_open(self.callers.as_ref()))
+            .chain(checks::callers_open(self.callers.as_ref(), self.listen))
             .collect()
     }
 }
