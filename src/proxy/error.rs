@@ -9,7 +9,7 @@ use http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 
-use crate::callers::error::{AuthError, Forbidden, Refusal};
+use crate::callers::error::{AuthError, Forbidden, JwksError, JwtError, Refusal};
 use crate::limits::{LIMIT_SOURCE_HEADER, LimitError};
 use crate::token::BrokerError;
 use poynt_wire::{ErrorBody, REQUEST_ID_HEADER};
@@ -106,6 +106,10 @@ pub enum ProxyError {
     /// The caller's policy does not allow this merchant, method or path.
     #[error(transparent)]
     CallerForbidden(Forbidden),
+    /// What the caller check depends on failed (a JWKS URL that does not answer, the token
+    /// store behind `merchants: onboarded`): not the caller's fault, so not a 401 or 403.
+    #[error("the caller could not be checked: {0}")]
+    CallerCheckUnavailable(String),
     /// No token could be had for the merchant.
     #[error("no access token for this merchant: {0}")]
     Token(#[from] BrokerError),
@@ -120,6 +124,13 @@ pub enum ProxyError {
 impl From<Refusal> for ProxyError {
     fn from(refusal: Refusal) -> Self {
         match refusal {
+            Refusal::Unauthenticated {
+                error: AuthError::Jwt(JwtError::Jwks(error @ JwksError::Fetch { .. })),
+                ..
+            } => Self::CallerCheckUnavailable(error.to_string()),
+            Refusal::Forbidden(forbidden @ Forbidden::OnboardedUnknown { .. }) => {
+                Self::CallerCheckUnavailable(forbidden.to_string())
+            }
             Refusal::Unauthenticated { error, challenge } => {
                 Self::CallerUnauthenticated { error, challenge }
             }
@@ -141,6 +152,7 @@ impl ProxyError {
             }
             Self::CallerUnauthenticated { .. } => StatusCode::UNAUTHORIZED,
             Self::CallerForbidden(_) => StatusCode::FORBIDDEN,
+            Self::CallerCheckUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -180,6 +192,7 @@ impl ProxyError {
             Self::Limited(LimitError::BreakerOpen(_)) => "UPSTREAM_UNAVAILABLE",
             Self::CallerUnauthenticated { .. } => "CALLER_UNAUTHENTICATED",
             Self::CallerForbidden(_) => "CALLER_FORBIDDEN",
+            Self::CallerCheckUnavailable(_) => "CALLER_CHECK_UNAVAILABLE",
             Self::Token(BrokerError::NotAuthorized { .. }) => "MERCHANT_NOT_AUTHORIZED",
             Self::Token(_) => "TOKEN_UNAVAILABLE",
             Self::UpstreamUnavailable(_) => "UPSTREAM_UNAVAILABLE",
@@ -204,6 +217,7 @@ impl ProxyError {
             | Self::CallerForbidden(_)
             | Self::Token(BrokerError::NotAuthorized { .. }) => Side::Downstream,
             Self::Limited(LimitError::CoolingDown(_) | LimitError::BreakerOpen(_))
+            | Self::CallerCheckUnavailable(_)
             | Self::Token(_)
             | Self::UpstreamUnavailable(_)
             | Self::UpstreamTimeout(_) => Side::Upstream,
@@ -219,6 +233,7 @@ impl ProxyError {
                 | BrokerError::Throttled { retry_after },
             ) => Some(*retry_after),
             Self::Limited(limit) => Some(limit.retry_after()),
+            Self::CallerCheckUnavailable(_) => Some(Duration::from_secs(1)),
             _ => None,
         }
     }
@@ -309,6 +324,7 @@ mod tests {
             ProxyError::CallerForbidden(Forbidden::NoPolicy {
                 caller: "analytics".into(),
             }),
+            ProxyError::CallerCheckUnavailable("the token store failed".into()),
             ProxyError::Token(BrokerError::NotAuthorized {
                 reason: "no".into(),
             }),
@@ -344,6 +360,33 @@ mod tests {
     }
 
     #[test]
+    fn a_caller_check_that_could_not_run_is_a_503_not_a_refusal() {
+        let jwks_down = ProxyError::from(Refusal::Unauthenticated {
+            error: AuthError::Jwt(JwtError::Jwks(JwksError::Fetch {
+                url: "https://issuer.test/jwks.json".into(),
+                problem: "connection refused".into(),
+            })),
+            challenge: true,
+        });
+        let store_down = ProxyError::from(Refusal::Forbidden(Forbidden::OnboardedUnknown {
+            caller: "payments".into(),
+            merchant: "m".into(),
+            problem: "store unreachable".into(),
+        }));
+        let bad_kid = ProxyError::from(Refusal::Unauthenticated {
+            error: AuthError::Jwt(JwtError::UnknownKid("k".into())),
+            challenge: true,
+        });
+        for error in [&jwks_down, &store_down] {
+            assert_eq!(error.code(), "CALLER_CHECK_UNAVAILABLE", "{error:?}");
+            let response = error.to_response(&HeaderValue::from_static("r"));
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(response.headers()[RETRY_AFTER], "1");
+        }
+        assert_eq!(bad_kid.code(), "CALLER_UNAUTHENTICATED");
+    }
+
+    #[test]
     fn every_variant_maps_to_its_status_code_and_side() {
         let expected = [
             (400, "MISSING_MERCHANT_ID", Side::Downstream),
@@ -357,6 +400,7 @@ mod tests {
             (413, "PAYLOAD_TOO_LARGE", Side::Downstream),
             (401, "CALLER_UNAUTHENTICATED", Side::Downstream),
             (403, "CALLER_FORBIDDEN", Side::Downstream),
+            (503, "CALLER_CHECK_UNAVAILABLE", Side::Upstream),
             (403, "MERCHANT_NOT_AUTHORIZED", Side::Downstream),
             (502, "TOKEN_UNAVAILABLE", Side::Upstream),
             (503, "TOKEN_UNAVAILABLE", Side::Upstream),
