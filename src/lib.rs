@@ -14,8 +14,8 @@
 //!   pooled client for `/token`).
 //! - [`store`]: where tokens outlive the process (memory, an embedded file, or Redis), sealed.
 //! - [`onboarding`]: the merchant-facing listener: `/connect`, the verified callback, pages.
-//! - [`admin`], [`metrics`], [`telemetry`]: what operators see; [`reload`]: applying a
-//!   changed configuration file without a restart.
+//! - [`admin`], [`metrics`], [`telemetry`], [`access_log`]: what operators see; [`reload`]:
+//!   applying a changed configuration file without a restart.
 //!
 //! Poynt's wire vocabulary and the merchant ID live in the `poynt-wire` crate, shared with
 //! the emulator (`poynt-emulator`), the stand-in for Poynt the tests, the demo and the
@@ -23,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod lifecycle;

@@ -18,5 +18,6 @@ pub fn plain_log() -> LogConfig {
     LogConfig {
         format: LogFormat::Text,
         level: DEFAULT_LOG_LEVEL.into(),
+        access: true,
     }
 }

@@ -9,6 +9,7 @@ use http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 
+use crate::access_log::Flag;
 use crate::token::BrokerError;
 use poynt_wire::{ErrorBody, REQUEST_ID_HEADER};
 
@@ -164,6 +165,22 @@ impl ProxyError {
         }
     }
 
+    /// The access log's response flag for this failure.
+    pub fn flag(&self) -> Flag {
+        match self {
+            Self::MissingMerchantId { .. }
+            | Self::InvalidMerchantId { .. }
+            | Self::MerchantNotAllowed { .. } => Flag::MerchantRefused,
+            Self::MerchantPathMismatch { .. } | Self::InvalidPath(_) => Flag::PathGuard,
+            Self::MethodNotAllowed(_) | Self::InvalidRequestBody(_) => Flag::DownstreamProtocol,
+            Self::RequestTimeout(_) => Flag::DownstreamIdle,
+            Self::PayloadTooLarge { .. } => Flag::BodyLimit,
+            Self::Token(_) => Flag::TokenUnavailable,
+            Self::UpstreamUnavailable(_) => Flag::UpstreamConnection,
+            Self::UpstreamTimeout(_) => Flag::UpstreamTimeout,
+        }
+    }
+
     /// Seconds a caller should wait before retrying, when that is known.
     fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -248,30 +265,31 @@ mod tests {
     }
 
     #[test]
-    fn every_variant_maps_to_its_status_code_and_side() {
+    fn every_variant_maps_to_its_status_code_side_and_flag() {
         let expected = [
-            (400, "MISSING_MERCHANT_ID", Side::Downstream),
-            (400, "INVALID_MERCHANT_ID", Side::Downstream),
-            (403, "MERCHANT_PATH_MISMATCH", Side::Downstream),
-            (403, "MERCHANT_NOT_ALLOWED", Side::Downstream),
-            (400, "INVALID_PATH", Side::Downstream),
-            (405, "METHOD_NOT_ALLOWED", Side::Downstream),
-            (400, "INVALID_REQUEST_BODY", Side::Downstream),
-            (408, "REQUEST_TIMEOUT", Side::Downstream),
-            (413, "PAYLOAD_TOO_LARGE", Side::Downstream),
-            (403, "MERCHANT_NOT_AUTHORIZED", Side::Downstream),
-            (502, "TOKEN_UNAVAILABLE", Side::Upstream),
-            (503, "TOKEN_UNAVAILABLE", Side::Upstream),
-            (503, "TOKEN_UNAVAILABLE", Side::Upstream),
-            (503, "TOKEN_UNAVAILABLE", Side::Upstream),
-            (502, "UPSTREAM_UNAVAILABLE", Side::Upstream),
-            (504, "UPSTREAM_TIMEOUT", Side::Upstream),
+            (400, "MISSING_MERCHANT_ID", Side::Downstream, "MH"),
+            (400, "INVALID_MERCHANT_ID", Side::Downstream, "MH"),
+            (403, "MERCHANT_PATH_MISMATCH", Side::Downstream, "PG"),
+            (403, "MERCHANT_NOT_ALLOWED", Side::Downstream, "MH"),
+            (400, "INVALID_PATH", Side::Downstream, "PG"),
+            (405, "METHOD_NOT_ALLOWED", Side::Downstream, "DPE"),
+            (400, "INVALID_REQUEST_BODY", Side::Downstream, "DPE"),
+            (408, "REQUEST_TIMEOUT", Side::Downstream, "SI"),
+            (413, "PAYLOAD_TOO_LARGE", Side::Downstream, "BL"),
+            (403, "MERCHANT_NOT_AUTHORIZED", Side::Downstream, "TK"),
+            (502, "TOKEN_UNAVAILABLE", Side::Upstream, "TK"),
+            (503, "TOKEN_UNAVAILABLE", Side::Upstream, "TK"),
+            (503, "TOKEN_UNAVAILABLE", Side::Upstream, "TK"),
+            (503, "TOKEN_UNAVAILABLE", Side::Upstream, "TK"),
+            (502, "UPSTREAM_UNAVAILABLE", Side::Upstream, "UC"),
+            (504, "UPSTREAM_TIMEOUT", Side::Upstream, "UT"),
         ];
         assert_eq!(all().len(), expected.len());
-        for (error, (status, code, side)) in all().iter().zip(expected) {
+        for (error, (status, code, side, flag)) in all().iter().zip(expected) {
             assert_eq!(error.status().as_u16(), status, "{error:?}");
             assert_eq!(error.code(), code, "{error:?}");
             assert_eq!(error.side(), side, "{error:?}");
+            assert_eq!(error.flag().code(), flag, "{error:?}");
         }
     }
 

@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::metrics::{GrantOutcome, Metrics};
+use crate::telemetry;
 use crate::token::assertion::{AssertionSigner, SignError};
 use crate::upstream::{BoxError, HttpClient};
 use poynt_wire::GrantKind;
@@ -272,7 +273,7 @@ impl TokenClient {
                 grant = kind.as_str(),
                 merchant,
                 outcome = outcome.as_str(),
-                latency_ms = elapsed.as_secs_f64() * 1e3,
+                latency_ms = telemetry::ms(elapsed),
                 lifetime_s = token.lifetime.as_secs(),
                 %request_id,
                 "token request"
@@ -282,7 +283,7 @@ impl TokenClient {
                 grant = kind.as_str(),
                 merchant,
                 outcome = outcome.as_str(),
-                latency_ms = elapsed.as_secs_f64() * 1e3,
+                latency_ms = telemetry::ms(elapsed),
                 poynt_code = error.poynt_code(),
                 %error,
                 %request_id,
