@@ -1,11 +1,11 @@
 //! JSON log lines: one object per event, its fields at the top level beside `timestamp`,
 //! `level` and `target` (the shape `tracing-subscriber`'s flattened JSON had), except that a
 //! list logged with `?` (`changed = ?keys`) is a JSON array rather than a string holding
-//! one, and numbers stay numbers.
+//! one, and numbers stay numbers. Fields keep the order they were logged in.
 
 use std::fmt;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
@@ -27,26 +27,27 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let metadata = event.metadata();
-        let mut object = Map::new();
-        object.insert(
-            "timestamp".into(),
-            humantime::format_rfc3339_micros(std::time::SystemTime::now())
-                .to_string()
-                .into(),
-        );
-        object.insert("level".into(), metadata.level().as_str().into());
-        event.record(&mut Fields(&mut object));
-        object.insert("target".into(), metadata.target().into());
-        writeln!(writer, "{}", Value::Object(object))
+        let time = humantime::format_rfc3339_micros(std::time::SystemTime::now());
+        write!(
+            writer,
+            "{{\"timestamp\":\"{time}\",\"level\":\"{}\"",
+            metadata.level()
+        )?;
+        let mut fields = Fields(Vec::new());
+        event.record(&mut fields);
+        for (name, value) in fields.0 {
+            write!(writer, ",{}:{value}", Value::from(name))?;
+        }
+        writeln!(writer, ",\"target\":{}}}", Value::from(metadata.target()))
     }
 }
 
-/// Collects an event's fields as JSON values.
-struct Fields<'a>(&'a mut Map<String, Value>);
+/// Collects an event's fields as JSON values, in order.
+struct Fields(Vec<(&'static str, Value)>);
 
-impl Fields<'_> {
+impl Fields {
     fn insert(&mut self, field: &Field, value: Value) {
-        self.0.insert(field.name().into(), value);
+        self.0.push((field.name(), value));
     }
 }
 
@@ -62,7 +63,7 @@ fn debug_value(field: &Field, text: String) -> Value {
     Value::String(text)
 }
 
-impl Visit for Fields<'_> {
+impl Visit for Fields {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.insert(field, debug_value(field, format!("{value:?}")));
     }
@@ -138,5 +139,17 @@ mod tests {
         assert_eq!(line["message"], "reloaded [x]");
         assert_eq!(line["level"], "WARN");
         assert!(line["target"].as_str().unwrap().contains("json"));
+        let order = [
+            "timestamp",
+            "level",
+            "message",
+            "changed",
+            "odd",
+            "latency_ms",
+            "count",
+            "target",
+        ];
+        let at = |key: &str| text.find(&format!("\"{key}\":")).unwrap();
+        assert!(order.windows(2).all(|w| at(w[0]) < at(w[1])), "{text}");
     }
 }
