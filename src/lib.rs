@@ -16,8 +16,9 @@
 //!   pooled client for `/token`).
 //! - [`store`]: where tokens outlive the process (memory, an embedded file, or Redis), sealed.
 //! - [`onboarding`]: the merchant-facing listener: `/connect`, the verified callback, pages.
-//! - [`admin`], [`metrics`], [`telemetry`]: what operators see; [`reload`]: applying a
-//!   changed configuration file without a restart; [`report`]: an error chain as one line.
+//! - [`admin`], [`metrics`], [`telemetry`], [`access_log`]: what operators see; [`reload`]:
+//!   applying a changed configuration file without a restart; [`report`]: an error chain as
+//!   one line.
 //! - [`armour`]: PEM armour checked line by line, for every key read from a file.
 //!
 //! Poynt's wire vocabulary and the merchant ID live in the `poynt-wire` crate, shared with
@@ -26,6 +27,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod armour;
 pub mod callers;

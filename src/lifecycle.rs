@@ -10,6 +10,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
+use crate::access_log::{AccessLog, Drain};
 use crate::admin::{Admin, Phase};
 use crate::callers::Callers;
 use crate::callers::error::JwksError;
@@ -24,6 +25,7 @@ use crate::proxy::Proxy;
 use crate::reload::{AdminSecret, Applied, ReloadError, Reloadable, Reloader};
 use crate::server::{self, Limits};
 use crate::store::{Store, StoreError};
+use crate::telemetry;
 use crate::token::assertion::AssertionSigner;
 use crate::token::broker::Broker;
 use crate::token::grant::TokenClient;
@@ -66,6 +68,9 @@ pub enum StartError {
     /// The JWKS client for `callers.authentication.jwt.jwks_url` could not be built.
     #[error("callers.authentication.jwt.jwks_url: {0}")]
     Callers(#[from] JwksError),
+    /// The access log's writer thread could not be started.
+    #[error("cannot start the access log's writer thread: {0}")]
+    AccessLog(#[source] std::io::Error),
 }
 
 /// The bound listeners.
@@ -112,6 +117,8 @@ pub struct Running {
     admin_task: JoinHandle<()>,
     onboarding: Option<OnboardingServer>,
     reloader: Option<Reloader>,
+    /// Writes the access lines left at shutdown; none without installed logging.
+    access_drain: Option<Drain>,
 }
 
 /// Starts the proxy and its admin listener on already-bound listeners: `server.workers`
@@ -215,6 +222,13 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         admin_secret,
         reloader.clone(),
     );
+    let (access, access_drain) = if telemetry::installed() {
+        let (log, drain) =
+            AccessLog::start(metrics.access_log_dropped()).map_err(StartError::AccessLog)?;
+        (log, Some(drain))
+    } else {
+        (AccessLog::off(), None)
+    };
     let (stop_proxy, proxy_signal) = watch::channel(false);
     let (stop_admin, admin_signal) = watch::channel(false);
     let workers = workers::spawn(
@@ -229,10 +243,11 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
                 governor.clone(),
                 allow.clone(),
                 metrics.clone(),
+                access.clone(),
             );
-            move |request| {
+            move |request, peer| {
                 let proxy = proxy.clone();
-                async move { proxy.handle(request).await }
+                async move { proxy.handle(request, peer).await }
             }
         },
         proxy_limits,
@@ -241,7 +256,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
     .await?;
     let admin_task = tokio::spawn(server::serve(
         listeners.admin,
-        move |request| {
+        move |request, _peer| {
             let admin = admin.clone();
             async move { admin.handle(request).await }
         },
@@ -286,6 +301,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         admin_task,
         onboarding,
         reloader,
+        access_drain,
     })
 }
 
@@ -320,10 +336,14 @@ impl Running {
         }
     }
 
-    /// Waits until the proxy has drained (after [`Running::shutdown`]), then stops the admin
-    /// listener, which stays up meanwhile so the drain can be watched.
+    /// Waits until the proxy has drained (after [`Running::shutdown`]) and its last access
+    /// lines are written, then stops the admin listener, which stays up meanwhile so the
+    /// drain can be watched.
     pub async fn wait(self) {
         self.workers.wait().await;
+        if let Some(drain) = self.access_drain {
+            drain.finish().await;
+        }
         if let Some(onboarding) = self.onboarding {
             onboarding.wait().await;
         }

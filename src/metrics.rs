@@ -140,6 +140,7 @@ struct Inner {
     unauthorized_retries: IntCounter,
     unauthorized: [IntCounter; 2],
     grants_throttled: IntCounter,
+    access_log_dropped: IntCounter,
     connections: IntGaugeVec,
     reloads: [IntCounter; 3],
     last_reload: prometheus::Gauge,
@@ -252,6 +253,10 @@ impl Metrics {
             "poynt_proxy_token_grants_throttled_total",
             "Grants for never-granted merchants refused because the new-merchant grant budget was spent.",
         )?;
+        let access_log_dropped = IntCounter::new(
+            "poynt_proxy_access_log_dropped_total",
+            "Access log lines dropped because stdout could not take them as fast as requests ended.",
+        )?;
         let connections = IntGaugeVec::new(
             Opts::new(
                 "poynt_proxy_connections",
@@ -300,6 +305,7 @@ impl Metrics {
         registry.register(Box::new(unauthorized_retries.clone()))?;
         registry.register(Box::new(unauthorized_vec))?;
         registry.register(Box::new(grants_throttled.clone()))?;
+        registry.register(Box::new(access_log_dropped.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(reload_vec))?;
         registry.register(Box::new(last_reload.clone()))?;
@@ -325,6 +331,7 @@ impl Metrics {
                 unauthorized_retries,
                 unauthorized,
                 grants_throttled,
+                access_log_dropped,
                 connections,
                 reloads,
                 last_reload,
@@ -418,6 +425,11 @@ impl Metrics {
     /// Counts a new merchant's grant refused by the grant budget.
     pub fn grant_throttled(&self) {
         self.inner.grants_throttled.inc();
+    }
+
+    /// The counter of access lines dropped for a full batch, for the access log's writer.
+    pub fn access_log_dropped(&self) -> IntCounter {
+        self.inner.access_log_dropped.clone()
     }
 
     /// Counts a configuration reload, and times a successful one.

@@ -183,6 +183,9 @@ impl Reloader {
         if old.log.format != new.log.format {
             changed.push("log.format");
         }
+        if old.log.access != new.log.access {
+            changed.push("log.access");
+        }
         if old.log.level != new.log.level {
             if telemetry::level_from_env() {
                 not_applied.push(format!(

@@ -23,6 +23,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -109,14 +110,15 @@ impl Drop for Counted {
 pub type ShutdownSignal = watch::Receiver<bool>;
 
 /// Serves `listener` until `shutdown` turns true, then lets open connections finish their
-/// in-flight requests for up to `limits.grace` and closes what remains.
+/// in-flight requests for up to `limits.grace` and closes what remains. `handler` gets each
+/// request with the caller's address (for the access log: no per-request extension map).
 pub async fn serve<F, Fut, B>(
     listener: TcpListener,
     handler: F,
     limits: Limits,
     mut shutdown: ShutdownSignal,
 ) where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -153,9 +155,9 @@ pub async fn serve<F, Fut, B>(
                 },
                 () = &mut stop => break,
             };
-            let stream = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
+                    Ok(accepted) => accepted,
                     Err(error) => {
                         tracing::warn!(%error, "accept failed");
                         tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
@@ -166,6 +168,7 @@ pub async fn serve<F, Fut, B>(
             };
             connections.spawn(connection(
                 stream,
+                peer,
                 handler.clone(),
                 builder.clone(),
                 limits.clone(),
@@ -192,13 +195,14 @@ pub async fn serve<F, Fut, B>(
 /// Serves one connection under the deadlines described in the module documentation.
 async fn connection<F, Fut, B>(
     stream: TcpStream,
+    peer: SocketAddr,
     handler: F,
     builder: auto::Builder<TokioExecutor>,
     limits: Limits,
     mut shutdown: ShutdownSignal,
     permit: OwnedSemaphorePermit,
 ) where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -213,7 +217,7 @@ async fn connection<F, Fut, B>(
     // future twice (as captured, and as awaited), and hyper moves it twice per request.
     let service = service_fn(move |request| {
         let guard = tracked.begin(request.version());
-        handler(request).map(move |response| {
+        handler(request, peer).map(move |response| {
             Ok::<_, Infallible>(response.map(|body| Tracked {
                 body,
                 _guard: guard,

@@ -12,6 +12,7 @@
 pub mod cpus;
 
 use std::future::Future;
+use std::net::SocketAddr;
 
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
@@ -59,7 +60,7 @@ pub async fn spawn<H, Fut, B>(
     shutdown: ShutdownSignal,
 ) -> Result<Workers, WorkerError>
 where
-    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,

@@ -238,7 +238,7 @@ render() { # template -> file, replacing @NAME@ with the shell variable NAME
     local text name
     text=$(<"$ROOT/benches/load/$1")
     for name in WORK DIR UPSTREAM_PORT UPSTREAM_H2_PORT EMULATOR_PORT LISTEN_PORT ADMIN_PORT WORKERS BODY \
-        TOKEN APP_ID EMULATOR_URL LOG_LEVEL ACCESS_LOG HAPROXY_LOG; do
+        TOKEN APP_ID EMULATOR_URL LOG_LEVEL ACCESS ACCESS_LOG HAPROXY_LOG; do
         text=${text//@$name@/${!name:-}}
     done
     printf '%s\n' "$text" >"$WORK/$2"
@@ -308,7 +308,7 @@ declare -A URL HEADER ACCESS_FILE
 URL[direct]="https://127.0.0.1:$UPSTREAM_PORT$PATH_Q"
 HEADER[direct]="Authorization: Bearer $TOKEN"
 IDLE_RSS_KB=
-# shellcheck disable=SC2034 # LOG_LEVEL, ACCESS_LOG and HAPROXY_LOG are read by render
+# shellcheck disable=SC2034 # LOG_LEVEL, ACCESS, ACCESS_LOG and HAPROXY_LOG are read by render
 for name in "${PROXY_NAMES[@]}"; do
     kind=${name%.*} logs=${name#*.}
     LISTEN_PORT=$NEXT_PORT ADMIN_PORT=$((NEXT_PORT + 1))
@@ -319,8 +319,8 @@ for name in "${PROXY_NAMES[@]}"; do
     mkdir -p "$DIR"
     case $kind in
     poynt-proxy | poynt-proxy-h2)
-        LOG_LEVEL=warn
-        if [[ $logs == log ]]; then LOG_LEVEL=info ACCESS_FILE[$name]=$WORK/$name.out; fi
+        LOG_LEVEL=info ACCESS=off
+        if [[ $logs == log ]]; then ACCESS=on ACCESS_FILE[$name]=$WORK/$name.out; fi
         # The HTTP/2 variant: the same template in front of the upstream's HTTP/2 port.
         [[ $kind == poynt-proxy-h2 ]] && upstream=$UPSTREAM_H2_PORT || upstream=$UPSTREAM_PORT
         UPSTREAM_PORT=$upstream render poynt-proxy.yaml "$name.yaml"
@@ -530,7 +530,7 @@ REPORT=$OUT/report.md
     echo "Machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $CPUS CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo); $(uname -sr)."
     if [[ -n $CPU_QUOTA ]]; then
         echo "Capped: each proxy in a cgroup of its own ($CGROUP_KIND) allowed $CPU_QUOTA CPU ($QUOTA_US µs every $CFS_PERIOD_US µs), $WORKERS worker thread/process each, on CPUs $PROXY_CPUS; wrk and the upstream on CPUs $LOADGEN_CPUS."
-        echo "$ROUNDS rounds; saturation: wrk, $CONNECTIONS connections, ${DURATION}s. Access log on: poynt-proxy at its default level (info), nginx and HAProxy writing JSON lines of the same fields to a file; off: poynt-proxy at log.level warn."
+        echo "$ROUNDS rounds; saturation: wrk, $CONNECTIONS connections, ${DURATION}s. Access log on: poynt-proxy at its default level (info), nginx and HAProxy writing JSON lines of the same fields to a file; off: poynt-proxy with log.access off."
     else
         echo "Proxies on CPUs $PROXY_CPUS ($WORKERS worker thread/process each); wrk, oha and the upstream on CPUs $LOADGEN_CPUS."
         echo "$ROUNDS rounds; saturation: wrk, $CONNECTIONS connections, ${DURATION}s; latency: oha, $RATE req/s evenly spaced, 50 connections, ${DURATION}s."

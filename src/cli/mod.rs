@@ -20,5 +20,6 @@ pub fn plain_log() -> LogConfig {
     LogConfig {
         format: LogFormat::Text,
         level: DEFAULT_LOG_LEVEL.into(),
+        access: true,
     }
 }

@@ -1,4 +1,5 @@
-//! The `log:` section: line format and level. Builds the [`LogConfig`] telemetry reads.
+//! The `log:` section: line format, level, and the access log's switch. Builds the
+//! [`LogConfig`] telemetry reads.
 
 use serde::Deserialize;
 
@@ -14,6 +15,18 @@ pub(super) struct RawLog {
     format: LogFormat,
     #[serde(default = "default_log_level")]
     level: String,
+    #[serde(default)]
+    access: Switch,
+}
+
+/// `on` or `off`, as an operator writes a switch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Switch {
+    /// The default: one access line per request.
+    #[default]
+    On,
+    Off,
 }
 
 impl Default for RawLog {
@@ -21,6 +34,7 @@ impl Default for RawLog {
         Self {
             format: default_log_format(),
             level: default_log_level(),
+            access: Switch::default(),
         }
     }
 }
@@ -63,6 +77,7 @@ impl RawLog {
         Ok(LogConfig {
             format: self.format,
             level: self.level,
+            access: self.access == Switch::On,
         })
     }
 }

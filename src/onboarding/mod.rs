@@ -295,7 +295,7 @@ pub fn spawn(
     let (stop, signal) = watch::channel(false);
     let task = tokio::spawn(server::serve(
         listener,
-        move |request| {
+        move |request, _peer| {
             let onboarding = onboarding.clone();
             async move { onboarding.handle(request).await }
         },

@@ -16,6 +16,7 @@ use super::state::{StateError, StateKey};
 use super::verify::{self, CodeError, CodeRules, VerifiedCode};
 use super::{CONNECTED_PATH, Inner, OnboardingError, SIGNED_OUT_PATH, Settings, pages, seal};
 use crate::metrics::{Metrics, OnboardingOutcome};
+use crate::telemetry;
 use poynt_wire::MerchantId;
 
 /// The merchant's answer when they authorized the app.
@@ -123,7 +124,7 @@ impl Record {
         let outcome = self.outcome.as_str();
         let business_id = self.business.map(tracing::field::display);
         let claimed_business_id = self.claimed_business.map(tracing::field::display);
-        let latency_ms = elapsed.as_secs_f64() * 1e3;
+        let latency_ms = telemetry::ms(elapsed);
         let request_id = self.reference.as_str();
         match &self.detail {
             None => {

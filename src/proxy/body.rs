@@ -4,6 +4,8 @@
 //! so phase 5 can tell the caller exactly what was wrong with what it sent.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -41,6 +43,9 @@ pub struct CallerBody {
     /// Armed the first time the body has nothing ready (most small bodies never wait, so
     /// never allocate a timer), reset on every frame after that.
     deadline: Option<Pin<Box<Sleep>>>,
+    /// Where a streamed body's byte count is kept for the access record, which outlives
+    /// this body (kept bodies are counted whole, without one).
+    tally: Option<Arc<AtomicU64>>,
 }
 
 impl CallerBody {
@@ -52,7 +57,14 @@ impl CallerBody {
             seen: 0,
             timeout,
             deadline: None,
+            tally: None,
         }
+    }
+
+    /// Keeps the count of bytes read in `tally` as they pass.
+    pub fn tallied(mut self, tally: Arc<AtomicU64>) -> Self {
+        self.tally = Some(tally);
+        self
     }
 }
 
@@ -76,6 +88,9 @@ impl Body for CallerBody {
                         continue;
                     };
                     this.seen = this.seen.saturating_add(data.len() as u64);
+                    if let Some(tally) = &this.tally {
+                        tally.store(this.seen, Ordering::Relaxed);
+                    }
                     if this.seen > this.limit {
                         return Poll::Ready(Some(Err(BodyError::TooLarge { limit: this.limit })));
                     }

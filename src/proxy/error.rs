@@ -9,6 +9,7 @@ use http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 
+use crate::access_log::Flag;
 use crate::callers::error::{AuthError, Forbidden, JwksError, JwtError, Refusal};
 use crate::limits::{LIMIT_SOURCE_HEADER, LimitError};
 use crate::token::BrokerError;
@@ -224,6 +225,29 @@ impl ProxyError {
         }
     }
 
+    /// The access log's response flag for this failure.
+    pub fn flag(&self) -> Flag {
+        match self {
+            Self::MissingMerchantId { .. }
+            | Self::InvalidMerchantId { .. }
+            | Self::MerchantNotAllowed { .. } => Flag::MerchantRefused,
+            Self::MerchantPathMismatch { .. } | Self::InvalidPath(_) => Flag::PathGuard,
+            Self::MethodNotAllowed(_) | Self::InvalidRequestBody(_) => Flag::DownstreamProtocol,
+            Self::RequestTimeout(_) => Flag::DownstreamIdle,
+            Self::PayloadTooLarge { .. } => Flag::BodyLimit,
+            Self::CallerUnauthenticated { .. } => Flag::CallerUnauthenticated,
+            Self::CallerForbidden(_) => Flag::CallerForbidden,
+            Self::CallerCheckUnavailable(_) => Flag::CallerCheckUnavailable,
+            Self::Limited(LimitError::RateLimited { .. }) => Flag::RateLimited,
+            Self::Limited(LimitError::CoolingDown(_)) => Flag::CoolingDown,
+            Self::Limited(LimitError::InFlight { .. }) => Flag::InFlightOverflow,
+            Self::Limited(LimitError::BreakerOpen(_)) => Flag::BreakerOpen,
+            Self::Token(_) => Flag::TokenUnavailable,
+            Self::UpstreamUnavailable(_) => Flag::UpstreamConnection,
+            Self::UpstreamTimeout(_) => Flag::UpstreamTimeout,
+        }
+    }
+
     /// Seconds a caller should wait before retrying, when that is known.
     fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -387,37 +411,38 @@ mod tests {
     }
 
     #[test]
-    fn every_variant_maps_to_its_status_code_and_side() {
+    fn every_variant_maps_to_its_status_code_side_and_flag() {
         let expected = [
-            (400, "MISSING_MERCHANT_ID", Side::Downstream),
-            (400, "INVALID_MERCHANT_ID", Side::Downstream),
-            (403, "MERCHANT_PATH_MISMATCH", Side::Downstream),
-            (403, "MERCHANT_NOT_ALLOWED", Side::Downstream),
-            (400, "INVALID_PATH", Side::Downstream),
-            (405, "METHOD_NOT_ALLOWED", Side::Downstream),
-            (400, "INVALID_REQUEST_BODY", Side::Downstream),
-            (408, "REQUEST_TIMEOUT", Side::Downstream),
-            (413, "PAYLOAD_TOO_LARGE", Side::Downstream),
-            (401, "CALLER_UNAUTHENTICATED", Side::Downstream),
-            (403, "CALLER_FORBIDDEN", Side::Downstream),
-            (503, "CALLER_CHECK_UNAVAILABLE", Side::Upstream),
-            (403, "MERCHANT_NOT_AUTHORIZED", Side::Downstream),
-            (502, "TOKEN_UNAVAILABLE", Side::Upstream),
-            (503, "TOKEN_UNAVAILABLE", Side::Upstream),
-            (503, "TOKEN_UNAVAILABLE", Side::Upstream),
-            (503, "TOKEN_UNAVAILABLE", Side::Upstream),
-            (502, "UPSTREAM_UNAVAILABLE", Side::Upstream),
-            (504, "UPSTREAM_TIMEOUT", Side::Upstream),
-            (429, "RATE_LIMITED", Side::Downstream),
-            (429, "POYNT_RATE_LIMITED", Side::Upstream),
-            (429, "TOO_MANY_IN_FLIGHT", Side::Downstream),
-            (503, "UPSTREAM_UNAVAILABLE", Side::Upstream),
+            (400, "MISSING_MERCHANT_ID", Side::Downstream, "MH"),
+            (400, "INVALID_MERCHANT_ID", Side::Downstream, "MH"),
+            (403, "MERCHANT_PATH_MISMATCH", Side::Downstream, "PG"),
+            (403, "MERCHANT_NOT_ALLOWED", Side::Downstream, "MH"),
+            (400, "INVALID_PATH", Side::Downstream, "PG"),
+            (405, "METHOD_NOT_ALLOWED", Side::Downstream, "DPE"),
+            (400, "INVALID_REQUEST_BODY", Side::Downstream, "DPE"),
+            (408, "REQUEST_TIMEOUT", Side::Downstream, "SI"),
+            (413, "PAYLOAD_TOO_LARGE", Side::Downstream, "BL"),
+            (401, "CALLER_UNAUTHENTICATED", Side::Downstream, "CA"),
+            (403, "CALLER_FORBIDDEN", Side::Downstream, "CP"),
+            (503, "CALLER_CHECK_UNAVAILABLE", Side::Upstream, "CX"),
+            (403, "MERCHANT_NOT_AUTHORIZED", Side::Downstream, "TK"),
+            (502, "TOKEN_UNAVAILABLE", Side::Upstream, "TK"),
+            (503, "TOKEN_UNAVAILABLE", Side::Upstream, "TK"),
+            (503, "TOKEN_UNAVAILABLE", Side::Upstream, "TK"),
+            (503, "TOKEN_UNAVAILABLE", Side::Upstream, "TK"),
+            (502, "UPSTREAM_UNAVAILABLE", Side::Upstream, "UC"),
+            (504, "UPSTREAM_TIMEOUT", Side::Upstream, "UT"),
+            (429, "RATE_LIMITED", Side::Downstream, "RL"),
+            (429, "POYNT_RATE_LIMITED", Side::Upstream, "CD"),
+            (429, "TOO_MANY_IN_FLIGHT", Side::Downstream, "UO"),
+            (503, "UPSTREAM_UNAVAILABLE", Side::Upstream, "UH"),
         ];
         assert_eq!(all().len(), expected.len());
-        for (error, (status, code, side)) in all().iter().zip(expected) {
+        for (error, (status, code, side, flag)) in all().iter().zip(expected) {
             assert_eq!(error.status().as_u16(), status, "{error:?}");
             assert_eq!(error.code(), code, "{error:?}");
             assert_eq!(error.side(), side, "{error:?}");
+            assert_eq!(error.flag().code(), flag, "{error:?}");
         }
     }
 

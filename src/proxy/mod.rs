@@ -26,8 +26,8 @@
 //!            (after every exchange: a Poynt 429 starts the merchant's cool-down and is
 //!            marked as Poynt's; a 5xx, timeout or connection failure counts toward the
 //!            breaker, any other answer closes it)
-//! 7 respond  stream back; one metrics update and one log line per request (and, when Poynt's
-//!            body fails after its head went out, one more of each, from the body)
+//! 7 respond  stream back; one metrics update with the head, one access line when the body
+//!            ends (`respond`: bytes out, a failure of Poynt's body, a caller gone)
 //! ```
 //!
 //! [`Proxy::handle`] is the outer shell (request id, error → JSON, the record step);
@@ -38,9 +38,12 @@ pub mod body;
 pub mod error;
 pub mod headers;
 pub mod path;
+pub mod respond;
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -49,29 +52,28 @@ use http::header::{CONTENT_LENGTH, Entry};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::access_log::{AccessLog, AccessRecord, Flags};
 use crate::callers::{Callers, UNKNOWN};
 use crate::config::Config;
 use crate::limits::Governor;
-use crate::metrics::{BodyFailure, Metrics};
+use crate::metrics::Metrics;
 use crate::report::error_chain;
 use crate::token::Token;
 use crate::token::broker::{Broker, TokenSource, UnauthorizedAction};
 use crate::upstream::{
-    BodyWatcher, BoxError, RequestBody, RequestHead, ResponseBody, SendError, Upstream,
-    UpstreamBody,
+    BoxError, RequestBody, RequestHead, ResponseBody, SendError, Upstream, UpstreamBody,
 };
 use poynt_wire::MerchantId;
 
 use self::body::{BodyError, CallerBody};
 use self::error::ProxyError;
 use self::headers::Rewritten;
-
-/// Body of every response to callers: Poynt's, streamed untouched, or the proxy's own error.
-pub type ProxyBody = Either<ResponseBody, Full<Bytes>>;
+pub use self::respond::ProxyBody;
+use self::respond::{Recorder, Reply};
 
 /// The merchants served when `merchant.allow` is set, shared by every worker and replaced
 /// whole by a reload; `None` when every merchant is served.
@@ -96,11 +98,11 @@ struct ProxyInner {
     body_read_timeout: Duration,
     response_timeout: Duration,
     metrics: Metrics,
-    /// `metrics` again, as what hears of a response body failing after its head was sent.
-    body_watcher: Arc<dyn BodyWatcher>,
+    /// `metrics` and the access log, for each response body to record its end with.
+    recorder: Arc<Recorder>,
 }
 
-/// What the phases learned, for the record step.
+/// What the phases learned, for the record step and the access line.
 #[derive(Default)]
 struct Context {
     /// The proven caller, for the access log.
@@ -109,14 +111,23 @@ struct Context {
     caller_label: Option<Arc<str>>,
     merchant: Option<MerchantId>,
     source: Option<TokenSource>,
+    /// When the token lookup returned (with a token or without).
+    token_done: Option<Instant>,
     upstream_elapsed: Option<Duration>,
     /// When the last upstream exchange returned: the record step's clock reading when
     /// nothing happened since (clock reads cost: docs/BENCHMARKS.md, "CPU per proxied
     /// request").
     upstream_done: Option<Instant>,
-    retried: bool,
-    /// The limit a request would have met, when limits only observe (Envoy's `RL` flag).
+    /// The limit a request would have met, when limits only observe.
     limit_observed: Option<crate::metrics::LimitReason>,
+    /// Exchanges with Poynt sent (2 after a 401 replay).
+    attempts: u8,
+    /// Request body bytes forwarded, when the body was kept whole.
+    bytes_in: u64,
+    /// The running count of a streamed request body.
+    streamed: Option<Arc<AtomicU64>>,
+    /// Flags a phase set (the error's own flag is added by the record step).
+    flags: Flags,
 }
 
 /// What every attempt at a request sends, whatever its token: the caller's head and the
@@ -150,30 +161,12 @@ impl Drop for Inflight<'_> {
     }
 }
 
-/// A response body that failed after its head went to the caller: one access-log line
-/// (`response_flags="body_failed"`) and the count by reason.
-impl BodyWatcher for Metrics {
-    fn body_failed(&self, request_id: &HeaderValue, error: &SendError) {
-        let failure = match error {
-            SendError::BodyIdle(_) => BodyFailure::IdleTimeout,
-            SendError::Malformed(_) => BodyFailure::Framing,
-            SendError::Closed(_) => BodyFailure::Closed,
-            _ => BodyFailure::Reset,
-        };
-        self.response_body_failed(failure);
-        tracing::warn!(
-            target: "poynt_proxy::access",
-            request_id = request_id.to_str().unwrap_or_default(),
-            response_flags = "body_failed",
-            reason = failure.as_str(),
-            %error,
-            "response body failed after its head was sent; the caller's response is aborted"
-        );
-    }
-}
-
 impl Proxy {
     /// Builds the proxy over a broker and a worker's upstream client.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "each is a separate shared service; a struct would only rename them"
+    )]
     pub fn new(
         config: &Config,
         callers: Callers,
@@ -182,6 +175,7 @@ impl Proxy {
         governor: Governor,
         allow: AllowList,
         metrics: Metrics,
+        access: AccessLog,
     ) -> Self {
         Self {
             inner: Arc::new(ProxyInner {
@@ -196,42 +190,44 @@ impl Proxy {
                 retry_buffer: config.server.retry_buffer_bytes,
                 body_read_timeout: config.server.body_read_timeout,
                 response_timeout: config.poynt.response_timeout,
-                body_watcher: Arc::new(metrics.clone()),
+                recorder: Arc::new(Recorder {
+                    metrics: metrics.clone(),
+                    access,
+                }),
                 metrics,
             }),
         }
     }
 
-    /// Answers one caller request; never fails (failures become Poynt-shaped JSON errors).
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
+    /// Answers one caller request from `peer`; never fails (failures become Poynt-shaped
+    /// JSON errors).
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let inner = &self.inner;
         let _inflight = Inflight::new(inner.metrics.inflight());
         let request_id = headers::request_id(request.headers());
         let (parts, body) = request.into_parts();
         let mut ctx = Context::default();
-        let (mut response, error) =
-            match self.handle_inner(&parts, body, &request_id, &mut ctx).await {
-                Ok(mut response) => {
-                    // Shares the id's bytes and the watcher: no allocation.
-                    response
-                        .body_mut()
-                        .watch(request_id.clone(), inner.body_watcher.clone());
-                    (response.map(Either::Left), None)
-                }
-                Err(error) => (
-                    error.to_response(&request_id).map(Either::Right),
-                    Some(error),
-                ),
-            };
-        self.record(
-            &parts,
-            &request_id,
+        let (response, error) = match self.handle_inner(&parts, body, &request_id, &mut ctx).await {
+            Ok(response) => (response.map(Reply::Poynt), None),
+            Err(error) => (error.to_response(&request_id).map(Reply::Own), Some(error)),
+        };
+        // Shares the id's bytes: no allocation.
+        let record = self.record(
+            parts,
+            request_id.clone(),
+            peer,
             &response,
             &ctx,
             started,
             error.as_ref(),
         );
+        let recorder = inner.recorder.clone();
+        let mut response = response.map(|reply| ProxyBody::new(reply, recorder, record, started));
         // Moved, not cloned: a clone of a freshly made value would allocate.
         if let Entry::Vacant(slot) = response.headers_mut().entry(headers::REQUEST_ID) {
             slot.insert(request_id);
@@ -284,7 +280,9 @@ impl Proxy {
         let admission = inner.governor.admit(merchant).await?;
         ctx.limit_observed = admission.observed;
         // 3 token
-        let (token, source) = inner.broker.token(merchant).await?;
+        let token = inner.broker.token(merchant).await;
+        ctx.token_done = Some(Instant::now());
+        let (token, source) = token?;
         ctx.source = Some(source);
         // 4 rewrite: decided field by field as the head is written, in `send`
         let outgoing = Outgoing {
@@ -293,7 +291,7 @@ impl Proxy {
             request_id,
         };
         // 5 send
-        let bytes = match self.prepare_body(body).await? {
+        let bytes = match self.prepare_body(body, ctx).await? {
             Prepared::Streamed(stream) => {
                 let response = self
                     .send(&outgoing, &token, RequestBody::Stream(stream), ctx)
@@ -307,6 +305,7 @@ impl Proxy {
             }
             Prepared::Buffered(bytes) => bytes,
         };
+        ctx.bytes_in = bytes.len() as u64;
         let named = parts.headers.get(headers::REQUEST_ID) == Some(request_id);
         let mut retries = inner.governor.retries(&parts.method, named);
         // Bounded by limits.retries.max: `before_retry` says no once they are spent.
@@ -320,9 +319,7 @@ impl Proxy {
                 Err(_) => None,
             };
             match failed {
-                Some(status) if inner.governor.before_retry(&mut retries, status).await => {
-                    ctx.retried = true;
-                }
+                Some(status) if inner.governor.before_retry(&mut retries, status).await => {}
                 _ => break result?,
             }
         };
@@ -350,7 +347,6 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let inner = &self.inner;
         inner.metrics.unauthorized_retry();
-        ctx.retried = true;
         let (token, _) = inner.broker.token(merchant).await?;
         self.send(outgoing, &token, RequestBody::Full(body), ctx)
             .await
@@ -359,7 +355,11 @@ impl Proxy {
     /// Keeps small bodies whole (they can be resent after a 401) and streams the rest under
     /// the size cap, so a large upload is never held in memory. Either way the body must
     /// keep arriving: a gap of `server.body_read_timeout` ends the request.
-    async fn prepare_body(&self, body: Incoming) -> Result<Prepared, ProxyError> {
+    async fn prepare_body(
+        &self,
+        body: Incoming,
+        ctx: &mut Context,
+    ) -> Result<Prepared, ProxyError> {
         let inner = &self.inner;
         if body.is_end_stream() {
             return Ok(Prepared::Buffered(Bytes::new()));
@@ -370,6 +370,8 @@ impl Proxy {
             .is_some_and(|upper| upper <= inner.retry_buffer as u64);
         let body = CallerBody::new(body, inner.max_body, inner.body_read_timeout);
         if !keep {
+            let tally = ctx.streamed.insert(Arc::default()).clone();
+            let body = body.tallied(tally);
             return Ok(Prepared::Streamed(body.map_err(BoxError::from).boxed()));
         }
         let collected = body
@@ -416,6 +418,7 @@ impl Proxy {
             fields: &fields,
         };
         let started = Instant::now();
+        ctx.attempts += 1;
         let result = tokio::time::timeout_at(
             started + inner.response_timeout,
             inner.upstream.send(&head, body),
@@ -450,45 +453,56 @@ impl Proxy {
         }
     }
 
-    /// Phase 7: the one metrics update and the one access-log line of a request.
+    /// Phase 7: the one metrics update of a request, and its access record, which the
+    /// response body writes when it ends.
     #[allow(clippy::too_many_arguments)]
     fn record(
         &self,
-        parts: &Parts,
-        request_id: &HeaderValue,
-        response: &Response<ProxyBody>,
+        parts: Parts,
+        request_id: HeaderValue,
+        peer: SocketAddr,
+        response: &Response<Reply>,
         ctx: &Context,
         started: Instant,
         error: Option<&ProxyError>,
-    ) {
+    ) -> AccessRecord {
         let elapsed = ctx.upstream_done.unwrap_or_else(Instant::now) - started;
         let status = response.status().as_u16();
-        let method = &parts.method;
         self.inner.metrics.observe_request(
-            method,
+            &parts.method,
             status,
             error.is_some(),
             ctx.caller_label.as_deref().unwrap_or(UNKNOWN),
             elapsed,
         );
-        tracing::info!(
-            target: "poynt_proxy::access",
-            request_id = request_id.to_str().unwrap_or_default(),
-            caller = ctx.caller.as_deref(),
-            merchant = ctx.merchant.map(tracing::field::display),
-            method = method.as_str(),
-            path = parts.uri.path(),
+        let mut flags = ctx.flags;
+        if let Some(error) = error {
+            flags.set(error.flag());
+        }
+        AccessRecord {
+            request_id,
+            peer,
+            caller: ctx.caller.clone(),
+            merchant: ctx.merchant,
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
             status,
-            upstream_ms = ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1e3),
-            total_ms = elapsed.as_secs_f64() * 1e3,
-            token = ctx.source.map(TokenSource::as_str),
-            retried = ctx.retried,
-            limit_observed = ctx.limit_observed.map(crate::metrics::LimitReason::as_str),
-            error_code = error.map(ProxyError::code),
-            error_side = error.map(|e| e.side().as_str()),
-            error = error.map(tracing::field::display),
-            "request"
-        );
+            upstream_status: error.is_none().then_some(status),
+            bytes_in: ctx
+                .streamed
+                .as_ref()
+                .map_or(ctx.bytes_in, |tally| tally.load(Ordering::Relaxed)),
+            bytes_out: 0,
+            token: ctx.source.map(TokenSource::as_str),
+            token_wait: ctx.token_done.map(|done| done - started),
+            upstream: ctx.upstream_elapsed,
+            attempts: ctx.attempts,
+            limit_observed: ctx.limit_observed.map(crate::metrics::LimitReason::as_str),
+            flags,
+            error_code: error.map(ProxyError::code),
+            error: error.map(ToString::to_string),
+        }
     }
 }
 

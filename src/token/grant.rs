@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::metrics::{GrantOutcome, Metrics};
 use crate::report::error_chain;
+use crate::telemetry;
 use crate::token::assertion::{AssertionSigner, SignError};
 use crate::upstream::{BoxError, HttpClient};
 use poynt_wire::GrantKind;
@@ -261,7 +262,7 @@ impl TokenClient {
                 grant = kind.as_str(),
                 merchant,
                 outcome = outcome.as_str(),
-                latency_ms = elapsed.as_secs_f64() * 1e3,
+                latency_ms = telemetry::ms(elapsed),
                 lifetime_s = token.lifetime.as_secs(),
                 %request_id,
                 "token request"
@@ -271,7 +272,7 @@ impl TokenClient {
                 grant = kind.as_str(),
                 merchant,
                 outcome = outcome.as_str(),
-                latency_ms = elapsed.as_secs_f64() * 1e3,
+                latency_ms = telemetry::ms(elapsed),
                 poynt_code = error.poynt_code(),
                 %error,
                 %request_id,

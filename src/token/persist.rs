@@ -37,6 +37,7 @@ use tokio::time::Instant;
 
 use crate::metrics::LockWait;
 use crate::store::{Event, Record, Saved, StoreError};
+use crate::telemetry;
 use crate::token::broker::{Broker, BrokerInner, Want};
 use crate::token::cache::Token;
 use crate::token::grant::{Grant, IssuedToken, bearer_header};
@@ -592,7 +593,7 @@ async fn reconcile_until_done(broker: &Weak<BrokerInner>) {
         match Broker::from_shared(inner).reconcile().await {
             Ok(()) => return,
             Err(error) => {
-                tracing::debug!(%error, retry_in = ?pause, "reconciliation with the store cut short; retrying");
+                tracing::debug!(%error, retry_in_ms = telemetry::ms(pause), "reconciliation with the store cut short; retrying");
             }
         }
         tokio::time::sleep(pause).await;

@@ -10,8 +10,9 @@
 //! timer is armed only when a read would block (the first byte that arrives disarms it, with
 //! no clock read), and the HTTP/1.1 one is kept with its connection, so a body read from the
 //! buffer costs no timer and a connection allocates its timer once, not once per request.
-//! A failure after the head went to the caller is handed to the [`BodyWatcher`] the proxy
-//! set (the access line was written when the head was), which counts and logs it.
+//! A failure after the head went to the caller is returned as the body's error: the proxy's
+//! own body around this one counts and logs it, when the body ends, in the request's one
+//! access record.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,7 +21,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::HeaderValue;
 use http_body::{Body, Frame, SizeHint};
 
 use super::error::SendError;
@@ -32,8 +32,6 @@ use super::pool::Pool;
 /// A response body from Poynt.
 pub struct ResponseBody {
     kind: Kind,
-    /// Who hears of a failure, once the proxy has sent the head on.
-    watch: Option<Watch>,
 }
 
 enum Kind {
@@ -53,19 +51,6 @@ impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// Hears of a response body that failed after its head went to the caller: the proxy
-/// counts and logs it. A trait, so that upstream/ imports nothing of the crate.
-pub trait BodyWatcher: Send + Sync {
-    /// `error` ended the body of the response to the request `request_id`.
-    fn body_failed(&self, request_id: &HeaderValue, error: &SendError);
-}
-
-/// What a failed body is reported with.
-struct Watch {
-    request_id: HeaderValue,
-    watcher: Arc<dyn BodyWatcher>,
 }
 
 struct H1Body {
@@ -102,7 +87,6 @@ impl ResponseBody {
         }
         Self {
             kind: Kind::H1(body),
-            watch: None,
         }
     }
 
@@ -114,17 +98,7 @@ impl ResponseBody {
                 _slot: slot,
                 idle: IdleTimer::new(idle_limit),
             },
-            watch: None,
         }
-    }
-
-    /// Reports a failure of this body (after its head went to the caller) under
-    /// `request_id` to `watcher`.
-    pub(crate) fn watch(&mut self, request_id: HeaderValue, watcher: Arc<dyn BodyWatcher>) {
-        self.watch = Some(Watch {
-            request_id,
-            watcher,
-        });
     }
 }
 
@@ -233,15 +207,10 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, SendError>>> {
-        let this = self.get_mut();
-        let polled = match &mut this.kind {
+        match &mut self.get_mut().kind {
             Kind::H1(body) => body.poll_frame(cx),
             Kind::H2 { body, idle, .. } => poll_h2(body, idle, cx),
-        };
-        if let (Poll::Ready(Some(Err(error))), Some(watch)) = (&polled, &this.watch) {
-            watch.watcher.body_failed(&watch.request_id, error);
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {

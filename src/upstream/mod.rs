@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use http::Response;
 
-pub use self::body::{BodyWatcher, ResponseBody};
+pub use self::body::ResponseBody;
 pub use self::control::{Connector, HttpClient, client, connector, pooled};
 pub use self::error::{BoxError, SendError};
 pub use self::h2::MAX_STREAMS_PER_CONNECTION;

@@ -1,0 +1,251 @@
+//! One request's access record: what the request's phases learned, kept until its response
+//! body ends (or the caller goes away), then written as one line. The fields are listed
+//! once, in [`AccessRecord::fields`], for every format: a new field is a struct field and
+//! one entry there.
+
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Method, Uri, Version};
+use poynt_wire::MerchantId;
+
+/// Declares the response flags: each a variant, its code and the doc that says when it is
+/// set, so a new flag is one line.
+macro_rules! flags {
+    ($($(#[doc = $doc:literal])* $name:ident = $code:literal,)*) => {
+        /// Why a request did not end as a plain exchange with Poynt, Envoy's vocabulary
+        /// where it has a word (docs/OPERATIONS.md, "Access log").
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Flag {
+            $($(#[doc = $doc])* $name,)*
+        }
+
+        impl Flag {
+            /// Every flag, in the order a line lists them.
+            pub const ALL: &[Flag] = &[$(Flag::$name,)*];
+
+            /// The code the line carries.
+            pub fn code(self) -> &'static str {
+                match self {
+                    $(Flag::$name => $code,)*
+                }
+            }
+        }
+    };
+}
+
+flags! {
+    /// `TK`: no token could be had for the merchant (a /token failure, back-off, throttle).
+    TokenUnavailable = "TK",
+    /// `UC`: Poynt could not be reached, or the exchange broke before its response head.
+    UpstreamConnection = "UC",
+    /// `UT`: Poynt sent no response head in time, or its body stopped arriving.
+    UpstreamTimeout = "UT",
+    /// `UPE`: Poynt's response body broke its framing after the head went to the caller.
+    UpstreamProtocol = "UPE",
+    /// `UR`: Poynt's response body was cut off (closed, reset) after the head went out.
+    UpstreamReset = "UR",
+    /// `PG`: the path guard refused the request target, or it names another merchant.
+    PathGuard = "PG",
+    /// `MH`: the merchant header is missing, malformed or names a merchant not served.
+    MerchantRefused = "MH",
+    /// `DPE`: the caller's request was malformed (method, body framing).
+    DownstreamProtocol = "DPE",
+    /// `SI`: the caller stopped sending its request body.
+    DownstreamIdle = "SI",
+    /// `BL`: the caller's request body is larger than `server.max_request_body_bytes`.
+    BodyLimit = "BL",
+    /// `DC`: the caller went away before its response's end.
+    CallerDisconnected = "DC",
+    /// `CA`: the caller proved no identity (`callers`): 401 CALLER_UNAUTHENTICATED.
+    CallerUnauthenticated = "CA",
+    /// `CP`: the caller's policy refused the merchant, method or path: 403 CALLER_FORBIDDEN.
+    CallerForbidden = "CP",
+    /// `CX`: what the caller check needs (a JWKS URL, the token store) failed: 503.
+    CallerCheckUnavailable = "CX",
+    /// `RL`: the merchant's token bucket refused the request (`limits.rate`): 429.
+    RateLimited = "RL",
+    /// `CD`: the merchant is cooling down after Poynt's 429: the proxy answered 429 itself.
+    CoolingDown = "CD",
+    /// `UO`: the merchant's in-flight cap stayed full for `limits.in_flight_wait` (Envoy's
+    /// upstream overflow): 429.
+    InFlightOverflow = "UO",
+    /// `UH`: the circuit breaker toward Poynt is open (Envoy's no healthy upstream): 503.
+    BreakerOpen = "UH",
+}
+
+/// A set of [`Flag`]s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flags(u32);
+
+impl Flags {
+    /// Adds `flag`.
+    pub fn set(&mut self, flag: Flag) {
+        self.0 |= 1 << flag as u32;
+    }
+
+    /// Whether `flag` is in the set.
+    pub fn contains(self, flag: Flag) -> bool {
+        self.0 & (1 << flag as u32) != 0
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The flags in the set, in [`Flag::ALL`]'s order.
+    pub fn iter(self) -> impl Iterator<Item = Flag> {
+        Flag::ALL
+            .iter()
+            .copied()
+            .filter(move |flag| self.contains(*flag))
+    }
+}
+
+/// A field's value, as each format writes it.
+pub enum Value<'a> {
+    /// Text, escaped as the format needs.
+    Str(&'a str),
+    /// Text that never needs escaping (an address, a UUID), written straight from `Display`.
+    Plain(&'a dyn Display),
+    /// A count or a status.
+    Uint(u64),
+    /// A duration, in milliseconds with three decimals (microseconds).
+    Ms(Duration),
+    /// The response flags: an array in JSON, `TK,DC` (or `-`) in text.
+    Flags(Flags),
+    /// Not known, or not applicable: `null` in JSON, `-` in text.
+    None,
+}
+
+/// What one request's line says (docs/OPERATIONS.md, "Access log", names each field).
+pub struct AccessRecord {
+    /// The request id the caller sent or the proxy made (shares the header's bytes).
+    pub request_id: HeaderValue,
+    /// The caller's address.
+    pub peer: SocketAddr,
+    /// The caller its credentials proved (`callers`), when there was one.
+    pub caller: Option<Arc<str>>,
+    /// The merchant the request was for, once the header was read.
+    pub merchant: Option<MerchantId>,
+    /// The caller's method.
+    pub method: Method,
+    /// The caller's request target; its path is logged, never its query.
+    pub uri: Uri,
+    /// The caller's HTTP version.
+    pub version: Version,
+    /// The status sent to the caller.
+    pub status: u16,
+    /// Poynt's status, when Poynt answered (the one the caller got, after a 401 replay).
+    pub upstream_status: Option<u16>,
+    /// Request body bytes read from the caller.
+    pub bytes_in: u64,
+    /// Response body bytes handed to the caller.
+    pub bytes_out: u64,
+    /// Where the token came from (`hit`, `miss`...), when one was looked up.
+    pub token: Option<&'static str>,
+    /// From arrival until the token was in hand (admission included, which takes
+    /// microseconds), when the token phase ran.
+    pub token_wait: Option<Duration>,
+    /// Time spent waiting for Poynt's response heads, over every attempt.
+    pub upstream: Option<Duration>,
+    /// Exchanges with Poynt (2 after a 401 replay, 0 when none was sent).
+    pub attempts: u8,
+    /// The limit the request would have met, when `limits.mode` is `observe`.
+    pub limit_observed: Option<&'static str>,
+    /// Why the request did not end as a plain exchange.
+    pub flags: Flags,
+    /// The error code the caller got (the proxy's own answers only).
+    pub error_code: Option<&'static str>,
+    /// What failed, as the caller was told or as the response body broke.
+    pub error: Option<String>,
+}
+
+fn protocol(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// The number of fields a line carries after its time.
+pub const FIELDS: usize = 20;
+
+impl AccessRecord {
+    /// The line's fields in order, `total` being the request's time from arrival to the
+    /// response body's end.
+    pub fn fields(&self, total: Duration) -> [(&'static str, Value<'_>); FIELDS] {
+        let text = |value: Option<&'static str>| value.map_or(Value::None, Value::Str);
+        let ms = |value: Option<Duration>| value.map_or(Value::None, Value::Ms);
+        [
+            (
+                "request_id",
+                Value::Str(self.request_id.to_str().unwrap_or_default()),
+            ),
+            ("peer", Value::Plain(&self.peer)),
+            (
+                "caller",
+                self.caller.as_deref().map_or(Value::None, Value::Str),
+            ),
+            (
+                "merchant",
+                self.merchant
+                    .as_ref()
+                    .map_or(Value::None, |merchant| Value::Plain(merchant)),
+            ),
+            ("method", Value::Str(self.method.as_str())),
+            ("path", Value::Str(self.uri.path())),
+            ("protocol", Value::Str(protocol(self.version))),
+            ("status", Value::Uint(self.status.into())),
+            (
+                "upstream_status",
+                self.upstream_status
+                    .map_or(Value::None, |status| Value::Uint(status.into())),
+            ),
+            ("bytes_in", Value::Uint(self.bytes_in)),
+            ("bytes_out", Value::Uint(self.bytes_out)),
+            ("token", text(self.token)),
+            ("token_ms", ms(self.token_wait)),
+            ("upstream_ms", ms(self.upstream)),
+            ("total_ms", Value::Ms(total)),
+            ("attempts", Value::Uint(self.attempts.into())),
+            ("limit_observed", text(self.limit_observed)),
+            ("response_flags", Value::Flags(self.flags)),
+            ("error_code", text(self.error_code)),
+            (
+                "error",
+                self.error.as_deref().map_or(Value::None, Value::Str),
+            ),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_list_in_declaration_order_whatever_the_order_set() {
+        let mut flags = Flags::default();
+        assert!(flags.is_empty());
+        flags.set(Flag::CallerDisconnected);
+        flags.set(Flag::TokenUnavailable);
+        let codes: Vec<_> = flags.iter().map(Flag::code).collect();
+        assert_eq!(codes, ["TK", "DC"]);
+    }
+
+    #[test]
+    fn every_flag_has_its_own_bit_and_code() {
+        let mut codes: Vec<_> = Flag::ALL.iter().map(|flag| flag.code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), Flag::ALL.len());
+        assert!(Flag::ALL.len() <= 32, "Flags holds 32 bits");
+    }
+}
