@@ -144,6 +144,11 @@ fn policy_yaml(mode: &str, m0: MerchantId, jwt: &str, analytics: bool) -> String
 const JWKS_FILE: &str = "      jwks_file: jwks.json\n";
 
 async fn world(mode: &str) -> World {
+    world_with(mode, "").await
+}
+
+/// The world, with `extra` YAML after the callers section.
+async fn world_with(mode: &str, extra: &str) -> World {
     let builder = Builder::default().merchants(2);
     let merchants: Vec<MerchantId> = (0..2).map(|_| support::merchant()).collect();
     let emulator = builder.emulator(&merchants).await;
@@ -173,7 +178,10 @@ async fn world(mode: &str) -> World {
     let yaml = support::proxy_yaml(
         &emulator,
         &dir,
-        &policy_yaml(mode, merchants[0], JWKS_FILE, true),
+        &format!(
+            "{}{extra}",
+            policy_yaml(mode, merchants[0], JWKS_FILE, true)
+        ),
     );
     let h = support::launch_file(emulator, merchants, yaml, dir).await;
     World {
@@ -689,6 +697,78 @@ async fn observe_mode_serves_what_enforce_would_refuse_and_counts_it() {
     assert_eq!(refusals("unauthenticated").await, 1.0);
     assert_eq!(refusals("forbidden").await, 1.0);
     assert_eq!(w.h.stats().api_calls, 2);
+}
+
+#[tokio::test]
+async fn a_caller_over_its_own_rate_is_refused_while_another_caller_is_served_for_the_same_merchant()
+ {
+    let w = world_with(
+        "enforce",
+        "limits:\n  callers:\n    analytics: {per_second: 0.01, burst: 3}\n",
+    )
+    .await;
+    let m0 = w.h.merchants[0];
+    let orders = format!("/businesses/{m0}/orders");
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let (status, body, headers) = call(
+            &w.h,
+            "GET",
+            m0,
+            &orders,
+            &[Cred::Key(w.analytics_key.clone())],
+        )
+        .await;
+        statuses.push(status);
+        if status == 429 {
+            assert_eq!(body["code"], "RATE_LIMITED", "{body}");
+            assert!(
+                body["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("caller analytics"),
+                "{body}"
+            );
+            assert_eq!(headers["ratelimit-limit"], "3");
+            let wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((1..=100).contains(&wait), "{wait}");
+        }
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
+    for _ in 0..6 {
+        let (status, body, _) = call(
+            &w.h,
+            "GET",
+            m0,
+            &orders,
+            &[Cred::Key(w.payments_key.clone())],
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(
+        w.h.stats().api_calls,
+        9,
+        "the refused ones never reached Poynt"
+    );
+}
+
+#[test]
+fn a_rate_for_a_caller_the_policy_does_not_name_is_refused() {
+    let yaml = format!(
+        "poynt:\n  application_id: \"urn:aid:x\"\n  private_key_file: {:?}\nlimits:\n  callers:\n    analytcs: {{per_second: 1, burst: 1}}\n",
+        support::fixture("app-key-pkcs1.pem").display().to_string()
+    );
+    let error = poynt_proxy::config::Config::parse(&yaml, &Default::default())
+        .map(drop)
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        error.contains("limits.callers")
+            && error
+                .contains("expected the names of callers in callers.policy; found \"analytcs\""),
+        "{error}"
+    );
 }
 
 fn write(dir: &Path, name: &str, text: &str) {

@@ -7,6 +7,7 @@ use super::admin::AdminConfig;
 use super::callers::CallersConfig;
 use super::error::ConfigError;
 use super::fields::invalid;
+use crate::limits::config::LimitsConfig;
 use crate::onboarding::CALLBACK_PATH;
 use crate::onboarding::config::{OauthConfig, OnboardingConfig};
 
@@ -55,6 +56,28 @@ pub(super) fn distinct_listeners(
             key,
             format!(
                 "expected an address no other listener binds; found {addr}, which collides with {other} ({taken})"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A caller named in `limits.callers` must be one `callers.policy` names: any other name
+/// is never proven, so its bucket would never apply.
+pub(super) fn limited_callers_exist(
+    limits: &LimitsConfig,
+    callers: Option<&CallersConfig>,
+) -> Result<(), ConfigError> {
+    let unknown = limits
+        .callers
+        .keys()
+        .filter(|name| callers.is_none_or(|c| c.policy.get(name).is_none()))
+        .min();
+    match unknown {
+        Some(name) => Err(invalid(
+            "limits.callers",
+            format!(
+                "expected the names of callers in callers.policy; found {name:?}, which is not one"
             ),
         )),
         None => Ok(()),

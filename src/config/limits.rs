@@ -38,6 +38,7 @@ pub(super) struct RawLimits {
     merchants: HashMap<String, RawOverride>,
     breaker: Option<RawBreaker>,
     retries: Option<RawRetries>,
+    callers: HashMap<String, RawRate>,
 }
 
 /// `limits.retries` as written; present (even `{}`) turns retries on.
@@ -124,6 +125,7 @@ impl Default for RawLimits {
             merchants: HashMap::new(),
             breaker: None,
             retries: None,
+            callers: HashMap::new(),
         }
     }
 }
@@ -233,6 +235,11 @@ impl RawLimits {
                 })
                 .transpose()?,
             retries: self.retries.map(RawRetries::validate).transpose()?,
+            callers: self
+                .callers
+                .into_iter()
+                .map(|(name, rate)| Ok((name, rate.validate("limits.callers.*")?)))
+                .collect::<Result<_, ConfigError>>()?,
         })
     }
 }

@@ -144,6 +144,7 @@ impl RawConfig {
         let limits = self.limits.validate()?;
         let callers = self.callers.map(|raw| raw.validate(sources)).transpose()?;
         checks::distinct_listeners(listen, admin_listen, onboarding.as_ref().map(|o| o.listen))?;
+        checks::limited_callers_exist(&limits, callers.as_ref())?;
         Ok(Config {
             listen,
             admin_listen,

@@ -112,6 +112,9 @@ pub struct LimitsConfig {
     pub breaker: Option<BreakerConfig>,
     /// Retries; `None`: off (every failure reaches the caller).
     pub retries: Option<RetryConfig>,
+    /// Token buckets per caller (`limits.callers`), by the names `callers.policy` gives:
+    /// one caller cannot spend every merchant's share of Poynt.
+    pub callers: HashMap<String, Rate>,
 }
 
 impl Default for LimitsConfig {
@@ -128,6 +131,7 @@ impl Default for LimitsConfig {
             cooldown_max: DEFAULT_COOLDOWN_MAX,
             breaker: None,
             retries: None,
+            callers: HashMap::new(),
         }
     }
 }

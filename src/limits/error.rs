@@ -6,12 +6,14 @@ use std::time::Duration;
 /// A refusal by the limits; the proxy answers it with `Retry-After`.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum LimitError {
-    /// The merchant's token bucket is empty.
+    /// The merchant's or the caller's token bucket is empty.
     #[error(
-        "expected at most {burst} requests at once and {per_second} per second for this merchant; found the limit spent, retry in {}",
+        "expected at most {burst} requests at once and {per_second} per second for {scope}; found the limit spent, retry in {}",
         humantime::format_duration(*.retry_after)
     )]
     RateLimited {
+        /// Whose bucket: "this merchant", or "caller NAME".
+        scope: String,
         /// The bucket's size (`RateLimit-Limit`).
         burst: u32,
         /// The sustained rate.

@@ -15,9 +15,9 @@
 //! After a failed exchange, [`Governor::before_retry`] decides whether to send it again
 //! (`retry`: which methods and answers, the back-off; `budget`: how many retries in all).
 //!
-//! Limits are per merchant; a caller's identity, once callers are authenticated, becomes a
-//! second key beside the merchant in `Governor::state` (the seam: the map's key). Everything
-//! here is local to the replica. `retry_after` reads Poynt's header; `config` holds the
+//! Limits are per merchant; with callers authenticated, a caller named in `limits.callers`
+//! also has a token bucket of its own, taken after the merchant's. Everything here is local
+//! to the replica. `retry_after` reads Poynt's header; `config` holds the
 //! checked settings and `error` the refusals.
 
 mod breaker;
@@ -30,6 +30,7 @@ mod inflight;
 mod retry;
 mod retry_after;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -43,7 +44,7 @@ use poynt_wire::MerchantId;
 use self::breaker::{Breaker, Probe, Transition};
 use self::bucket::Bucket;
 use self::budget::Budget;
-use self::config::{LimitsConfig, MerchantLimits, Mode};
+use self::config::{LimitsConfig, MerchantLimits, Mode, Rate};
 use self::cooldown::{Backoff, Cooldown};
 pub use self::error::LimitError;
 use self::inflight::Slots;
@@ -75,6 +76,8 @@ struct Inner {
     breaker: Option<Breaker>,
     /// The retry budget, when retries are configured.
     budget: Option<Budget>,
+    /// Each rate-limited caller's rate and bucket (`limits.callers`), fixed at start.
+    callers: HashMap<String, (Rate, Bucket)>,
     metrics: LimitsMetrics,
 }
 
@@ -122,15 +125,25 @@ impl Governor {
                 budget: config
                     .retries
                     .map(|r| Budget::new(r.budget_ratio, r.budget_per_second)),
+                callers: config
+                    .callers
+                    .iter()
+                    .map(|(name, rate)| (name.clone(), (*rate, Bucket::default())))
+                    .collect(),
                 config,
                 metrics,
             }),
         }
     }
 
-    /// Lets a request for `merchant` through, or refuses it. In `observe` mode it always
-    /// lets it through, reporting what it would have refused.
-    pub async fn admit(&self, merchant: MerchantId) -> Result<Admission, LimitError> {
+    /// Lets a request for `merchant` by `caller` (when callers are authenticated) through,
+    /// or refuses it. In `observe` mode it always lets it through, reporting what it would
+    /// have refused.
+    pub async fn admit(
+        &self,
+        merchant: MerchantId,
+        caller: Option<&str>,
+    ) -> Result<Admission, LimitError> {
         let inner = &self.inner;
         let now = self.now();
         let probe = match inner.breaker.as_ref().map(|breaker| breaker.admit(now)) {
@@ -147,18 +160,24 @@ impl Governor {
             self.limited(LimitError::CoolingDown(round_up(wait)), &mut observed)?;
         }
         if let Some(rate) = state.limits.rate {
-            let decision = state.bucket.take(rate, now);
-            if !decision.allowed {
-                self.limited(
-                    LimitError::RateLimited {
-                        burst: rate.burst,
-                        per_second: rate.per_second,
-                        retry_after: round_up(decision.retry_after),
-                        reset: decision.reset,
-                    },
-                    &mut observed,
-                )?;
-            }
+            self.take(
+                &state.bucket,
+                rate,
+                now,
+                || "this merchant".into(),
+                &mut observed,
+            )?;
+        }
+        if let Some((name, (rate, bucket))) =
+            caller.and_then(|name| inner.callers.get_key_value(name))
+        {
+            self.take(
+                bucket,
+                *rate,
+                now,
+                || format!("caller {name}"),
+                &mut observed,
+            )?;
         }
         let wait = match observed {
             Some(_) => Duration::ZERO,
@@ -285,6 +304,31 @@ impl Governor {
                 tracing::info!(outcome, "circuit breaker closed: a probe reached Poynt");
             }
         }
+    }
+
+    /// Takes one request from `bucket`; an empty one is a limit met (`scope` names whose).
+    fn take(
+        &self,
+        bucket: &Bucket,
+        rate: Rate,
+        now: u64,
+        scope: impl FnOnce() -> String,
+        observed: &mut Option<LimitReason>,
+    ) -> Result<(), LimitError> {
+        let decision = bucket.take(rate, now);
+        if decision.allowed {
+            return Ok(());
+        }
+        self.limited(
+            LimitError::RateLimited {
+                scope: scope(),
+                burst: rate.burst,
+                per_second: rate.per_second,
+                retry_after: round_up(decision.retry_after),
+                reset: decision.reset,
+            },
+            observed,
+        )
     }
 
     /// Counts a limit met; `Err` refuses the request unless the mode only observes.

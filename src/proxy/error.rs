@@ -369,6 +369,7 @@ mod tests {
             ProxyError::UpstreamUnavailable("reset".into()),
             ProxyError::UpstreamTimeout(Duration::from_secs(60)),
             ProxyError::Limited(LimitError::RateLimited {
+                scope: "this merchant".into(),
                 burst: 10,
                 per_second: 5.0,
                 retry_after: Duration::from_millis(200),
@@ -486,6 +487,7 @@ mod tests {
             }
         }
         let rate = ProxyError::Limited(LimitError::RateLimited {
+            scope: "caller analytics".into(),
             burst: 10,
             per_second: 5.0,
             retry_after: Duration::from_millis(200),

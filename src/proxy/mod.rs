@@ -277,7 +277,10 @@ impl Proxy {
             .authorize(&identity, merchant, &parts.method, &path)
             .await?;
         // 2b limit: the admission holds the merchant's in-flight slot until this returns
-        let admission = inner.governor.admit(merchant).await?;
+        let admission = inner
+            .governor
+            .admit(merchant, ctx.caller.as_deref())
+            .await?;
         ctx.limit_observed = admission.observed;
         // 3 token
         let token = inner.broker.token(merchant).await;
