@@ -235,6 +235,29 @@ async fn a_caller_that_hangs_up_mid_body_is_logged_dc_with_the_bytes_it_got() {
 }
 
 #[tokio::test]
+async fn a_caller_gone_before_the_head_is_logged_499_dc() {
+    use tokio::io::AsyncWriteExt as _;
+    let m = merchant();
+    let emulator = Builder::default().emulator(&[m]).await;
+    let proxy = spawn_proxy_logging(&emulator, "", "info");
+    let mut caller = tokio::net::TcpStream::connect(proxy.proxy.as_str()).await.unwrap();
+    let head = format!(
+        "GET /businesses/{m}/orders?_delay_ms=30000 HTTP/1.1\r\nHost: x\r\n{HEADER}: {m}\r\n{REQUEST_ID_HEADER}: gone\r\n\r\n"
+    );
+    caller.write_all(head.as_bytes()).await.unwrap();
+    eventually("the request is at Poynt", LINE_BOUND, || async {
+        emulator.stats().api_calls >= 1
+    })
+    .await;
+    drop(caller);
+    let (raw, line) = line_of(&proxy, "gone").await;
+    assert_eq!(line["status"], 499, "{raw}");
+    assert_eq!(flags(&line), &json!(["DC"]), "{raw}");
+    assert_eq!(line["merchant"], m.to_string(), "{raw}");
+    assert_eq!(line["bytes_out"], 0, "{raw}");
+}
+
+#[tokio::test]
 async fn an_unreachable_poynt_is_uc() {
     let m = merchant();
     let emulator = Builder::default().emulator(&[m]).await;

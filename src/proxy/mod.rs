@@ -73,7 +73,7 @@ use self::body::{BodyError, CallerBody};
 use self::error::ProxyError;
 use self::headers::Rewritten;
 pub use self::respond::ProxyBody;
-use self::respond::{Recorder, Reply};
+use self::respond::{Recorder, Reply, Unanswered};
 
 /// The merchants served when `merchant.allow` is set, shared by every worker and replaced
 /// whole by a reload; `None` when every merchant is served.
@@ -212,7 +212,17 @@ impl Proxy {
         let request_id = headers::request_id(request.headers());
         let (parts, body) = request.into_parts();
         let mut ctx = Context::default();
-        let (response, error) = match self.handle_inner(&parts, body, &request_id, &mut ctx).await {
+        let unanswered = Unanswered::new(
+            &inner.recorder,
+            &parts,
+            &request_id,
+            &inner.merchant_header,
+            peer,
+            started,
+        );
+        let result = self.handle_inner(&parts, body, &request_id, &mut ctx).await;
+        unanswered.answered();
+        let (response, error) = match result {
             Ok(response) => (response.map(Reply::Poynt), None),
             Err(error) => (error.to_response(&request_id).map(Reply::Own), Some(error)),
         };

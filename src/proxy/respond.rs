@@ -4,21 +4,28 @@
 //! writes the one access line when the body is dropped: at its end, at its failure, or when
 //! the caller went away first (`DC`). The line is written there rather than with the head
 //! because only then are bytes out and a disconnect known; the cost is this wrapper's
-//! counter and a clock read at the end (docs/BENCHMARKS.md, "Access log").
+//! counter and a clock read at the end (docs/BENCHMARKS.md, "Access log"). A caller that
+//! goes away before the head (while its request waits for a token or for Poynt) drops the
+//! request's future instead: [`Unanswered`] writes that line.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Method, StatusCode};
+use http::request::Parts;
+use http::{HeaderName, HeaderValue, Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use tokio::time::Instant;
 
-use crate::access_log::{AccessLog, AccessRecord, Flag};
+use crate::access_log::{AccessLog, AccessRecord, Flag, Flags};
+use crate::callers::UNKNOWN;
 use crate::metrics::{BodyFailure, Metrics};
 use crate::upstream::{ResponseBody, SendError};
+
+use super::admit;
 
 /// What the access line and the body-failure count go to, shared by a worker's requests.
 pub struct Recorder {
@@ -169,5 +176,87 @@ impl Drop for ProxyBody {
         if let Some(ending) = self.ending.take() {
             ending.finish(self.reply.is_end_stream());
         }
+    }
+}
+
+/// nginx's "client closed request": the status logged for a caller that went away before
+/// its response head. It never reaches the caller.
+const CLIENT_CLOSED: u16 = 499;
+
+/// A request not yet answered. Dropped armed — its future was dropped because the caller
+/// went away while it waited for a token or for Poynt's head — it writes the access line
+/// (status 499, `DC`) and counts the request; [`Unanswered::answered`] disarms it. Holds
+/// only borrows: nothing is copied unless the caller does go away.
+pub struct Unanswered<'a> {
+    recorder: &'a Recorder,
+    parts: &'a Parts,
+    request_id: &'a HeaderValue,
+    merchant_header: &'a HeaderName,
+    peer: SocketAddr,
+    started: Instant,
+    armed: bool,
+}
+
+impl<'a> Unanswered<'a> {
+    /// Arms the guard for the request `parts` from `peer` that arrived at `started`.
+    pub fn new(
+        recorder: &'a Recorder,
+        parts: &'a Parts,
+        request_id: &'a HeaderValue,
+        merchant_header: &'a HeaderName,
+        peer: SocketAddr,
+        started: Instant,
+    ) -> Self {
+        Self {
+            recorder,
+            parts,
+            request_id,
+            merchant_header,
+            peer,
+            started,
+            armed: true,
+        }
+    }
+
+    /// The request has its response: the ordinary record step takes over.
+    pub fn answered(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let total = Instant::now() - self.started;
+        let parts = self.parts;
+        self.recorder
+            .metrics
+            .observe_request(&parts.method, CLIENT_CLOSED, true, UNKNOWN, total);
+        let mut flags = Flags::default();
+        flags.set(Flag::CallerDisconnected);
+        let record = AccessRecord {
+            request_id: self.request_id.clone(),
+            peer: self.peer,
+            caller: None,
+            merchant: admit::merchant_from_headers(&parts.headers, self.merchant_header).ok(),
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            status: CLIENT_CLOSED,
+            upstream_status: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            token: None,
+            token_wait: None,
+            upstream: None,
+            attempts: 0,
+            limit_observed: None,
+            flags,
+            error_code: None,
+            error: Some("the caller went away before the response head".into()),
+        };
+        self.recorder.access.write(&record, total);
     }
 }
