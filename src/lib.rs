@@ -18,6 +18,7 @@
 //! - [`onboarding`]: the merchant-facing listener: `/connect`, the verified callback, pages.
 //! - [`admin`], [`metrics`], [`telemetry`]: what operators see; [`reload`]: applying a
 //!   changed configuration file without a restart; [`report`]: an error chain as one line.
+//! - [`audit`]: the hash-chained, secret-free trail of grants, refusals and who acted for whom.
 //! - [`armour`]: PEM armour checked line by line, for every key read from a file.
 //!
 //! Poynt's wire vocabulary and the merchant ID live in the `poynt-wire` crate, shared with
@@ -28,6 +29,7 @@
 
 pub mod admin;
 pub mod armour;
+pub mod audit;
 pub mod callers;
 pub mod config;
 pub mod lifecycle;

@@ -53,6 +53,7 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::audit::Event;
 use crate::callers::{Callers, UNKNOWN};
 use crate::config::Config;
 use crate::limits::Governor;
@@ -489,6 +490,17 @@ impl Proxy {
             error = error.map(tracing::field::display),
             "request"
         );
+        if let Some(merchant) = ctx.merchant {
+            self.inner.metrics.audit(|| {
+                Event::acted(
+                    ctx.caller.as_deref(),
+                    merchant,
+                    method,
+                    parts.uri.path(),
+                    status,
+                )
+            });
+        }
     }
 }
 
