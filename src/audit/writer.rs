@@ -148,3 +148,59 @@ fn write_all(
         tracing::error!(%error, "cannot flush the audit trail");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::audit::config::FileOutput;
+    use crate::audit::verify::verify;
+
+    /// A burst far larger than the queue: whatever the writer thread keeps up with, each
+    /// event is either a line or a counted drop, and the lines still form one chain.
+    #[test]
+    fn every_event_is_written_or_counted_as_dropped() {
+        const EVENTS: u64 = 2000;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let config = AuditConfig {
+            output: AuditOutput::File(FileOutput {
+                path: path.clone(),
+                max_bytes: 1 << 30,
+                keep: 0,
+            }),
+            queue: 1,
+        };
+        let dropped = IntCounter::new("dropped", "dropped").unwrap();
+        let audit = Audit::start(&config, dropped.clone()).unwrap();
+        for _ in 0..EVENTS {
+            audit.record(Event::Eviction {
+                merchant: "m".into(),
+                evicted: true,
+            });
+        }
+        // The last handle gone, the thread writes what is queued and ends.
+        drop(audit);
+        let written = || {
+            std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .count() as u64
+        };
+        for _ in 0..1000 {
+            if written() + dropped.get() == EVENTS {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(written() + dropped.get(), EVENTS);
+        let verified = verify(&[&path]).expect("the lines written form one chain");
+        assert!(
+            verified.dropped <= dropped.get(),
+            "noted {} drops; counted {}",
+            verified.dropped,
+            dropped.get()
+        );
+    }
+}
