@@ -12,6 +12,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use secrecy::ExposeSecret;
 
+use crate::audit::Event;
 use crate::callers::Callers;
 use crate::metrics::Metrics;
 use crate::reload::{AdminSecret, ReloadError, Reloader};
@@ -152,33 +153,53 @@ impl Admin {
                 response
             }
             (_, p) if p == "/admin" || p.starts_with("/admin/") => {
-                if !self.authorized(&request) {
-                    return error(
-                        StatusCode::UNAUTHORIZED,
-                        "ADMIN_UNAUTHORIZED",
-                        "expected Authorization: Bearer <admin secret>; found none or a wrong one",
-                    );
-                }
-                let uri = request.uri();
-                if p == RELOAD_PATH {
-                    return self.reload(&method).await;
-                }
-                if p == MERCHANTS_PATH || p.starts_with("/admin/merchants/") {
-                    return self.merchants_api(&method, p, uri.query()).await;
-                }
-                if p == TOKENS_PATH || p.starts_with("/admin/tokens/") {
-                    return self.tokens_api(&method, uri).await;
-                }
-                not_found(&method, p)
+                let credential = self.credential(&request);
+                let response = self.admin_api(credential, &method, request.uri()).await;
+                let status = response.status().as_u16();
+                let credential = credential.unwrap_or(NO_CREDENTIAL);
+                inner
+                    .metrics
+                    .audit(|| Event::admin(credential, &method, p, status));
+                response
             }
             _ => not_found(&method, &path),
         }
     }
 
-    fn authorized(&self, request: &Request<Incoming>) -> bool {
+    /// `/admin/*` for a request that presented `credential` (`None`: a wrong one).
+    async fn admin_api(
+        &self,
+        credential: Option<&'static str>,
+        method: &Method,
+        uri: &http::Uri,
+    ) -> Response<Full<Bytes>> {
+        if credential.is_none() {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "ADMIN_UNAUTHORIZED",
+                "expected Authorization: Bearer <admin secret>; found none or a wrong one",
+            );
+        }
+        let p = uri.path();
+        if p == RELOAD_PATH {
+            return self.reload(method).await;
+        }
+        if p == MERCHANTS_PATH || p.starts_with("/admin/merchants/") {
+            return self.merchants_api(method, p, uri.query()).await;
+        }
+        if p == TOKENS_PATH || p.starts_with("/admin/tokens/") {
+            return self.tokens_api(method, uri).await;
+        }
+        not_found(method, p)
+    }
+
+    /// The admin credential `request` proves, by name for the audit trail: `admin.bearer_token`,
+    /// or [`NO_CREDENTIAL`] when no secret is configured; `None` when one is and the request
+    /// does not present it.
+    fn credential(&self, request: &Request<Incoming>) -> Option<&'static str> {
         let secret = self.inner.bearer.load();
         let Some(secret) = &*secret else {
-            return true;
+            return Some(NO_CREDENTIAL);
         };
         let presented = request
             .headers()
@@ -187,13 +208,15 @@ impl Admin {
             .and_then(|v| v.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.trim());
-        presented.is_some_and(|p| {
-            aws_lc_rs::constant_time::verify_slices_are_equal(
-                p.as_bytes(),
-                secret.expose_secret().as_bytes(),
-            )
-            .is_ok()
-        })
+        presented
+            .is_some_and(|p| {
+                aws_lc_rs::constant_time::verify_slices_are_equal(
+                    p.as_bytes(),
+                    secret.expose_secret().as_bytes(),
+                )
+                .is_ok()
+            })
+            .then_some("admin.bearer_token")
     }
 
     /// `value` (a status or a page of them) with each merchant's recent callers added as
@@ -272,6 +295,10 @@ impl Admin {
         }
     }
 }
+
+/// The admin credential of a call that proved none: no secret is configured, or the
+/// request did not present it.
+const NO_CREDENTIAL: &str = "none";
 
 /// The cached tokens' collection.
 const TOKENS_PATH: &str = "/admin/tokens";

@@ -19,6 +19,7 @@
 //! - [`admin`], [`metrics`], [`telemetry`], [`access_log`]: what operators see; [`reload`]:
 //!   applying a changed configuration file without a restart; [`report`]: an error chain as
 //!   one line.
+//! - [`audit`]: the hash-chained, secret-free trail of grants, refusals and who acted for whom.
 //! - [`armour`]: PEM armour checked line by line, for every key read from a file.
 //!
 //! Poynt's wire vocabulary and the merchant ID live in the `poynt-wire` crate, shared with
@@ -30,6 +31,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod armour;
+pub mod audit;
 pub mod callers;
 pub mod config;
 pub mod lifecycle;

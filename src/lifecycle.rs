@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::access_log::{AccessLog, Drain};
 use crate::admin::{Admin, Phase};
+use crate::audit::AuditError;
 use crate::callers::Callers;
 use crate::callers::error::JwksError;
 use crate::config::Config;
@@ -65,6 +66,9 @@ pub enum StartError {
     /// The onboarding listener could not be started.
     #[error(transparent)]
     Onboarding(#[from] OnboardingError),
+    /// The audit trail could not start.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
     /// The JWKS client for `callers.authentication.jwt.jwks_url` could not be built.
     #[error("callers.authentication.jwt.jwks_url: {0}")]
     Callers(#[from] JwksError),
@@ -128,6 +132,9 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
     let proxy_addr = listeners.proxy.local_addr().map_err(StartError::Addr)?;
     let admin_addr = listeners.admin.local_addr().map_err(StartError::Addr)?;
     let metrics = Metrics::new()?;
+    if let Some(audit) = &config.audit {
+        metrics.start_audit(audit)?;
+    }
     let poynt = &config.poynt;
     let tls = upstream::tls_config(&poynt.extra_roots)?;
     let origin = upstream::Origin::new(

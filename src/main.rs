@@ -1,5 +1,6 @@
 //! The `poynt-proxy` command: run the proxy, check a config, run the Poynt emulator or the
-//! demo, print a merchant authorization URL, or make a store key and list the store. This
+//! demo, print a merchant authorization URL, make a caller's API key, verify the audit
+//! trail, or make a store key and list the store. This
 //! file parses the command line and dispatches; each command's work is in `cli/`.
 
 #![forbid(unsafe_code)]
@@ -75,6 +76,11 @@ enum Command {
         #[command(subcommand)]
         command: CallersCommand,
     },
+    /// Check the audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Make a store key, or list what the token store holds.
     Store {
         #[command(subcommand)]
@@ -92,6 +98,17 @@ enum CallersCommand {
         /// Append the line to this key file instead of printing it.
         #[arg(long)]
         file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check that audit files form one unbroken hash chain: exit 0, or 1 naming the file and
+    /// line where a line was edited, inserted or deleted.
+    Verify {
+        /// The files, oldest first (after rotation: audit.log.N … audit.log.1 audit.log).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -143,6 +160,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Callers {
             command: CallersCommand::AddKey { name, file },
         } => cli::callers::add_key(&name, file.as_deref()),
+        Command::Audit {
+            command: AuditCommand::Verify { files },
+        } => cli::audit::verify_files(&files),
         Command::Store {
             command: StoreCommand::Keygen,
         } => {

@@ -13,6 +13,9 @@ use prometheus::{
 
 use poynt_wire::GrantKind;
 
+use crate::audit::config::AuditConfig;
+use crate::audit::{Audit, AuditError, Event};
+
 /// Latency buckets from 100 µs to 30 s, roughly ×2.5 apart.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -148,6 +151,9 @@ struct Inner {
     store: StoreMetrics,
     onboarding: OnboardingCounters,
     limits: LimitsMetrics,
+    audit_dropped: IntCounter,
+    /// The audit trail, once [`Metrics::start_audit`] ran (never, with `audit` off).
+    audit: std::sync::OnceLock<Audit>,
 }
 
 fn unix_now() -> f64 {
@@ -315,6 +321,11 @@ impl Metrics {
         let onboarding = OnboardingCounters::register(&registry)?;
         let limits = LimitsMetrics::register(&registry)?;
         registry.register(Box::new(ProcessMetrics::new()?))?;
+        let audit_dropped = IntCounter::new(
+            "poynt_proxy_audit_dropped_total",
+            "Audit events dropped because the audit writer's queue (audit.queue) was full; the next audit line says how many.",
+        )?;
+        registry.register(Box::new(audit_dropped.clone()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 registry,
@@ -339,6 +350,8 @@ impl Metrics {
                 store,
                 onboarding,
                 limits,
+                audit_dropped,
+                audit: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -485,6 +498,20 @@ impl Metrics {
     /// The traffic limits' handles.
     pub fn limits(&self) -> &LimitsMetrics {
         &self.inner.limits
+    }
+
+    /// Starts the audit trail every holder of these metrics then writes to.
+    pub fn start_audit(&self, config: &AuditConfig) -> Result<(), AuditError> {
+        let audit = Audit::start(config, self.inner.audit_dropped.clone())?;
+        self.inner.audit.get_or_init(|| audit);
+        Ok(())
+    }
+
+    /// Queues the event `event` builds, which it builds only when the trail is on.
+    pub fn audit(&self, event: impl FnOnce() -> Event) {
+        if let Some(audit) = self.inner.audit.get() {
+            audit.record(event());
+        }
     }
 
     /// The text exposition format.

@@ -227,7 +227,7 @@ fn differs<T: Debug>(old: &T, new: &T) -> bool {
 /// The keys that changed and only take effect after a restart: what listeners, the store,
 /// the upstream client and the caches were built from.
 fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
-    let checks: [(&'static str, bool); 16] = [
+    let checks: [(&'static str, bool); 17] = [
         ("listen", old.listen != new.listen),
         ("admin_listen", old.admin_listen != new.admin_listen),
         ("poynt.api_url", old.poynt.api_url != new.poynt.api_url),
@@ -275,6 +275,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         ("oauth", differs(&old.oauth, &new.oauth)),
         ("onboarding", differs(&old.onboarding, &new.onboarding)),
         ("limits", differs(&old.limits, &new.limits)),
+        ("audit", old.audit != new.audit),
     ];
     checks
         .into_iter()

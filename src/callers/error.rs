@@ -221,3 +221,15 @@ pub enum Forbidden {
         problem: String,
     },
 }
+
+impl Forbidden {
+    /// The part of the caller's policy that refused, for the audit trail: `callers.policy`
+    /// (no entry), `merchants` or `allow`.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            Self::NoPolicy { .. } => "callers.policy",
+            Self::Merchant { .. } | Self::OnboardedUnknown { .. } => "merchants",
+            Self::Route { .. } => "allow",
+        }
+    }
+}

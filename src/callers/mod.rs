@@ -34,6 +34,7 @@ use self::error::{AuthError, Forbidden, JwksError, Refusal};
 use self::jwt::JwtVerifier;
 use self::policy::{CallerPolicy, Merchants};
 use self::recent::{Recent, Seen};
+use crate::audit::Event;
 use crate::metrics::Metrics;
 use crate::token::broker::Broker;
 
@@ -187,7 +188,17 @@ impl Callers {
                 self.inner.recent.saw(merchant, caller);
                 Ok(())
             }
-            Err(forbidden) => self.refuse(state, Refusal::Forbidden(forbidden)),
+            Err(forbidden) => {
+                self.inner.metrics.audit(|| {
+                    Event::refusal(
+                        caller,
+                        merchant,
+                        forbidden.rule(),
+                        state.config.mode.as_str(),
+                    )
+                });
+                self.refuse(state, Refusal::Forbidden(forbidden))
+            }
         }
     }
 

@@ -1,10 +1,11 @@
 //! What only the `poynt-proxy` command does, one file per job: serve until a stop signal
 //! (`run`, with `signals`), check a configuration (`check`), make a caller's API key
-//! (`callers`), make a store key and list the
+//! (`callers`), verify the audit trail (`audit`), make a store key and list the
 //! store (`store`), print an authorization URL (`authorize_url`), and the `demo`. The
 //! library never imports this module: it is the binary's, so nothing here can grow into a
 //! dependency of the proxy the tests drive.
 
+pub mod audit;
 pub mod authorize_url;
 pub mod callers;
 pub mod check;

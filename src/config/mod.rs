@@ -4,7 +4,7 @@
 //!
 //! One file per YAML section, each with its raw serde struct, defaults and validation:
 //! `poynt`, `merchant`, `store`, `server`, `tokens`, `oauth`, `onboarding`, `log`, `admin`,
-//! `limits`, `callers`.
+//! `limits`, `callers`, `audit`.
 //! Beside them: `sources` (what the environment supplies instead of the file), `checks`
 //! (rules that span sections), `fields` (parsers the sections share), `yaml` (the text
 //! into the raw schema, errors naming the file and line) and `error`. This file
@@ -17,6 +17,7 @@
 //! so the fields of [`Config`] can be named from one place.
 
 mod admin;
+mod audit;
 mod callers;
 mod checks;
 mod error;
@@ -44,6 +45,7 @@ pub use self::error::ConfigError;
 pub use self::merchant::MerchantConfig;
 pub use self::server::ServerConfig;
 pub use self::sources::{KeySources, PRIVATE_KEY_ENV, REDIS_URL_ENV};
+pub use crate::audit::config::{AuditConfig, AuditOutput, FileOutput};
 pub use crate::limits::config::LimitsConfig;
 pub use crate::onboarding::config::{OauthConfig, OnboardingConfig};
 pub use crate::store::config::{RedisUrl, StoreBackend, StoreConfig};
@@ -81,6 +83,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Caller authentication and rights; `None`: any peer may act as any merchant.
     pub callers: Option<CallersConfig>,
+    /// The audit trail; `None`: none is written.
+    pub audit: Option<AuditConfig>,
     /// The file this configuration was read from, which a reload reads again; `None` when it
     /// was parsed from text (tests, the demo).
     pub source: Option<PathBuf>,
@@ -114,6 +118,7 @@ struct RawConfig {
     #[serde(default)]
     limits: limits::RawLimits,
     callers: Option<callers::RawCallers>,
+    audit: Option<audit::RawAudit>,
 }
 
 fn default_listen() -> String {
@@ -143,6 +148,7 @@ impl RawConfig {
         let log = self.log.validate()?;
         let limits = self.limits.validate()?;
         let callers = self.callers.map(|raw| raw.validate(sources)).transpose()?;
+        let audit = self.audit.map(|raw| raw.validate(sources)).transpose()?;
         checks::distinct_listeners(listen, admin_listen, onboarding.as_ref().map(|o| o.listen))?;
         checks::limited_callers_exist(&limits, callers.as_ref())?;
         Ok(Config {
@@ -159,6 +165,7 @@ impl RawConfig {
             admin,
             limits,
             callers,
+            audit,
             source: None,
         })
     }

@@ -15,6 +15,7 @@ use super::code_key::CodeKey;
 use super::state::{StateError, StateKey};
 use super::verify::{self, CodeError, CodeRules, VerifiedCode};
 use super::{CONNECTED_PATH, Inner, OnboardingError, SIGNED_OUT_PATH, Settings, pages, seal};
+use crate::audit::Event;
 use crate::metrics::{Metrics, OnboardingOutcome};
 use crate::telemetry;
 use poynt_wire::MerchantId;
@@ -121,6 +122,7 @@ impl Record {
     /// Counts the callback and writes its one log line (never a code, state or token).
     pub(super) fn finish(self, metrics: &Metrics, elapsed: Duration) {
         metrics.onboarding(self.outcome);
+        metrics.audit(|| Event::onboarding(self.business, self.outcome.as_str()));
         let outcome = self.outcome.as_str();
         let business_id = self.business.map(tracing::field::display);
         let claimed_business_id = self.claimed_business.map(tracing::field::display);

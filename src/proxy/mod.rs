@@ -57,6 +57,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::access_log::{AccessLog, AccessRecord, Flags};
+use crate::audit::Event;
 use crate::callers::{Callers, UNKNOWN};
 use crate::config::Config;
 use crate::limits::Governor;
@@ -488,6 +489,17 @@ impl Proxy {
             ctx.caller_label.as_deref().unwrap_or(UNKNOWN),
             elapsed,
         );
+        if let Some(merchant) = ctx.merchant {
+            self.inner.metrics.audit(|| {
+                Event::acted(
+                    ctx.caller.as_deref(),
+                    merchant,
+                    &parts.method,
+                    parts.uri.path(),
+                    status,
+                )
+            });
+        }
         let mut flags = ctx.flags;
         if let Some(error) = error {
             flags.set(error.flag());

@@ -30,6 +30,7 @@ use secrecy::SecretString;
 use tokio::runtime::Handle;
 use tokio::time::Instant;
 
+use crate::audit::Event;
 use crate::metrics::{Lookup, Metrics, Unauthorized};
 use crate::store::{Store, StoreError};
 use crate::token::budget::GrantBudget;
@@ -276,7 +277,11 @@ impl Broker {
     pub async fn evict(&self, merchant: MerchantId) -> Result<bool, StoreError> {
         let state = self.inner.states.get_or_create(merchant);
         self.invalidate_stored(merchant, &state, None).await?;
-        Ok(self.inner.tokens.remove(merchant).await)
+        let evicted = self.inner.tokens.remove(merchant).await;
+        self.inner
+            .metrics
+            .audit(|| Event::eviction(merchant, evicted));
+        Ok(evicted)
     }
 
     /// True when the shared store refused this replica's key after start: not ready.

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use crate::audit::Event;
 use crate::metrics::{GrantOutcome, Metrics};
 use crate::report::error_chain;
 use crate::telemetry;
@@ -255,6 +256,8 @@ impl TokenClient {
             Err(e) => e.outcome(),
         };
         self.metrics.observe_grant(kind, outcome, elapsed);
+        self.metrics
+            .audit(|| Event::grant(kind, merchant, outcome.as_str()));
         let merchant = merchant.map(tracing::field::display);
         match &result {
             Ok(token) => tracing::info!(
