@@ -240,7 +240,9 @@ async fn a_caller_gone_before_the_head_is_logged_499_dc() {
     let m = merchant();
     let emulator = Builder::default().emulator(&[m]).await;
     let proxy = spawn_proxy_logging(&emulator, "", "info");
-    let mut caller = tokio::net::TcpStream::connect(proxy.proxy.as_str()).await.unwrap();
+    let mut caller = tokio::net::TcpStream::connect(proxy.proxy.as_str())
+        .await
+        .unwrap();
     let head = format!(
         "GET /businesses/{m}/orders?_delay_ms=30000 HTTP/1.1\r\nHost: x\r\n{HEADER}: {m}\r\n{REQUEST_ID_HEADER}: gone\r\n\r\n"
     );
