@@ -4,7 +4,7 @@
 //!
 //! One file per YAML section, each with its raw serde struct, defaults and validation:
 //! `poynt`, `merchant`, `store`, `server`, `tokens`, `oauth`, `onboarding`, `log`, `admin`,
-//! `limits`, `callers`.
+//! `limits`, `callers`, `tls`.
 //! Beside them: `sources` (what the environment supplies instead of the file), `checks`
 //! (rules that span sections), `fields` (parsers the sections share), `yaml` (the text
 //! into the raw schema, errors naming the file and line) and `error`. This file
@@ -30,6 +30,7 @@ mod poynt;
 mod server;
 mod sources;
 mod store;
+mod tls;
 mod tokens;
 mod yaml;
 
@@ -44,6 +45,7 @@ pub use self::error::ConfigError;
 pub use self::merchant::MerchantConfig;
 pub use self::server::ServerConfig;
 pub use self::sources::{KeySources, PRIVATE_KEY_ENV, REDIS_URL_ENV};
+pub use self::tls::TlsConfig;
 pub use crate::limits::config::LimitsConfig;
 pub use crate::onboarding::config::{OauthConfig, OnboardingConfig};
 pub use crate::store::config::{RedisUrl, StoreBackend, StoreConfig};
@@ -81,6 +83,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Caller authentication and rights; `None`: any peer may act as any merchant.
     pub callers: Option<CallersConfig>,
+    /// The TLS listener beside `listen`; `None` when not configured.
+    pub tls: Option<TlsConfig>,
     /// The file this configuration was read from, which a reload reads again; `None` when it
     /// was parsed from text (tests, the demo).
     pub source: Option<PathBuf>,
@@ -114,6 +118,7 @@ struct RawConfig {
     #[serde(default)]
     limits: limits::RawLimits,
     callers: Option<callers::RawCallers>,
+    tls: Option<tls::RawTls>,
 }
 
 fn default_listen() -> String {
@@ -143,6 +148,8 @@ impl RawConfig {
         let log = self.log.validate()?;
         let limits = self.limits.validate()?;
         let callers = self.callers.map(|raw| raw.validate(sources)).transpose()?;
+        let tls = self.tls.map(|raw| raw.validate(sources)).transpose()?;
+        checks::mtls_has_client_ca(callers.as_ref(), tls.as_ref())?;
         checks::distinct_listeners(listen, admin_listen, onboarding.as_ref().map(|o| o.listen))?;
         Ok(Config {
             listen,
@@ -158,6 +165,7 @@ impl RawConfig {
             admin,
             limits,
             callers,
+            tls,
             source: None,
         })
     }
