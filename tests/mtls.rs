@@ -71,6 +71,15 @@ impl Ca {
         }
     }
 
+    /// The proxy's certificate, for 127.0.0.1.
+    fn server(&self) -> Issued {
+        self.issue(
+            vec![SanType::IpAddress("127.0.0.1".parse().unwrap())],
+            None,
+            false,
+        )
+    }
+
     fn client(&self, uri: &str) -> Issued {
         self.issue(
             vec![SanType::URI(uri.try_into().unwrap())],
@@ -106,11 +115,7 @@ async fn world_with(extra: &str) -> World {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
     let server_ca = Ca::new("server CA");
-    let server = server_ca.issue(
-        vec![SanType::IpAddress("127.0.0.1".parse().unwrap())],
-        None,
-        false,
-    );
+    let server = server_ca.server();
     let clients = Ca::new("client CA");
     write(&path, "server.pem", &server.cert);
     write(&path, "server-key.pem", &server.key);
@@ -363,22 +368,34 @@ async fn curl_with_a_client_certificate_is_served() {
 }
 
 #[tokio::test]
-async fn a_reload_swaps_the_client_ca_for_new_connections_and_keeps_open_ones() {
-    let w = world().await;
+async fn a_reload_swaps_the_ca_bundle_and_certificate_for_new_connections_only() {
+    let mut w = world().await;
     let old = w.clients.client(PAYMENTS);
     let next = Ca::new("next client CA");
     let renewed = next.client(PAYMENTS);
     assert!(get(&w, Some(&renewed), b"http/1.1", None).await.is_err());
     let mut open = connect(&w, Some(&old), b"h2").await.unwrap();
     assert_eq!(open.get(&w, None).await.unwrap().0, 200);
+    let next_server_ca = Ca::new("next server CA");
+    let next_server = next_server_ca.server();
     write(&w.dir, "clients.pem", &next.pem());
+    write(&w.dir, "server.pem", &next_server.cert);
+    write(&w.dir, "server-key.pem", &next_server.key);
     let applied = w.h.proxy.reload().await.unwrap().expect("reloaded");
     assert!(applied.not_applied.is_empty(), "{:?}", applied.not_applied);
+    assert!(
+        get(&w, Some(&renewed), b"http/1.1", None).await.is_err(),
+        "the proxy now shows a certificate of the next server CA"
+    );
+    w.server_ca = next_server_ca;
     let (status, _, _) = get(&w, Some(&renewed), b"http/1.1", None).await.unwrap();
-    assert_eq!(status, 200, "the new CA's certificate, after the reload");
+    assert_eq!(
+        status, 200,
+        "the new client CA's certificate, after the reload"
+    );
     assert!(
         get(&w, Some(&old), b"http/1.1", None).await.is_err(),
-        "the old CA is no longer trusted"
+        "the old client CA is no longer trusted"
     );
     assert_eq!(
         open.get(&w, None).await.unwrap().0,
