@@ -44,6 +44,7 @@ pub mod report;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod token;
 pub mod upstream;
 pub mod workers;

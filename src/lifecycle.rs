@@ -27,6 +27,7 @@ use crate::reload::{AdminSecret, Applied, ReloadError, Reloadable, Reloader};
 use crate::server::{self, Limits};
 use crate::store::{Store, StoreError};
 use crate::telemetry;
+use crate::tls::ServerTls;
 use crate::token::assertion::AssertionSigner;
 use crate::token::broker::Broker;
 use crate::token::grant::TokenClient;
@@ -85,6 +86,8 @@ pub struct Listeners {
     pub admin: TcpListener,
     /// For merchants' browsers; bound only when `onboarding` is configured.
     pub onboarding: Option<TcpListener>,
+    /// For callers over TLS; bound only when `tls` is configured.
+    pub tls: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -106,6 +109,10 @@ impl Listeners {
                 Some(onboarding) => Some(bind("onboarding.listen", onboarding.listen).await?),
                 None => None,
             },
+            tls: match &config.tls {
+                Some(tls) => Some(bind("tls.listen", tls.listen).await?),
+                None => None,
+            },
         })
     }
 }
@@ -114,6 +121,7 @@ impl Listeners {
 pub struct Running {
     proxy_addr: SocketAddr,
     admin_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     stop_proxy: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
     phase: Phase,
@@ -131,6 +139,12 @@ pub struct Running {
 pub async fn start(config: Config, listeners: Listeners) -> Result<Running, StartError> {
     let proxy_addr = listeners.proxy.local_addr().map_err(StartError::Addr)?;
     let admin_addr = listeners.admin.local_addr().map_err(StartError::Addr)?;
+    let tls_addr = listeners
+        .tls
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()
+        .map_err(StartError::Addr)?;
     let metrics = Metrics::new()?;
     if let Some(audit) = &config.audit {
         metrics.start_audit(audit)?;
@@ -181,11 +195,16 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
     let admin_secret: AdminSecret = Arc::new(ArcSwapOption::new(
         config.admin.bearer_token.clone().map(Arc::new),
     ));
+    let tls_server = config
+        .tls
+        .as_ref()
+        .map(|tls| ServerTls::new(tls.server.clone()));
     let reloader = Reloader::new(
         &config,
         Reloadable {
             signer,
             callers: callers.clone(),
+            tls: tls_server.clone(),
             broker: broker.clone(),
             allow: allow.clone(),
             admin_secret: admin_secret.clone(),
@@ -240,6 +259,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
     let (stop_admin, admin_signal) = watch::channel(false);
     let workers = workers::spawn(
         listeners.proxy,
+        listeners.tls.zip(tls_server),
         config.server.workers,
         || {
             let proxy = Proxy::new(
@@ -301,6 +321,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
     Ok(Running {
         proxy_addr,
         admin_addr,
+        tls_addr,
         stop_proxy,
         stop_admin,
         phase,
@@ -322,6 +343,11 @@ impl Running {
     /// Where callers connect.
     pub fn proxy_addr(&self) -> SocketAddr {
         self.proxy_addr
+    }
+
+    /// Where callers connect over TLS, when `tls` is configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// Where health, metrics and admin are served.

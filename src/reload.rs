@@ -3,7 +3,9 @@
 //! without a restart), the admin bearer secret, the log format and level (not while `RUST_LOG`
 //! is set, which takes the level's place: the answer says so), the `tokens.*`
 //! tuning, the merchant allow-list and the whole `callers` section (API keys, the JWT key
-//! set and its CA bundle, the policy: a caller removed is refused on its next request).
+//! set and its CA bundle, the policy: a caller removed is refused on its next request), and
+//! the TLS listener's certificate, key and client CA bundle (for new connections; open ones
+//! keep what they began with).
 //!
 //! A reload is all or nothing: a file that fails validation is refused whole and the running
 //! configuration stays; so is one that changes anything only a restart can change (a
@@ -24,6 +26,7 @@ use crate::config::{Config, ConfigError};
 use crate::metrics::{Metrics, ReloadOutcome};
 use crate::proxy::AllowList;
 use crate::telemetry;
+use crate::tls::ServerTls;
 use crate::token::assertion::AssertionSigner;
 use crate::token::broker::Broker;
 
@@ -72,6 +75,7 @@ struct Inner {
     current: Mutex<Config>,
     signer: AssertionSigner,
     callers: Callers,
+    tls: Option<ServerTls>,
     broker: Broker,
     allow: AllowList,
     admin_secret: AdminSecret,
@@ -84,6 +88,8 @@ pub struct Reloadable {
     pub signer: AssertionSigner,
     /// Authenticates and authorizes callers.
     pub callers: Callers,
+    /// Serves the TLS listener's handshakes, when `tls` is configured.
+    pub tls: Option<ServerTls>,
     /// Holds the `tokens.*` tuning.
     pub broker: Broker,
     /// The merchants served.
@@ -104,6 +110,7 @@ impl Reloader {
                 current: Mutex::new(config.clone()),
                 signer: handles.signer,
                 callers: handles.callers,
+                tls: handles.tls,
                 broker: handles.broker,
                 allow: handles.allow,
                 admin_secret: handles.admin_secret,
@@ -214,6 +221,13 @@ impl Reloader {
         if let Err(error) = inner.callers.replace(new.callers.as_ref()) {
             not_applied.push(format!("callers: {error}; the running callers stay"));
         }
+        if differs(&old.tls, &new.tls) {
+            changed.push("tls");
+        }
+        // Replaced even when unchanged: a rotated certificate lands under the same file name.
+        if let (Some(serving), Some(tls)) = (&inner.tls, &new.tls) {
+            serving.replace(tls.server.clone());
+        }
         (changed, not_applied)
     }
 }
@@ -227,8 +241,12 @@ fn differs<T: Debug>(old: &T, new: &T) -> bool {
 /// The keys that changed and only take effect after a restart: what listeners, the store,
 /// the upstream client and the caches were built from.
 fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
-    let checks: [(&'static str, bool); 17] = [
+    let checks: [(&'static str, bool); 18] = [
         ("listen", old.listen != new.listen),
+        (
+            "tls.listen",
+            old.tls.as_ref().map(|t| t.listen) != new.tls.as_ref().map(|t| t.listen),
+        ),
         ("admin_listen", old.admin_listen != new.admin_listen),
         ("poynt.api_url", old.poynt.api_url != new.poynt.api_url),
         (

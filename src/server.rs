@@ -16,6 +16,12 @@
 //! - once a GOAWAY is sent (idle, or draining) and no stream is left, the connection is
 //!   closed after a short linger, whether or not the peer acknowledges.
 //!
+//! A TLS listener ([`serve_with`] given a [`ServerTls`]) shakes hands on the worker that accepted the connection,
+//! inside the first request's `header_read_timeout` (which runs from the accept), so a peer
+//! that stalls the handshake holds a connection slot no longer than one that stalls a head,
+//! and never blocks the accept loop. The verified client certificate's names
+//! ([`PeerNames`]) ride on every request of the connection as an `Arc<PeerNames>` extension.
+//!
 //! The first byte of a head is seen by [`Watched`], the connection's I/O wrapped: bytes read
 //! while no request is open begin a head. That costs one clock read per request, the one
 //! hyper's header timer made before.
@@ -44,6 +50,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+
+use crate::tls::ServerTls;
+use crate::tls::peer::PeerNames;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again, so the
 /// loop does not spin while the condition lasts.
@@ -116,6 +125,23 @@ pub async fn serve<F, Fut, B>(
     listener: TcpListener,
     handler: F,
     limits: Limits,
+    shutdown: ShutdownSignal,
+) where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_with(listener, None, handler, limits, shutdown).await;
+}
+
+/// Serves `listener` as [`serve`] does; with `tls`, each connection over TLS with the
+/// configuration `tls` holds when it is accepted.
+pub async fn serve_with<F, Fut, B>(
+    listener: TcpListener,
+    tls: Option<ServerTls>,
+    handler: F,
+    limits: Limits,
     mut shutdown: ShutdownSignal,
 ) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
@@ -155,7 +181,7 @@ pub async fn serve<F, Fut, B>(
                 },
                 () = &mut stop => break,
             };
-            let (stream, peer) = tokio::select! {
+            let accepted = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
@@ -167,8 +193,8 @@ pub async fn serve<F, Fut, B>(
                 () = &mut stop => break,
             };
             connections.spawn(connection(
-                stream,
-                peer,
+                accepted,
+                tls.clone(),
                 handler.clone(),
                 builder.clone(),
                 limits.clone(),
@@ -192,14 +218,15 @@ pub async fn serve<F, Fut, B>(
     }
 }
 
-/// Serves one connection under the deadlines described in the module documentation.
+/// Serves one connection, as accepted (the stream and the caller's address), after its TLS
+/// handshake with `tls`, under the deadlines described in the module documentation.
 async fn connection<F, Fut, B>(
-    stream: TcpStream,
-    peer: SocketAddr,
+    (stream, peer): (TcpStream, SocketAddr),
+    tls: Option<ServerTls>,
     handler: F,
     builder: auto::Builder<TokioExecutor>,
     limits: Limits,
-    mut shutdown: ShutdownSignal,
+    shutdown: ShutdownSignal,
     permit: OwnedSemaphorePermit,
 ) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
@@ -212,10 +239,67 @@ async fn connection<F, Fut, B>(
         tracing::debug!(%error, "TCP_NODELAY not set");
     }
     let activity = Arc::new(Activity::new());
+    match tls {
+        None => {
+            drive(
+                stream, peer, None, activity, handler, builder, limits, shutdown,
+            )
+            .await
+        }
+        Some(tls) => {
+            let handshake = tls.acceptor().accept(stream);
+            match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                Ok(Ok(stream)) => {
+                    let cert = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(<[_]>::first)
+                        .map(|cert| Arc::new(PeerNames::from_der(cert)));
+                    drive(
+                        stream, peer, cert, activity, handler, builder, limits, shutdown,
+                    )
+                    .await;
+                }
+                Ok(Err(error)) => tracing::debug!(%error, "TLS handshake refused"),
+                Err(_) => tracing::debug!(
+                    "TLS handshake did not complete within server.header_read_timeout"
+                ),
+            }
+        }
+    }
+    drop(permit);
+}
+
+/// Serves the requests of one connection's `io` from `peer` (`cert`: its client
+/// certificate's names, handed to every request).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the connection's parts, each passed on once; a struct would only rename them"
+)]
+async fn drive<I, F, Fut, B>(
+    io: I,
+    peer: SocketAddr,
+    cert: Option<Arc<PeerNames>>,
+    activity: Arc<Activity>,
+    handler: F,
+    builder: auto::Builder<TokioExecutor>,
+    limits: Limits,
+    mut shutdown: ShutdownSignal,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let tracked = activity.clone();
     // `map`, not an `async` block around the handler's future: a block would keep that
     // future twice (as captured, and as awaited), and hyper moves it twice per request.
-    let service = service_fn(move |request| {
+    let service = service_fn(move |mut request: Request<Incoming>| {
+        if let Some(cert) = &cert {
+            request.extensions_mut().insert(cert.clone());
+        }
         let guard = tracked.begin(request.version());
         handler(request, peer).map(move |response| {
             Ok::<_, Infallible>(response.map(|body| Tracked {
@@ -225,7 +309,7 @@ async fn connection<F, Fut, B>(
         })
     });
     let io = Watched {
-        io: stream,
+        io,
         activity: activity.clone(),
     };
     let mut conn = pin!(
@@ -269,7 +353,6 @@ async fn connection<F, Fut, B>(
             }
         }
     }
-    drop(permit);
 }
 
 /// A future polled only on its first poll and after its own waker fired: a branch of a
@@ -491,12 +574,12 @@ impl Drop for OpenRequest {
 }
 
 /// The connection's I/O, telling [`Activity`] when bytes arrive.
-struct Watched {
-    io: TcpStream,
+struct Watched<I> {
+    io: I,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -511,7 +594,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::server::{self, Limits, ShutdownSignal};
+use crate::tls::ServerTls;
 
 /// Why the workers could not start.
 #[derive(Debug, thiserror::Error)]
@@ -49,11 +50,13 @@ pub struct Workers {
     finished: Vec<oneshot::Receiver<()>>,
 }
 
-/// Starts `count` workers serving `listener`, each with the handler `handler_for` makes for
-/// it, and returns once every one of them is running. They stop accepting when `shutdown`
-/// turns true (or its sender is dropped) and drain as [`server::serve`] does.
+/// Starts `count` workers serving `listener` (and `tls`'s listener over TLS, under the same
+/// connection cap), each with the handler `handler_for` makes for it, and returns once every
+/// one of them is running. They stop accepting when `shutdown` turns true (or its sender is
+/// dropped) and drain as [`server::serve`] does.
 pub async fn spawn<H, Fut, B>(
     listener: TcpListener,
+    tls: Option<(TcpListener, ServerTls)>,
     count: usize,
     mut handler_for: impl FnMut() -> H,
     limits: Limits,
@@ -68,6 +71,15 @@ where
     let shared = listener
         .into_std()
         .map_err(|source| WorkerError::Listener { index: 0, source })?;
+    let shared_tls = match tls {
+        Some((listener, tls)) => Some((
+            listener
+                .into_std()
+                .map_err(|source| WorkerError::Listener { index: 0, source })?,
+            tls,
+        )),
+        None => None,
+    };
     let mut finished = Vec::with_capacity(count);
     let mut running = Vec::with_capacity(count);
     for index in 0..count {
@@ -76,12 +88,19 @@ where
             .enable_all()
             .build()
             .map_err(spawn_error)?;
-        let listener = {
+        let (listener, tls) = {
             let _entered = runtime.enter();
-            shared
-                .try_clone()
-                .and_then(TcpListener::from_std)
-                .map_err(|source| WorkerError::Listener { index, source })?
+            let duplicate = |shared: &std::net::TcpListener| {
+                shared
+                    .try_clone()
+                    .and_then(TcpListener::from_std)
+                    .map_err(|source| WorkerError::Listener { index, source })
+            };
+            let tls = match &shared_tls {
+                Some((shared, tls)) => Some((duplicate(shared)?, tls.clone())),
+                None => None,
+            };
+            (duplicate(&shared)?, tls)
         };
         let handler = handler_for();
         let shutdown = shutdown.clone();
@@ -92,7 +111,28 @@ where
             .name(format!("poynt-worker-{index}"))
             .spawn(move || {
                 let _ = started.send(());
-                runtime.block_on(server::serve(listener, handler, limits, shutdown));
+                runtime.block_on(async move {
+                    match tls {
+                        None => server::serve(listener, handler, limits, shutdown).await,
+                        Some((tls_listener, tls)) => {
+                            tokio::join!(
+                                server::serve(
+                                    listener,
+                                    handler.clone(),
+                                    limits.clone(),
+                                    shutdown.clone()
+                                ),
+                                server::serve_with(
+                                    tls_listener,
+                                    Some(tls),
+                                    handler,
+                                    limits,
+                                    shutdown
+                                ),
+                            );
+                        }
+                    }
+                });
                 // Dropping the runtime ends what the drain left behind (idle pooled upstream
                 // connections) before the worker reports that it is done.
                 drop(runtime);

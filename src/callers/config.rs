@@ -20,6 +20,8 @@ pub struct CallersConfig {
     pub api_keys: Option<ApiKeys>,
     /// JWT bearer verification, when that method is configured.
     pub jwt: Option<JwtConfig>,
+    /// Client certificates from the TLS listener, when that method is configured.
+    pub mtls: Option<MtlsConfig>,
     /// What each caller may do; a caller without an entry may do nothing.
     pub policy: Policy,
 }
@@ -71,4 +73,22 @@ pub enum JwksSource {
         /// Extra trust anchors for the JWKS server, beside the system roots (`ca_file`).
         extra_roots: Vec<CertificateDer<'static>>,
     },
+}
+
+/// How a client certificate names its caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MtlsConfig {
+    /// The kinds of name tried, in order; the first the certificate carries wins.
+    pub identity: Vec<PeerName>,
+}
+
+/// A kind of name a client certificate carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerName {
+    /// A URI subject alternative name: the SPIFFE ID of an SVID.
+    Uri,
+    /// A DNS subject alternative name.
+    Dns,
+    /// The subject's common name, for CAs that issue no SANs.
+    Cn,
 }

@@ -45,7 +45,14 @@ pub enum AuthError {
     #[error("expected a caller credential ({expected}); found none")]
     Missing {
         /// The configured kinds, as a caller would send them.
-        expected: &'static str,
+        expected: String,
+    },
+    /// The client certificate carries no name of the configured kinds that is a valid
+    /// caller name.
+    #[error("expected a client certificate naming the caller ({expected}); found none usable")]
+    NoCertificateName {
+        /// The configured kinds, in order.
+        expected: String,
     },
     /// A credential header was sent more than once.
     #[error("expected at most one {header} header; found {count}")]
@@ -66,13 +73,17 @@ pub enum AuthError {
     Jwt(#[from] JwtError),
     /// Two credentials name different callers.
     #[error(
-        "expected the credentials presented to name one caller; the bearer token names {bearer} and the API key names {key}"
+        "expected the credentials presented to name one caller; the {first} names {first_caller} and the {second} names {second_caller}"
     )]
     Disagree {
-        /// The bearer token's caller.
-        bearer: String,
-        /// The API key's caller.
-        key: String,
+        /// The first credential's kind.
+        first: &'static str,
+        /// Its caller.
+        first_caller: String,
+        /// The other credential's kind.
+        second: &'static str,
+        /// Its caller.
+        second_caller: String,
     },
 }
 

@@ -8,8 +8,8 @@
 //! (keys, key set, policy) at once; requests already past `authenticate` finish under the
 //! state they started with.
 //!
-//! One job per file: `config` (the checked settings), `api_key`, `jwt` and `jwks` (the
-//! credentials), `policy` (rights), `recent` (who used which merchant lately, for
+//! One job per file: `config` (the checked settings), `api_key`, `jwt`, `jwks` and `mtls`
+//! (the credentials), `policy` (rights), `recent` (who used which merchant lately, for
 //! `/admin/tokens`), `error` (refusals and their messages).
 
 pub mod api_key;
@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod jwks;
 pub mod jwt;
+pub mod mtls;
 pub mod policy;
 pub mod recent;
 
@@ -25,7 +26,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, HeaderValue, Method};
+use http::{Extensions, HeaderMap, HeaderValue, Method};
 use poynt_wire::MerchantId;
 
 use self::api_key::API_KEY_HEADER;
@@ -36,6 +37,7 @@ use self::policy::{CallerPolicy, Merchants};
 use self::recent::{Recent, Seen};
 use crate::audit::Event;
 use crate::metrics::Metrics;
+use crate::tls::peer::PeerNames;
 use crate::token::broker::Broker;
 
 /// The `caller` label of requests whose caller is not a configured one (or when `callers`
@@ -139,13 +141,19 @@ impl Callers {
         Ok(())
     }
 
-    /// Who sent `headers`: the caller its credentials prove. In `observe` mode an
+    /// Who sent `headers` (over the connection whose client certificate's names the
+    /// `extensions` carry, if any): the caller its credentials prove. In `observe` mode an
     /// unidentified caller is logged, counted and let through.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, Refusal> {
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        extensions: &Extensions,
+    ) -> Result<Identity, Refusal> {
         let Some(state) = self.inner.state.load_full() else {
             return Ok(Identity::anyone());
         };
-        match state.identify(headers).await {
+        let peer = extensions.get::<Arc<PeerNames>>().map(Arc::as_ref);
+        match state.identify(headers, peer).await {
             Ok(caller) => {
                 let policy = state.config.policy.get(&caller).map(|(_, p)| p.clone());
                 Ok(Identity {
@@ -278,8 +286,17 @@ impl Callers {
 
 impl State {
     /// The caller the credentials prove. Every credential presented is checked, and they
-    /// must agree: a bearer token and an API key naming different callers are refused.
-    async fn identify(&self, headers: &HeaderMap) -> Result<Arc<str>, AuthError> {
+    /// must agree: a client certificate, a bearer token and an API key naming different
+    /// callers are refused.
+    async fn identify(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<&PeerNames>,
+    ) -> Result<Arc<str>, AuthError> {
+        let certificate = match (&self.config.mtls, peer) {
+            (Some(config), Some(peer)) => Some(mtls::identify(config, peer)?),
+            _ => None,
+        };
         let bearer = match &self.jwt {
             Some(jwt) => match single(headers, AUTHORIZATION.as_str())? {
                 Some(value) => Some(jwt.verify(bearer_token(value)?).await?),
@@ -297,20 +314,44 @@ impl State {
             },
             None => None,
         };
-        match (bearer, key) {
-            (Some(bearer), Some(key)) if bearer != key => Err(AuthError::Disagree {
-                bearer: bearer.to_string(),
-                key: key.to_string(),
-            }),
-            (Some(caller), _) | (None, Some(caller)) => Ok(caller),
-            (None, None) => Err(AuthError::Missing {
-                expected: match (self.jwt.is_some(), self.config.api_keys.is_some()) {
-                    (true, true) => "Authorization: Bearer <token>, or an X-Poynt-Proxy-Key header",
-                    (true, false) => "Authorization: Bearer <token>",
-                    _ => "an X-Poynt-Proxy-Key header",
-                },
-            }),
+        let mut proven: Option<(&'static str, Arc<str>)> = None;
+        for (kind, caller) in [
+            ("client certificate", certificate),
+            ("bearer token", bearer),
+            ("API key", key),
+        ] {
+            let Some(caller) = caller else { continue };
+            match &proven {
+                Some((first, first_caller)) if *first_caller != caller => {
+                    return Err(AuthError::Disagree {
+                        first,
+                        first_caller: first_caller.to_string(),
+                        second: kind,
+                        second_caller: caller.to_string(),
+                    });
+                }
+                Some(_) => {}
+                None => proven = Some((kind, caller)),
+            }
         }
+        proven.map(|(_, caller)| caller).ok_or_else(|| {
+            let config = &self.config;
+            let expected = [
+                (
+                    config.mtls.is_some(),
+                    "a client certificate on the TLS listener",
+                ),
+                (self.jwt.is_some(), "Authorization: Bearer <token>"),
+                (config.api_keys.is_some(), "an X-Poynt-Proxy-Key header"),
+            ];
+            AuthError::Missing {
+                expected: expected
+                    .iter()
+                    .filter_map(|(on, kind)| on.then_some(*kind))
+                    .collect::<Vec<_>>()
+                    .join(", or "),
+            }
+        })
     }
 }
 

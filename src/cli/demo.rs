@@ -176,6 +176,7 @@ pub async fn run<E: std::fmt::Display>(
         proxy: proxy_listener,
         admin: admin_listener,
         onboarding: Some(onboarding_listener),
+        tls: None,
     };
     let header = config.merchant.header.to_string();
     let running = start(config, listeners).await?;

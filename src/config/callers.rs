@@ -13,7 +13,9 @@ use super::error::ConfigError;
 use super::fields::{duration_at_most, invalid, parse_url, read_merchant_file};
 use super::sources::{KeySources, resolve};
 use crate::callers::api_key::ApiKeys;
-pub use crate::callers::config::{CallersConfig, JwksSource, JwtConfig, Mode};
+pub use crate::callers::config::{
+    CallersConfig, JwksSource, JwtConfig, Mode, MtlsConfig, PeerName,
+};
 use crate::callers::jwks::Jwks;
 use crate::callers::policy::{CallerPolicy, Merchants, Policy, Rule, valid_caller_name};
 use poynt_wire::MerchantId;
@@ -45,6 +47,18 @@ fn default_mode() -> String {
 struct RawAuthentication {
     api_keys: Option<RawApiKeys>,
     jwt: Option<RawJwt>,
+    mtls: Option<RawMtls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMtls {
+    #[serde(default = "default_peer_name")]
+    identity: OneOrMany,
+}
+
+fn default_peer_name() -> OneOrMany {
+    OneOrMany::One("uri".into())
 }
 
 #[derive(Deserialize)]
@@ -123,10 +137,11 @@ impl RawCallers {
             })
             .transpose()?;
         let jwt = auth.jwt.map(|raw| raw.validate(sources)).transpose()?;
-        if api_keys.is_none() && jwt.is_none() {
+        let mtls = auth.mtls.map(RawMtls::validate).transpose()?;
+        if api_keys.is_none() && jwt.is_none() && mtls.is_none() {
             return Err(invalid(
                 "callers.authentication",
-                "expected at least one method (api_keys, jwt); found none",
+                "expected at least one method (api_keys, jwt, mtls); found none",
             ));
         }
         if self.policy.is_empty() {
@@ -145,8 +160,37 @@ impl RawCallers {
             mode,
             api_keys,
             jwt,
+            mtls,
             policy: Policy::new(callers),
         })
+    }
+}
+
+impl RawMtls {
+    fn validate(self) -> Result<MtlsConfig, ConfigError> {
+        let words = match self.identity {
+            OneOrMany::One(one) => vec![one],
+            OneOrMany::Many(many) => many,
+        };
+        let mut identity = Vec::with_capacity(words.len());
+        for word in &words {
+            let name = PeerName::parse(word).ok_or_else(|| {
+                invalid(
+                    "callers.authentication.mtls.identity",
+                    format!("expected uri, dns or cn (or a list of them); found {word:?}"),
+                )
+            })?;
+            if !identity.contains(&name) {
+                identity.push(name);
+            }
+        }
+        if identity.is_empty() {
+            return Err(invalid(
+                "callers.authentication.mtls.identity",
+                "expected uri, dns or cn (or a list of them); found an empty list",
+            ));
+        }
+        Ok(MtlsConfig { identity })
     }
 }
 

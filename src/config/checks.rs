@@ -7,6 +7,7 @@ use super::admin::AdminConfig;
 use super::callers::CallersConfig;
 use super::error::ConfigError;
 use super::fields::invalid;
+use super::tls::TlsConfig;
 use crate::limits::config::LimitsConfig;
 use crate::onboarding::CALLBACK_PATH;
 use crate::onboarding::config::{OauthConfig, OnboardingConfig};
@@ -106,4 +107,20 @@ pub(super) fn redirect_uri_differs(
             onboarding.redirect_uri
         )
     })
+}
+
+/// Refuses `callers.authentication.mtls` without a TLS listener that asks for client
+/// certificates: the method could then never apply, and every caller would be refused.
+pub(super) fn mtls_has_client_ca(
+    callers: Option<&CallersConfig>,
+    tls: Option<&TlsConfig>,
+) -> Result<(), ConfigError> {
+    let mtls = callers.is_some_and(|callers| callers.mtls.is_some());
+    if mtls && tls.is_none_or(|tls| tls.client_ca_file.is_none()) {
+        return Err(invalid(
+            "callers.authentication.mtls",
+            "expected a tls section with client_ca_file (the CAs client certificates chain to); found none",
+        ));
+    }
+    Ok(())
 }

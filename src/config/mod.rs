@@ -4,7 +4,7 @@
 //!
 //! One file per YAML section, each with its raw serde struct, defaults and validation:
 //! `poynt`, `merchant`, `store`, `server`, `tokens`, `oauth`, `onboarding`, `log`, `admin`,
-//! `limits`, `callers`, `audit`.
+//! `limits`, `callers`, `audit`, `tls`.
 //! Beside them: `sources` (what the environment supplies instead of the file), `checks`
 //! (rules that span sections), `fields` (parsers the sections share), `yaml` (the text
 //! into the raw schema, errors naming the file and line) and `error`. This file
@@ -31,6 +31,7 @@ mod poynt;
 mod server;
 mod sources;
 mod store;
+mod tls;
 mod tokens;
 mod yaml;
 
@@ -45,6 +46,7 @@ pub use self::error::ConfigError;
 pub use self::merchant::MerchantConfig;
 pub use self::server::ServerConfig;
 pub use self::sources::{KeySources, PRIVATE_KEY_ENV, REDIS_URL_ENV};
+pub use self::tls::TlsConfig;
 pub use crate::audit::config::{AuditConfig, AuditOutput, FileOutput};
 pub use crate::limits::config::LimitsConfig;
 pub use crate::onboarding::config::{OauthConfig, OnboardingConfig};
@@ -85,6 +87,8 @@ pub struct Config {
     pub callers: Option<CallersConfig>,
     /// The audit trail; `None`: none is written.
     pub audit: Option<AuditConfig>,
+    /// The TLS listener beside `listen`; `None` when not configured.
+    pub tls: Option<TlsConfig>,
     /// The file this configuration was read from, which a reload reads again; `None` when it
     /// was parsed from text (tests, the demo).
     pub source: Option<PathBuf>,
@@ -119,6 +123,7 @@ struct RawConfig {
     limits: limits::RawLimits,
     callers: Option<callers::RawCallers>,
     audit: Option<audit::RawAudit>,
+    tls: Option<tls::RawTls>,
 }
 
 fn default_listen() -> String {
@@ -149,6 +154,8 @@ impl RawConfig {
         let limits = self.limits.validate()?;
         let callers = self.callers.map(|raw| raw.validate(sources)).transpose()?;
         let audit = self.audit.map(|raw| raw.validate(sources)).transpose()?;
+        let tls = self.tls.map(|raw| raw.validate(sources)).transpose()?;
+        checks::mtls_has_client_ca(callers.as_ref(), tls.as_ref())?;
         checks::distinct_listeners(listen, admin_listen, onboarding.as_ref().map(|o| o.listen))?;
         checks::limited_callers_exist(&limits, callers.as_ref())?;
         Ok(Config {
@@ -166,6 +173,7 @@ impl RawConfig {
             limits,
             callers,
             audit,
+            tls,
             source: None,
         })
     }

@@ -255,7 +255,10 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let inner = &self.inner;
         // 0 authenticate
-        let identity = inner.callers.authenticate(&parts.headers).await?;
+        let identity = inner
+            .callers
+            .authenticate(&parts.headers, &parts.extensions)
+            .await?;
         ctx.caller = identity.name().cloned();
         ctx.caller_label = identity.configured().cloned();
         // 1 admit
