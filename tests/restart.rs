@@ -78,11 +78,13 @@ async fn sigkill_during_two_hundred_renewals_loses_no_merchant_and_reuses_no_ref
     );
     let mut proxy = spawn_proxy(&emulator, &config);
     all_served(&proxy, &merchants).await;
-    // Each renewal takes 500 ms, 64 at a time: the 200 of them outlast the callers' requests
-    // (which never wait for a renewal) by seconds, so the kill below finds every caller
-    // answered, some renewals stored and the rest in flight.
+    // Each renewal takes 1.5 s, 64 at a time: the 200 of them need at least four rounds
+    // (6 s), outlasting the callers' requests (which never wait for a renewal), so the kill
+    // below — once 20 are done — finds every caller answered, some renewals stored and the
+    // rest in flight, however slowly a loaded machine runs the test (at 500 ms each, a
+    // busy run saw all 200 done before the kill).
     emulator.set_fault(Fault {
-        token_delay_ms: Some(500),
+        token_delay_ms: Some(1500),
         ..Fault::default()
     });
     // Past the refresh points (2-3 s into 5 s tokens), traffic starts 200 renewals; kill the
