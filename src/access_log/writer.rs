@@ -1,6 +1,7 @@
 //! Where access lines go: workers format a line into a thread's own reused buffer and append
 //! it to a shared batch under a short lock; one `access-log` thread takes the whole batch and
-//! writes it to stdout in one call. A worker never waits for stdout: when the batch is full
+//! writes it to stdout in one call, having let lines gather for a moment first (one wake-up
+//! and one write per batch, not per line). A worker never waits for stdout: when the batch is full
 //! (stdout blocked, a log shipper behind), the line is dropped and counted
 //! (`poynt_proxy_access_log_dropped_total`). A drain at shutdown writes what is left.
 
@@ -23,6 +24,14 @@ pub const MAX_PENDING_BYTES: usize = 1 << 20;
 
 /// How long a drain waits for the writer thread to write what is left.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// How long the writer thread lets lines gather after the first of a batch arrives. Woken
+/// for every line, the thread's wake-up and write cost more than the line's formatting
+/// (docs/BENCHMARKS.md, "Capped at a CPU quota"); a line is at most this late instead.
+const GATHER: Duration = Duration::from_millis(20);
+
+/// A batch this large is written at once, without waiting out [`GATHER`].
+const GATHER_BYTES: usize = 64 * 1024;
 
 /// The access log of one running proxy. Cloning shares it.
 #[derive(Clone)]
@@ -85,7 +94,7 @@ impl Shared {
     fn run(&self, out: &mut dyn Write) {
         let mut writing = Vec::new();
         loop {
-            let closed = {
+            let gather = {
                 let mut batch = self.batch();
                 while batch.lines.is_empty() && !batch.closed {
                     batch = self
@@ -93,6 +102,14 @@ impl Shared {
                         .wait(batch)
                         .unwrap_or_else(PoisonError::into_inner);
                 }
+                !batch.closed && batch.lines.len() < GATHER_BYTES
+            };
+            if gather {
+                // Workers append meanwhile without waking anyone: the batch is not empty.
+                std::thread::sleep(GATHER);
+            }
+            let closed = {
+                let mut batch = self.batch();
                 std::mem::swap(&mut batch.lines, &mut writing);
                 batch.closed
             };
