@@ -34,7 +34,9 @@
 # PROXY_CPUS (cpu list the proxies run on; default the first CPU), LOADGEN_CPUS (the rest;
 # the load generators and the upstream run there), WORKERS (each proxy's threads or
 # processes; default the quota rounded up when capped, else the number of PROXY_CPUS),
-# LOADGEN_MAX (80), STEAL_MAX (3: a measurement during which the host took more than this %
+# KINDS (the proxies to run, space-separated; nginx is required, every ratio is to it; default
+# "poynt-proxy poynt-proxy-h2 nginx haproxy"; also poynt-proxy-jwt: poynt-proxy with callers
+# authenticated by a JWT bearer, the caller sending one), LOADGEN_MAX (80), STEAL_MAX (3: a measurement during which the host took more than this %
 # of the CPUs is tried again) and ATTEMPTS (4 tries at most), OHA (an oha binary to use; by
 # default the pinned version is built once into target/load/tools with cargo install; not
 # needed with --cpu-quota), KEEP=1 keeps the work directory. Ports BASE_PORT+1..+3, +10..+25.
@@ -297,14 +299,38 @@ TOKEN=$(curl -sf -X POST "$EMULATOR_URL/_emulator/merchants/$MERCHANT/token" |
     sed -n 's/.*"accessToken":"\([^"]*\)".*/\1/p')
 [[ -n $TOKEN ]] || die "the emulator minted no token"
 
+# A caller's JWT for poynt-proxy-jwt: an RSA key of the caller's issuer, its JWKS, and a
+# day-long RS256 token (verified once, then cached by the proxy until it expires).
+b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
+if has_kind poynt-proxy-jwt; then
+    openssl genrsa -out "$WORK/issuer.key" 2048 2>/dev/null
+    hex=$(openssl rsa -in "$WORK/issuer.key" -noout -modulus | cut -d= -f2)
+    # shellcheck disable=SC2059,SC2001 # the format is the modulus's bytes as \x escapes
+    modulus=$(printf "$(sed 's/../\\x&/g' <<<"$hex")" | b64url)
+    printf '{"keys":[{"kty":"RSA","kid":"load","alg":"RS256","use":"sig","n":"%s","e":"AQAB"}]}\n' "$modulus" >"$WORK/jwks.json"
+    now=$(date +%s)
+    claims=$(printf '{"iss":"https://issuer.load","aud":"poynt-proxy","sub":"load","iat":%d,"nbf":%d,"exp":%d}' \
+        "$now" "$((now - 60))" "$((now + 86400))" | b64url)
+    signed="$(printf '{"alg":"RS256","kid":"load","typ":"JWT"}' | b64url).$claims"
+    CALLER_JWT="$signed.$(printf '%s' "$signed" | openssl dgst -sha256 -sign "$WORK/issuer.key" -binary | b64url)"
+fi
+
 # --- contestants -----------------------------------------------------------------------------
 # A proxy's name is its kind and whether its access log is on: nginx.log, nginx.nolog. Its
 # access log goes to a file: nginx's own, the others' stdout ($WORK/name.out).
-KINDS=(poynt-proxy poynt-proxy-h2 nginx haproxy)
+read -ra KINDS <<<"${KINDS:-poynt-proxy poynt-proxy-h2 nginx haproxy}"
+for kind in "${KINDS[@]}"; do
+    case $kind in
+    poynt-proxy | poynt-proxy-h2 | poynt-proxy-jwt | nginx | haproxy) ;;
+    *) die "KINDS expects names among poynt-proxy poynt-proxy-h2 poynt-proxy-jwt nginx haproxy; found '$kind'" ;;
+    esac
+done
+[[ " ${KINDS[*]} " == *" nginx "* ]] || die "KINDS must name nginx (every ratio is to it); found '${KINDS[*]}'"
+has_kind() { [[ " ${KINDS[*]} " == *" $1 "* ]]; }
 LOGS=(log nolog)
 PROXY_NAMES=()
 for kind in "${KINDS[@]}"; do for logs in "${LOGS[@]}"; do PROXY_NAMES+=("$kind.$logs"); done; done
-declare -A URL HEADER ACCESS_FILE
+declare -A URL HEADER AUTH ACCESS_FILE # AUTH: a second header, the caller's credential
 URL[direct]="https://127.0.0.1:$UPSTREAM_PORT$PATH_Q"
 HEADER[direct]="Authorization: Bearer $TOKEN"
 IDLE_RSS_KB=
@@ -318,12 +344,17 @@ for name in "${PROXY_NAMES[@]}"; do
     DIR=$WORK/$name
     mkdir -p "$DIR"
     case $kind in
-    poynt-proxy | poynt-proxy-h2)
+    poynt-proxy | poynt-proxy-h2 | poynt-proxy-jwt)
         LOG_LEVEL=info ACCESS=off
         if [[ $logs == log ]]; then ACCESS=on ACCESS_FILE[$name]=$WORK/$name.out; fi
         # The HTTP/2 variant: the same template in front of the upstream's HTTP/2 port.
         [[ $kind == poynt-proxy-h2 ]] && upstream=$UPSTREAM_H2_PORT || upstream=$UPSTREAM_PORT
         UPSTREAM_PORT=$upstream render poynt-proxy.yaml "$name.yaml"
+        if [[ $kind == poynt-proxy-jwt ]]; then
+            AUTH[$name]="Authorization: Bearer $CALLER_JWT"
+            printf 'callers:\n  authentication:\n    jwt:\n      issuer: "https://issuer.load"\n      audience: poynt-proxy\n      jwks_file: "%s"\n  policy:\n    load:\n      merchants: ["%s"]\n      allow: ["GET /businesses/*/orders"]\n' \
+                "$WORK/jwks.json" "$MERCHANT" >>"$WORK/$name.yaml"
+        fi
         # RUST_LOG would take log.level's place.
         start_proxy "$name" env -u RUST_LOG "$BIN" run --config "$WORK/$name.yaml"
         wait_ready "http://127.0.0.1:$ADMIN_PORT/readyz"
@@ -350,9 +381,18 @@ if [[ -n $CPU_QUOTA ]]; then
 else
     CONTESTANTS=(direct "${PROXY_NAMES[@]}")
 fi
+headers() { # name -> the -H arguments its requests carry, one a line
+    printf -- '-H\n%s\n' "${HEADER[$1]}"
+    [[ -z ${AUTH[$1]:-} ]] || printf -- '-H\n%s\n' "${AUTH[$1]}"
+}
 for name in "${CONTESTANTS[@]}"; do
-    wait_ready "${URL[$name]}" -k -H "${HEADER[$name]}"
-    [[ $(curl -sk -H "${HEADER[$name]}" "${URL[$name]}") == "$BODY" ]] || die "$name does not return the upstream's body"
+    mapfile -t args < <(headers "$name")
+    wait_ready "${URL[$name]}" -k "${args[@]}"
+    [[ $(curl -sk "${args[@]}" "${URL[$name]}") == "$BODY" ]] || die "$name does not return the upstream's body"
+    if [[ -n ${AUTH[$name]:-} ]]; then
+        status=$(curl -sk -o /dev/null -w '%{http_code}' -H "${HEADER[$name]}" "${URL[$name]}")
+        [[ $status == 401 ]] || die "$name answered $status to a request without the caller's credential, expected 401"
+    fi
 done
 for name in "${!ACCESS_FILE[@]}"; do
     grep -q "$MERCHANT" "${ACCESS_FILE[$name]}" || die "$name wrote no access-log line to ${ACCESS_FILE[$name]}"
@@ -401,14 +441,15 @@ HZ=$(getconf CLK_TCK)
 # generator's CPUs) work harder per request; the busy figure whether those CPUs, not the
 # proxy's, set the rate; the throttled share (capped only) whether the cap did.
 saturate() {
-    local name=$1 out before=0 after=0 requests up_before up_after busy_before busy_after
+    local name=$1 out before=0 after=0 requests up_before up_after busy_before busy_after args
+    mapfile -t args < <(headers "$name")
     local periods_before=0 throttled_before=0 periods_after=0 throttled_after=0
     [[ -n ${PID[$name]:-} ]] && before=$(cpu_ticks "${PID[$name]}")
     [[ -n ${CGROUP[$name]:-} ]] && read -r periods_before throttled_before < <(throttled "${CGROUP[$name]}")
     up_before=$(cpu_ticks "${PID[upstream]}")
     busy_before=$(cpu_stat "$LOADGEN_CPU_NUMBERS" busy)
     out=$(taskset -c "$LOADGEN_CPUS" wrk -t"$LOADGEN_THREADS" -c"$CONNECTIONS" -d"${2:-$DURATION}s" \
-        -H "${HEADER[$name]}" "${URL[$name]}")
+        "${args[@]}" "${URL[$name]}")
     [[ -n ${PID[$name]:-} ]] && after=$(cpu_ticks "${PID[$name]}")
     [[ -n ${CGROUP[$name]:-} ]] && read -r periods_after throttled_after < <(throttled "${CGROUP[$name]}")
     up_after=$(cpu_ticks "${PID[upstream]}")
@@ -429,12 +470,13 @@ saturate() {
 }
 
 fixed_rate() { # name -> "p50 p99 p99.9 count", milliseconds
-    local name=$1
+    local name=$1 args
     local csv=$WORK/oha-$name.csv
+    mapfile -t args < <(headers "$name")
     # --insecure for the direct call only matters there: the load generator does not know the
     # upstream's private CA (hey, which this replaced, did not verify either).
     taskset -c "$LOADGEN_CPUS" "$OHA" -z "${DURATION}s" -w -c 50 -q "$RATE" --latency-correction --insecure \
-        --no-tui --output-format csv -H "${HEADER[$name]}" "${URL[$name]}" >"$csv"
+        --no-tui --output-format csv "${args[@]}" "${URL[$name]}" >"$csv"
     empty_access_logs
     # Columns: request-start, DNS, DNS+dialup, response-delay, request-duration (s), bytes, status.
     # A request that failed has no row: fewer rows than requests due is a failure too.
@@ -562,6 +604,15 @@ REPORT=$OUT/report.md
             printf '| %s | %s (within rounds %.2f) |\n' "$kind" "$(ratio "$kind.log" "$kind.nolog" 8)" "$(paired "$kind.log" "$kind.nolog" 8)"
         done
         echo
+        if has_kind poynt-proxy && has_kind poynt-proxy-jwt; then
+            echo "| callers authenticated by JWT: CPU per request, poynt-proxy-jwt ÷ poynt-proxy | |"
+            echo "|---|---:|"
+            for logs in "${LOGS[@]}"; do
+                printf '| access log %s | %s (within rounds %.2f) |\n' "$(logs_of "x.$logs")" \
+                    "$(ratio "poynt-proxy-jwt.$logs" "poynt-proxy.$logs" 8)" "$(paired "poynt-proxy-jwt.$logs" "poynt-proxy.$logs" 8)"
+            done
+            echo
+        fi
         undecided=()
         for name in "${CONTESTANTS[@]}"; do
             busy=$(column_of "$name" 10)
@@ -587,15 +638,19 @@ REPORT=$OUT/report.md
         echo "| ratio (same access-log setting) | access log | req/s (within rounds) | CPU per request (within rounds) | p99 (within rounds) | peak RSS |"
         echo "|---|---|---:|---:|---:|---:|"
         for logs in "${LOGS[@]}"; do
-            for ours in poynt-proxy poynt-proxy-h2; do
+            for ours in poynt-proxy poynt-proxy-h2 poynt-proxy-jwt; do
+                has_kind "$ours" || continue
                 for other in nginx haproxy; do
+                    has_kind "$other" || continue
                     a=$ours.$logs b=$other.$logs
                     printf '| %s / %s | %s | %s (%.2f) | %s (%.2f) | %s (%.2f) | %s |\n' "$ours" "$other" "$(logs_of "$a")" \
                         "$(ratio "$a" "$b" 3)" "$(paired "$a" "$b" 3)" "$(ratio "$a" "$b" 8)" "$(paired "$a" "$b" 8)" \
                         "$(ratio "$a" "$b" 5)" "$(paired "$a" "$b" 5)" "$(peak_ratio "$a" "$b")"
                 done
             done
-            echo "| poynt-proxy / direct | $(logs_of "poynt-proxy.$logs") | $(ratio "poynt-proxy.$logs" direct 3) | | $(ratio "poynt-proxy.$logs" direct 5) | |"
+            if has_kind poynt-proxy; then
+                echo "| poynt-proxy / direct | $(logs_of "poynt-proxy.$logs") | $(ratio "poynt-proxy.$logs" direct 3) | | $(ratio "poynt-proxy.$logs" direct 5) | |"
+            fi
         done
     fi
     echo
