@@ -299,6 +299,19 @@ TOKEN=$(curl -sf -X POST "$EMULATOR_URL/_emulator/merchants/$MERCHANT/token" |
     sed -n 's/.*"accessToken":"\([^"]*\)".*/\1/p')
 [[ -n $TOKEN ]] || die "the emulator minted no token"
 
+# --- contestants -----------------------------------------------------------------------------
+# A proxy's name is its kind and whether its access log is on: nginx.log, nginx.nolog. Its
+# access log goes to a file: nginx's own, the others' stdout ($WORK/name.out).
+read -ra KINDS <<<"${KINDS:-poynt-proxy poynt-proxy-h2 nginx haproxy}"
+for kind in "${KINDS[@]}"; do
+    case $kind in
+    poynt-proxy | poynt-proxy-h2 | poynt-proxy-jwt | nginx | haproxy) ;;
+    *) die "KINDS expects names among poynt-proxy poynt-proxy-h2 poynt-proxy-jwt nginx haproxy; found '$kind'" ;;
+    esac
+done
+[[ " ${KINDS[*]} " == *" nginx "* ]] || die "KINDS must name nginx (every ratio is to it); found '${KINDS[*]}'"
+has_kind() { [[ " ${KINDS[*]} " == *" $1 "* ]]; }
+
 # A caller's JWT for poynt-proxy-jwt: an RSA key of the caller's issuer, its JWKS, and a
 # day-long RS256 token (verified once, then cached by the proxy until it expires).
 b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
@@ -314,19 +327,6 @@ if has_kind poynt-proxy-jwt; then
     signed="$(printf '{"alg":"RS256","kid":"load","typ":"JWT"}' | b64url).$claims"
     CALLER_JWT="$signed.$(printf '%s' "$signed" | openssl dgst -sha256 -sign "$WORK/issuer.key" -binary | b64url)"
 fi
-
-# --- contestants -----------------------------------------------------------------------------
-# A proxy's name is its kind and whether its access log is on: nginx.log, nginx.nolog. Its
-# access log goes to a file: nginx's own, the others' stdout ($WORK/name.out).
-read -ra KINDS <<<"${KINDS:-poynt-proxy poynt-proxy-h2 nginx haproxy}"
-for kind in "${KINDS[@]}"; do
-    case $kind in
-    poynt-proxy | poynt-proxy-h2 | poynt-proxy-jwt | nginx | haproxy) ;;
-    *) die "KINDS expects names among poynt-proxy poynt-proxy-h2 poynt-proxy-jwt nginx haproxy; found '$kind'" ;;
-    esac
-done
-[[ " ${KINDS[*]} " == *" nginx "* ]] || die "KINDS must name nginx (every ratio is to it); found '${KINDS[*]}'"
-has_kind() { [[ " ${KINDS[*]} " == *" $1 "* ]]; }
 LOGS=(log nolog)
 PROXY_NAMES=()
 for kind in "${KINDS[@]}"; do for logs in "${LOGS[@]}"; do PROXY_NAMES+=("$kind.$logs"); done; done
