@@ -144,6 +144,11 @@ impl Admin {
                 for (listener, limits) in &inner.listeners {
                     let (open, available) = limits.connection_counts();
                     inner.metrics.set_connections(listener, open, available);
+                    for (reason, count) in limits.handshake_failures.counts() {
+                        inner
+                            .metrics
+                            .set_handshake_failures(listener, reason, count);
+                    }
                 }
                 let mut response = text(StatusCode::OK, inner.metrics.render());
                 response.headers_mut().insert(

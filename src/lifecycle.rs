@@ -222,6 +222,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         connections: Arc::new(Semaphore::new(server.max_connections)),
         max_connections: server.max_connections,
         open: Arc::default(),
+        handshake_failures: Arc::default(),
         max_concurrent_streams: server.http2_max_concurrent_streams,
         idle_timeout: server.idle_timeout,
         keep_alive_interval: server.http2_keep_alive_interval,

@@ -145,6 +145,7 @@ struct Inner {
     grants_throttled: IntCounter,
     access_log_dropped: IntCounter,
     connections: IntGaugeVec,
+    handshake_failures: IntCounterVec,
     reloads: [IntCounter; 3],
     last_reload: prometheus::Gauge,
     inflight: IntGauge,
@@ -270,6 +271,13 @@ impl Metrics {
             ),
             &["listener", "state"],
         )?;
+        let handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "poynt_proxy_tls_handshake_failures_total",
+                "TLS handshakes a listener refused, by reason: client_certificate (missing, or not chained to tls.client_ca_file, or expired), protocol (anything else TLS refused), timeout (not done within server.header_read_timeout).",
+            ),
+            &["listener", "reason"],
+        )?;
         let reload_vec = IntCounterVec::new(
             Opts::new(
                 "poynt_proxy_config_reloads_total",
@@ -313,6 +321,7 @@ impl Metrics {
         registry.register(Box::new(grants_throttled.clone()))?;
         registry.register(Box::new(access_log_dropped.clone()))?;
         registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(handshake_failures.clone()))?;
         registry.register(Box::new(reload_vec))?;
         registry.register(Box::new(last_reload.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
@@ -344,6 +353,7 @@ impl Metrics {
                 grants_throttled,
                 access_log_dropped,
                 connections,
+                handshake_failures,
                 reloads,
                 last_reload,
                 inflight,
@@ -468,6 +478,18 @@ impl Metrics {
         };
         set("open", open);
         set("available", available);
+    }
+
+    /// Raises a listener's refused-handshake counter to `count`, read from the listener at
+    /// scrape time (a counter only ever rises; a series appears at its first refusal).
+    pub fn set_handshake_failures(&self, listener: &str, reason: &str, count: u64) {
+        let counter = self
+            .inner
+            .handshake_failures
+            .with_label_values(&[listener, reason]);
+        if let Some(rise) = count.checked_sub(counter.get()).filter(|rise| *rise > 0) {
+            counter.inc_by(rise);
+        }
     }
 
     /// The in-flight gauge, raised for the life of a request by the caller.

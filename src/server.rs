@@ -88,6 +88,53 @@ pub struct Limits {
     pub keep_alive_timeout: Duration,
     /// After shutdown starts, how long open connections may take to finish.
     pub grace: Duration,
+    /// TLS handshakes this listener refused.
+    pub handshake_failures: Arc<HandshakeFailures>,
+}
+
+/// TLS handshakes a listener refused, by why. A refused handshake never becomes a request,
+/// so no request metric sees it — yet it is what an operator rolling out client
+/// certificates must watch (a caller with a certificate of the wrong CA, or expired, is
+/// turned away here, before any 401).
+#[derive(Debug, Default)]
+pub struct HandshakeFailures {
+    client_certificate: AtomicU64,
+    protocol: AtomicU64,
+    timeout: AtomicU64,
+}
+
+impl HandshakeFailures {
+    /// A handshake that ended in `error`: a client certificate missing or not trusted
+    /// (unknown CA, expired, revoked, unusable), or anything else TLS refused.
+    fn refused(&self, error: &io::Error) {
+        let certificate = error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .is_some_and(|error| {
+                matches!(
+                    error,
+                    rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_)
+                )
+            });
+        let count = if certificate {
+            &self.client_certificate
+        } else {
+            &self.protocol
+        };
+        count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Refused handshakes so far, by reason (the metric's `reason` label).
+    pub fn counts(&self) -> [(&'static str, u64); 3] {
+        [
+            (
+                "client_certificate",
+                self.client_certificate.load(Ordering::Relaxed),
+            ),
+            ("protocol", self.protocol.load(Ordering::Relaxed)),
+            ("timeout", self.timeout.load(Ordering::Relaxed)),
+        ]
+    }
 }
 
 impl Limits {
@@ -261,10 +308,19 @@ async fn connection<F, Fut, B>(
                     )
                     .await;
                 }
-                Ok(Err(error)) => tracing::debug!(%error, "TLS handshake refused"),
-                Err(_) => tracing::debug!(
-                    "TLS handshake did not complete within server.header_read_timeout"
-                ),
+                Ok(Err(error)) => {
+                    limits.handshake_failures.refused(&error);
+                    tracing::debug!(%error, "TLS handshake refused");
+                }
+                Err(_) => {
+                    limits
+                        .handshake_failures
+                        .timeout
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        "TLS handshake did not complete within server.header_read_timeout"
+                    );
+                }
             }
         }
     }
@@ -695,6 +751,7 @@ mod tests {
             connections: Arc::new(Semaphore::new(1)),
             max_connections: 1,
             open: Arc::default(),
+            handshake_failures: Arc::default(),
             max_concurrent_streams: 1,
             idle_timeout: Duration::from_secs(60),
             keep_alive_interval: Duration::from_secs(20),

@@ -8,6 +8,7 @@ mod support;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -21,7 +22,7 @@ use rcgen::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::Value;
-use support::{Builder, HEADER, Harness, assert_poynt_error};
+use support::{Builder, HEADER, Harness, assert_poynt_error, eventually};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -329,6 +330,23 @@ async fn certificates_of_another_ca_expired_or_without_a_name_never_reach_poynt(
     let stats = w.h.stats();
     assert_eq!(stats.api_calls, 0, "upstream calls");
     assert_eq!(stats.token_calls_total, 0, "grants");
+    // Six handshakes refused for their certificate (three kinds, two protocols each), seen by
+    // ops; the nameless certificate's handshake succeeded (its 401 is a request).
+    let refused =
+        r#"poynt_proxy_tls_handshake_failures_total{listener="proxy",reason="client_certificate"}"#;
+    eventually(
+        "six refused handshakes counted",
+        Duration::from_secs(10),
+        || async { w.h.metric(refused).await == 6.0 },
+    )
+    .await;
+    assert_eq!(
+        w.h.metric(
+            "poynt_proxy_tls_handshake_failures_total{listener=\"proxy\",reason=\"protocol\"}"
+        )
+        .await,
+        0.0
+    );
     w.h.stop().await;
 }
 
@@ -511,9 +529,16 @@ async fn a_stalled_handshake_holds_nothing_up_and_is_closed_at_the_header_deadli
     );
     // A safety bound only: the proxy closes the connection after about one second.
     let mut byte = [0u8; 1];
-    let read = tokio::time::timeout(std::time::Duration::from_secs(30), stalled.read(&mut byte))
+    let read = tokio::time::timeout(Duration::from_secs(30), stalled.read(&mut byte))
         .await
         .expect("closed by the proxy");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let timeouts = r#"poynt_proxy_tls_handshake_failures_total{listener="proxy",reason="timeout"}"#;
+    eventually(
+        "the stalled handshake counted",
+        Duration::from_secs(10),
+        || async { w.h.metric(timeouts).await == 1.0 },
+    )
+    .await;
     w.h.stop().await;
 }
