@@ -86,6 +86,23 @@ fn request_with<'a>(spans: &'a [Span], source: &str) -> &'a Span {
         .expect("the lookup's request span")
 }
 
+/// A traced proxy that fetched a token for its first request, then met a 401 (the token
+/// revoked) on its second and replayed it with a renewed one; both answered 200.
+async fn miss_then_replay(collector: &Collector) -> (Emulator, ProxyProcess) {
+    let m = support::merchant();
+    let emulator = Builder::default().emulator(&[m]).await;
+    let proxy = traced(
+        &emulator,
+        collector,
+        "",
+        "tokens:\n  unauthorized_min_token_age: 0s\n",
+    );
+    assert_eq!(get(&proxy, m, &[]).await, 200);
+    emulator.revoke(m);
+    assert_eq!(get(&proxy, m, &[]).await, 200);
+    (emulator, proxy)
+}
+
 #[tokio::test]
 async fn a_cache_hit_is_a_server_span_with_an_upstream_child() {
     let collector = Collector::start().await;
@@ -277,17 +294,7 @@ async fn two_hundred_callers_on_a_cold_merchant_share_one_grant_span_linked_from
 #[tokio::test]
 async fn a_401_replay_shows_two_upstream_spans_with_the_renewal_between_them() {
     let collector = Collector::start().await;
-    let m = support::merchant();
-    let emulator = Builder::default().emulator(&[m]).await;
-    let proxy = traced(
-        &emulator,
-        &collector,
-        "",
-        "tokens:\n  unauthorized_min_token_age: 0s\n",
-    );
-    assert_eq!(get(&proxy, m, &[]).await, 200);
-    emulator.revoke(m);
-    assert_eq!(get(&proxy, m, &[]).await, 200);
+    let (_emulator, _proxy) = miss_then_replay(&collector).await;
     let spans = collector
         .wait("both requests and the replay", |spans| {
             servers(spans).len() == 2 && spans.iter().any(|s| s.name == "401 replay")
@@ -376,17 +383,7 @@ async fn an_untrusted_callers_trace_is_not_continued() {
 #[tokio::test]
 async fn no_token_key_or_assertion_reaches_the_collector() {
     let collector = Collector::start().await;
-    let m = support::merchant();
-    let emulator = Builder::default().emulator(&[m]).await;
-    let proxy = traced(
-        &emulator,
-        &collector,
-        "",
-        "tokens:\n  unauthorized_min_token_age: 0s\n",
-    );
-    assert_eq!(get(&proxy, m, &[]).await, 200);
-    emulator.revoke(m);
-    assert_eq!(get(&proxy, m, &[]).await, 200);
+    let (emulator, _proxy) = miss_then_replay(&collector).await;
     collector
         .wait("two grants", |spans| {
             spans.iter().filter(|s| s.name == "POST /token").count() == 2
@@ -441,4 +438,24 @@ async fn a_collector_that_is_down_fails_no_request_and_is_counted() {
     )
     .await;
     assert_eq!(get(&proxy, m, &[]).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spans_still_queued_are_exported_at_shutdown() {
+    let collector = Collector::start().await;
+    let m = support::merchant();
+    let emulator = Builder::default().emulator(&[m]).await;
+    let mut proxy = traced(&emulator, &collector, "", "");
+    assert_eq!(get(&proxy, m, &[]).await, 200);
+    // The batch goes out every 5 s; the process exits sooner, after flushing it.
+    let status = tokio::task::spawn_blocking(move || proxy.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        servers(&collector.spans()).len(),
+        1,
+        "{:?}",
+        names(&collector.spans())
+    );
 }
