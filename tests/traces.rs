@@ -459,3 +459,63 @@ async fn the_spans_still_queued_are_exported_at_shutdown() {
         names(&collector.spans())
     );
 }
+
+#[tokio::test]
+async fn a_renewal_ahead_of_expiry_is_a_trace_of_its_own_linked_to_the_request() {
+    let collector = Collector::start().await;
+    let m = support::merchant();
+    let emulator = Builder::default()
+        .token_ttl(std::time::Duration::from_secs(4))
+        .emulator(&[m])
+        .await;
+    let proxy = traced(
+        &emulator,
+        &collector,
+        "",
+        "tokens:\n  refresh_at: 0.5\n  refresh_jitter: 0.1\n",
+    );
+    // Steady traffic until a request finds the token past its refresh point (about 2 s).
+    let mut ticker = tokio::time::interval(std::time::Duration::from_millis(100));
+    for _ in 0..60 {
+        ticker.tick().await;
+        assert_eq!(get(&proxy, m, &[]).await, 200);
+        if emulator.stats().token_calls.refresh_token.total > 0 {
+            break;
+        }
+    }
+    let renewal = |spans: &[Span]| {
+        spans
+            .iter()
+            .find(|s| {
+                s.name == "grant" && attr(s, "poynt.grant.reason").as_deref() == Some("renewal")
+            })
+            .cloned()
+    };
+    let spans = collector
+        .wait("the renewal's grant", |spans| renewal(spans).is_some())
+        .await;
+    let grant = renewal(&spans).unwrap();
+    assert!(grant.parent_span_id.is_empty(), "a root span");
+    let requests: Vec<_> = servers(&spans).iter().map(|s| s.trace_id.clone()).collect();
+    assert!(!requests.contains(&grant.trace_id), "a trace of its own");
+    assert_eq!(grant.links.len(), 1, "{:?}", grant.links);
+    assert!(
+        requests.contains(&grant.links[0].trace_id),
+        "linked to the request that noticed it"
+    );
+    let spans = collector
+        .wait("the renewal's /token call", |spans| {
+            spans
+                .iter()
+                .any(|s| s.name == "POST /token" && s.parent_span_id == grant.span_id)
+        })
+        .await;
+    let call = spans
+        .iter()
+        .find(|s| s.name == "POST /token" && s.parent_span_id == grant.span_id)
+        .unwrap();
+    assert_eq!(
+        attr(call, "poynt.grant.kind").as_deref(),
+        Some("refresh_token")
+    );
+}
