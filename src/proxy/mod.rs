@@ -64,9 +64,8 @@ use crate::config::Config;
 use crate::limits::Governor;
 use crate::metrics::Metrics;
 use crate::report::error_chain;
-use crate::token::{BrokerError, Token};
-
 use crate::token::broker::{Broker, TokenSource, UnauthorizedAction};
+use crate::token::{BrokerError, Token};
 use crate::traces::{self, propagate};
 use crate::upstream::{
     BoxError, RequestBody, RequestHead, ResponseBody, SendError, Upstream, UpstreamBody,
@@ -313,7 +312,11 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let inner = &self.inner;
         // Phases 0 to 2b; ends (as it drops) when the request was admitted or refused.
-        let admission_span = traces::span!("admission");
+        let admission_span = traces::span!(
+            "admission",
+            poynt.caller = tracing::field::Empty,
+            poynt.merchant = tracing::field::Empty,
+        );
         // 0 authenticate
         let identity = inner
             .callers
@@ -322,7 +325,7 @@ impl Proxy {
         ctx.caller = identity.name().cloned();
         ctx.caller_label = identity.configured().cloned();
         if let Some(caller) = &ctx.caller {
-            traces::set(&admission_span, "poynt.caller", caller.to_string());
+            admission_span.record("poynt.caller", caller.as_ref());
         }
         // 1 admit
         if !is_forwarded_method(&parts.method) {
@@ -330,7 +333,7 @@ impl Proxy {
         }
         let merchant = admit::merchant_from_headers(&parts.headers, &inner.merchant_header)?;
         ctx.merchant = Some(merchant);
-        traces::set(&admission_span, "poynt.merchant", merchant.to_string());
+        admission_span.record("poynt.merchant", tracing::field::display(merchant));
         if let Some(allow) = &*inner.allow.load()
             && !allow.contains(&merchant)
         {

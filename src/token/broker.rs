@@ -385,8 +385,7 @@ impl Broker {
                     this.inner.tokens.insert(merchant, token.clone()).await;
                 }
                 landing.land();
-                traces::set(
-                    &Span::current(),
+                Span::current().record(
                     "poynt.grant.outcome",
                     if outcome.is_ok() {
                         "success"
@@ -547,17 +546,24 @@ impl Broker {
 /// to the request that noticed it was due).
 fn grant_span(merchant: MerchantId, want: Want) -> Span {
     match want {
-        Want::Usable => {
-            traces::span!("grant", poynt.merchant = %merchant, poynt.grant.reason = "miss")
-        }
-        Want::Forced => {
-            traces::span!("grant", poynt.merchant = %merchant, poynt.grant.reason = "forced")
-        }
+        Want::Usable => traces::span!(
+            "grant",
+            poynt.merchant = %merchant,
+            poynt.grant.reason = "miss",
+            poynt.grant.outcome = tracing::field::Empty,
+        ),
+        Want::Forced => traces::span!(
+            "grant",
+            poynt.merchant = %merchant,
+            poynt.grant.reason = "forced",
+            poynt.grant.outcome = tracing::field::Empty,
+        ),
         Want::Replacing(_) => traces::span!(
             parent: None,
             "grant",
             poynt.merchant = %merchant,
-            poynt.grant.reason = "renewal"
+            poynt.grant.reason = "renewal",
+            poynt.grant.outcome = tracing::field::Empty,
         ),
     }
 }

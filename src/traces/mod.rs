@@ -70,10 +70,3 @@ pub fn link(span: &Span, waiter: &Span) {
         span.add_link(context);
     }
 }
-
-/// Records `value` as the attribute `key` of `span` (nothing when the span is none).
-pub fn set(span: &Span, key: &'static str, value: impl Into<opentelemetry::Value>) {
-    if !span.is_none() {
-        span.set_attribute(key, value);
-    }
-}
