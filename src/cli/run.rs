@@ -23,6 +23,9 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         None => (None, None),
     };
     telemetry::init(&config.log, layer);
+    if let Some(settings) = &config.traces {
+        tracing::info!(endpoint = %settings.endpoint, sample_ratio = settings.sample_ratio, "exporting traces");
+    }
     // Installed before anything starts, so no signal ever meets the default action
     // (which for SIGHUP is to die without draining).
     let mut signals = Signals::install()?;
