@@ -26,6 +26,7 @@ const MERCHANT: &str = "3f2504e0-4f89-41d3-9a0c-0305e82c3301";
 fn record() -> AccessRecord {
     AccessRecord {
         request_id: HeaderValue::from_static("1b4e28ba-2fa1-41d2-883f-0016d3cca427"),
+        trace_id: None,
         peer: SocketAddr::from((Ipv4Addr::new(10, 1, 2, 3), 41_234)),
         caller: None,
         merchant: MerchantId::parse(MERCHANT).ok(),
@@ -40,6 +41,7 @@ fn record() -> AccessRecord {
         token_wait: Some(Duration::from_nanos(2_345)),
         upstream: Some(Duration::from_nanos(30_806_123)),
         attempts: 1,
+        reused: Some(true),
         limit_observed: None,
         flags: Flags::default(),
         error_code: None,

@@ -16,6 +16,7 @@
 //!   pooled client for `/token`).
 //! - [`store`]: where tokens outlive the process (memory, an embedded file, or Redis), sealed.
 //! - [`onboarding`]: the merchant-facing listener: `/connect`, the verified callback, pages.
+//! - [`traces`]: OpenTelemetry spans for each request, grant and renewal (`telemetry.traces`).
 //! - [`admin`], [`metrics`], [`telemetry`], [`access_log`]: what operators see; [`reload`]:
 //!   applying a changed configuration file without a restart; [`report`]: an error chain as
 //!   one line.
@@ -46,6 +47,7 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod token;
+pub mod traces;
 pub mod upstream;
 pub mod workers;
 

@@ -173,12 +173,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             command: StoreCommand::List { config },
         } => cli::store::list_store(&Config::load(&config)?).await,
         Command::Emulator(args) => {
-            telemetry::init(&cli::plain_log());
+            telemetry::init(&cli::plain_log(), None);
             poynt_emulator::run_cli(args).await?;
             Ok(())
         }
         Command::Demo(args) => {
-            telemetry::init(&cli::plain_log());
+            telemetry::init(&cli::plain_log(), None);
             let mut signals = Signals::install()?;
             let stop = async move { Ok::<_, std::convert::Infallible>(signals.stop().await) };
             Ok(demo::run(args, async move { stop.await.map(drop) }).await?)

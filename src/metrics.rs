@@ -320,6 +320,7 @@ impl Metrics {
         registry.register(Box::new(unauthorized_vec))?;
         registry.register(Box::new(grants_throttled.clone()))?;
         registry.register(Box::new(access_log_dropped.clone()))?;
+        registry.register(Box::new(crate::traces::export_failures().clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(handshake_failures.clone()))?;
         registry.register(Box::new(reload_vec))?;

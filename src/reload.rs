@@ -241,7 +241,7 @@ fn differs<T: Debug>(old: &T, new: &T) -> bool {
 /// The keys that changed and only take effect after a restart: what listeners, the store,
 /// the upstream client and the caches were built from.
 fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
-    let checks: [(&'static str, bool); 18] = [
+    let checks: [(&'static str, bool); 19] = [
         ("listen", old.listen != new.listen),
         (
             "tls.listen",
@@ -294,6 +294,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         ("onboarding", differs(&old.onboarding, &new.onboarding)),
         ("limits", differs(&old.limits, &new.limits)),
         ("audit", old.audit != new.audit),
+        ("telemetry.traces", old.traces != new.traces),
     ];
     checks
         .into_iter()

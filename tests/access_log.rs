@@ -136,6 +136,31 @@ async fn a_proxied_request_logs_every_field_with_exact_byte_counts() {
 }
 
 #[tokio::test]
+async fn the_line_says_whether_poynts_connection_was_reused_and_no_trace_without_tracing() {
+    let m = merchant();
+    let emulator = Builder::default().emulator(&[m]).await;
+    // One worker, so the second request takes the connection the first one pooled.
+    let proxy = spawn_proxy_logging(&emulator, "server:\n  workers: 1\n", "info");
+    let path = format!("/businesses/{m}/orders");
+    for (id, reused) in [("fresh", false), ("pooled", true)] {
+        let response = send(&proxy, reqwest::Method::GET, &path, Some(m), id, "").await;
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
+        let (raw, line) = line_of(&proxy, id).await;
+        assert_eq!(line["reused"], reused, "{raw}");
+        assert_eq!(line["trace_id"], Value::Null, "{raw}");
+    }
+    let refused = send(&proxy, reqwest::Method::GET, &path, None, "refused", "").await;
+    assert_eq!(refused.status(), 400);
+    let (raw, line) = line_of(&proxy, "refused").await;
+    assert_eq!(
+        line["reused"],
+        Value::Null,
+        "no exchange, no connection: {raw}"
+    );
+}
+
+#[tokio::test]
 async fn each_refusal_and_fault_carries_its_response_flag() {
     let (m, cold) = (merchant(), merchant());
     let emulator = Builder::default().emulator(&[m, cold]).await;

@@ -36,7 +36,8 @@
 # processes; default the quota rounded up when capped, else the number of PROXY_CPUS),
 # KINDS (the proxies to run, space-separated; nginx is required, every ratio is to it; default
 # "poynt-proxy poynt-proxy-h2 nginx haproxy"; also poynt-proxy-jwt: poynt-proxy with callers
-# authenticated by a JWT bearer, the caller sending one), LOADGEN_MAX (80), STEAL_MAX (3: a measurement during which the host took more than this %
+# authenticated by a JWT bearer, the caller sending one; poynt-proxy-traced: poynt-proxy
+# exporting traces at 1 % sampling to the emulator's OTLP sink), LOADGEN_MAX (80), STEAL_MAX (3: a measurement during which the host took more than this %
 # of the CPUs is tried again) and ATTEMPTS (4 tries at most), OHA (an oha binary to use; by
 # default the pinned version is built once into target/load/tools with cargo install; not
 # needed with --cpu-quota), KEEP=1 keeps the work directory. Ports BASE_PORT+1..+3, +10..+25.
@@ -305,8 +306,8 @@ TOKEN=$(curl -sf -X POST "$EMULATOR_URL/_emulator/merchants/$MERCHANT/token" |
 read -ra KINDS <<<"${KINDS:-poynt-proxy poynt-proxy-h2 nginx haproxy}"
 for kind in "${KINDS[@]}"; do
     case $kind in
-    poynt-proxy | poynt-proxy-h2 | poynt-proxy-jwt | nginx | haproxy) ;;
-    *) die "KINDS expects names among poynt-proxy poynt-proxy-h2 poynt-proxy-jwt nginx haproxy; found '$kind'" ;;
+    poynt-proxy | poynt-proxy-h2 | poynt-proxy-jwt | poynt-proxy-traced | nginx | haproxy) ;;
+    *) die "KINDS expects names among poynt-proxy poynt-proxy-h2 poynt-proxy-jwt poynt-proxy-traced nginx haproxy; found '$kind'" ;;
     esac
 done
 [[ " ${KINDS[*]} " == *" nginx "* ]] || die "KINDS must name nginx (every ratio is to it); found '${KINDS[*]}'"
@@ -344,7 +345,7 @@ for name in "${PROXY_NAMES[@]}"; do
     DIR=$WORK/$name
     mkdir -p "$DIR"
     case $kind in
-    poynt-proxy | poynt-proxy-h2 | poynt-proxy-jwt)
+    poynt-proxy | poynt-proxy-h2 | poynt-proxy-jwt | poynt-proxy-traced)
         LOG_LEVEL=info ACCESS=off
         if [[ $logs == log ]]; then ACCESS=on ACCESS_FILE[$name]=$WORK/$name.out; fi
         # The HTTP/2 variant: the same template in front of the upstream's HTTP/2 port.
@@ -354,6 +355,11 @@ for name in "${PROXY_NAMES[@]}"; do
             AUTH[$name]="Authorization: Bearer $CALLER_JWT"
             printf 'callers:\n  authentication:\n    jwt:\n      issuer: "https://issuer.load"\n      audience: poynt-proxy\n      jwks_file: "%s"\n  policy:\n    load:\n      merchants: ["%s"]\n      allow: ["GET /businesses/*/orders"]\n' \
                 "$WORK/jwks.json" "$MERCHANT" >>"$WORK/$name.yaml"
+        fi
+        # The emulator (on LOADGEN_CPUS) takes OTLP/HTTP at /v1/traces and discards it.
+        if [[ $kind == poynt-proxy-traced ]]; then
+            printf 'telemetry:\n  traces:\n    endpoint: "%s"\n    sample_ratio: 0.01\n' \
+                "$EMULATOR_URL" >>"$WORK/$name.yaml"
         fi
         # RUST_LOG would take log.level's place.
         start_proxy "$name" env -u RUST_LOG "$BIN" run --config "$WORK/$name.yaml"
@@ -604,15 +610,17 @@ REPORT=$OUT/report.md
             printf '| %s | %s (within rounds %.2f) |\n' "$kind" "$(ratio "$kind.log" "$kind.nolog" 8)" "$(paired "$kind.log" "$kind.nolog" 8)"
         done
         echo
-        if has_kind poynt-proxy && has_kind poynt-proxy-jwt; then
-            echo "| callers authenticated by JWT: CPU per request, poynt-proxy-jwt ÷ poynt-proxy | |"
+        # What a feature costs: CPU per request of poynt-proxy with it on ÷ without it.
+        for variant in poynt-proxy-jwt poynt-proxy-traced; do
+            if ! has_kind poynt-proxy || ! has_kind "$variant"; then continue; fi
+            echo "| CPU per request, $variant ÷ poynt-proxy | |"
             echo "|---|---:|"
             for logs in "${LOGS[@]}"; do
                 printf '| access log %s | %s (within rounds %.2f) |\n' "$(logs_of "x.$logs")" \
-                    "$(ratio "poynt-proxy-jwt.$logs" "poynt-proxy.$logs" 8)" "$(paired "poynt-proxy-jwt.$logs" "poynt-proxy.$logs" 8)"
+                    "$(ratio "$variant.$logs" "poynt-proxy.$logs" 8)" "$(paired "$variant.$logs" "poynt-proxy.$logs" 8)"
             done
             echo
-        fi
+        done
         undecided=()
         for name in "${CONTESTANTS[@]}"; do
             busy=$(column_of "$name" 10)

@@ -51,6 +51,9 @@ fn json_value(out: &mut Vec<u8>, value: &Value<'_>) {
         Value::Uint(n) => {
             let _ = write!(out, "{n}");
         }
+        Value::Bool(yes) => {
+            let _ = write!(out, "{yes}");
+        }
         Value::Ms(duration) => ms(out, *duration),
         Value::Flags(flags) => {
             out.push(b'[');
@@ -75,6 +78,9 @@ fn text_value(out: &mut Vec<u8>, value: &Value<'_>) {
         }
         Value::Uint(n) => {
             let _ = write!(out, "{n}");
+        }
+        Value::Bool(yes) => {
+            let _ = write!(out, "{yes}");
         }
         Value::Ms(duration) => ms(out, *duration),
         Value::Flags(flags) if flags.is_empty() => out.push(b'-'),
@@ -139,6 +145,7 @@ mod tests {
     use std::net::{Ipv4Addr, SocketAddr};
 
     use http::{HeaderValue, Method, Uri, Version};
+    use opentelemetry::trace::TraceId;
 
     use super::*;
     use crate::access_log::record::{Flag, Flags};
@@ -149,6 +156,7 @@ mod tests {
         flags.set(Flag::CallerDisconnected);
         AccessRecord {
             request_id: HeaderValue::from_static("req-1"),
+            trace_id: Some(TraceId::from(0x4bf92f3577b34da6a3ce929d0e0e4736)),
             peer: SocketAddr::from((Ipv4Addr::LOCALHOST, 4000)),
             caller: Some("payments".into()),
             merchant: None,
@@ -163,6 +171,7 @@ mod tests {
             token_wait: Some(Duration::from_nanos(30_806_000)),
             upstream: None,
             attempts: 1,
+            reused: Some(true),
             limit_observed: None,
             flags,
             error_code: Some("UPSTREAM_TIMEOUT"),
@@ -193,6 +202,8 @@ mod tests {
         assert_eq!(v["response_flags"], serde_json::json!(["UT", "DC"]));
         assert_eq!(v["upstream_status"], serde_json::Value::Null);
         assert_eq!(v["caller"], "payments");
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(v["reused"], true);
         assert!(text.contains("\"token_ms\":30.806,"), "{text}");
         assert!(text.contains("\"total_ms\":1.500,"), "{text}");
         assert_eq!(v["error"], "tab\there \u{1b}[31m");
@@ -206,6 +217,11 @@ mod tests {
         assert!(text.contains(" path=\"/a%20b/\\\"x\\\"\" "), "{text}");
         assert!(text.contains(" response_flags=UT,DC "), "{text}");
         assert!(text.contains(" upstream_status=- "), "{text}");
+        assert!(
+            text.contains(" trace_id=4bf92f3577b34da6a3ce929d0e0e4736 "),
+            "{text}"
+        );
+        assert!(text.contains(" reused=true "), "{text}");
         assert!(text.contains(" token_ms=30.806 "), "{text}");
         assert!(!text.contains("secret"), "{text}");
         assert!(!text.contains('\u{1b}'), "{text}");

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Method, Uri, Version};
+use opentelemetry::trace::TraceId;
 use poynt_wire::MerchantId;
 
 /// Declares the response flags: each a variant, its code and the doc that says when it is
@@ -113,6 +114,8 @@ pub enum Value<'a> {
     Plain(&'a dyn Display),
     /// A count or a status.
     Uint(u64),
+    /// A yes or no: `true`/`false` in both formats.
+    Bool(bool),
     /// A duration, in milliseconds with three decimals (microseconds).
     Ms(Duration),
     /// The response flags: an array in JSON, `TK,DC` (or `-`) in text.
@@ -125,6 +128,8 @@ pub enum Value<'a> {
 pub struct AccessRecord {
     /// The request id the caller sent or the proxy made (shares the header's bytes).
     pub request_id: HeaderValue,
+    /// The request's trace, when `telemetry.traces` sampled it: the id to look it up by.
+    pub trace_id: Option<TraceId>,
     /// The caller's address.
     pub peer: SocketAddr,
     /// The caller its credentials proved (`callers`), when there was one.
@@ -154,6 +159,9 @@ pub struct AccessRecord {
     pub upstream: Option<Duration>,
     /// Exchanges with Poynt (2 after a 401 replay, 0 when none was sent).
     pub attempts: u8,
+    /// Whether the last exchange went over a connection already open (pooled HTTP/1.1, or
+    /// an HTTP/2 connection's free stream), when one was made.
+    pub reused: Option<bool>,
     /// The limit the request would have met, when `limits.mode` is `observe`.
     pub limit_observed: Option<&'static str>,
     /// Why the request did not end as a plain exchange.
@@ -175,7 +183,7 @@ fn protocol(version: Version) -> &'static str {
 }
 
 /// The number of fields a line carries after its time.
-pub const FIELDS: usize = 20;
+pub const FIELDS: usize = 22;
 
 impl AccessRecord {
     /// The line's fields in order, `total` being the request's time from arrival to the
@@ -187,6 +195,12 @@ impl AccessRecord {
             (
                 "request_id",
                 Value::Str(self.request_id.to_str().unwrap_or_default()),
+            ),
+            (
+                "trace_id",
+                self.trace_id
+                    .as_ref()
+                    .map_or(Value::None, |id| Value::Plain(id)),
             ),
             ("peer", Value::Plain(&self.peer)),
             (
@@ -215,6 +229,7 @@ impl AccessRecord {
             ("upstream_ms", ms(self.upstream)),
             ("total_ms", Value::Ms(total)),
             ("attempts", Value::Uint(self.attempts.into())),
+            ("reused", self.reused.map_or(Value::None, Value::Bool)),
             ("limit_observed", text(self.limit_observed)),
             ("response_flags", Value::Flags(self.flags)),
             ("error_code", text(self.error_code)),

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use poynt_proxy::config::Config;
+use poynt_proxy::traces::Traces;
 use poynt_proxy::{Listeners, start, telemetry};
 
 use super::signals::{Received, Signals};
@@ -14,7 +15,17 @@ const FORCED_EXIT: i32 = 130;
 /// in-flight requests (a second stop signal exits at once).
 pub async fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    telemetry::init(&config.log);
+    let (traces, layer) = match &config.traces {
+        Some(settings) => {
+            let (traces, layer) = Traces::start(settings)?;
+            (Some(traces), Some(layer))
+        }
+        None => (None, None),
+    };
+    telemetry::init(&config.log, layer);
+    if let Some(settings) = &config.traces {
+        tracing::info!(endpoint = %settings.endpoint, sample_ratio = settings.sample_ratio, "exporting traces");
+    }
     // Installed before anything starts, so no signal ever meets the default action
     // (which for SIGHUP is to die without draining).
     let mut signals = Signals::install()?;
@@ -40,6 +51,10 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
             tracing::warn!(signal, "second stop signal; exiting without finishing the drain");
             std::process::exit(FORCED_EXIT);
         }
+    }
+    if let Some(traces) = traces {
+        // Joins the export thread after its last batch: not on a runtime worker.
+        tokio::task::spawn_blocking(move || traces.shutdown()).await?;
     }
     tracing::info!("stopped");
     Ok(())

@@ -4,7 +4,7 @@
 //!
 //! One file per YAML section, each with its raw serde struct, defaults and validation:
 //! `poynt`, `merchant`, `store`, `server`, `tokens`, `oauth`, `onboarding`, `log`, `admin`,
-//! `limits`, `callers`, `audit`, `tls`.
+//! `limits`, `callers`, `audit`, `tls`, `telemetry`.
 //! Beside them: `sources` (what the environment supplies instead of the file), `checks`
 //! (rules that span sections), `fields` (parsers the sections share), `yaml` (the text
 //! into the raw schema, errors naming the file and line) and `error`. This file
@@ -31,6 +31,7 @@ mod poynt;
 mod server;
 mod sources;
 mod store;
+mod telemetry;
 mod tls;
 mod tokens;
 mod yaml;
@@ -53,6 +54,7 @@ pub use crate::onboarding::config::{OauthConfig, OnboardingConfig};
 pub use crate::store::config::{RedisUrl, StoreBackend, StoreConfig};
 pub use crate::telemetry::{LogConfig, LogFormat};
 pub use crate::token::config::{PoyntConfig, TokensConfig};
+pub use crate::traces::{Protocol as TracesProtocol, TracesConfig};
 use fields::parse_addr;
 
 /// The checked configuration. Built only by [`Config::parse`] (or the demo), so holding one
@@ -89,6 +91,8 @@ pub struct Config {
     pub audit: Option<AuditConfig>,
     /// The TLS listener beside `listen`; `None` when not configured.
     pub tls: Option<TlsConfig>,
+    /// OpenTelemetry traces (`telemetry.traces`); `None`: no span is made at all.
+    pub traces: Option<TracesConfig>,
     /// The file this configuration was read from, which a reload reads again; `None` when it
     /// was parsed from text (tests, the demo).
     pub source: Option<PathBuf>,
@@ -124,6 +128,8 @@ struct RawConfig {
     callers: Option<callers::RawCallers>,
     audit: Option<audit::RawAudit>,
     tls: Option<tls::RawTls>,
+    #[serde(default)]
+    telemetry: telemetry::RawTelemetry,
 }
 
 fn default_listen() -> String {
@@ -155,6 +161,7 @@ impl RawConfig {
         let callers = self.callers.map(|raw| raw.validate(sources)).transpose()?;
         let audit = self.audit.map(|raw| raw.validate(sources)).transpose()?;
         let tls = self.tls.map(|raw| raw.validate(sources)).transpose()?;
+        let traces = self.telemetry.validate()?;
         checks::mtls_has_client_ca(callers.as_ref(), tls.as_ref())?;
         checks::distinct_listeners(listen, admin_listen, onboarding.as_ref().map(|o| o.listen))?;
         checks::limited_callers_exist(&limits, callers.as_ref())?;
@@ -174,6 +181,7 @@ impl RawConfig {
             callers,
             audit,
             tls,
+            traces,
             source: None,
         })
     }

@@ -32,6 +32,9 @@ pub struct Rewritten<'a> {
     bearer: &'a HeaderValue,
     api_version: &'a HeaderValue,
     request_id: &'a HeaderValue,
+    /// The proxy's own `traceparent` (and `tracestate`), in place of the caller's, when
+    /// `telemetry.traces.propagate` sends the request's trace on to Poynt.
+    trace: Option<&'a HeaderMap>,
 }
 
 impl<'a> Rewritten<'a> {
@@ -51,7 +54,15 @@ impl<'a> Rewritten<'a> {
             bearer,
             api_version,
             request_id,
+            trace: None,
         }
+    }
+
+    /// Sends `trace` (the request span's W3C fields) instead of whatever trace fields the
+    /// caller sent, so Poynt's side of the exchange joins the proxy's trace.
+    pub fn with_trace(mut self, trace: &'a HeaderMap) -> Self {
+        self.trace = Some(trace);
+        self
     }
 
     /// Whether a caller's field goes to Poynt. Names are lower case here, and the fixed
@@ -65,7 +76,8 @@ impl<'a> Rewritten<'a> {
             )
             || name == self.merchant_header
             || text.starts_with(X_FORWARDED)
-            || self.nominated.contains(text.as_bytes()))
+            || self.nominated.contains(text.as_bytes())
+            || (self.trace.is_some() && matches!(text, "traceparent" | "tracestate")))
     }
 }
 
@@ -83,6 +95,9 @@ impl Fields for Rewritten<'_> {
             emit(&API_VERSION, self.api_version);
         }
         emit(&REQUEST_ID, self.request_id);
+        for (name, value) in self.trace.into_iter().flatten() {
+            emit(name, value);
+        }
     }
 }
 

@@ -55,6 +55,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
+use tracing::{Instrument as _, Span};
 
 use crate::access_log::{AccessLog, AccessRecord, Flags};
 use crate::audit::Event;
@@ -63,8 +64,9 @@ use crate::config::Config;
 use crate::limits::Governor;
 use crate::metrics::Metrics;
 use crate::report::error_chain;
-use crate::token::Token;
 use crate::token::broker::{Broker, TokenSource, UnauthorizedAction};
+use crate::token::{BrokerError, Token};
+use crate::traces::{self, propagate};
 use crate::upstream::{
     BoxError, RequestBody, RequestHead, ResponseBody, SendError, Upstream, UpstreamBody,
 };
@@ -98,6 +100,10 @@ struct ProxyInner {
     retry_buffer: usize,
     body_read_timeout: Duration,
     response_timeout: Duration,
+    /// `telemetry.traces.trust_incoming`: continue a caller's W3C trace.
+    trust_traces: bool,
+    /// `telemetry.traces.propagate`: send Poynt the upstream span's `traceparent`.
+    propagate_traces: bool,
     metrics: Metrics,
     /// `metrics` and the access log, for each response body to record its end with.
     recorder: Arc<Recorder>,
@@ -129,6 +135,10 @@ struct Context {
     streamed: Option<Arc<AtomicU64>>,
     /// Flags a phase set (the error's own flag is added by the record step).
     flags: Flags,
+    /// Whether the last exchange with Poynt went over a connection already open.
+    reused: Option<bool>,
+    /// The request's server span, when traces are on.
+    span: Option<Span>,
 }
 
 /// What every attempt at a request sends, whatever its token: the caller's head and the
@@ -191,6 +201,8 @@ impl Proxy {
                 retry_buffer: config.server.retry_buffer_bytes,
                 body_read_timeout: config.server.body_read_timeout,
                 response_timeout: config.poynt.response_timeout,
+                trust_traces: config.traces.as_ref().is_some_and(|t| t.trust_incoming),
+                propagate_traces: config.traces.as_ref().is_some_and(|t| t.propagate),
                 recorder: Arc::new(Recorder {
                     metrics: metrics.clone(),
                     access,
@@ -221,12 +233,26 @@ impl Proxy {
             peer,
             started,
         );
-        let result = self.handle_inner(&parts, body, &request_id, &mut ctx).await;
+        let result = if traces::on() {
+            // Boxed: only a traced request carries the span around its phases.
+            let span = self.server_span(&parts, peer, &request_id);
+            ctx.span = Some(span.clone());
+            Box::pin(
+                self.handle_inner(&parts, body, &request_id, &mut ctx)
+                    .instrument(span),
+            )
+            .await
+        } else {
+            self.handle_inner(&parts, body, &request_id, &mut ctx).await
+        };
         unanswered.answered();
         let (response, error) = match result {
             Ok(response) => (response.map(Reply::Poynt), None),
             Err(error) => (error.to_response(&request_id).map(Reply::Own), Some(error)),
         };
+        if let Some(span) = &ctx.span {
+            end_server_span(span, response.status());
+        }
         // Shares the id's bytes: no allocation.
         let record = self.record(
             parts,
@@ -246,6 +272,37 @@ impl Proxy {
         response
     }
 
+    /// The request's server span (HTTP semantic conventions), a child of the caller's
+    /// trace when `trust_incoming` allows it.
+    fn server_span(&self, parts: &Parts, peer: SocketAddr, request_id: &HeaderValue) -> Span {
+        // Ids become `{id}`, so the span name and route group requests as the audit trail does.
+        let route = crate::audit::event::template(parts.uri.path());
+        let name = format!("{} {route}", parts.method);
+        let span = traces::span!(
+            "request",
+            otel.name = name.as_str(),
+            otel.kind = "server",
+            http.route = route.as_str(),
+            otel.status_code = tracing::field::Empty,
+            http.request.method = parts.method.as_str(),
+            http.response.status_code = tracing::field::Empty,
+            url.path = parts.uri.path(),
+            url.scheme = "http",
+            server.address = parts.uri.host().or_else(|| parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|host| host.to_str().ok())),
+            network.protocol.version = version_text(parts.version),
+            client.address = %peer.ip(),
+            client.port = peer.port(),
+            poynt.request_id = request_id.to_str().unwrap_or_default(),
+        );
+        if self.inner.trust_traces {
+            propagate::continue_caller(&span, &parts.headers);
+        }
+        span
+    }
+
     async fn handle_inner(
         &self,
         parts: &Parts,
@@ -254,6 +311,12 @@ impl Proxy {
         ctx: &mut Context,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let inner = &self.inner;
+        // Phases 0 to 2b; ends (as it drops) when the request was admitted or refused.
+        let admission_span = traces::span!(
+            "admission",
+            poynt.caller = tracing::field::Empty,
+            poynt.merchant = tracing::field::Empty,
+        );
         // 0 authenticate
         let identity = inner
             .callers
@@ -261,12 +324,16 @@ impl Proxy {
             .await?;
         ctx.caller = identity.name().cloned();
         ctx.caller_label = identity.configured().cloned();
+        if let Some(caller) = &ctx.caller {
+            admission_span.record("poynt.caller", caller.as_ref());
+        }
         // 1 admit
         if !is_forwarded_method(&parts.method) {
             return Err(ProxyError::MethodNotAllowed(parts.method.clone()));
         }
         let merchant = admit::merchant_from_headers(&parts.headers, &inner.merchant_header)?;
         ctx.merchant = Some(merchant);
+        admission_span.record("poynt.merchant", tracing::field::display(merchant));
         if let Some(allow) = &*inner.allow.load()
             && !allow.contains(&merchant)
         {
@@ -296,8 +363,9 @@ impl Proxy {
             .admit(merchant, ctx.caller.as_deref())
             .await?;
         ctx.limit_observed = admission.observed;
+        drop(admission_span);
         // 3 token
-        let token = inner.broker.token(merchant).await;
+        let token = self.lookup(merchant).await;
         ctx.token_done = Some(Instant::now());
         let (token, source) = token?;
         ctx.source = Some(source);
@@ -350,8 +418,11 @@ impl Proxy {
             return Ok(response);
         }
         drop(response);
+        let replay = traces::span!("401 replay");
         // Boxed: rare, and as large as everything before it.
-        Box::pin(self.retry_unauthorized(merchant, &outgoing, bytes, ctx)).await
+        Box::pin(self.retry_unauthorized(merchant, &outgoing, bytes, ctx))
+            .instrument(replay)
+            .await
     }
 
     /// Phase 6: the refused token is gone; get a fresh one and send once more.
@@ -364,9 +435,25 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let inner = &self.inner;
         inner.metrics.unauthorized_retry();
-        let (token, _) = inner.broker.token(merchant).await?;
+        let (token, _) = self.lookup(merchant).await?;
         self.send(outgoing, &token, RequestBody::Full(body), ctx)
             .await
+    }
+
+    /// Phase 3: the broker's token, under a `token lookup` span that says where it came
+    /// from (a grant it waits for runs under that span).
+    async fn lookup(&self, merchant: MerchantId) -> Result<(Arc<Token>, TokenSource), BrokerError> {
+        let span = traces::span!("token lookup", poynt.token = tracing::field::Empty);
+        let found = self
+            .inner
+            .broker
+            .token(merchant)
+            .instrument(span.clone())
+            .await;
+        if let Ok((_, source)) = &found {
+            span.record("poynt.token", source.as_str());
+        }
+        found
     }
 
     /// Keeps small bodies whole (they can be resent after a 401) and streams the rest under
@@ -421,13 +508,32 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let inner = &self.inner;
         let parts = outgoing.parts;
-        let fields = Rewritten::new(
+        ctx.attempts += 1;
+        let exchange = traces::span!(
+            "upstream",
+            otel.name = parts.method.as_str(),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = parts.method.as_str(),
+            url.path = outgoing.path,
+            server.address = inner.upstream.host(),
+            poynt.attempt = ctx.attempts,
+            http.response.status_code = tracing::field::Empty,
+            network.protocol.version = tracing::field::Empty,
+            poynt.connection.reused = tracing::field::Empty,
+        );
+        let trace_fields;
+        let mut fields = Rewritten::new(
             &parts.headers,
             &inner.merchant_header,
             token.header(),
             &inner.api_version,
             outgoing.request_id,
         );
+        if inner.propagate_traces && !exchange.is_none() {
+            trace_fields = propagate::fields(&exchange);
+            fields = fields.with_trace(&trace_fields);
+        }
         let head = RequestHead {
             method: &parts.method,
             path: outgoing.path,
@@ -435,7 +541,6 @@ impl Proxy {
             fields: &fields,
         };
         let started = Instant::now();
-        ctx.attempts += 1;
         let result = tokio::time::timeout_at(
             started + inner.response_timeout,
             inner.upstream.send(&head, body),
@@ -446,6 +551,9 @@ impl Proxy {
         let elapsed = done - started;
         inner.metrics.observe_upstream(elapsed);
         *ctx.upstream_elapsed.get_or_insert_default() += elapsed;
+        if !matches!(result, Ok(Ok(_))) {
+            exchange.record("otel.status_code", "error");
+        }
         match result {
             Err(_) => {
                 inner.governor.upstream_failed();
@@ -459,6 +567,13 @@ impl Proxy {
                 }
             },
             Ok(Ok(mut response)) => {
+                let reused = response.body().reused();
+                ctx.reused = Some(reused);
+                if !exchange.is_none() {
+                    exchange.record("http.response.status_code", response.status().as_u16());
+                    exchange.record("network.protocol.version", version_text(response.version()));
+                    exchange.record("poynt.connection.reused", reused);
+                }
                 if let Some(merchant) = ctx.merchant {
                     let status = response.status();
                     inner
@@ -509,6 +624,7 @@ impl Proxy {
         }
         AccessRecord {
             request_id,
+            trace_id: ctx.span.as_ref().and_then(traces::trace_id),
             peer,
             caller: ctx.caller.clone(),
             merchant: ctx.merchant,
@@ -526,11 +642,31 @@ impl Proxy {
             token_wait: ctx.token_done.map(|done| done - started),
             upstream: ctx.upstream_elapsed,
             attempts: ctx.attempts,
+            reused: ctx.reused,
             limit_observed: ctx.limit_observed.map(crate::metrics::LimitReason::as_str),
             flags,
             error_code: error.map(ProxyError::code),
             error: error.map(ToString::to_string),
         }
+    }
+}
+
+/// Ends what the server span learned: the status, and an error status for a 5xx (a 4xx is
+/// the caller's mistake, not the server span's failure, in HTTP semantic conventions).
+fn end_server_span(span: &Span, status: StatusCode) {
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
+    }
+}
+
+/// `network.protocol.version` as the semantic conventions spell it.
+fn version_text(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "1.1",
     }
 }
 

@@ -238,6 +238,7 @@ impl Drop for Unanswered<'_> {
         flags.set(Flag::CallerDisconnected);
         let record = AccessRecord {
             request_id: self.request_id.clone(),
+            trace_id: None,
             peer: self.peer,
             caller: None,
             merchant: admit::merchant_from_headers(&parts.headers, self.merchant_header).ok(),
@@ -252,6 +253,7 @@ impl Drop for Unanswered<'_> {
             token_wait: None,
             upstream: None,
             attempts: 0,
+            reused: None,
             limit_observed: None,
             flags,
             error_code: None,

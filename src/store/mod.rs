@@ -145,12 +145,20 @@ async fn timed<T>(
     classify: impl FnOnce(&T) -> StoreOutcome,
     work: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
+    // A leaf under whatever span runs the operation (a grant, mostly).
+    let span = crate::traces::span!(
+        "store",
+        otel.name = op.as_str(),
+        db.operation.name = op.as_str(),
+        poynt.store.outcome = tracing::field::Empty,
+    );
     let started = Instant::now();
     let result = work.await;
     let outcome = match &result {
         Ok(value) => classify(value),
         Err(error) => error.outcome(),
     };
+    span.record("poynt.store.outcome", outcome.as_str());
     metrics.observe(op, outcome, started.elapsed());
     result
 }

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
+use tracing_subscriber::filter::{FilterExt as _, FilterFn, Filtered};
 use tracing_subscriber::layer::{Layered, SubscriberExt as _};
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
@@ -42,14 +43,16 @@ pub struct LogConfig {
     pub access: bool,
 }
 
-/// The registry under the swappable filter: what the formatter layers on.
-type Filtered = Layered<reload::Layer<EnvFilter, Registry>, Registry>;
-type Formatter = Box<dyn Layer<Filtered> + Send + Sync>;
+/// A layer beside the log, with its own filter: the traces exporter (`traces`).
+pub type Beside = Box<dyn Layer<Registry> + Send + Sync>;
+/// The registry with the layer beside the log, if any: what the formatter layers on.
+type Base = Layered<Option<Beside>, Registry>;
+type Formatter = Box<dyn Layer<Base> + Send + Sync>;
 
 /// The reload handles of the installed subscriber.
 struct Handles {
-    filter: reload::Handle<EnvFilter, Registry>,
-    format: reload::Handle<Formatter, Filtered>,
+    filter: reload::Handle<EnvFilter, Base>,
+    format: reload::Handle<Formatter, Base>,
 }
 
 static INSTALLED: OnceLock<Handles> = OnceLock::new();
@@ -130,11 +133,20 @@ pub fn level_from_env() -> bool {
     EnvFilter::try_from_default_env().is_ok()
 }
 
-/// Installs the global subscriber; called once by the binary (tests install none).
-pub fn init(config: &LogConfig) {
+/// Whether a span or event belongs in the log: spans made for traces do not (they are the
+/// exporter's, and the log would format their fields for nothing).
+fn not_traces(metadata: &tracing::Metadata<'_>) -> bool {
+    metadata.target() != crate::traces::TARGET
+}
+
+/// Installs the global subscriber; called once by the binary (tests install none). `beside`
+/// is a layer that sees what its own filter picks, whatever the log level (the traces
+/// exporter).
+pub fn init(config: &LogConfig, beside: Option<Beside>) {
     let (filter, filter_handle) = reload::Layer::new(filter(config));
     let (format, format_handle) = reload::Layer::new(formatter(config.format));
-    let result = Registry::default().with(filter).with(format).try_init();
+    let log: Filtered<_, _, Base> = format.with_filter(filter.and(FilterFn::new(not_traces)));
+    let result = Registry::default().with(beside).with(log).try_init();
     match result {
         Ok(()) => {
             let _ = INSTALLED.set(Handles {

@@ -29,6 +29,7 @@ use http::HeaderValue;
 use secrecy::SecretString;
 use tokio::runtime::Handle;
 use tokio::time::Instant;
+use tracing::{Instrument as _, Span};
 
 use crate::audit::Event;
 use crate::metrics::{Lookup, Metrics, Unauthorized};
@@ -39,6 +40,7 @@ use crate::token::config::TokensConfig;
 use crate::token::error::BrokerError;
 use crate::token::grant::{Grant, GrantError, IssuedToken, TokenClient};
 use crate::token::state::{Flight, MerchantState, Outcome, States};
+use crate::traces;
 use poynt_wire::GrantKind;
 use poynt_wire::MerchantId;
 
@@ -308,10 +310,15 @@ impl Broker {
     async fn fly(&self, merchant: MerchantId, want: Want) -> Outcome {
         match self.boarding(merchant, want)? {
             Boarding::Ready(token) => Ok(token),
-            Boarding::Waiting(mut flight) => match flight.wait_for(Option::is_some).await {
-                Ok(outcome) => outcome.clone().unwrap_or_else(|| Err(abnormal_end())),
-                Err(_) => Err(abnormal_end()),
-            },
+            Boarding::Waiting(mut flight) => {
+                let waiting = traces::span!("grant wait");
+                let outcome = match flight.wait_for(Option::is_some).await {
+                    Ok(outcome) => outcome.clone().unwrap_or_else(|| Err(abnormal_end())),
+                    Err(_) => Err(abnormal_end()),
+                };
+                drop(waiting);
+                outcome
+            }
         }
     }
 
@@ -323,6 +330,9 @@ impl Broker {
         let state = inner.states.get_or_create(merchant);
         let mut guard = state.lock();
         if let Some(flight) = &guard.flight {
+            if let Some(grant) = &guard.flight_span {
+                traces::link(grant, &Span::current());
+            }
             return Ok(Boarding::Waiting(flight.clone()));
         }
         let now = Instant::now();
@@ -355,22 +365,38 @@ impl Broker {
         }
         let (sender, flight) = tokio::sync::watch::channel(None);
         guard.flight = Some(flight.clone());
+        let span = grant_span(merchant, want);
+        if !span.is_none() {
+            traces::link(&span, &Span::current());
+            guard.flight_span = Some(span.clone());
+        }
         drop(guard);
         let this = self.clone();
-        inner.background.spawn(async move {
-            let mut landing = Landing {
-                broker: &this,
-                merchant,
-                state: &state,
-                landed: false,
-            };
-            let outcome = this.obtain(merchant, &state, want).await;
-            if let Ok(token) = &outcome {
-                this.inner.tokens.insert(merchant, token.clone()).await;
+        inner.background.spawn(
+            async move {
+                let mut landing = Landing {
+                    broker: &this,
+                    merchant,
+                    state: &state,
+                    landed: false,
+                };
+                let outcome = this.obtain(merchant, &state, want).await;
+                if let Ok(token) = &outcome {
+                    this.inner.tokens.insert(merchant, token.clone()).await;
+                }
+                landing.land();
+                Span::current().record(
+                    "poynt.grant.outcome",
+                    if outcome.is_ok() {
+                        "success"
+                    } else {
+                        "failure"
+                    },
+                );
+                let _ = sender.send(Some(outcome));
             }
-            landing.land();
-            let _ = sender.send(Some(outcome));
-        });
+            .instrument(span),
+        );
         Ok(Boarding::Waiting(flight))
     }
 
@@ -515,6 +541,33 @@ impl Broker {
 
 /// A number in [-1, 1] fixed by the merchant and the generation (a splitmix64 finaliser
 /// over both), spreading refresh points evenly without randomness.
+/// The span of a flight: under the request that waits for it (a miss, a 401's renewal);
+/// a trace of its own for a renewal ahead of expiry, which no request waits for (linked
+/// to the request that noticed it was due).
+fn grant_span(merchant: MerchantId, want: Want) -> Span {
+    match want {
+        Want::Usable => traces::span!(
+            "grant",
+            poynt.merchant = %merchant,
+            poynt.grant.reason = "miss",
+            poynt.grant.outcome = tracing::field::Empty,
+        ),
+        Want::Forced => traces::span!(
+            "grant",
+            poynt.merchant = %merchant,
+            poynt.grant.reason = "forced",
+            poynt.grant.outcome = tracing::field::Empty,
+        ),
+        Want::Replacing(_) => traces::span!(
+            parent: None,
+            "grant",
+            poynt.merchant = %merchant,
+            poynt.grant.reason = "renewal",
+            poynt.grant.outcome = tracing::field::Empty,
+        ),
+    }
+}
+
 fn spread(merchant: MerchantId, generation: u64) -> f64 {
     let id = merchant.uuid().as_u128();
     let mut x = (id as u64) ^ ((id >> 64) as u64) ^ generation.wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -545,7 +598,10 @@ struct Landing<'a> {
 
 impl Landing<'_> {
     fn land(&mut self) {
-        self.state.lock().flight = None;
+        let mut guard = self.state.lock();
+        guard.flight = None;
+        guard.flight_span = None;
+        drop(guard);
         self.landed = true;
     }
 }
@@ -553,7 +609,10 @@ impl Landing<'_> {
 impl Drop for Landing<'_> {
     fn drop(&mut self) {
         if !self.landed {
-            self.state.lock().flight = None;
+            let mut guard = self.state.lock();
+            guard.flight = None;
+            guard.flight_span = None;
+            drop(guard);
             let _ = self
                 .broker
                 .record_failure(self.state, "the grant task ended abnormally", None);

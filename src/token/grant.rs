@@ -236,6 +236,15 @@ impl TokenClient {
     ) -> Result<IssuedToken, GrantError> {
         let kind = grant.kind();
         let request_id = uuid::Uuid::new_v4();
+        // A leaf under the grant's span; its attributes name the grant, never its secrets.
+        let span = crate::traces::span!(
+            "POST /token",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            poynt.grant.kind = kind.as_str(),
+            poynt.grant.outcome = tracing::field::Empty,
+            poynt.request_id = %request_id,
+        );
         let started = Instant::now();
         let result = match tokio::time::timeout(self.timeout, self.permits.acquire()).await {
             Err(_) => Err(GrantError::Queued(self.timeout)),
@@ -256,6 +265,10 @@ impl TokenClient {
             Err(e) => e.outcome(),
         };
         self.metrics.observe_grant(kind, outcome, elapsed);
+        span.record("poynt.grant.outcome", outcome.as_str());
+        if result.is_err() {
+            span.record("otel.status_code", "error");
+        }
         self.metrics
             .audit(|| Event::grant(kind, merchant, outcome.as_str()));
         let merchant = merchant.map(tracing::field::display);

@@ -56,6 +56,8 @@ pub(crate) struct StateInner {
     pub(crate) unauthorized_renewal: Option<Instant>,
     /// The grant in flight, which every caller for this merchant joins.
     pub(crate) flight: Option<Flight>,
+    /// The flight's span, when traces are on: each caller that joins links it to itself.
+    pub(crate) flight_span: Option<tracing::Span>,
     /// Whether a grant ever succeeded (the merchant is known, not a newcomer).
     pub(crate) granted: bool,
     /// The highest record generation seen for this merchant, here or in the store: the next

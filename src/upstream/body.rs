@@ -32,6 +32,8 @@ use super::pool::Pool;
 /// A response body from Poynt.
 pub struct ResponseBody {
     kind: Kind,
+    /// Whether the exchange went over a connection that had served before.
+    reused: bool,
 }
 
 enum Kind {
@@ -44,8 +46,9 @@ enum Kind {
 }
 
 /// One open stream on an HTTP/2 connection (`h2`), given back when dropped: the response
-/// body holds it until it ends. The count is the connection's open streams.
-pub(crate) struct StreamSlot(pub(crate) Arc<AtomicUsize>);
+/// body holds it until it ends. The count is the connection's open streams; the flag says
+/// whether the connection was open before this stream (the access log's `reused`).
+pub(crate) struct StreamSlot(pub(crate) Arc<AtomicUsize>, pub(crate) bool);
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
@@ -75,6 +78,7 @@ impl ResponseBody {
         keep_alive: bool,
     ) -> Self {
         conn.idle.progressed();
+        let reused = conn.reused;
         let mut body = H1Body {
             conn: Some(conn),
             framing,
@@ -87,12 +91,14 @@ impl ResponseBody {
         }
         Self {
             kind: Kind::H1(body),
+            reused,
         }
     }
 
     /// The body of an HTTP/2 response, holding its stream slot until it ends.
     pub(crate) fn h2(body: hyper::body::Incoming, slot: StreamSlot, idle_limit: Duration) -> Self {
         Self {
+            reused: slot.1,
             kind: Kind::H2 {
                 body,
                 _slot: slot,
@@ -102,14 +108,24 @@ impl ResponseBody {
     }
 }
 
+impl ResponseBody {
+    /// Whether the exchange went over a connection already open (taken from the pool, or a
+    /// free stream of an HTTP/2 connection) rather than one opened for it: the access log
+    /// and the upstream span say which.
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+}
+
 impl H1Body {
     /// The body is complete: the connection is reused when nothing about the exchange
     /// forbids it and no stray bytes followed the body.
     fn release(&mut self) {
-        if let Some(conn) = self.conn.take()
+        if let Some(mut conn) = self.conn.take()
             && self.keep_alive
             && conn.read_buf.is_empty()
         {
+            conn.reused = true;
             self.pool.put(conn);
         }
     }

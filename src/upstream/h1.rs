@@ -42,6 +42,8 @@ pub(crate) struct Conn {
     write_buf: Vec<u8>,
     /// The body idle timeout of the response being read, kept across requests.
     pub(crate) idle: IdleTimer,
+    /// Whether the connection served an exchange before (it went back to the pool once).
+    pub(crate) reused: bool,
 }
 
 impl Conn {
@@ -51,6 +53,7 @@ impl Conn {
             read_buf: BytesMut::new(),
             write_buf: Vec::new(),
             idle: IdleTimer::new(body_idle_timeout),
+            reused: false,
         })
     }
 

@@ -102,7 +102,7 @@ impl Multiplexer {
             if conn.open.load(Ordering::Acquire) < limit {
                 conn.open.fetch_add(1, Ordering::AcqRel);
                 conn.last_used = Instant::now();
-                return Some((conn.send.clone(), StreamSlot(conn.open.clone())));
+                return Some((conn.send.clone(), StreamSlot(conn.open.clone(), true)));
             }
         }
         None
@@ -145,7 +145,7 @@ impl Multiplexer {
             }
         });
         let open = Arc::new(AtomicUsize::new(1));
-        let slot = StreamSlot(open.clone());
+        let slot = StreamSlot(open.clone(), false);
         self.conns().push(H2Conn {
             send: send.clone(),
             open,

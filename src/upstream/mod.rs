@@ -83,6 +83,11 @@ impl Upstream {
         }
     }
 
+    /// Poynt's host and port as requests name it: the upstream span's `server.address`.
+    pub fn host(&self) -> &str {
+        self.inner.origin.host_header().to_str().unwrap_or_default()
+    }
+
     /// Sends one request and returns Poynt's response head; its body streams from the
     /// connection as the caller reads it. Not bounded in time here: the proxy puts its
     /// response timeout around the call.

@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod fault;
 pub mod fleet;
+pub mod otlp;
 pub mod process;
 pub mod raw_upstream;
 pub mod redis;

@@ -20,7 +20,8 @@ use poynt_wire::MerchantId;
 /// The control API as `poynt-proxy emulator --help` lists it (and docs/OPERATIONS.md).
 pub const CONTROL_API_HELP: &str = "\
 Control API (JSON; under the base URL the start line prints):
-  GET  /_emulator/stats                     counters: /token calls by grant and outcome, API calls, 401s
+  GET  /_emulator/stats                     counters: /token calls by grant and outcome, API calls, 401s,
+                                            the last traceparent received per path
   GET  /_emulator/fault                     the faults injected into /token now
   POST /_emulator/fault                     {\"token_status\": 503, \"token_drop\": true, \"token_delay_ms\": 2000,
                                             \"token_expires_in\": 60}, any of them; {} clears them all

@@ -158,6 +158,11 @@ async fn route(
 ) -> Result<Response<ResponseBody>, DropConnection> {
     let request_id = RequestId::from_headers(request.headers());
     let path = request.uri().path();
+    if let Some(traceparent) = request.headers().get("traceparent")
+        && let Ok(traceparent) = traceparent.to_str()
+    {
+        shared.counters.traceparent(path, traceparent);
+    }
     if path.starts_with(BUSINESSES_PREFIX) {
         return api::handle(shared, request, &request_id, reused).await;
     }
@@ -165,6 +170,9 @@ async fn route(
         return Ok(control::handle(shared, request, &request_id).await);
     }
     let method = request.method();
+    if path == TRACES_PATH && method == Method::POST {
+        return Ok(discard_traces(request, &request_id).await);
+    }
     let response = match path {
         "/token" if method == Method::POST => {
             return token::handle(shared, request, &request_id).await;
@@ -184,6 +192,24 @@ async fn route(
         ))),
     };
     Ok(response.unwrap_or_else(|error| reply::error(&error, &request_id)))
+}
+
+/// Where OTLP/HTTP exporters send spans: the load benchmark points a traced proxy here.
+const TRACES_PATH: &str = "/v1/traces";
+
+/// Takes an OTLP/HTTP export and throws it away (an empty protobuf answer is a full
+/// success), so a traced proxy can be measured without a collector.
+async fn discard_traces(
+    request: Request<Incoming>,
+    request_id: &RequestId,
+) -> Response<ResponseBody> {
+    let _ = http_body_util::BodyExt::collect(request.into_body()).await;
+    let mut response = reply::ok_json(bytes::Bytes::new(), request_id);
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/x-protobuf"),
+    );
+    response
 }
 
 fn wrong_method(

@@ -40,6 +40,10 @@ pub struct Stats {
     /// tests can tell how many connections a client used.
     #[serde(default)]
     pub connections: u64,
+    /// The last W3C `traceparent` received, per request path (only paths that carried one):
+    /// how tests see that the proxy sent its trace on.
+    #[serde(default)]
+    pub last_traceparent: BTreeMap<String, String>,
 }
 
 /// `/token` counters per grant type.
@@ -97,6 +101,8 @@ pub(crate) struct Counters {
     api_incomplete_bodies: AtomicU64,
     /// `Stats::connections`.
     connections: AtomicU64,
+    /// `Stats::last_traceparent`: locked only for requests that carry the field.
+    traceparents: Mutex<BTreeMap<String, String>>,
 }
 
 /// The mutex-guarded part of the counters.
@@ -180,6 +186,14 @@ impl Counters {
         self.api_incomplete_bodies.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Notes the `traceparent` a request to `path` carried.
+    pub(crate) fn traceparent(&self, path: &str, value: &str) {
+        self.traceparents
+            .lock()
+            .expect("traceparent lock poisoned")
+            .insert(path.to_owned(), value.to_owned());
+    }
+
     /// Counts an accepted connection.
     pub(crate) fn connection(&self) {
         self.connections.fetch_add(1, Ordering::Relaxed);
@@ -211,6 +225,11 @@ impl Counters {
             api_unauthorized: self.api_unauthorized.load(Ordering::Relaxed),
             api_incomplete_bodies: self.api_incomplete_bodies.load(Ordering::Relaxed),
             connections: self.connections.load(Ordering::Relaxed),
+            last_traceparent: self
+                .traceparents
+                .lock()
+                .expect("traceparent lock poisoned")
+                .clone(),
         }
     }
 
@@ -226,6 +245,10 @@ impl Counters {
         self.api_unauthorized.store(0, Ordering::Relaxed);
         self.api_incomplete_bodies.store(0, Ordering::Relaxed);
         self.connections.store(0, Ordering::Relaxed);
+        self.traceparents
+            .lock()
+            .expect("traceparent lock poisoned")
+            .clear();
     }
 
     fn by_merchant_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<MerchantId, AtomicU64>> {

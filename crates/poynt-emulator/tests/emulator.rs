@@ -1114,6 +1114,45 @@ async fn unknown_paths_and_methods_get_poynt_errors() {
 }
 
 #[tokio::test]
+async fn the_last_traceparent_per_path_is_recorded_and_otlp_exports_are_taken() {
+    let fx = fixture().await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let response = fx
+        .client
+        .get(format!("{}/nope", fx.base))
+        .header("traceparent", traceparent)
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, 404, "NOT_FOUND").await;
+    let stats = fx.stats().await;
+    assert_eq!(stats.last_traceparent["/nope"], traceparent);
+    assert_eq!(
+        stats.last_traceparent.len(),
+        1,
+        "only paths that carried one"
+    );
+    let response = fx
+        .client
+        .post(format!("{}/v1/traces", fx.base))
+        .header("content-type", "application/x-protobuf")
+        .body(vec![0u8; 64])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.bytes().await.unwrap().is_empty(),
+        "an empty export response"
+    );
+    fx.emulator.reset();
+    assert!(
+        fx.stats().await.last_traceparent.is_empty(),
+        "reset clears them"
+    );
+}
+
+#[tokio::test]
 async fn http2_prior_knowledge_is_served() {
     let fx = fixture().await;
     let client = reqwest::Client::builder()

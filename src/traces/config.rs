@@ -1,0 +1,27 @@
+//! The checked `telemetry.traces` settings (the YAML is read by `config::telemetry`).
+
+/// How spans reach the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP over HTTP/protobuf (`POST {endpoint}/v1/traces`).
+    Http,
+}
+
+/// Where and how traces are exported, and how far the proxy trusts its callers' traces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracesConfig {
+    /// The collector's OTLP/HTTP traces URL (`…/v1/traces`).
+    pub endpoint: String,
+    /// The export protocol.
+    pub protocol: Protocol,
+    /// The share of new traces kept (0 to 1); a caller's sampled flag decides for traces the
+    /// proxy joins, so a trace is kept or dropped whole.
+    pub sample_ratio: f64,
+    /// Whether a caller's `traceparent`/`tracestate` is continued; otherwise every request
+    /// starts a trace of its own, so an untrusted caller cannot choose ids or force sampling.
+    pub trust_incoming: bool,
+    /// Whether Poynt receives the proxy's `traceparent`, so its side joins the trace.
+    pub propagate: bool,
+    /// `service.name` on every span.
+    pub service_name: String,
+}
