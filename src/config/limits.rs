@@ -12,7 +12,7 @@ use crate::limits::config::{
     BreakerConfig, DEFAULT_BREAKER_FAILURES, DEFAULT_BREAKER_OPEN_FOR, DEFAULT_COOLDOWN_INITIAL,
     DEFAULT_COOLDOWN_MAX, DEFAULT_IN_FLIGHT_WAIT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_RETRIES_MAX,
     DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BUDGET_PER_SECOND, DEFAULT_RETRY_BUDGET_RATIO,
-    LimitsConfig, MerchantLimits, Mode, Rate, RetryConfig,
+    LimitsConfig, MerchantLimits, Mode, Rate, RetryConfig, Scope,
 };
 use poynt_wire::MerchantId;
 
@@ -27,6 +27,9 @@ const MAX_IN_FLIGHT: u32 = 100_000;
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawLimits {
     mode: RawMode,
+    scope: RawScope,
+    replicas: u32,
+    local_share: Option<f64>,
     rate: Option<RawRate>,
     max_in_flight: u32,
     #[serde(with = "humantime_serde")]
@@ -117,6 +120,9 @@ impl Default for RawLimits {
     fn default() -> Self {
         Self {
             mode: RawMode::Enforce,
+            scope: RawScope::Local,
+            replicas: 1,
+            local_share: None,
             rate: None,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             in_flight_wait: DEFAULT_IN_FLIGHT_WAIT,
@@ -136,6 +142,17 @@ enum RawMode {
     Enforce,
     Observe,
 }
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum RawScope {
+    Local,
+    Cluster,
+}
+
+/// Most replicas `limits.replicas` may name: a share below a thousandth of a limit is
+/// no limit anyone could size.
+const MAX_REPLICAS: u32 = 1000;
 
 #[derive(Deserialize, Clone, Copy)]
 #[serde(deny_unknown_fields)]
@@ -207,11 +224,27 @@ impl RawLimits {
             self.cooldown_initial,
             cooldown_max,
         )?;
+        let replicas = count_within("limits.replicas", self.replicas, 1, MAX_REPLICAS)?;
+        let local_share = match self.local_share {
+            Some(share) if share > 0.0 && share <= 1.0 => share,
+            Some(share) => {
+                return Err(invalid(
+                    "limits.local_share",
+                    format!("expected a share of each limit above 0 and at most 1; found {share}"),
+                ));
+            }
+            None => 1.0 / f64::from(replicas),
+        };
         Ok(LimitsConfig {
             mode: match self.mode {
                 RawMode::Enforce => Mode::Enforce,
                 RawMode::Observe => Mode::Observe,
             },
+            scope: match self.scope {
+                RawScope::Local => Scope::Local,
+                RawScope::Cluster => Scope::Cluster,
+            },
+            local_share,
             default,
             merchants,
             in_flight_wait: duration_at_most(
@@ -267,6 +300,10 @@ mod tests {
         assert_eq!(special.rate, config.default.rate);
         let breaker = parse("breaker: {}").unwrap().breaker.expect("on");
         assert_eq!(breaker.failures, DEFAULT_BREAKER_FAILURES);
+        let cluster = parse("scope: cluster\nreplicas: 4").unwrap();
+        assert_eq!(cluster.scope, Scope::Cluster);
+        assert_eq!(cluster.local_share, 0.25);
+        assert_eq!(parse("local_share: 0.5").unwrap().local_share, 0.5);
         let retries = parse("retries: {}").unwrap().retries.expect("on");
         assert_eq!(retries.max, DEFAULT_RETRIES_MAX);
         assert!(!retries.post_with_request_id);
@@ -289,6 +326,9 @@ mod tests {
                 "limits.merchants",
                 "\"abc\"",
             ),
+            ("replicas: 0", "limits.replicas", "found 0"),
+            ("local_share: 1.5", "limits.local_share", "found 1.5"),
+            ("local_share: 0", "limits.local_share", "found 0"),
             (
                 "breaker: {failures: 0}",
                 "limits.breaker.failures",

@@ -75,6 +75,16 @@ impl Mode {
     }
 }
 
+/// Where the token buckets and cool-downs are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// In each replica: N replicas admit up to N times each limit.
+    #[default]
+    Local,
+    /// In the Redis store, shared by every replica: one limit for the fleet.
+    Cluster,
+}
+
 /// A token bucket: `per_second` requests sustained, `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rate {
@@ -98,6 +108,11 @@ pub struct MerchantLimits {
 pub struct LimitsConfig {
     /// Enforce or only observe the local limits (rate, in-flight, cool-down).
     pub mode: Mode,
+    /// Where buckets and cool-downs are kept (in-flight caps are always per replica).
+    pub scope: Scope,
+    /// With `Scope::Cluster`, the share of each rate one replica enforces alone while Redis
+    /// is unreachable: 1 / `limits.replicas`, or `limits.local_share`.
+    pub local_share: f64,
     /// Limits of every merchant without an override.
     pub default: MerchantLimits,
     /// Per-merchant limits, replacing `default` whole for that merchant.
@@ -121,6 +136,8 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             mode: Mode::Enforce,
+            scope: Scope::Local,
+            local_share: 1.0,
             default: MerchantLimits {
                 rate: None,
                 max_in_flight: DEFAULT_MAX_IN_FLIGHT,
@@ -132,6 +149,17 @@ impl Default for LimitsConfig {
             breaker: None,
             retries: None,
             callers: HashMap::new(),
+        }
+    }
+}
+
+impl Rate {
+    /// The share `share` (in (0, 1]) of this rate: what one replica enforces alone while the
+    /// cluster-wide limits cannot be reached. The burst keeps at least one request.
+    pub fn share(self, share: f64) -> Rate {
+        Rate {
+            per_second: self.per_second * share,
+            burst: ((f64::from(self.burst) * share).round() as u32).max(1),
         }
     }
 }
