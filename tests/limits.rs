@@ -47,8 +47,10 @@ async fn a_poynt_429_keeps_that_merchant_away_from_poynt_until_retry_after_and_n
     fault.api_throttle.insert(a.to_string(), 2);
     harness.emulator.set_fault(fault);
 
-    let (status, headers, body) = answer(harness.get(a, "").await).await;
+    // Taken before the request: the cool-down starts when Poynt's 429 reaches the proxy,
+    // which is before the caller reads it.
     let throttled_at = Instant::now();
+    let (status, headers, body) = answer(harness.get(a, "").await).await;
     assert_eq!(status, 429);
     assert_eq!(
         body["code"], "TOO_MANY_REQUESTS",
@@ -302,7 +304,10 @@ async fn through_half_failing_poynt(harness: &Harness, count: u64) -> (u64, u64)
 #[tokio::test]
 async fn with_half_of_poynts_answers_503_retries_help_within_their_budget() {
     const REQUESTS: u64 = 100;
-    let off = Builder::default().start().await;
+    let off = Builder::default()
+        .yaml("limits:\n  retries: {enabled: false}\n")
+        .start()
+        .await;
     let (served_without, attempts_without) = through_half_failing_poynt(&off, REQUESTS).await;
     off.stop().await;
     assert_eq!((served_without, attempts_without), (REQUESTS / 2, REQUESTS));
@@ -330,6 +335,35 @@ async fn with_half_of_poynts_answers_503_retries_help_within_their_budget() {
             > 0.0
     );
     on.stop().await;
+}
+
+#[tokio::test]
+async fn by_default_a_get_that_meets_a_503_is_retried_within_the_budget() {
+    let harness = Builder::default().start().await;
+    let a = harness.merchants[0];
+    assert_eq!(harness.get(a, "").await.status(), 200);
+    harness.emulator.set_fault(Fault {
+        api_error_every: Some(1),
+        ..Fault::default()
+    });
+    // The budget starts empty and fills at 3 a second: soon one GET gets its retries.
+    eventually(
+        "a GET sent to Poynt more than once",
+        Duration::from_secs(10),
+        || async {
+            let before = reached(&harness, a);
+            assert_eq!(harness.get(a, "").await.status(), 503);
+            reached(&harness, a) - before > 1
+        },
+    )
+    .await;
+    assert!(
+        harness
+            .metric("poynt_proxy_upstream_retries_total{outcome=\"retried\"}")
+            .await
+            >= 1.0
+    );
+    harness.stop().await;
 }
 
 #[tokio::test]

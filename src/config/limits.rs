@@ -10,9 +10,8 @@ use super::error::ConfigError;
 use super::fields::{MAX_SHORT_TIMEOUT, count_within, duration_at_most, duration_within, invalid};
 use crate::limits::config::{
     BreakerConfig, DEFAULT_BREAKER_FAILURES, DEFAULT_BREAKER_OPEN_FOR, DEFAULT_COOLDOWN_INITIAL,
-    DEFAULT_COOLDOWN_MAX, DEFAULT_IN_FLIGHT_WAIT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_RETRIES_MAX,
-    DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BUDGET_PER_SECOND, DEFAULT_RETRY_BUDGET_RATIO,
-    LimitsConfig, MerchantLimits, Mode, Rate, RetryConfig, Scope,
+    DEFAULT_COOLDOWN_MAX, DEFAULT_IN_FLIGHT_WAIT, DEFAULT_MAX_IN_FLIGHT, LimitsConfig,
+    MerchantLimits, Mode, Rate, RetryConfig, Scope,
 };
 use poynt_wire::MerchantId;
 
@@ -40,14 +39,15 @@ pub(super) struct RawLimits {
     cooldown_max: Duration,
     merchants: HashMap<String, RawOverride>,
     breaker: Option<RawBreaker>,
-    retries: Option<RawRetries>,
+    retries: RawRetries,
     callers: HashMap<String, RawRate>,
 }
 
-/// `limits.retries` as written; present (even `{}`) turns retries on.
+/// `limits.retries` as written; on unless `enabled: false`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawRetries {
+    enabled: bool,
     max: u32,
     budget_ratio: f64,
     budget_per_second: f64,
@@ -58,18 +58,24 @@ struct RawRetries {
 
 impl Default for RawRetries {
     fn default() -> Self {
+        let defaults = RetryConfig::default();
         Self {
-            max: DEFAULT_RETRIES_MAX,
-            budget_ratio: DEFAULT_RETRY_BUDGET_RATIO,
-            budget_per_second: DEFAULT_RETRY_BUDGET_PER_SECOND,
-            backoff: DEFAULT_RETRY_BACKOFF,
-            post_with_request_id: false,
+            enabled: true,
+            max: defaults.max,
+            budget_ratio: defaults.budget_ratio,
+            budget_per_second: defaults.budget_per_second,
+            backoff: defaults.backoff,
+            post_with_request_id: defaults.post_with_request_id,
         }
     }
 }
 
 impl RawRetries {
-    fn validate(self) -> Result<RetryConfig, ConfigError> {
+    /// The checked settings; `None` when retries are turned off.
+    fn validate(self) -> Result<Option<RetryConfig>, ConfigError> {
+        if !self.enabled {
+            return Ok(None);
+        }
         if !(0.0..=1.0).contains(&self.budget_ratio) {
             return Err(invalid(
                 "limits.retries.budget_ratio",
@@ -88,13 +94,13 @@ impl RawRetries {
                 ),
             ));
         }
-        Ok(RetryConfig {
+        Ok(Some(RetryConfig {
             max: count_within("limits.retries.max", self.max, 1, 10)?,
             budget_ratio: self.budget_ratio,
             budget_per_second: self.budget_per_second,
             backoff: duration_at_most("limits.retries.backoff", self.backoff, MAX_SHORT_TIMEOUT)?,
             post_with_request_id: self.post_with_request_id,
-        })
+        }))
     }
 }
 
@@ -130,7 +136,7 @@ impl Default for RawLimits {
             cooldown_max: DEFAULT_COOLDOWN_MAX,
             merchants: HashMap::new(),
             breaker: None,
-            retries: None,
+            retries: RawRetries::default(),
             callers: HashMap::new(),
         }
     }
@@ -267,7 +273,7 @@ impl RawLimits {
                     })
                 })
                 .transpose()?,
-            retries: self.retries.map(RawRetries::validate).transpose()?,
+            retries: self.retries.validate()?,
             callers: self
                 .callers
                 .into_iter()
@@ -280,6 +286,9 @@ impl RawLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::config::{
+        DEFAULT_RETRIES_MAX, DEFAULT_RETRY_BUDGET_PER_SECOND, DEFAULT_RETRY_BUDGET_RATIO,
+    };
 
     fn parse(yaml: &str) -> Result<LimitsConfig, ConfigError> {
         serde_yaml::from_str::<RawLimits>(yaml).unwrap().validate()
@@ -304,9 +313,12 @@ mod tests {
         assert_eq!(cluster.scope, Scope::Cluster);
         assert_eq!(cluster.local_share, 0.25);
         assert_eq!(parse("local_share: 0.5").unwrap().local_share, 0.5);
-        let retries = parse("retries: {}").unwrap().retries.expect("on");
+        let retries = parse("{}").unwrap().retries.expect("on by default");
         assert_eq!(retries.max, DEFAULT_RETRIES_MAX);
+        assert_eq!(retries.budget_ratio, DEFAULT_RETRY_BUDGET_RATIO);
+        assert_eq!(retries.budget_per_second, DEFAULT_RETRY_BUDGET_PER_SECOND);
         assert!(!retries.post_with_request_id);
+        assert_eq!(parse("retries: {enabled: false}").unwrap().retries, None);
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub struct BreakerConfig {
     pub open_for: Duration,
 }
 
-/// Retries of a failed exchange, once `limits.retries` is set.
+/// Retries of a failed exchange (on unless `limits.retries.enabled` is false).
 pub const DEFAULT_RETRIES_MAX: u32 = 2;
 /// Retries may add this share of the requests...
 pub const DEFAULT_RETRY_BUDGET_RATIO: f64 = 0.2;
@@ -53,6 +53,21 @@ pub struct RetryConfig {
     pub backoff: Duration,
     /// Whether a POST the caller named with `Poynt-Request-Id` may be retried.
     pub post_with_request_id: bool,
+}
+
+impl Default for RetryConfig {
+    /// On by default, as nginx's `proxy_next_upstream` and Kong's retries are: an idempotent
+    /// request that met a dropped connection or a 503 is worth one more try, and the budget
+    /// keeps retries from multiplying an outage.
+    fn default() -> Self {
+        Self {
+            max: DEFAULT_RETRIES_MAX,
+            budget_ratio: DEFAULT_RETRY_BUDGET_RATIO,
+            budget_per_second: DEFAULT_RETRY_BUDGET_PER_SECOND,
+            backoff: DEFAULT_RETRY_BACKOFF,
+            post_with_request_id: false,
+        }
+    }
 }
 
 /// Whether a decision refuses or only counts.
@@ -125,7 +140,7 @@ pub struct LimitsConfig {
     pub cooldown_max: Duration,
     /// The circuit breaker; `None`: off (every request waits for its own timeout).
     pub breaker: Option<BreakerConfig>,
-    /// Retries; `None`: off (every failure reaches the caller).
+    /// Retries; `None`: turned off (every failure reaches the caller).
     pub retries: Option<RetryConfig>,
     /// Token buckets per caller (`limits.callers`), by the names `callers.policy` gives:
     /// one caller cannot spend every merchant's share of Poynt.
@@ -147,7 +162,7 @@ impl Default for LimitsConfig {
             cooldown_initial: DEFAULT_COOLDOWN_INITIAL,
             cooldown_max: DEFAULT_COOLDOWN_MAX,
             breaker: None,
-            retries: None,
+            retries: Some(RetryConfig::default()),
             callers: HashMap::new(),
         }
     }

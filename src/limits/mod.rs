@@ -296,7 +296,7 @@ impl Governor {
     }
 
     /// A request with a kept body is about to be sent: its share of the retry budget, and how
-    /// many retries it may have (none unless `limits.retries` is set and `method` may be
+    /// many retries it may have (none unless `limits.retries` is enabled and `method` may be
     /// repeated; `named`: the caller sent the `Poynt-Request-Id` Poynt will see).
     pub fn retries(&self, method: &Method, named: bool) -> Retries {
         let (Some(config), Some(budget)) = (self.inner.config.retries, &self.inner.budget) else {
