@@ -211,7 +211,11 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
             metrics: metrics.clone(),
         },
     );
-    let governor = Governor::new(config.limits.clone(), metrics.limits().clone());
+    let governor = Governor::new(
+        config.limits.clone(),
+        metrics.limits().clone(),
+        store.shared_limits(),
+    );
     let phase = Phase::default();
     // Each listener has its own connection cap, shared by whatever serves it.
     let server = &config.server;

@@ -647,10 +647,14 @@ pub enum StoreOp {
     Extend,
     /// Mark an onboarding state as used.
     SpendState,
+    /// Check a request against the cluster-wide limits (cool-down and buckets).
+    Limit,
+    /// Share a merchant's cool-down with the other replicas.
+    Cooldown,
 }
 
 impl StoreOp {
-    const ALL: [StoreOp; 8] = [
+    const ALL: [StoreOp; 10] = [
         Self::Load,
         Self::LoadAll,
         Self::Save,
@@ -659,6 +663,8 @@ impl StoreOp {
         Self::Release,
         Self::Extend,
         Self::SpendState,
+        Self::Limit,
+        Self::Cooldown,
     ];
 
     /// The label value.
@@ -672,6 +678,8 @@ impl StoreOp {
             Self::Release => "release",
             Self::Extend => "extend",
             Self::SpendState => "spend_state",
+            Self::Limit => "limit",
+            Self::Cooldown => "cooldown",
         }
     }
 }
@@ -983,6 +991,31 @@ impl LimitReason {
     }
 }
 
+/// Where the rate limits and cool-downs are kept, as a bounded label value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitScope {
+    /// In this replica only (`limits.scope: local`).
+    Local,
+    /// Cluster-wide, in the shared store (`limits.scope: cluster`, the store answering).
+    Cluster,
+    /// `limits.scope: cluster` while the store is unreachable: this replica's share.
+    LocalShare,
+}
+
+impl LimitScope {
+    /// Every scope, in label order.
+    const ALL: [Self; 3] = [Self::Local, Self::Cluster, Self::LocalShare];
+
+    /// The `scope` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Cluster => "cluster",
+            Self::LocalShare => "local_share",
+        }
+    }
+}
+
 /// The limits' metric handles; every series exists from the start (zero), so rates and
 /// alerts see them before the first refusal.
 #[derive(Clone)]
@@ -994,6 +1027,8 @@ pub struct LimitsMetrics {
     breaker_refused: IntCounter,
     /// Retries sent, then retries the budget refused.
     retries: [IntCounter; 2],
+    /// 1 on the scope in force, by [`LimitScope`] label order.
+    scope: [IntGauge; 3],
 }
 
 impl LimitsMetrics {
@@ -1024,6 +1059,14 @@ impl LimitsMetrics {
             ),
             &["outcome"],
         )?;
+        let scope = IntGaugeVec::new(
+            Opts::new(
+                "poynt_proxy_limits_scope",
+                "1 on where rate limits and cool-downs are kept now: local (this replica), cluster (shared through Redis), or local_share (scope cluster while Redis is unreachable: this replica enforces its share of each limit).",
+            ),
+            &["scope"],
+        )?;
+        registry.register(Box::new(scope.clone()))?;
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(decisions.clone()))?;
         registry.register(Box::new(poynt_throttled.clone()))?;
@@ -1039,7 +1082,15 @@ impl LimitsMetrics {
             breaker_refused,
             retries: ["retried", "budget_exhausted"]
                 .map(|outcome| retries.with_label_values(&[outcome])),
+            scope: LimitScope::ALL.map(|each| scope.with_label_values(&[each.as_str()])),
         })
+    }
+
+    /// Marks `now` as the scope in force, and no other.
+    pub fn scope(&self, now: LimitScope) {
+        for (gauge, scope) in self.scope.iter().zip(LimitScope::ALL) {
+            gauge.set(i64::from(scope == now));
+        }
     }
 
     /// Counts a request that met `reason`: refused, or only observed.

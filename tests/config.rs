@@ -146,6 +146,10 @@ fn errors_name_the_key_and_what_was_wrong() {
             "tokens.backoff_max",
         ),
         (
+            base("", "store:\n  backend: memory\nlimits:\n  scope: cluster\n"),
+            "limits.scope: cluster keeps the limits in the shared store; expected store.backend redis, found memory",
+        ),
+        (
             base("", "").replace("  application_id: \"urn:aid:x\"\n", ""),
             "poynt.application_id: missing",
         ),

@@ -12,7 +12,9 @@ use std::time::{Duration, SystemTime};
 
 use poynt_proxy::config::{Config, KeySources, StoreConfig};
 use poynt_proxy::metrics::Metrics;
-use poynt_proxy::store::{Event, Record, Saved, Store, StoreError, keys};
+use poynt_proxy::store::{
+    Event, Owner, Record, Saved, SharedBucket, Store, StoreError, Verdict, keys,
+};
 use poynt_wire::GrantKind;
 use poynt_wire::MerchantId;
 use secrecy::ExposeSecret as _;
@@ -1056,6 +1058,28 @@ async fn the_redis_acl_in_the_operations_guide_is_enough() {
             .unwrap()
     );
     assert!(store.delete(m).await.unwrap());
+    // The cluster-wide limits: a bucket of one takes one request and refuses the next
+    // (taking nothing), and a shared cool-down holds the merchant back.
+    let shared = store
+        .shared_limits()
+        .expect("Redis keeps cluster-wide limits");
+    let bucket = SharedBucket {
+        owner: Owner::Merchant(m),
+        interval: Duration::from_secs(60),
+        burst: 1,
+    };
+    assert_eq!(shared.check(m, &[bucket]).await.unwrap(), Verdict::Allowed);
+    let refused = shared.check(m, &[bucket]).await.unwrap();
+    assert!(
+        matches!(refused, Verdict::Refused { bucket: 0, retry_after, .. } if retry_after > Duration::from_secs(50)),
+        "{refused:?}"
+    );
+    shared.cool_down(m, Duration::from_secs(30)).await.unwrap();
+    let cooling = shared.check(m, &[bucket]).await.unwrap();
+    assert!(
+        matches!(cooling, Verdict::CoolingDown(wait) if wait > Duration::from_secs(25)),
+        "{cooling:?}"
+    );
     let mut restricted = ::redis::Client::open(url)
         .unwrap()
         .get_multiplexed_async_connection()

@@ -8,9 +8,10 @@ use super::callers::CallersConfig;
 use super::error::ConfigError;
 use super::fields::invalid;
 use super::tls::TlsConfig;
-use crate::limits::config::LimitsConfig;
+use crate::limits::config::{LimitsConfig, Scope};
 use crate::onboarding::CALLBACK_PATH;
 use crate::onboarding::config::{OauthConfig, OnboardingConfig};
+use crate::store::config::StoreBackend;
 
 /// Refuses an admin listener reachable from other hosts without a bearer secret: `/admin/*`
 /// can evict and refresh tokens.
@@ -83,6 +84,24 @@ pub(super) fn limited_callers_exist(
         )),
         None => Ok(()),
     }
+}
+
+/// `limits.scope: cluster` keeps the limits in Redis: any other store is one process's, so
+/// the limits would silently stay per replica.
+pub(super) fn cluster_limits_shared(
+    limits: &LimitsConfig,
+    backend: StoreBackend,
+) -> Result<(), ConfigError> {
+    if limits.scope == Scope::Cluster && backend != StoreBackend::Redis {
+        return Err(invalid(
+            "limits.scope",
+            format!(
+                "cluster keeps the limits in the shared store; expected store.backend redis, found {}",
+                backend.as_str()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Without `callers`, anyone who reaches `listen` may act as any merchant: valid (the

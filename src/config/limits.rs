@@ -10,9 +10,8 @@ use super::error::ConfigError;
 use super::fields::{MAX_SHORT_TIMEOUT, count_within, duration_at_most, duration_within, invalid};
 use crate::limits::config::{
     BreakerConfig, DEFAULT_BREAKER_FAILURES, DEFAULT_BREAKER_OPEN_FOR, DEFAULT_COOLDOWN_INITIAL,
-    DEFAULT_COOLDOWN_MAX, DEFAULT_IN_FLIGHT_WAIT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_RETRIES_MAX,
-    DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BUDGET_PER_SECOND, DEFAULT_RETRY_BUDGET_RATIO,
-    LimitsConfig, MerchantLimits, Mode, Rate, RetryConfig,
+    DEFAULT_COOLDOWN_MAX, DEFAULT_IN_FLIGHT_WAIT, DEFAULT_MAX_IN_FLIGHT, LimitsConfig,
+    MerchantLimits, Mode, Rate, RetryConfig, Scope,
 };
 use poynt_wire::MerchantId;
 
@@ -27,6 +26,9 @@ const MAX_IN_FLIGHT: u32 = 100_000;
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawLimits {
     mode: RawMode,
+    scope: RawScope,
+    replicas: u32,
+    local_share: Option<f64>,
     rate: Option<RawRate>,
     max_in_flight: u32,
     #[serde(with = "humantime_serde")]
@@ -37,14 +39,15 @@ pub(super) struct RawLimits {
     cooldown_max: Duration,
     merchants: HashMap<String, RawOverride>,
     breaker: Option<RawBreaker>,
-    retries: Option<RawRetries>,
+    retries: RawRetries,
     callers: HashMap<String, RawRate>,
 }
 
-/// `limits.retries` as written; present (even `{}`) turns retries on.
+/// `limits.retries` as written; on unless `enabled: false`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawRetries {
+    enabled: bool,
     max: u32,
     budget_ratio: f64,
     budget_per_second: f64,
@@ -55,18 +58,24 @@ struct RawRetries {
 
 impl Default for RawRetries {
     fn default() -> Self {
+        let defaults = RetryConfig::default();
         Self {
-            max: DEFAULT_RETRIES_MAX,
-            budget_ratio: DEFAULT_RETRY_BUDGET_RATIO,
-            budget_per_second: DEFAULT_RETRY_BUDGET_PER_SECOND,
-            backoff: DEFAULT_RETRY_BACKOFF,
-            post_with_request_id: false,
+            enabled: true,
+            max: defaults.max,
+            budget_ratio: defaults.budget_ratio,
+            budget_per_second: defaults.budget_per_second,
+            backoff: defaults.backoff,
+            post_with_request_id: defaults.post_with_request_id,
         }
     }
 }
 
 impl RawRetries {
-    fn validate(self) -> Result<RetryConfig, ConfigError> {
+    /// The checked settings; `None` when retries are turned off.
+    fn validate(self) -> Result<Option<RetryConfig>, ConfigError> {
+        if !self.enabled {
+            return Ok(None);
+        }
         if !(0.0..=1.0).contains(&self.budget_ratio) {
             return Err(invalid(
                 "limits.retries.budget_ratio",
@@ -85,13 +94,13 @@ impl RawRetries {
                 ),
             ));
         }
-        Ok(RetryConfig {
+        Ok(Some(RetryConfig {
             max: count_within("limits.retries.max", self.max, 1, 10)?,
             budget_ratio: self.budget_ratio,
             budget_per_second: self.budget_per_second,
             backoff: duration_at_most("limits.retries.backoff", self.backoff, MAX_SHORT_TIMEOUT)?,
             post_with_request_id: self.post_with_request_id,
-        })
+        }))
     }
 }
 
@@ -117,6 +126,9 @@ impl Default for RawLimits {
     fn default() -> Self {
         Self {
             mode: RawMode::Enforce,
+            scope: RawScope::Local,
+            replicas: 1,
+            local_share: None,
             rate: None,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             in_flight_wait: DEFAULT_IN_FLIGHT_WAIT,
@@ -124,7 +136,7 @@ impl Default for RawLimits {
             cooldown_max: DEFAULT_COOLDOWN_MAX,
             merchants: HashMap::new(),
             breaker: None,
-            retries: None,
+            retries: RawRetries::default(),
             callers: HashMap::new(),
         }
     }
@@ -136,6 +148,17 @@ enum RawMode {
     Enforce,
     Observe,
 }
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum RawScope {
+    Local,
+    Cluster,
+}
+
+/// Most replicas `limits.replicas` may name: a share below a thousandth of a limit is
+/// no limit anyone could size.
+const MAX_REPLICAS: u32 = 1000;
 
 #[derive(Deserialize, Clone, Copy)]
 #[serde(deny_unknown_fields)]
@@ -207,11 +230,27 @@ impl RawLimits {
             self.cooldown_initial,
             cooldown_max,
         )?;
+        let replicas = count_within("limits.replicas", self.replicas, 1, MAX_REPLICAS)?;
+        let local_share = match self.local_share {
+            Some(share) if share > 0.0 && share <= 1.0 => share,
+            Some(share) => {
+                return Err(invalid(
+                    "limits.local_share",
+                    format!("expected a share of each limit above 0 and at most 1; found {share}"),
+                ));
+            }
+            None => 1.0 / f64::from(replicas),
+        };
         Ok(LimitsConfig {
             mode: match self.mode {
                 RawMode::Enforce => Mode::Enforce,
                 RawMode::Observe => Mode::Observe,
             },
+            scope: match self.scope {
+                RawScope::Local => Scope::Local,
+                RawScope::Cluster => Scope::Cluster,
+            },
+            local_share,
             default,
             merchants,
             in_flight_wait: duration_at_most(
@@ -234,7 +273,7 @@ impl RawLimits {
                     })
                 })
                 .transpose()?,
-            retries: self.retries.map(RawRetries::validate).transpose()?,
+            retries: self.retries.validate()?,
             callers: self
                 .callers
                 .into_iter()
@@ -247,6 +286,9 @@ impl RawLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::config::{
+        DEFAULT_RETRIES_MAX, DEFAULT_RETRY_BUDGET_PER_SECOND, DEFAULT_RETRY_BUDGET_RATIO,
+    };
 
     fn parse(yaml: &str) -> Result<LimitsConfig, ConfigError> {
         serde_yaml::from_str::<RawLimits>(yaml).unwrap().validate()
@@ -267,9 +309,16 @@ mod tests {
         assert_eq!(special.rate, config.default.rate);
         let breaker = parse("breaker: {}").unwrap().breaker.expect("on");
         assert_eq!(breaker.failures, DEFAULT_BREAKER_FAILURES);
-        let retries = parse("retries: {}").unwrap().retries.expect("on");
+        let cluster = parse("scope: cluster\nreplicas: 4").unwrap();
+        assert_eq!(cluster.scope, Scope::Cluster);
+        assert_eq!(cluster.local_share, 0.25);
+        assert_eq!(parse("local_share: 0.5").unwrap().local_share, 0.5);
+        let retries = parse("{}").unwrap().retries.expect("on by default");
         assert_eq!(retries.max, DEFAULT_RETRIES_MAX);
+        assert_eq!(retries.budget_ratio, DEFAULT_RETRY_BUDGET_RATIO);
+        assert_eq!(retries.budget_per_second, DEFAULT_RETRY_BUDGET_PER_SECOND);
         assert!(!retries.post_with_request_id);
+        assert_eq!(parse("retries: {enabled: false}").unwrap().retries, None);
     }
 
     #[test]
@@ -289,6 +338,9 @@ mod tests {
                 "limits.merchants",
                 "\"abc\"",
             ),
+            ("replicas: 0", "limits.replicas", "found 0"),
+            ("local_share: 1.5", "limits.local_share", "found 1.5"),
+            ("local_share: 0", "limits.local_share", "found 0"),
             (
                 "breaker: {failures: 0}",
                 "limits.breaker.failures",

@@ -165,6 +165,7 @@ impl RawConfig {
         checks::mtls_has_client_ca(callers.as_ref(), tls.as_ref())?;
         checks::distinct_listeners(listen, admin_listen, onboarding.as_ref().map(|o| o.listen))?;
         checks::limited_callers_exist(&limits, callers.as_ref())?;
+        checks::cluster_limits_shared(&limits, store.backend)?;
         Ok(Config {
             listen,
             admin_listen,

@@ -31,7 +31,7 @@ pub struct BreakerConfig {
     pub open_for: Duration,
 }
 
-/// Retries of a failed exchange, once `limits.retries` is set.
+/// Retries of a failed exchange (on unless `limits.retries.enabled` is false).
 pub const DEFAULT_RETRIES_MAX: u32 = 2;
 /// Retries may add this share of the requests...
 pub const DEFAULT_RETRY_BUDGET_RATIO: f64 = 0.2;
@@ -55,6 +55,21 @@ pub struct RetryConfig {
     pub post_with_request_id: bool,
 }
 
+impl Default for RetryConfig {
+    /// On by default, as nginx's `proxy_next_upstream` and Kong's retries are: an idempotent
+    /// request that met a dropped connection or a 503 is worth one more try, and the budget
+    /// keeps retries from multiplying an outage.
+    fn default() -> Self {
+        Self {
+            max: DEFAULT_RETRIES_MAX,
+            budget_ratio: DEFAULT_RETRY_BUDGET_RATIO,
+            budget_per_second: DEFAULT_RETRY_BUDGET_PER_SECOND,
+            backoff: DEFAULT_RETRY_BACKOFF,
+            post_with_request_id: false,
+        }
+    }
+}
+
 /// Whether a decision refuses or only counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
@@ -73,6 +88,16 @@ impl Mode {
             Self::Observe => "observe",
         }
     }
+}
+
+/// Where the token buckets and cool-downs are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// In each replica: N replicas admit up to N times each limit.
+    #[default]
+    Local,
+    /// In the Redis store, shared by every replica: one limit for the fleet.
+    Cluster,
 }
 
 /// A token bucket: `per_second` requests sustained, `burst` at once.
@@ -98,6 +123,11 @@ pub struct MerchantLimits {
 pub struct LimitsConfig {
     /// Enforce or only observe the local limits (rate, in-flight, cool-down).
     pub mode: Mode,
+    /// Where buckets and cool-downs are kept (in-flight caps are always per replica).
+    pub scope: Scope,
+    /// With `Scope::Cluster`, the share of each rate one replica enforces alone while Redis
+    /// is unreachable: 1 / `limits.replicas`, or `limits.local_share`.
+    pub local_share: f64,
     /// Limits of every merchant without an override.
     pub default: MerchantLimits,
     /// Per-merchant limits, replacing `default` whole for that merchant.
@@ -110,7 +140,7 @@ pub struct LimitsConfig {
     pub cooldown_max: Duration,
     /// The circuit breaker; `None`: off (every request waits for its own timeout).
     pub breaker: Option<BreakerConfig>,
-    /// Retries; `None`: off (every failure reaches the caller).
+    /// Retries; `None`: turned off (every failure reaches the caller).
     pub retries: Option<RetryConfig>,
     /// Token buckets per caller (`limits.callers`), by the names `callers.policy` gives:
     /// one caller cannot spend every merchant's share of Poynt.
@@ -121,6 +151,8 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             mode: Mode::Enforce,
+            scope: Scope::Local,
+            local_share: 1.0,
             default: MerchantLimits {
                 rate: None,
                 max_in_flight: DEFAULT_MAX_IN_FLIGHT,
@@ -130,8 +162,19 @@ impl Default for LimitsConfig {
             cooldown_initial: DEFAULT_COOLDOWN_INITIAL,
             cooldown_max: DEFAULT_COOLDOWN_MAX,
             breaker: None,
-            retries: None,
+            retries: Some(RetryConfig::default()),
             callers: HashMap::new(),
+        }
+    }
+}
+
+impl Rate {
+    /// The share `share` (in (0, 1]) of this rate: what one replica enforces alone while the
+    /// cluster-wide limits cannot be reached. The burst keeps at least one request.
+    pub fn share(self, share: f64) -> Rate {
+        Rate {
+            per_second: self.per_second * share,
+            burst: ((f64::from(self.burst) * share).round() as u32).max(1),
         }
     }
 }

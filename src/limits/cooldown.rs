@@ -54,9 +54,15 @@ impl Cooldown {
             }
         }
         .min(backoff.max);
+        self.hold(now, wait);
+        wait
+    }
+
+    /// Holds the merchant back until `wait` past `now` at least: a cool-down another
+    /// replica started (cluster scope), or this one's.
+    pub(super) fn hold(&self, now: u64, wait: Duration) {
         let until = now.saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX));
         self.until.fetch_max(until, Ordering::Relaxed);
-        wait
     }
 
     /// Poynt answered something other than 429: the next 429 starts from `initial` again.

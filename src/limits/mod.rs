@@ -17,12 +17,15 @@
 //!
 //! Limits are per merchant; with callers authenticated, a caller named in `limits.callers`
 //! also has a token bucket of its own, taken after the merchant's. Everything here is local
-//! to the replica. `retry_after` reads Poynt's header; `config` holds the
+//! to the replica, except with `limits.scope: cluster`: then `cluster` keeps the buckets and
+//! cool-downs in the Redis store for every replica (in-flight slots, the breaker and the
+//! retry budget stay per replica). `retry_after` reads Poynt's header; `config` holds the
 //! checked settings and `error` the refusals.
 
 mod breaker;
 mod bucket;
 mod budget;
+mod cluster;
 pub mod config;
 mod cooldown;
 mod error;
@@ -38,13 +41,15 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use crate::metrics::{LimitReason, LimitsMetrics};
+use crate::metrics::{LimitReason, LimitScope, LimitsMetrics};
+use crate::store::SharedLimits;
 use poynt_wire::MerchantId;
 
 use self::breaker::{Breaker, Probe, Transition};
 use self::bucket::Bucket;
 use self::budget::Budget;
-use self::config::{LimitsConfig, MerchantLimits, Mode, Rate};
+use self::cluster::{Cluster, Shared};
+use self::config::{LimitsConfig, MerchantLimits, Mode, Rate, Scope};
 use self::cooldown::{Backoff, Cooldown};
 pub use self::error::LimitError;
 use self::inflight::Slots;
@@ -78,6 +83,9 @@ struct Inner {
     budget: Option<Budget>,
     /// Each rate-limited caller's rate and bucket (`limits.callers`), fixed at start.
     callers: HashMap<String, (Rate, Bucket)>,
+    /// The cluster-wide limits, with `limits.scope: cluster`; the local buckets then hold
+    /// this replica's share while Redis is away.
+    cluster: Option<Cluster>,
     metrics: LimitsMetrics,
 }
 
@@ -110,8 +118,19 @@ pub struct Admission {
 }
 
 impl Governor {
-    /// The limits `config` describes, counting into `metrics`.
-    pub fn new(config: LimitsConfig, metrics: LimitsMetrics) -> Self {
+    /// The limits `config` describes, counting into `metrics`; `shared` keeps them
+    /// cluster-wide when the scope is `cluster` (the configuration made sure the store is
+    /// Redis, so it is there).
+    pub fn new(config: LimitsConfig, metrics: LimitsMetrics, shared: Option<SharedLimits>) -> Self {
+        let cluster = match (config.scope, shared) {
+            (Scope::Cluster, Some(shared)) => {
+                Some(Cluster::new(shared, config.local_share, metrics.clone()))
+            }
+            _ => {
+                metrics.scope(LimitScope::Local);
+                None
+            }
+        };
         Self {
             inner: Arc::new(Inner {
                 origin: Instant::now(),
@@ -130,6 +149,7 @@ impl Governor {
                     .iter()
                     .map(|(name, rate)| (name.clone(), (*rate, Bucket::default())))
                     .collect(),
+                cluster,
                 config,
                 metrics,
             }),
@@ -159,25 +179,55 @@ impl Governor {
         if let Some(wait) = state.cooldown.remaining(now) {
             self.limited(LimitError::CoolingDown(round_up(wait)), &mut observed)?;
         }
-        if let Some(rate) = state.limits.rate {
-            self.take(
-                &state.bucket,
+        let caller = caller.and_then(|name| inner.callers.get_key_value(name));
+        let verdict = match &inner.cluster {
+            Some(cluster) => {
+                let caller = caller.map(|(name, (rate, _))| (name.as_str(), *rate));
+                cluster.check(merchant, state.limits.rate, caller).await
+            }
+            None => None,
+        };
+        match verdict {
+            Some(Shared::Allowed) => {}
+            Some(Shared::CoolingDown(wait)) => {
+                // Kept here too: until it ends, this replica answers without asking Redis.
+                state.cooldown.hold(now, wait);
+                self.limited(LimitError::CoolingDown(round_up(wait)), &mut observed)?;
+            }
+            Some(Shared::Refused {
+                caller,
                 rate,
-                now,
-                || "this merchant".into(),
-                &mut observed,
-            )?;
-        }
-        if let Some((name, (rate, bucket))) =
-            caller.and_then(|name| inner.callers.get_key_value(name))
-        {
-            self.take(
-                bucket,
-                *rate,
-                now,
-                || format!("caller {name}"),
-                &mut observed,
-            )?;
+                retry_after,
+                reset,
+            }) => {
+                let scope =
+                    caller.map_or_else(|| "this merchant".into(), |n| format!("caller {n}"));
+                self.limited(rate_limited(scope, rate, retry_after, reset), &mut observed)?;
+            }
+            None => {
+                let local = |rate: Rate| match &inner.cluster {
+                    Some(cluster) => cluster.share(rate),
+                    None => rate,
+                };
+                if let Some(rate) = state.limits.rate {
+                    self.take(
+                        &state.bucket,
+                        local(rate),
+                        now,
+                        || "this merchant".into(),
+                        &mut observed,
+                    )?;
+                }
+                if let Some((name, (rate, bucket))) = caller {
+                    self.take(
+                        bucket,
+                        local(*rate),
+                        now,
+                        || format!("caller {name}"),
+                        &mut observed,
+                    )?;
+                }
+            }
         }
         let wait = match observed {
             Some(_) => Duration::ZERO,
@@ -234,6 +284,9 @@ impl Governor {
             backoff,
             rand::random::<f64>(),
         );
+        if let Some(cluster) = &inner.cluster {
+            cluster.cool_down(merchant, wait);
+        }
         tracing::info!(
             %merchant,
             cooldown_ms = wait.as_millis() as u64,
@@ -243,7 +296,7 @@ impl Governor {
     }
 
     /// A request with a kept body is about to be sent: its share of the retry budget, and how
-    /// many retries it may have (none unless `limits.retries` is set and `method` may be
+    /// many retries it may have (none unless `limits.retries` is enabled and `method` may be
     /// repeated; `named`: the caller sent the `Poynt-Request-Id` Poynt will see).
     pub fn retries(&self, method: &Method, named: bool) -> Retries {
         let (Some(config), Some(budget)) = (self.inner.config.retries, &self.inner.budget) else {
@@ -320,13 +373,7 @@ impl Governor {
             return Ok(());
         }
         self.limited(
-            LimitError::RateLimited {
-                scope: scope(),
-                burst: rate.burst,
-                per_second: rate.per_second,
-                retry_after: round_up(decision.retry_after),
-                reset: decision.reset,
-            },
+            rate_limited(scope(), rate, decision.retry_after, decision.reset),
             observed,
         )
     }
@@ -369,6 +416,17 @@ impl Governor {
     /// Nanoseconds since the origin, on Tokio's clock.
     fn now(&self) -> u64 {
         u64::try_from(self.inner.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// The refusal of a bucket (`scope` names whose) at `rate`.
+fn rate_limited(scope: String, rate: Rate, retry_after: Duration, reset: Duration) -> LimitError {
+    LimitError::RateLimited {
+        scope,
+        burst: rate.burst,
+        per_second: rate.per_second,
+        retry_after: round_up(retry_after),
+        reset,
     }
 }
 

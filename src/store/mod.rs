@@ -38,6 +38,7 @@ use config::{StoreBackend, StoreConfig};
 use embedded::EmbeddedStore;
 use memory::MemoryStore;
 use poynt_wire::MerchantId;
+pub use redis::{Owner, SharedBucket, SharedLimits, Verdict};
 use redis::{RedisLock, RedisStore};
 
 /// Records in flight between a store being read in full and whoever takes them.
@@ -365,6 +366,15 @@ impl Store {
             Store::Memory(..) => None,
             Store::Embedded(store) => Some(store.key()),
             Store::Redis(store) => Some(store.key()),
+        }
+    }
+
+    /// The cluster-wide limits this store can keep: Redis only, since the other backends
+    /// are one process's.
+    pub fn shared_limits(&self) -> Option<SharedLimits> {
+        match self {
+            Store::Redis(store) => Some(store.shared_limits()),
+            Store::Memory(..) | Store::Embedded(..) => None,
         }
     }
 

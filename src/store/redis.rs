@@ -5,7 +5,8 @@
 //! (plain `GET` works, and a Lua script compares generations without the key);
 //! `lock:{merchant}` holds a random token for a lease its holder extends; `state:{hex id}` marks a spent onboarding state;
 //! `canary` holds a known text sealed with the current key (a replica with the wrong key
-//! fails at start); `events` is the pub/sub channel (`saved:{merchant}:{generation}`,
+//! fails at start); `limit:*` and `cooldown:*` hold the cluster-wide limits (`limits`);
+//! `events` is the pub/sub channel (`saved:{merchant}:{generation}`,
 //! `deleted:{merchant}`).
 //!
 //! A record lives until its access token expires, or 30 days past that when it holds a
@@ -20,6 +21,8 @@
 //! Nothing is written (records, deletions, onboarding states) until the store key has been
 //! proven against the check value: a replica started while Redis was away proves it when
 //! Redis returns, and one whose key turns out wrong stays read-only and reports not ready.
+
+mod limits;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -38,6 +41,8 @@ use super::record::{Event, Record, RecordSender, Saved, Sealer};
 use super::seal::Keys;
 use crate::metrics::StoreMetrics;
 use poynt_wire::MerchantId;
+
+pub use limits::{Owner, SharedBucket, SharedLimits, Verdict};
 
 /// How long a record holding a refresh token outlives its access token's expiry.
 pub const REFRESH_TOKEN_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -572,6 +577,11 @@ impl RedisStore {
 
     pub(super) fn is_reachable(&self) -> bool {
         self.inner.health.reachable.load(Ordering::Acquire)
+    }
+
+    /// Cluster-wide limits kept beside the records.
+    pub(super) fn shared_limits(&self) -> SharedLimits {
+        SharedLimits::new(self.clone())
     }
 
     /// True once the store answered and no configured key opened its check value.

@@ -69,12 +69,13 @@ impl Fleet {
     /// `merchant`'s record as Redis holds it (sealed).
     pub async fn record(&self, merchant: MerchantId) -> Option<Vec<u8>> {
         self.redis
-            .get(&format!(
-                "{}:{}:token:{merchant}",
-                self.prefix,
-                super::APP_ID
-            ))
+            .get(&self.key(&format!("token:{merchant}")))
             .await
+    }
+
+    /// The full Redis key of `name` under the fleet's prefix and application.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}:{}:{name}", self.prefix, super::APP_ID)
     }
 
     /// `n` replicas talking to Redis and the emulator directly.

@@ -221,7 +221,18 @@ impl ProxyProcess {
     /// JSON body (the emulator's echo, or the proxy's error in Poynt's shape; `Null` if
     /// neither).
     pub async fn answer(&self, merchant: poynt_wire::MerchantId) -> (u16, Value) {
-        let response = super::client()
+        let response = self.orders(&super::client(), merchant).await;
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// GET `/businesses/{merchant}/orders` through it for `merchant`, sent by `client`.
+    pub async fn orders(
+        &self,
+        client: &reqwest::Client,
+        merchant: poynt_wire::MerchantId,
+    ) -> reqwest::Response {
+        client
             .get(format!(
                 "http://{}/businesses/{merchant}/orders",
                 self.proxy
@@ -229,9 +240,7 @@ impl ProxyProcess {
             .header(super::HEADER, merchant.to_string())
             .send()
             .await
-            .expect("proxy answers");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+            .expect("proxy answers")
     }
 
     /// Its /metrics text.
