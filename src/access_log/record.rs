@@ -3,7 +3,6 @@
 //! once, in [`AccessRecord::fields`], for every format: a new field is a struct field and
 //! one entry there.
 
-use std::fmt::Display;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,8 +108,10 @@ impl Flags {
 pub enum Value<'a> {
     /// Text, escaped as the format needs.
     Str(&'a str),
-    /// Text that never needs escaping (an address, a UUID), written straight from `Display`.
-    Plain(&'a dyn Display),
+    /// An address, which never needs escaping.
+    Addr(SocketAddr),
+    /// A merchant, a UUID, which never needs escaping.
+    Merchant(MerchantId),
     /// A count or a status.
     Uint(u64),
     /// A duration, in milliseconds with three decimals (microseconds).
@@ -188,16 +189,14 @@ impl AccessRecord {
                 "request_id",
                 Value::Str(self.request_id.to_str().unwrap_or_default()),
             ),
-            ("peer", Value::Plain(&self.peer)),
+            ("peer", Value::Addr(self.peer)),
             (
                 "caller",
                 self.caller.as_deref().map_or(Value::None, Value::Str),
             ),
             (
                 "merchant",
-                self.merchant
-                    .as_ref()
-                    .map_or(Value::None, |merchant| Value::Plain(merchant)),
+                self.merchant.map_or(Value::None, Value::Merchant),
             ),
             ("method", Value::Str(self.method.as_str())),
             ("path", Value::Str(self.uri.path())),
