@@ -40,6 +40,7 @@ fn write_head(
             method: &Method::GET,
             path: "/businesses/5a2c1e7e-1b8e-4d4e-9f7a-3c2b1a0f9e8d/orders",
             query: Some("limit=10"),
+            target: None,
             fields: &fields,
         },
         &HeaderValue::from_static("services.poynt.net"),

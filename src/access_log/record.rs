@@ -3,7 +3,6 @@
 //! once, in [`AccessRecord::fields`], for every format: a new field is a struct field and
 //! one entry there.
 
-use std::fmt::Display;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,12 +109,16 @@ impl Flags {
 pub enum Value<'a> {
     /// Text, escaped as the format needs.
     Str(&'a str),
-    /// Text that never needs escaping (an address, a UUID), written straight from `Display`.
-    Plain(&'a dyn Display),
+    /// An address, which never needs escaping.
+    Addr(SocketAddr),
+    /// A merchant, a UUID, which never needs escaping.
+    Merchant(MerchantId),
     /// A count or a status.
     Uint(u64),
     /// A yes or no: `true`/`false` in both formats.
     Bool(bool),
+    /// A trace's id: 32 lowercase hex digits, as W3C `traceparent` writes it.
+    Trace(TraceId),
     /// A duration, in milliseconds with three decimals (microseconds).
     Ms(Duration),
     /// The response flags: an array in JSON, `TK,DC` (or `-`) in text.
@@ -196,22 +199,15 @@ impl AccessRecord {
                 "request_id",
                 Value::Str(self.request_id.to_str().unwrap_or_default()),
             ),
-            (
-                "trace_id",
-                self.trace_id
-                    .as_ref()
-                    .map_or(Value::None, |id| Value::Plain(id)),
-            ),
-            ("peer", Value::Plain(&self.peer)),
+            ("trace_id", self.trace_id.map_or(Value::None, Value::Trace)),
+            ("peer", Value::Addr(self.peer)),
             (
                 "caller",
                 self.caller.as_deref().map_or(Value::None, Value::Str),
             ),
             (
                 "merchant",
-                self.merchant
-                    .as_ref()
-                    .map_or(Value::None, |merchant| Value::Plain(merchant)),
+                self.merchant.map_or(Value::None, Value::Merchant),
             ),
             ("method", Value::Str(self.method.as_str())),
             ("path", Value::Str(self.uri.path())),

@@ -50,7 +50,8 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, Entry};
 use http::request::Parts;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -146,6 +147,8 @@ struct Context {
 struct Outgoing<'a> {
     parts: &'a Parts,
     path: &'a str,
+    /// The caller's target, when the guard forwards its path unchanged.
+    target: Option<&'a PathAndQuery>,
     request_id: &'a HeaderValue,
 }
 
@@ -373,6 +376,7 @@ impl Proxy {
         let outgoing = Outgoing {
             parts,
             path: &path,
+            target: unchanged_target(&parts.uri, &path),
             request_id,
         };
         // 5 send
@@ -538,6 +542,7 @@ impl Proxy {
             method: &parts.method,
             path: outgoing.path,
             query: parts.uri.query(),
+            target: outgoing.target,
             fields: &fields,
         };
         let started = Instant::now();
@@ -670,6 +675,14 @@ fn version_text(version: http::Version) -> &'static str {
     }
 }
 
+/// The caller's path and query as they came, when `path` (the guarded path) is the caller's
+/// path itself: the very same bytes, not a copy (the guard borrows a path it leaves as it
+/// is).
+fn unchanged_target<'a>(uri: &'a Uri, path: &str) -> Option<&'a PathAndQuery> {
+    let target = uri.path_and_query()?;
+    (std::ptr::eq(path, target.path()) && target.as_str().starts_with('/')).then_some(target)
+}
+
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(CONTENT_LENGTH)
@@ -701,4 +714,24 @@ fn is_forwarded_method(method: &Method) -> bool {
             | Method::DELETE
             | Method::OPTIONS
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_callers_own_unchanged_path_reuses_its_target() {
+        let uri = Uri::from_static("/businesses/b/orders?limit=10");
+        let target = unchanged_target(&uri, uri.path()).map(PathAndQuery::as_str);
+        assert_eq!(target, Some("/businesses/b/orders?limit=10"));
+        // Equal text in another place is a normalised copy: Poynt must get the copy.
+        let copy = uri.path().to_owned();
+        assert_eq!(unchanged_target(&uri, &copy), None);
+        let guarded = path::normalise("/a/%7Eb").unwrap();
+        let uri = Uri::from_static("/a/%7Eb");
+        assert_eq!(unchanged_target(&uri, &guarded), None);
+        let absolute = Uri::from_static("http://example.com?x=1");
+        assert_eq!(unchanged_target(&absolute, absolute.path()), None);
+    }
 }

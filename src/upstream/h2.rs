@@ -242,9 +242,10 @@ fn request(
             headers.append(name.clone(), value.clone());
         }
     });
-    let path_and_query = match head.query {
-        Some(query) => PathAndQuery::try_from(format!("{}?{query}", head.path)),
-        None => PathAndQuery::try_from(head.path),
+    let path_and_query = match (head.target, head.query) {
+        (Some(target), _) => Ok(target.clone()),
+        (None, Some(query)) => PathAndQuery::try_from(format!("{}?{query}", head.path)),
+        (None, None) => PathAndQuery::try_from(head.path),
     }
     .map_err(|e| SendError::Malformed(format!("the request target is invalid: {e}")))?;
     let (scheme, authority) = origin.scheme_and_authority();

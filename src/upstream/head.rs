@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::uri::PathAndQuery;
 use http::{HeaderName, HeaderValue, Method};
 use http_body::Body as _;
 use http_body_util::combinators::BoxBody;
@@ -31,6 +32,10 @@ pub struct RequestHead<'a> {
     pub path: &'a str,
     /// The query, without its `?`.
     pub query: Option<&'a str>,
+    /// The caller's own request target, when `path` and `query` are exactly its path and
+    /// query: HTTP/2 sends it as `:path` as it is, instead of joining and parsing a new one
+    /// per request.
+    pub target: Option<&'a PathAndQuery>,
     /// The fields.
     pub fields: &'a (dyn Fields + Sync),
 }
@@ -159,6 +164,7 @@ mod tests {
             method,
             path: "/businesses/b/orders",
             query,
+            target: None,
             fields,
         };
         encode_head(
