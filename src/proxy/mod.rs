@@ -236,18 +236,19 @@ impl Proxy {
             peer,
             started,
         );
-        let result = if traces::on() {
-            // Boxed: only a traced request carries the span around its phases.
-            let span = self.server_span(&parts, peer, &request_id);
-            ctx.span = Some(span.clone());
-            Box::pin(
-                self.handle_inner(&parts, body, &request_id, &mut ctx)
-                    .instrument(span),
-            )
-            .await
-        } else {
-            self.handle_inner(&parts, body, &request_id, &mut ctx).await
-        };
+        let result =
+            if traces::on() && traces::sample_request(&parts.headers, self.inner.trust_traces) {
+                // Boxed: only a traced request carries the span around its phases.
+                let span = self.server_span(&parts, peer, &request_id);
+                ctx.span = Some(span.clone());
+                Box::pin(
+                    self.handle_inner(&parts, body, &request_id, &mut ctx)
+                        .instrument(span),
+                )
+                .await
+            } else {
+                self.handle_inner(&parts, body, &request_id, &mut ctx).await
+            };
         unanswered.answered();
         let (response, error) = match result {
             Ok(response) => (response.map(Reply::Poynt), None),
@@ -281,7 +282,7 @@ impl Proxy {
         // Ids become `{id}`, so the span name and route group requests as the audit trail does.
         let route = crate::audit::event::template(parts.uri.path());
         let name = format!("{} {route}", parts.method);
-        let span = traces::span!(
+        let span = traces::root!(
             "request",
             otel.name = name.as_str(),
             otel.kind = "server",

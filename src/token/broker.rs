@@ -558,13 +558,14 @@ fn grant_span(merchant: MerchantId, want: Want) -> Span {
             poynt.grant.reason = "forced",
             poynt.grant.outcome = tracing::field::Empty,
         ),
-        Want::Replacing(_) => traces::span!(
+        Want::Replacing(_) if traces::roll() => traces::root!(
             parent: None,
             "grant",
             poynt.merchant = %merchant,
             poynt.grant.reason = "renewal",
             poynt.grant.outcome = tracing::field::Empty,
         ),
+        Want::Replacing(_) => Span::none(),
     }
 }
 

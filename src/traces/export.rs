@@ -95,9 +95,9 @@ impl Traces {
         let provider = SdkTracerProvider::builder()
             .with_span_processor(BatchSpanProcessor::builder(Counted(exporter)).build())
             .with_max_links_per_span(MAX_LINKS)
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                config.sample_ratio,
-            ))))
+            // The ratio is applied before a trace's first span is made (`roll`): the SDK
+            // keeps every span it is given.
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
             .with_resource(
                 Resource::builder_empty()
                     .with_service_name(config.service_name.clone())
@@ -114,6 +114,7 @@ impl Traces {
             .with_tracked_inactivity(false)
             .with_filter(Targets::new().with_target(TARGET, tracing::Level::INFO))
             .boxed();
+        super::set_ratio(config.sample_ratio);
         ON.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok((Self { provider }, layer))
     }

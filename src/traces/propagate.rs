@@ -3,6 +3,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
+use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -42,6 +43,16 @@ pub fn continue_caller(span: &Span, headers: &HeaderMap) {
     if let Err(error) = span.set_parent(parent) {
         tracing::debug!(%error, "the caller's trace context was not adopted");
     }
+}
+
+/// The sampled flag of the caller's trace, when `headers` carry a valid `traceparent`.
+pub fn caller_sampled(headers: &HeaderMap) -> Option<bool> {
+    if !headers.contains_key("traceparent") {
+        return None;
+    }
+    let parent = TraceContextPropagator::new().extract(&Reader(headers));
+    let context = parent.span().span_context().clone();
+    context.is_valid().then(|| context.is_sampled())
 }
 
 /// The W3C fields naming `span`, for Poynt: empty when the span is none.
