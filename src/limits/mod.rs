@@ -110,6 +110,9 @@ pub struct Retries {
 /// keep it until Poynt's response head has arrived.
 #[must_use = "dropping the admission frees the in-flight slot at once"]
 pub struct Admission {
+    merchant: MerchantId,
+    /// The merchant's state, looked up once at admission and kept for its answer.
+    state: Arc<State>,
     _slot: Option<OwnedSemaphorePermit>,
     /// Set when this request is the open breaker's probe.
     _probe: Option<Probe>,
@@ -244,16 +247,19 @@ impl Governor {
             )?;
         }
         Ok(Admission {
+            merchant,
+            state,
             _slot: slot,
             _probe: probe,
             observed,
         })
     }
 
-    /// Poynt answered a request for `merchant` with `status`: a 429 starts the merchant's
+    /// Poynt answered the `admitted` request with `status`: a 429 starts the merchant's
     /// cool-down and is marked as Poynt's in `headers`; anything else ends a run of 429s.
-    pub fn answered(&self, merchant: MerchantId, status: StatusCode, headers: &mut HeaderMap) {
+    pub fn answered(&self, admitted: &Admission, status: StatusCode, headers: &mut HeaderMap) {
         let inner = &self.inner;
+        let merchant = admitted.merchant;
         if let Some(breaker) = &inner.breaker {
             let transition = if status.is_server_error() {
                 breaker.failed(self.now())
@@ -263,9 +269,7 @@ impl Governor {
             self.breaker_moved(transition, status.as_str());
         }
         if status != StatusCode::TOO_MANY_REQUESTS {
-            if let Some(state) = inner.state.get(&merchant) {
-                state.cooldown.answered();
-            }
+            admitted.state.cooldown.answered();
             return;
         }
         inner.metrics.poynt_throttled();
@@ -278,12 +282,11 @@ impl Governor {
             initial: inner.config.cooldown_initial,
             max: inner.config.cooldown_max,
         };
-        let wait = self.state(merchant).cooldown.start(
-            self.now(),
-            retry_after,
-            backoff,
-            rand::random::<f64>(),
-        );
+        let wait =
+            admitted
+                .state
+                .cooldown
+                .start(self.now(), retry_after, backoff, rand::random::<f64>());
         if let Some(cluster) = &inner.cluster {
             cluster.cool_down(merchant, wait);
         }

@@ -62,7 +62,7 @@ use crate::access_log::{AccessLog, AccessRecord, Flags};
 use crate::audit::Event;
 use crate::callers::{Callers, UNKNOWN};
 use crate::config::Config;
-use crate::limits::Governor;
+use crate::limits::{Admission, Governor};
 use crate::metrics::Metrics;
 use crate::report::error_chain;
 use crate::token::broker::{Broker, TokenSource, UnauthorizedAction};
@@ -150,6 +150,8 @@ struct Outgoing<'a> {
     /// The caller's target, when the guard forwards its path unchanged.
     target: Option<&'a PathAndQuery>,
     request_id: &'a HeaderValue,
+    /// The limits' admission: what Poynt's answer is reported to.
+    admission: &'a Admission,
 }
 
 /// A request body ready to send: kept whole (so a 401 can be retried) or streamed.
@@ -379,6 +381,7 @@ impl Proxy {
             path: &path,
             target: unchanged_target(&parts.uri, &path),
             request_id,
+            admission: &admission,
         };
         // 5 send
         let bytes = match self.prepare_body(body, ctx).await? {
@@ -580,12 +583,10 @@ impl Proxy {
                     exchange.record("network.protocol.version", version_text(response.version()));
                     exchange.record("poynt.connection.reused", reused);
                 }
-                if let Some(merchant) = ctx.merchant {
-                    let status = response.status();
-                    inner
-                        .governor
-                        .answered(merchant, status, response.headers_mut());
-                }
+                let status = response.status();
+                inner
+                    .governor
+                    .answered(outgoing.admission, status, response.headers_mut());
                 Ok(response)
             }
         }
