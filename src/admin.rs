@@ -503,3 +503,25 @@ fn method_not_allowed(method: &Method, path: &str) -> Response<Full<Bytes>> {
         format!("{method} is not supported on {path}"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_says_which_phase_keeps_it_from_serving() {
+        let phase = Phase::default();
+        assert_eq!(
+            phase.not_serving(),
+            Some("not ready: starting; the listeners are not serving yet\n")
+        );
+        phase.serving();
+        assert_eq!(phase.not_serving(), None);
+        phase.draining();
+        assert!(
+            phase
+                .not_serving()
+                .is_some_and(|why| why.contains("draining"))
+        );
+    }
+}
