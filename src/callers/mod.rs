@@ -371,16 +371,19 @@ fn single<'a>(
     }
 }
 
-/// The token of `Bearer <token>` (the scheme case-insensitive, as RFC 9110 has it).
-fn bearer_token(value: &HeaderValue) -> Result<&str, AuthError> {
-    let text = value.to_str().map_err(|_| AuthError::NotBearer)?;
-    match text.split_once(' ') {
-        Some((scheme, token))
-            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
-        {
-            Ok(token.trim())
-        }
-        _ => Err(AuthError::NotBearer),
+/// The token of `Bearer <token>` (the scheme case-insensitive, as RFC 9110 has it), as
+/// bytes: a token seen before is recognised without reading it as text.
+fn bearer_token(value: &HeaderValue) -> Result<&[u8], AuthError> {
+    let bytes = value.as_bytes();
+    let space = bytes
+        .iter()
+        .position(|&b| b == b' ')
+        .ok_or(AuthError::NotBearer)?;
+    let (scheme, token) = (&bytes[..space], bytes[space + 1..].trim_ascii());
+    if scheme.eq_ignore_ascii_case(b"bearer") && !token.is_empty() {
+        Ok(token)
+    } else {
+        Err(AuthError::NotBearer)
     }
 }
 
