@@ -46,8 +46,16 @@ pub struct Rule {
     /// As written, for the refusal message and the log.
     pub text: String,
     method: Option<Method>,
-    segments: Vec<String>,
+    segments: Vec<Segment>,
     open_end: bool,
+}
+
+/// One segment of a rule's path pattern, split at its stars when the rule is read, so a
+/// request's match allocates nothing.
+#[derive(Debug, PartialEq, Eq)]
+struct Segment {
+    /// The literal runs between stars (one, without a star).
+    pieces: Vec<String>,
 }
 
 impl Policy {
@@ -100,7 +108,12 @@ impl Rule {
             ));
         }
         let open_end = path.ends_with('*');
-        let segments = path[1..].split('/').map(str::to_owned).collect();
+        let segments = path[1..]
+            .split('/')
+            .map(|segment| Segment {
+                pieces: segment.split('*').map(str::to_owned).collect(),
+            })
+            .collect();
         Ok(Self {
             text: text.trim().to_owned(),
             method,
@@ -116,41 +129,50 @@ impl Rule {
         let Some(path) = path.strip_prefix('/') else {
             return false;
         };
-        let mut parts = path.split('/');
+        let mut rest = Some(path);
         let last = self.segments.len() - 1;
-        for (index, pattern) in self.segments.iter().enumerate() {
+        for (index, segment) in self.segments.iter().enumerate() {
             if index == last && self.open_end {
                 // The rest of the path, further segments included, against the last pattern.
-                let rest: Vec<&str> = parts.collect();
-                return wildcard(pattern, &rest.join("/"));
+                return segment.matches(rest.unwrap_or_default());
             }
-            match parts.next() {
-                Some(part) if wildcard(pattern, part) => {}
-                _ => return false,
+            let Some(remaining) = rest else {
+                return false;
+            };
+            // A byte search: segments are short, and `/` is ASCII.
+            let (part, after) = match remaining.bytes().position(|b| b == b'/') {
+                Some(at) => (&remaining[..at], Some(&remaining[at + 1..])),
+                None => (remaining, None),
+            };
+            if !segment.matches(part) {
+                return false;
             }
+            rest = after;
         }
-        parts.next().is_none()
+        rest.is_none()
     }
 }
 
-/// Whether `text` matches `pattern`, where `*` matches any run of characters.
-fn wildcard(pattern: &str, text: &str) -> bool {
-    let mut pieces = pattern.split('*');
-    let first = pieces.next().unwrap_or_default();
-    let Some(mut rest) = text.strip_prefix(first) else {
-        return false;
-    };
-    let pieces: Vec<&str> = pieces.collect();
-    let Some((last, middle)) = pieces.split_last() else {
-        return rest.is_empty();
-    };
-    for piece in middle {
-        match rest.find(piece) {
-            Some(at) => rest = &rest[at + piece.len()..],
-            None => return false,
+impl Segment {
+    /// Whether `text` matches, each star standing for any run of characters.
+    fn matches(&self, text: &str) -> bool {
+        let Some((first, pieces)) = self.pieces.split_first() else {
+            return text.is_empty();
+        };
+        let Some(mut rest) = text.strip_prefix(first.as_str()) else {
+            return false;
+        };
+        let Some((last, middle)) = pieces.split_last() else {
+            return rest.is_empty();
+        };
+        for piece in middle {
+            match rest.find(piece.as_str()) {
+                Some(at) => rest = &rest[at + piece.len()..],
+                None => return false,
+            }
         }
+        rest.ends_with(last.as_str())
     }
-    rest.ends_with(last)
 }
 
 /// A caller name is a metric label value and a log field: printable ASCII of the kinds
