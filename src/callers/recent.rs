@@ -1,9 +1,14 @@
 //! Which callers acted for a merchant lately, for `/admin/tokens`: an operator asking "who
 //! uses this merchant?" gets names without reading the access log. Bounded every way: a
 //! few callers per merchant, a cap on merchants, and entries idle for an hour forgotten.
+//! Times are kept to the second, as the page shows them: each worker thread writes a
+//! caller's use of a merchant down once a second at most, so a caller's every request does
+//! not touch the shared map.
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use poynt_wire::MerchantId;
 use serde::Serialize;
@@ -14,6 +19,20 @@ const PER_MERCHANT: usize = 8;
 const MAX_MERCHANTS: u64 = 100_000;
 /// "Recently": a merchant nobody used for this long is forgotten.
 const RECENT: Duration = Duration::from_secs(3600);
+/// What each worker thread remembers having written down this second: a slot per merchant
+/// (by its id's low bits), so a thread serving a few busy merchants skips them all.
+const WRITTEN_SLOTS: usize = 64;
+
+/// Numbers the maps, so one's writes are not taken for another's (tests make several).
+static MAPS: AtomicU64 = AtomicU64::new(0);
+
+/// A use written down: which map, merchant and caller, and the second it was written in.
+type Written = (u64, MerchantId, Arc<str>, u64);
+
+thread_local! {
+    static WRITTEN: RefCell<[Option<Written>; WRITTEN_SLOTS]> =
+        const { RefCell::new([const { None }; WRITTEN_SLOTS]) };
+}
 
 /// One caller's most recent request for a merchant, as `/admin/tokens` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -30,12 +49,14 @@ type Entries = Arc<Mutex<Vec<(Arc<str>, SystemTime)>>>;
 /// Recent callers by merchant. Cloning shares it.
 #[derive(Clone)]
 pub struct Recent {
+    id: u64,
     by_merchant: moka::sync::Cache<MerchantId, Entries>,
 }
 
 impl Default for Recent {
     fn default() -> Self {
         Self {
+            id: MAPS.fetch_add(1, Ordering::Relaxed),
             by_merchant: moka::sync::Cache::builder()
                 .max_capacity(MAX_MERCHANTS)
                 .time_to_idle(RECENT)
@@ -47,11 +68,27 @@ impl Default for Recent {
 impl Recent {
     /// Notes that `caller` acted for `merchant` now.
     pub fn saw(&self, merchant: MerchantId, caller: &Arc<str>) {
+        let now = SystemTime::now();
+        let second = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        let slot = (merchant.uuid().as_u128() % WRITTEN_SLOTS as u128) as usize;
+        let written = WRITTEN.with_borrow_mut(|slots| {
+            let done = slots[slot].as_ref().is_some_and(|(map, m, c, s)| {
+                *map == self.id && *m == merchant && *s == second && c == caller
+            });
+            if !done {
+                slots[slot] = Some((self.id, merchant, caller.clone(), second));
+            }
+            done
+        });
+        if written {
+            return;
+        }
         let entry = self.by_merchant.get_with(merchant, Arc::default);
         let mut seen = entry
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = SystemTime::now();
         match seen.iter_mut().find(|(name, _)| name == caller) {
             Some(slot) => slot.1 = now,
             None => {
