@@ -45,6 +45,8 @@ set -euo pipefail
 
 say() { echo "load: $*" >&2; }
 die() { say "$*"; exit 1; }
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$(dirname "$0")/common.sh"
 
 CPU_QUOTA=
 while (($# > 0)); do
@@ -79,21 +81,6 @@ fi
 PROXY_CPUS=${PROXY_CPUS:-0}
 LOADGEN_CPUS=${LOADGEN_CPUS:-1-$((CPUS - 1))}
 
-cpu_count() { # "0-2,5" -> 4
-    local n=0 part
-    IFS=, read -ra parts <<<"$1"
-    for part in "${parts[@]}"; do
-        if [[ $part == *-* ]]; then n=$((n + ${part#*-} - ${part%-*} + 1)); else n=$((n + 1)); fi
-    done
-    echo "$n"
-}
-cpu_numbers() { # "0-2,5" -> "0 1 2 5"
-    local part
-    IFS=, read -ra parts <<<"$1"
-    for part in "${parts[@]}"; do
-        if [[ $part == *-* ]]; then seq "${part%-*}" "${part#*-}"; else echo "$part"; fi
-    done | tr '\n' ' '
-}
 PROXY_THREADS=$(cpu_count "$PROXY_CPUS")
 LOADGEN_THREADS=$(cpu_count "$LOADGEN_CPUS")
 # Capped, every proxy gets as many workers as poynt-proxy's default would under that quota
@@ -245,16 +232,6 @@ render() { # template -> file, replacing @NAME@ with the shell variable NAME
         text=${text//@$name@/${!name:-}}
     done
     printf '%s\n' "$text" >"$WORK/$2"
-}
-
-wait_ready() { # url [curl options...]: bounded poll until it answers 200
-    local url=$1 i
-    shift
-    for i in $(seq 1 100); do
-        if [[ $(curl -s -o /dev/null -w '%{http_code}' "$@" "$url" || true) == 200 ]]; then return 0; fi
-        sleep 0.1
-    done
-    die "$url did not answer 200 within 10 s"
 }
 
 # start name cpus command...: start in the background, stdout and stderr appended to
@@ -430,12 +407,6 @@ cpu_ticks() { # pid -> user + system clock ticks of the process, its threads and
     echo "$total"
 }
 
-# cpu_stat "1 2" busy|steal -> clock ticks the listed CPUs spent not idle (busy, or taken by
-# the host), or only taken by the host (steal: the VM's CPU was not there), from /proc/stat
-cpu_stat() {
-    awk -v list=" $1 " -v what="$2" '$1 ~ /^cpu[0-9]+$/ && index(list, " " substr($1, 4) " ") {
-        n += what == "steal" ? $9 : $2 + $3 + $4 + $7 + $8 + $9 } END {print n}' /proc/stat
-}
 LOADGEN_CPU_NUMBERS=$(cpu_numbers "$LOADGEN_CPUS")
 MEASURED_CPU_NUMBERS="$(cpu_numbers "$PROXY_CPUS")$LOADGEN_CPU_NUMBERS"
 MEASURED_CPUS=$((PROXY_THREADS + LOADGEN_THREADS))
@@ -562,7 +533,6 @@ peak_kb() { # pid and its children, summed
 declare -A PEAK
 for name in "${PROXY_NAMES[@]}"; do PEAK[$name]=$(peak_kb "${PID[$name]}"); done
 
-median() { grep -v '^-$' | sort -g | awk '{v[NR] = $1} END {if (NR == 0) print "-"; else print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 column_of() { awk -F'\t' -v n="$1" -v c="$2" 'NR > 1 && $2 == n {print $c}' "$RESULTS" | median; }
 ratio() { awk -v a="$(column_of "$1" "$3")" -v b="$(column_of "$2" "$3")" 'BEGIN {printf "%.2f", a / b}'; }
 peak_ratio() { awk -v a="${PEAK[$1]}" -v b="${PEAK[$2]}" 'BEGIN {printf "%.2f", a / b}'; }
