@@ -1,12 +1,15 @@
 //! The exporter: the SDK's batch span processor, which queues finished spans and sends
 //! them from its own thread (a full queue drops spans, never waits), over OTLP/HTTP with
-//! protobuf. Failed exports are counted, logged at debug, and never stop the proxy.
+//! protobuf or OTLP/gRPC (`transport`). Failed exports are counted, logged at debug, and
+//! never stop the proxy.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::{SpanExporter, WithExportConfig as _};
+use opentelemetry_otlp::{
+    SpanExporter, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
+};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
@@ -17,6 +20,7 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::{Layer, Registry};
 
 use super::config::{Protocol, TracesConfig};
+use super::transport::{self, Http};
 use super::{ON, TARGET};
 
 /// How long one export may take before it counts as failed.
@@ -25,7 +29,8 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// merchant under load can have hundreds (the SDK's default keeps 128).
 const MAX_LINKS: u32 = 1024;
 
-/// A failure to build the exporter at start-up (an endpoint the client rejects).
+/// A failure to build the exporter at start-up (an endpoint the client rejects, trust
+/// anchors rustls refuses).
 #[derive(Debug, thiserror::Error)]
 #[error("expected an OTLP exporter for telemetry.traces.endpoint {endpoint}; found {reason}")]
 pub struct TracesError {
@@ -81,17 +86,29 @@ impl Traces {
     /// Starts the exporter and turns span making on; the returned layer goes into the
     /// subscriber (`telemetry::init`), which then sends every span under `TARGET` to it.
     pub fn start(config: &TracesConfig) -> Result<(Self, TracesLayer), TracesError> {
+        let refused = |reason: String| TracesError {
+            endpoint: config.endpoint.clone(),
+            reason,
+        };
+        let connector =
+            transport::connector(&config.extra_roots, EXPORT_TIMEOUT).map_err(refused)?;
         let exporter = match config.protocol {
             Protocol::Http => SpanExporter::builder()
                 .with_http()
+                .with_http_client(Http::new(connector, EXPORT_TIMEOUT).map_err(refused)?)
                 .with_endpoint(config.endpoint.clone())
                 .with_timeout(EXPORT_TIMEOUT)
                 .build(),
+            Protocol::Grpc => SpanExporter::builder()
+                .with_tonic()
+                .with_channel(
+                    transport::grpc(&config.endpoint, connector, EXPORT_TIMEOUT)
+                        .map_err(refused)?,
+                )
+                .with_timeout(EXPORT_TIMEOUT)
+                .build(),
         }
-        .map_err(|error| TracesError {
-            endpoint: config.endpoint.clone(),
-            reason: error.to_string(),
-        })?;
+        .map_err(|error| refused(error.to_string()))?;
         let provider = SdkTracerProvider::builder()
             .with_span_processor(BatchSpanProcessor::builder(Counted(exporter)).build())
             .with_max_links_per_span(MAX_LINKS)

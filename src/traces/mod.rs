@@ -16,6 +16,7 @@
 pub mod config;
 mod export;
 pub mod propagate;
+mod transport;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
