@@ -259,6 +259,49 @@ async fn cache_hit_tree(collector: Collector) {
 }
 
 #[tokio::test]
+async fn the_server_span_ends_after_the_body_is_sent_and_records_its_size() {
+    // Larger than loopback's socket buffers: the proxy is still writing the body when the
+    // test has the head, and finishes only as the test reads it.
+    const SIZE: u64 = 16 << 20;
+    let unix_nanos = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    };
+    let collector = Collector::start().await;
+    let m = support::merchant();
+    let emulator = Builder::default().emulator(&[m]).await;
+    let proxy = traced(&emulator, &collector, "", "");
+    let response = support::client()
+        .get(format!(
+            "http://{}/businesses/{m}/orders?_size={SIZE}",
+            proxy.proxy
+        ))
+        .header(HEADER, m.to_string())
+        .send()
+        .await
+        .expect("proxy answers");
+    assert_eq!(response.status(), 200);
+    let head_at = unix_nanos();
+    let received = response.bytes().await.expect("the whole body").len() as u64;
+    assert_eq!(received, SIZE);
+    let spans = collector
+        .wait("the request span", |spans| servers(spans).len() == 1)
+        .await;
+    let server = servers(&spans)[0];
+    assert!(
+        server.end_time_unix_nano > head_at,
+        "the server span ended {} ns before the caller had the head",
+        head_at - server.end_time_unix_nano
+    );
+    assert_eq!(
+        attr(server, "http.response.body.size"),
+        Some(received.to_string())
+    );
+}
+
+#[tokio::test]
 async fn a_cold_miss_puts_the_grant_and_its_token_call_under_the_waiting_request() {
     let collector = Collector::start().await;
     let m = support::merchant();
