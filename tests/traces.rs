@@ -1,8 +1,8 @@
 //! OpenTelemetry traces from the real binary (`telemetry.traces`), received by an OTLP
 //! collector in the test (`support::otlp`, HTTP or gRPC, plain or https): the span trees of
-//! a hit, a miss, a crowd on a cold merchant and a 401 replay; a caller's trace continued and
-//! sent on to Poynt; nothing secret exported; a collector that is down or untrusted costing
-//! no request.
+//! a hit, a miss, a crowd on a cold merchant and a 401 replay; the server span lasting until
+//! the body is sent or the caller leaves; a caller's trace continued and sent on to Poynt;
+//! nothing secret exported; a collector that is down or untrusted costing no request.
 
 mod support;
 
@@ -244,24 +244,21 @@ async fn cache_hit_tree(collector: Collector) {
     assert_eq!(line["reused"], true);
 }
 
-#[tokio::test]
-async fn the_server_span_ends_after_the_body_is_sent_and_records_its_size() {
-    // Larger than loopback's socket buffers: the proxy is still writing the body when the
-    // test has the head, and finishes only as the test reads it.
-    const SIZE: u64 = 16 << 20;
-    let unix_nanos = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-    };
+/// A body larger than loopback's socket buffers: the proxy is still writing it when the test
+/// has the head, and finishes only as the test reads it.
+const LARGE_BODY: u64 = 16 << 20;
+
+/// Asks a traced proxy for a [`LARGE_BODY`] answer and hands the response, its body unread,
+/// to `caller`; returns the request's server span, checked to have ended after the head had
+/// arrived (wall time, the clock spans carry).
+async fn large_answer_span(caller: impl AsyncFnOnce(reqwest::Response)) -> Span {
     let collector = Collector::start().await;
     let m = support::merchant();
     let emulator = Builder::default().emulator(&[m]).await;
     let proxy = traced(&emulator, &collector, "", "");
     let response = support::client()
         .get(format!(
-            "http://{}/businesses/{m}/orders?_size={SIZE}",
+            "http://{}/businesses/{m}/orders?_size={LARGE_BODY}",
             proxy.proxy
         ))
         .header(HEADER, m.to_string())
@@ -269,22 +266,40 @@ async fn the_server_span_ends_after_the_body_is_sent_and_records_its_size() {
         .await
         .expect("proxy answers");
     assert_eq!(response.status(), 200);
-    let head_at = unix_nanos();
-    let received = response.bytes().await.expect("the whole body").len() as u64;
-    assert_eq!(received, SIZE);
+    let head_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    caller(response).await;
     let spans = collector
         .wait("the request span", |spans| servers(spans).len() == 1)
         .await;
-    let server = servers(&spans)[0];
+    let server = servers(&spans)[0].clone();
     assert!(
         server.end_time_unix_nano > head_at,
         "the server span ended {} ns before the caller had the head",
         head_at - server.end_time_unix_nano
     );
+    server
+}
+
+#[tokio::test]
+async fn the_server_span_ends_after_the_body_is_sent_and_records_its_size() {
+    let server = large_answer_span(async |response| {
+        let received = response.bytes().await.expect("the whole body").len() as u64;
+        assert_eq!(received, LARGE_BODY);
+    })
+    .await;
     assert_eq!(
-        attr(server, "http.response.body.size"),
-        Some(received.to_string())
+        attr(&server, "http.response.body.size"),
+        Some(LARGE_BODY.to_string())
     );
+}
+
+#[tokio::test]
+async fn a_caller_gone_mid_body_ends_the_server_span_without_a_body_size() {
+    let server = large_answer_span(async |response| drop(response)).await;
+    assert_eq!(attr(&server, "http.response.body.size"), None);
 }
 
 #[tokio::test]
