@@ -552,6 +552,15 @@ async fn a_collector_that_is_down_fails_no_request_and_is_counted() {
     requests_succeed_while_exports_fail(&proxy, m).await;
 }
 
+#[tokio::test]
+async fn a_grpc_collector_answering_unavailable_is_counted_as_a_failed_export() {
+    let collector = Collector::unavailable().await;
+    let m = support::merchant();
+    let emulator = Builder::default().emulator(&[m]).await;
+    let proxy = traced(&emulator, &collector, "", "");
+    requests_succeed_while_exports_fail(&proxy, m).await;
+}
+
 /// Requests through `proxy` for `m` answer 200 before and after its exports have failed.
 async fn requests_succeed_while_exports_fail(proxy: &ProxyProcess, m: MerchantId) {
     for _ in 0..3 {

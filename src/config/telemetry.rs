@@ -55,6 +55,10 @@ fn default_service_name() -> String {
 /// The path OTLP/HTTP receivers take traces on, added to an endpoint given without a path.
 const TRACES_PATH: &str = "/v1/traces";
 
+/// The path of OTLP's gRPC export call (`/{package}.{service}/{method}`), added to a gRPC
+/// collector's address: the exporter posts to the URL it is given, over either protocol.
+const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
 impl RawTelemetry {
     /// The checked traces settings, `None` when tracing is off.
     pub(super) fn validate(
@@ -113,7 +117,7 @@ impl RawTraces {
 
 /// The collector's URL, `http://` or `https://` (verified against the platform's roots and
 /// `ca_file`). Over HTTP, `scheme://host:port` alone means its `/v1/traces`; over gRPC the
-/// URL is the collector's address alone, as the service's path is fixed by gRPC.
+/// URL given is the collector's address alone, as gRPC fixes the call's path (added here).
 fn endpoint(text: &str, protocol: Protocol) -> Result<String, ConfigError> {
     let key = "telemetry.traces.endpoint";
     let example = match protocol {
@@ -144,7 +148,7 @@ fn endpoint(text: &str, protocol: Protocol) -> Result<String, ConfigError> {
     Ok(match (protocol, uri.path()) {
         (Protocol::Http, "" | "/") => format!("{}{TRACES_PATH}", text.trim_end_matches('/')),
         (Protocol::Http, _) => text.to_owned(),
-        (Protocol::Grpc, "" | "/") => text.trim_end_matches('/').to_owned(),
+        (Protocol::Grpc, "" | "/") => format!("{}{GRPC_EXPORT_PATH}", text.trim_end_matches('/')),
         (Protocol::Grpc, path) => {
             return Err(invalid(
                 key,
@@ -185,14 +189,17 @@ mod tests {
     }
 
     #[test]
-    fn a_grpc_endpoint_is_the_collectors_address_alone() {
+    fn a_grpc_endpoint_is_the_collectors_address_and_the_export_call() {
         let config = valid(RawTraces {
             protocol: "grpc".into(),
             ..raw("https://collector:4317/")
         })
         .unwrap();
         assert_eq!(config.protocol, Protocol::Grpc);
-        assert_eq!(config.endpoint, "https://collector:4317");
+        assert_eq!(
+            config.endpoint,
+            "https://collector:4317/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+        );
     }
 
     #[test]

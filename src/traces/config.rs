@@ -7,15 +7,15 @@ use rustls_pki_types::CertificateDer;
 pub enum Protocol {
     /// OTLP over HTTP/protobuf (`POST {endpoint}/v1/traces`).
     Http,
-    /// OTLP over gRPC (`TraceService/Export` on `{endpoint}`, HTTP/2).
+    /// OTLP over gRPC (the unary `TraceService/Export` call, HTTP/2).
     Grpc,
 }
 
 /// Where and how traces are exported, and how far the proxy trusts its callers' traces.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TracesConfig {
-    /// The collector's URL: for HTTP its traces path (`…/v1/traces`), for gRPC its
-    /// `scheme://host:port`.
+    /// The URL exports are posted to: for HTTP the collector's traces path (`…/v1/traces`),
+    /// for gRPC its `scheme://host:port` and the export call's path.
     pub endpoint: String,
     /// The export protocol.
     pub protocol: Protocol,

@@ -1,14 +1,16 @@
 //! The exporter: the SDK's batch span processor, which queues finished spans and sends
 //! them from its own thread (a full queue drops spans, never waits), over OTLP/HTTP with
-//! protobuf or OTLP/gRPC (`transport`). Failed exports are counted, logged at debug, and
+//! protobuf, or OTLP/gRPC through a client of ours that makes the SDK's HTTP request a
+//! gRPC call (`grpc`). Failed exports are counted, logged at debug, and
 //! never stop the proxy.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_http::HttpClient;
 use opentelemetry_otlp::{
-    SpanExporter, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
+    ExporterBuildError, SpanExporter, WithExportConfig as _, WithHttpConfig as _,
 };
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -20,6 +22,7 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::{Layer, Registry};
 
 use super::config::{Protocol, TracesConfig};
+use super::grpc::Grpc;
 use super::transport::{self, Http};
 use super::{ON, TARGET};
 
@@ -77,6 +80,20 @@ impl Export for Counted {
 /// The layer [`Traces::start`] hands to the log's subscriber.
 pub type TracesLayer = Box<dyn Layer<Registry> + Send + Sync>;
 
+/// The SDK's OTLP/HTTP protobuf exporter posting to `endpoint` through `client`: both
+/// protocols share it, gRPC's client reframing each request as its unary call.
+fn exporter(
+    client: impl HttpClient + 'static,
+    endpoint: &str,
+) -> Result<SpanExporter, ExporterBuildError> {
+    SpanExporter::builder()
+        .with_http()
+        .with_http_client(client)
+        .with_endpoint(endpoint)
+        .with_timeout(EXPORT_TIMEOUT)
+        .build()
+}
+
 /// The running exporter: flush and stop it with [`Traces::shutdown`].
 pub struct Traces {
     provider: SdkTracerProvider,
@@ -93,20 +110,14 @@ impl Traces {
         let connector =
             transport::connector(&config.extra_roots, EXPORT_TIMEOUT).map_err(refused)?;
         let exporter = match config.protocol {
-            Protocol::Http => SpanExporter::builder()
-                .with_http()
-                .with_http_client(Http::new(connector, EXPORT_TIMEOUT).map_err(refused)?)
-                .with_endpoint(config.endpoint.clone())
-                .with_timeout(EXPORT_TIMEOUT)
-                .build(),
-            Protocol::Grpc => SpanExporter::builder()
-                .with_tonic()
-                .with_channel(
-                    transport::grpc(&config.endpoint, connector, EXPORT_TIMEOUT)
-                        .map_err(refused)?,
-                )
-                .with_timeout(EXPORT_TIMEOUT)
-                .build(),
+            Protocol::Http => exporter(
+                Http::new(connector, EXPORT_TIMEOUT).map_err(refused)?,
+                &config.endpoint,
+            ),
+            Protocol::Grpc => exporter(
+                Grpc::new(connector, EXPORT_TIMEOUT).map_err(refused)?,
+                &config.endpoint,
+            ),
         }
         .map_err(|error| refused(error.to_string()))?;
         let provider = SdkTracerProvider::builder()

@@ -15,6 +15,7 @@
 
 pub mod config;
 mod export;
+mod grpc;
 pub mod propagate;
 mod transport;
 

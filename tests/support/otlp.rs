@@ -81,6 +81,16 @@ impl Collector {
     /// A collector speaking `protocol` on 127.0.0.1, port 0; with `tls`, only over TLS
     /// with a certificate from a CA of its own ([`Collector::ca_file`]).
     pub async fn serve(protocol: Protocol, tls: bool) -> Self {
+        Self::listen(protocol, tls, false).await
+    }
+
+    /// A gRPC collector on 127.0.0.1, port 0, answering every export `grpc-status: 14`
+    /// (UNAVAILABLE) in the head alone (a trailers-only answer), keeping nothing.
+    pub async fn unavailable() -> Self {
+        Self::listen(Protocol::Grpc, false, true).await
+    }
+
+    async fn listen(protocol: Protocol, tls: bool, unavailable: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let received = Arc::new(Mutex::new(Received::default()));
@@ -105,10 +115,10 @@ impl Collector {
                     match acceptor {
                         Some(acceptor) => {
                             if let Ok(stream) = acceptor.accept(stream).await {
-                                connection(stream, protocol, sink).await;
+                                connection(stream, protocol, unavailable, sink).await;
                             }
                         }
-                        None => connection(stream, protocol, sink).await,
+                        None => connection(stream, protocol, unavailable, sink).await,
                     }
                 });
             }
@@ -172,8 +182,8 @@ type Answer =
     StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
 
 /// Serves one connection (HTTP/1.1 or HTTP/2, as the client speaks) until it closes; an
-/// export in the other protocol gets a 404.
-async fn connection<S>(stream: S, protocol: Protocol, sink: Arc<Mutex<Received>>)
+/// export in the other protocol gets a 404, every export a gRPC 14 when `unavailable`.
+async fn connection<S>(stream: S, protocol: Protocol, unavailable: bool, sink: Arc<Mutex<Received>>)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -186,6 +196,9 @@ where
             };
             if request.uri().path() != path {
                 return Ok(http_answer(404));
+            }
+            if unavailable {
+                return Ok(grpc_unavailable());
             }
             let body = request.into_body().collect().await.map(|b| b.to_bytes());
             let response = match (protocol, body) {
@@ -231,6 +244,19 @@ fn grpc_answer(ok: bool) -> Response<Answer> {
     response
         .headers_mut()
         .insert("content-type", "application/grpc".parse().unwrap());
+    response
+}
+
+/// A trailers-only gRPC answer: `grpc-status: 14` (UNAVAILABLE) and its message in the head.
+fn grpc_unavailable() -> Response<Answer> {
+    let mut response = http_answer(200);
+    for (name, value) in [
+        ("content-type", "application/grpc"),
+        ("grpc-status", "14"),
+        ("grpc-message", "collector%20overloaded"),
+    ] {
+        response.headers_mut().insert(name, value.parse().unwrap());
+    }
     response
 }
 
