@@ -161,3 +161,48 @@ fn unframe(body: Bytes) -> Result<Bytes, GrpcError> {
         _ => Err(GrpcError::Framing(body.len())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_becomes_one_length_prefixed_grpc_message() {
+        let request = Request::builder()
+            .header(CONTENT_TYPE, "application/x-protobuf")
+            .body(Bytes::from_static(b"spans"))
+            .unwrap();
+        let call = call(request).unwrap();
+        assert_eq!(call.headers()[CONTENT_TYPE], "application/grpc");
+        assert_eq!(call.headers()[TE], "trailers");
+        assert_eq!(call.body().as_ref(), b"\0\0\0\0\x05spans");
+        assert_eq!(unframe(call.into_body()).unwrap().as_ref(), b"spans");
+    }
+
+    #[test]
+    fn a_compressed_or_mislabelled_answer_is_refused() {
+        for body in [&b"\x01\0\0\0\x01x"[..], b"\0\0\0\0\x02x", b"\0\0\0"] {
+            let error = unframe(Bytes::copy_from_slice(body)).unwrap_err();
+            assert!(
+                matches!(error, GrpcError::Framing(n) if n == body.len()),
+                "{error}"
+            );
+        }
+        assert!(unframe(Bytes::new()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_failed_call_names_its_status_and_message() {
+        let mut fields = HeaderMap::new();
+        fields.insert(GRPC_MESSAGE, HeaderValue::from_static("overloaded"));
+        assert_eq!(
+            failed(b"14", &fields).to_string(),
+            "expected grpc-status 0 (OK) from the collector; found 14 (UNAVAILABLE), grpc-message \"overloaded\""
+        );
+        assert!(
+            failed(b"99", &HeaderMap::new())
+                .to_string()
+                .contains("found 99 (not a gRPC status code)")
+        );
+    }
+}
