@@ -180,6 +180,27 @@ fn errors_name_the_key_and_what_was_wrong() {
             base("", "server:\n  workers: 0\n"),
             "server.workers: expected between 1 and 1024; found 0",
         ),
+        (
+            base("", &traces("127.0.0.1:4317", "    protocol: grpc\n")),
+            "telemetry.traces.endpoint: expected an http or https URL such as http://127.0.0.1:4317; found \"127.0.0.1:4317\"",
+        ),
+        (
+            base(
+                "",
+                &traces("http://127.0.0.1:4317/v1/traces", "    protocol: grpc\n"),
+            ),
+            "telemetry.traces.endpoint: expected a gRPC collector's address alone",
+        ),
+        (
+            base(
+                "",
+                &traces(
+                    "https://127.0.0.1:4318",
+                    "    ca_file: /nonexistent/otel-ca.pem\n",
+                ),
+            ),
+            "telemetry.traces.ca_file: cannot read CA file /nonexistent/otel-ca.pem",
+        ),
     ];
     for (yaml, expected) in cases {
         let message = error_of(&yaml);
@@ -188,6 +209,31 @@ fn errors_name_the_key_and_what_was_wrong() {
             "expected {expected:?} in {message:?}"
         );
     }
+}
+
+/// A `telemetry.traces` section exporting to `endpoint`, with `extra` lines under it.
+fn traces(endpoint: &str, extra: &str) -> String {
+    format!("telemetry:\n  traces:\n    endpoint: {endpoint}\n{extra}")
+}
+
+#[test]
+fn a_traces_ca_file_that_holds_no_certificate_is_refused_by_name() {
+    let garbage = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(garbage.path(), "not a certificate\n").unwrap();
+    let message = error_of(&base(
+        "",
+        &traces(
+            "https://127.0.0.1:4317",
+            &format!("    protocol: grpc\n    ca_file: {:?}\n", garbage.path()),
+        ),
+    ));
+    assert!(
+        message.contains(&format!(
+            "telemetry.traces.ca_file: cannot read CA file {}: expected at least one \"BEGIN CERTIFICATE\" PEM block; found none",
+            garbage.path().display()
+        )),
+        "{message}"
+    );
 }
 
 #[test]

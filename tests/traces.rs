@@ -1,7 +1,8 @@
-//! OpenTelemetry traces from the real binary (`telemetry.traces`), received by an OTLP/HTTP
-//! collector in the test (`support::otlp`): the span trees of a hit, a miss, a crowd on a
-//! cold merchant and a 401 replay; a caller's trace continued and sent on to Poynt; nothing
-//! secret exported; a collector that is down costing no request.
+//! OpenTelemetry traces from the real binary (`telemetry.traces`), received by an OTLP
+//! collector in the test (`support::otlp`, HTTP or gRPC, plain or https): the span trees of
+//! a hit, a miss, a crowd on a cold merchant and a 401 replay; the server span lasting until
+//! the body is sent or the caller leaves; a caller's trace continued and sent on to Poynt;
+//! nothing secret exported; a collector that is down or untrusted costing no request.
 
 mod support;
 
@@ -11,17 +12,33 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use poynt_emulator::Emulator;
 use poynt_emulator::Fault;
 use poynt_wire::MerchantId;
-use support::otlp::{Collector, attr, children, hex, names, one};
+use support::otlp::{Collector, Protocol, attr, children, hex, names, one};
 use support::process::{ProxyProcess, spawn_proxy};
 use support::{Builder, HEADER};
 
-/// A proxy exporting every trace to `collector`, with `extra` YAML after it.
+/// A proxy exporting every trace to `collector` in its protocol (trusting its CA when it
+/// has one), with `traces` lines under `telemetry.traces` and `extra` YAML after it.
 fn traced(emulator: &Emulator, collector: &Collector, traces: &str, extra: &str) -> ProxyProcess {
+    let ca_file = collector
+        .ca_file()
+        .map(|path| format!("    ca_file: {:?}\n", path.display().to_string()))
+        .unwrap_or_default();
+    exporting(emulator, collector, &format!("{ca_file}{traces}"), extra)
+}
+
+/// A proxy exporting every trace to `collector` in its protocol, trusting no CA of its.
+fn exporting(
+    emulator: &Emulator,
+    collector: &Collector,
+    traces: &str,
+    extra: &str,
+) -> ProxyProcess {
     spawn_proxy(
         emulator,
         &format!(
-            "telemetry:\n  traces:\n    endpoint: {}\n    sample_ratio: 1\n    service_name: proxy-under-test\n{traces}{extra}",
-            collector.endpoint()
+            "telemetry:\n  traces:\n    endpoint: {}\n    protocol: {}\n    sample_ratio: 1\n    service_name: proxy-under-test\n{traces}{extra}",
+            collector.endpoint(),
+            collector.protocol().word(),
         ),
     )
 }
@@ -105,7 +122,58 @@ async fn miss_then_replay(collector: &Collector) -> (Emulator, ProxyProcess) {
 
 #[tokio::test]
 async fn a_cache_hit_is_a_server_span_with_an_upstream_child() {
-    let collector = Collector::start().await;
+    cache_hit_tree(Collector::start().await).await;
+}
+
+#[tokio::test]
+async fn a_cache_hit_arrives_whole_over_grpc() {
+    cache_hit_tree(Collector::serve(Protocol::Grpc, false).await).await;
+}
+
+#[tokio::test]
+async fn https_collectors_trusted_through_ca_file_receive_the_trace() {
+    for protocol in [Protocol::Http, Protocol::Grpc] {
+        let collector = Collector::serve(protocol, true).await;
+        assert!(collector.endpoint().starts_with("https://"));
+        let m = support::merchant();
+        let emulator = Builder::default().emulator(&[m]).await;
+        let proxy = traced(&emulator, &collector, "", "");
+        assert_eq!(get(&proxy, m, &[]).await, 200);
+        collector
+            .wait(
+                &format!("the request span over https/{}", protocol.word()),
+                |spans| servers(spans).len() == 1,
+            )
+            .await;
+        assert_eq!(
+            proxy
+                .metric("poynt_proxy_trace_export_failures_total")
+                .await,
+            0.0
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_https_collector_whose_certificate_is_not_trusted_gets_nothing_and_is_counted() {
+    for protocol in [Protocol::Http, Protocol::Grpc] {
+        let collector = Collector::serve(protocol, true).await;
+        let m = support::merchant();
+        let emulator = Builder::default().emulator(&[m]).await;
+        // The collector's CA is not given: the platform's roots do not know it.
+        let proxy = exporting(&emulator, &collector, "", "");
+        requests_succeed_while_exports_fail(&proxy, m).await;
+        assert!(
+            collector.spans().is_empty(),
+            "{:?}",
+            names(&collector.spans())
+        );
+    }
+}
+
+/// Two requests through a one-worker proxy exporting to `collector`: the second, a cache
+/// hit on a reused connection, arrives as a server span with its three children.
+async fn cache_hit_tree(collector: Collector) {
     let m = support::merchant();
     let emulator = Builder::default().emulator(&[m]).await;
     // One worker: the second request finds the first one's connection in its pool.
@@ -174,6 +242,64 @@ async fn a_cache_hit_is_a_server_span_with_an_upstream_child() {
     assert_eq!(line["target"], "poynt_proxy::access");
     assert_eq!(line["trace_id"], trace_id);
     assert_eq!(line["reused"], true);
+}
+
+/// A body larger than loopback's socket buffers: the proxy is still writing it when the test
+/// has the head, and finishes only as the test reads it.
+const LARGE_BODY: u64 = 16 << 20;
+
+/// Asks a traced proxy for a [`LARGE_BODY`] answer and hands the response, its body unread,
+/// to `caller`; returns the request's server span, checked to have ended after the head had
+/// arrived (wall time, the clock spans carry).
+async fn large_answer_span(caller: impl AsyncFnOnce(reqwest::Response)) -> Span {
+    let collector = Collector::start().await;
+    let m = support::merchant();
+    let emulator = Builder::default().emulator(&[m]).await;
+    let proxy = traced(&emulator, &collector, "", "");
+    let response = support::client()
+        .get(format!(
+            "http://{}/businesses/{m}/orders?_size={LARGE_BODY}",
+            proxy.proxy
+        ))
+        .header(HEADER, m.to_string())
+        .send()
+        .await
+        .expect("proxy answers");
+    assert_eq!(response.status(), 200);
+    let head_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    caller(response).await;
+    let spans = collector
+        .wait("the request span", |spans| servers(spans).len() == 1)
+        .await;
+    let server = servers(&spans)[0].clone();
+    assert!(
+        server.end_time_unix_nano > head_at,
+        "the server span ended {} ns before the caller had the head",
+        head_at - server.end_time_unix_nano
+    );
+    server
+}
+
+#[tokio::test]
+async fn the_server_span_ends_after_the_body_is_sent_and_records_its_size() {
+    let server = large_answer_span(async |response| {
+        let received = response.bytes().await.expect("the whole body").len() as u64;
+        assert_eq!(received, LARGE_BODY);
+    })
+    .await;
+    assert_eq!(
+        attr(&server, "http.response.body.size"),
+        Some(LARGE_BODY.to_string())
+    );
+}
+
+#[tokio::test]
+async fn a_caller_gone_mid_body_ends_the_server_span_without_a_body_size() {
+    let server = large_answer_span(async |response| drop(response)).await;
+    assert_eq!(attr(&server, "http.response.body.size"), None);
 }
 
 #[tokio::test]
@@ -423,8 +549,22 @@ async fn a_collector_that_is_down_fails_no_request_and_is_counted() {
         &emulator,
         &format!("telemetry:\n  traces:\n    endpoint: http://{closed}\n"),
     );
+    requests_succeed_while_exports_fail(&proxy, m).await;
+}
+
+#[tokio::test]
+async fn a_grpc_collector_answering_unavailable_is_counted_as_a_failed_export() {
+    let collector = Collector::unavailable().await;
+    let m = support::merchant();
+    let emulator = Builder::default().emulator(&[m]).await;
+    let proxy = traced(&emulator, &collector, "", "");
+    requests_succeed_while_exports_fail(&proxy, m).await;
+}
+
+/// Requests through `proxy` for `m` answer 200 before and after its exports have failed.
+async fn requests_succeed_while_exports_fail(proxy: &ProxyProcess, m: MerchantId) {
     for _ in 0..3 {
-        assert_eq!(get(&proxy, m, &[]).await, 200);
+        assert_eq!(get(proxy, m, &[]).await, 200);
     }
     support::eventually(
         "an export failure counted",
@@ -437,7 +577,7 @@ async fn a_collector_that_is_down_fails_no_request_and_is_counted() {
         },
     )
     .await;
-    assert_eq!(get(&proxy, m, &[]).await, 200);
+    assert_eq!(get(proxy, m, &[]).await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -161,7 +161,7 @@ impl RawConfig {
         let callers = self.callers.map(|raw| raw.validate(sources)).transpose()?;
         let audit = self.audit.map(|raw| raw.validate(sources)).transpose()?;
         let tls = self.tls.map(|raw| raw.validate(sources)).transpose()?;
-        let traces = self.telemetry.validate()?;
+        let traces = self.telemetry.validate(sources)?;
         checks::mtls_has_client_ca(callers.as_ref(), tls.as_ref())?;
         checks::distinct_listeners(listen, admin_listen, onboarding.as_ref().map(|o| o.listen))?;
         checks::limited_callers_exist(&limits, callers.as_ref())?;

@@ -270,7 +270,10 @@ impl Proxy {
             error.as_ref(),
         );
         let recorder = inner.recorder.clone();
-        let mut response = response.map(|reply| ProxyBody::new(reply, recorder, record, started));
+        // The server span ends with the body (`respond`), not with the head.
+        let span = ctx.span.take();
+        let mut response =
+            response.map(|reply| ProxyBody::new(reply, recorder, record, started, span));
         // Moved, not cloned: a clone of a freshly made value would allocate.
         if let Entry::Vacant(slot) = response.headers_mut().entry(headers::REQUEST_ID) {
             slot.insert(request_id);
@@ -292,6 +295,7 @@ impl Proxy {
             otel.status_code = tracing::field::Empty,
             http.request.method = parts.method.as_str(),
             http.response.status_code = tracing::field::Empty,
+            http.response.body.size = tracing::field::Empty,
             url.path = parts.uri.path(),
             url.scheme = "http",
             server.address = parts.uri.host().or_else(|| parts

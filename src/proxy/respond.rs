@@ -6,7 +6,8 @@
 //! because only then are bytes out and a disconnect known; the cost is this wrapper's
 //! counter and a clock read at the end (docs/BENCHMARKS.md, "Access log"). A caller that
 //! goes away before the head (while its request waits for a token or for Poynt) drops the
-//! request's future instead: [`Unanswered`] writes that line.
+//! request's future instead: [`Unanswered`] writes that line. A traced request's server span
+//! ends here too, so it covers the body's streaming; an untraced one carries no span.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -19,6 +20,7 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use tokio::time::Instant;
+use tracing::Span;
 
 use crate::access_log::{AccessLog, AccessRecord, Flag, Flags};
 use crate::callers::UNKNOWN;
@@ -57,16 +59,20 @@ struct Ending {
     started: Instant,
     /// Poynt's body failed: the caller did not go away, the body was cut.
     failed: bool,
+    /// The request's server span, when traced: it ends as this does.
+    span: Option<Span>,
 }
 
 impl ProxyBody {
     /// `reply`, whose access line `record` (of a request that arrived at `started`) is
-    /// written through `recorder` when it ends.
+    /// written through `recorder`, and whose server `span` (when traced) is ended, when it
+    /// ends.
     pub fn new(
         reply: Reply,
         recorder: Arc<Recorder>,
         record: AccessRecord,
         started: Instant,
+        span: Option<Span>,
     ) -> Self {
         Self {
             reply,
@@ -75,6 +81,7 @@ impl ProxyBody {
                 record,
                 started,
                 failed: false,
+                span,
             }),
         }
     }
@@ -100,7 +107,8 @@ impl Ending {
         self.record.error = Some(error.to_string());
     }
 
-    /// Writes the line; `ended` when the body was read to its end.
+    /// Writes the line and ends the server span (with the body's size when it was sent
+    /// whole); `ended` when the body was read to its end.
     fn finish(mut self, ended: bool) {
         let record = &mut self.record;
         if !ended && !self.failed && has_body(&record.method, record.status) {
@@ -108,6 +116,13 @@ impl Ending {
         }
         let total = Instant::now() - self.started;
         self.recorder.access.write(record, total);
+        if let Some(span) = self.span {
+            if ended {
+                span.record("http.response.body.size", record.bytes_out);
+            }
+            // The exporter takes a span's end from its last exit: this one, at the body's end.
+            drop(span.enter());
+        }
     }
 }
 

@@ -1,16 +1,21 @@
 //! The checked `telemetry.traces` settings (the YAML is read by `config::telemetry`).
 
+use rustls_pki_types::CertificateDer;
+
 /// How spans reach the collector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     /// OTLP over HTTP/protobuf (`POST {endpoint}/v1/traces`).
     Http,
+    /// OTLP over gRPC (the unary `TraceService/Export` call, HTTP/2).
+    Grpc,
 }
 
 /// Where and how traces are exported, and how far the proxy trusts its callers' traces.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TracesConfig {
-    /// The collector's OTLP/HTTP traces URL (`…/v1/traces`).
+    /// The URL exports are posted to: for HTTP the collector's traces path (`…/v1/traces`),
+    /// for gRPC its `scheme://host:port` and the export call's path.
     pub endpoint: String,
     /// The export protocol.
     pub protocol: Protocol,
@@ -24,4 +29,6 @@ pub struct TracesConfig {
     pub propagate: bool,
     /// `service.name` on every span.
     pub service_name: String,
+    /// Trust anchors for an `https://` collector beside the platform's (`ca_file`).
+    pub extra_roots: Vec<CertificateDer<'static>>,
 }

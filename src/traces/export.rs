@@ -1,12 +1,17 @@
 //! The exporter: the SDK's batch span processor, which queues finished spans and sends
 //! them from its own thread (a full queue drops spans, never waits), over OTLP/HTTP with
-//! protobuf. Failed exports are counted, logged at debug, and never stop the proxy.
+//! protobuf, or OTLP/gRPC through a client of ours that makes the SDK's HTTP request a
+//! gRPC call (`grpc`). Failed exports are counted, logged at debug, and
+//! never stop the proxy.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::{SpanExporter, WithExportConfig as _};
+use opentelemetry_http::HttpClient;
+use opentelemetry_otlp::{
+    ExporterBuildError, SpanExporter, WithExportConfig as _, WithHttpConfig as _,
+};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
@@ -17,6 +22,8 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::{Layer, Registry};
 
 use super::config::{Protocol, TracesConfig};
+use super::grpc::Grpc;
+use super::transport::{self, Http};
 use super::{ON, TARGET};
 
 /// How long one export may take before it counts as failed.
@@ -25,7 +32,8 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// merchant under load can have hundreds (the SDK's default keeps 128).
 const MAX_LINKS: u32 = 1024;
 
-/// A failure to build the exporter at start-up (an endpoint the client rejects).
+/// A failure to build the exporter at start-up (an endpoint the client rejects, trust
+/// anchors rustls refuses).
 #[derive(Debug, thiserror::Error)]
 #[error("expected an OTLP exporter for telemetry.traces.endpoint {endpoint}; found {reason}")]
 pub struct TracesError {
@@ -72,6 +80,20 @@ impl Export for Counted {
 /// The layer [`Traces::start`] hands to the log's subscriber.
 pub type TracesLayer = Box<dyn Layer<Registry> + Send + Sync>;
 
+/// The SDK's OTLP/HTTP protobuf exporter posting to `endpoint` through `client`: both
+/// protocols share it, gRPC's client reframing each request as its unary call.
+fn exporter(
+    client: impl HttpClient + 'static,
+    endpoint: &str,
+) -> Result<SpanExporter, ExporterBuildError> {
+    SpanExporter::builder()
+        .with_http()
+        .with_http_client(client)
+        .with_endpoint(endpoint)
+        .with_timeout(EXPORT_TIMEOUT)
+        .build()
+}
+
 /// The running exporter: flush and stop it with [`Traces::shutdown`].
 pub struct Traces {
     provider: SdkTracerProvider,
@@ -81,17 +103,23 @@ impl Traces {
     /// Starts the exporter and turns span making on; the returned layer goes into the
     /// subscriber (`telemetry::init`), which then sends every span under `TARGET` to it.
     pub fn start(config: &TracesConfig) -> Result<(Self, TracesLayer), TracesError> {
-        let exporter = match config.protocol {
-            Protocol::Http => SpanExporter::builder()
-                .with_http()
-                .with_endpoint(config.endpoint.clone())
-                .with_timeout(EXPORT_TIMEOUT)
-                .build(),
-        }
-        .map_err(|error| TracesError {
+        let refused = |reason: String| TracesError {
             endpoint: config.endpoint.clone(),
-            reason: error.to_string(),
-        })?;
+            reason,
+        };
+        let connector =
+            transport::connector(&config.extra_roots, EXPORT_TIMEOUT).map_err(refused)?;
+        let exporter = match config.protocol {
+            Protocol::Http => exporter(
+                Http::new(connector, EXPORT_TIMEOUT).map_err(refused)?,
+                &config.endpoint,
+            ),
+            Protocol::Grpc => exporter(
+                Grpc::new(connector, EXPORT_TIMEOUT).map_err(refused)?,
+                &config.endpoint,
+            ),
+        }
+        .map_err(|error| refused(error.to_string()))?;
         let provider = SdkTracerProvider::builder()
             .with_span_processor(BatchSpanProcessor::builder(Counted(exporter)).build())
             .with_max_links_per_span(MAX_LINKS)

@@ -15,7 +15,9 @@
 
 pub mod config;
 mod export;
+mod grpc;
 pub mod propagate;
+mod transport;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 

@@ -1,5 +1,7 @@
-//! An OTLP/HTTP receiver on loopback: takes what a traced proxy exports to `/v1/traces`,
-//! keeps the raw bytes (to scan for secrets) and the decoded spans (to assert trees).
+//! OTLP receivers on loopback: take what a traced proxy exports, over HTTP (`POST
+//! /v1/traces`, protobuf) or gRPC (`TraceService/Export` over HTTP/2: each message framed
+//! as 1 flag byte, a 4-byte big-endian length and the protobuf), plain or over TLS; keep
+//! the raw bytes (to scan for secrets) and the decoded spans (to assert trees).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -7,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::{BodyExt as _, StreamBody};
+use hyper::body::Frame;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -15,8 +18,34 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+/// The path an OTLP/HTTP collector takes traces on.
+const HTTP_EXPORT: &str = "/v1/traces";
+/// The path a gRPC collector takes traces on (the service and method of OTLP's proto).
+const GRPC_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// How the collector takes spans.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP/HTTP with protobuf.
+    Http,
+    /// OTLP/gRPC.
+    Grpc,
+}
+
+impl Protocol {
+    /// The word for `telemetry.traces.protocol`.
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Grpc => "grpc",
+        }
+    }
+}
 
 #[derive(Default)]
 struct Received {
@@ -29,6 +58,10 @@ struct Received {
 /// The receiver; stops when dropped.
 pub struct Collector {
     addr: SocketAddr,
+    protocol: Protocol,
+    /// The file holding the CA certificate its TLS certificate chains to, when it serves
+    /// TLS (in a directory of its own, removed with it).
+    ca_file: Option<(tempfile::TempDir, std::path::PathBuf)>,
     received: Arc<Mutex<Received>>,
     task: JoinHandle<()>,
 }
@@ -40,37 +73,60 @@ impl Drop for Collector {
 }
 
 impl Collector {
-    /// Listens on 127.0.0.1, port 0.
+    /// An OTLP/HTTP collector on 127.0.0.1, port 0.
     pub async fn start() -> Self {
+        Self::serve(Protocol::Http, false).await
+    }
+
+    /// A collector speaking `protocol` on 127.0.0.1, port 0; with `tls`, only over TLS
+    /// with a certificate from a CA of its own ([`Collector::ca_file`]).
+    pub async fn serve(protocol: Protocol, tls: bool) -> Self {
+        Self::listen(protocol, tls, false).await
+    }
+
+    /// A gRPC collector on 127.0.0.1, port 0, answering every export `grpc-status: 14`
+    /// (UNAVAILABLE) in the head alone (a trailers-only answer), keeping nothing.
+    pub async fn unavailable() -> Self {
+        Self::listen(Protocol::Grpc, false, true).await
+    }
+
+    async fn listen(protocol: Protocol, tls: bool, unavailable: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let received = Arc::new(Mutex::new(Received::default()));
+        let (ca_file, acceptor) = if tls {
+            let alpn = match protocol {
+                Protocol::Http => b"http/1.1".as_slice(),
+                Protocol::Grpc => b"h2".as_slice(),
+            };
+            let (ca_pem, config) = super::raw_upstream::tls(alpn);
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("collector-ca.pem");
+            std::fs::write(&path, ca_pem).expect("write CA");
+            (Some((dir, path)), Some(TlsAcceptor::from(config)))
+        } else {
+            (None, None)
+        };
         let sink = received.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let sink = sink.clone();
+                let (sink, acceptor) = (sink.clone(), acceptor.clone());
                 tokio::spawn(async move {
-                    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                        let sink = sink.clone();
-                        async move {
-                            let body = request.into_body().collect().await.map(|b| b.to_bytes());
-                            let status = match body {
-                                Ok(bytes) => take(&sink, &bytes),
-                                Err(_) => 400,
-                            };
-                            let mut response = Response::new(Full::new(Bytes::new()));
-                            *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                            Ok::<_, Infallible>(response)
+                    match acceptor {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                connection(stream, protocol, unavailable, sink).await;
+                            }
                         }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                        None => connection(stream, protocol, unavailable, sink).await,
+                    }
                 });
             }
         });
         Self {
             addr,
+            protocol,
+            ca_file,
             received,
             task,
         }
@@ -78,9 +134,23 @@ impl Collector {
 
     /// The endpoint for `telemetry.traces.endpoint`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.ca_file.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
+    /// What it speaks.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// The CA its certificate chains to (a PEM file), for `telemetry.traces.ca_file`.
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.ca_file.as_ref().map(|(_, path)| path.as_path())
+    }
     /// Every span received so far.
     pub fn spans(&self) -> Vec<Span> {
         self.received.lock().unwrap().spans.clone()
@@ -107,9 +177,93 @@ impl Collector {
     }
 }
 
-fn take(sink: &Mutex<Received>, bytes: &[u8]) -> u16 {
+/// The response body type of both protocols: data, then trailers for gRPC.
+type Answer =
+    StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+
+/// Serves one connection (HTTP/1.1 or HTTP/2, as the client speaks) until it closes; an
+/// export in the other protocol gets a 404, every export a gRPC 14 when `unavailable`.
+async fn connection<S>(stream: S, protocol: Protocol, unavailable: bool, sink: Arc<Mutex<Received>>)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+        let sink = sink.clone();
+        async move {
+            let path = match protocol {
+                Protocol::Http => HTTP_EXPORT,
+                Protocol::Grpc => GRPC_EXPORT,
+            };
+            if request.uri().path() != path {
+                return Ok(http_answer(404));
+            }
+            if unavailable {
+                return Ok(grpc_unavailable());
+            }
+            let body = request.into_body().collect().await.map(|b| b.to_bytes());
+            let response = match (protocol, body) {
+                (Protocol::Grpc, Ok(bytes)) => {
+                    grpc_answer(unframe(&bytes).is_some_and(|m| take(&sink, m)))
+                }
+                (Protocol::Http, Ok(bytes)) => {
+                    http_answer(if take(&sink, &bytes) { 200 } else { 400 })
+                }
+                (_, Err(_)) => http_answer(400),
+            };
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+/// The one message of a gRPC request body: an uncompressed frame whose length is the rest.
+fn unframe(body: &[u8]) -> Option<&[u8]> {
+    let (&[flag, a, b, c, d], message) = body.split_first_chunk::<5>()?;
+    (flag == 0 && u32::from_be_bytes([a, b, c, d]) as usize == message.len()).then_some(message)
+}
+
+fn http_answer(status: u16) -> Response<Answer> {
+    let mut response = Response::new(StreamBody::new(futures_util::stream::iter(vec![])));
+    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+    response
+}
+
+/// A gRPC answer: an empty `ExportTraceServiceResponse` and `grpc-status: 0`, or no message
+/// and `grpc-status: 3` (invalid argument) when the request did not decode.
+fn grpc_answer(ok: bool) -> Response<Answer> {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", if ok { "0" } else { "3" }.parse().unwrap());
+    let mut frames = Vec::new();
+    if ok {
+        frames.push(Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 0]))));
+    }
+    frames.push(Ok(Frame::trailers(trailers)));
+    let mut response = Response::new(StreamBody::new(futures_util::stream::iter(frames)));
+    response
+        .headers_mut()
+        .insert("content-type", "application/grpc".parse().unwrap());
+    response
+}
+
+/// A trailers-only gRPC answer: `grpc-status: 14` (UNAVAILABLE) and its message in the head.
+fn grpc_unavailable() -> Response<Answer> {
+    let mut response = http_answer(200);
+    for (name, value) in [
+        ("content-type", "application/grpc"),
+        ("grpc-status", "14"),
+        ("grpc-message", "collector%20overloaded"),
+    ] {
+        response.headers_mut().insert(name, value.parse().unwrap());
+    }
+    response
+}
+
+/// Decodes and keeps one export; false when it is not an `ExportTraceServiceRequest`.
+fn take(sink: &Mutex<Received>, bytes: &[u8]) -> bool {
     let Ok(request) = ExportTraceServiceRequest::decode(bytes) else {
-        return 400;
+        return false;
     };
     let mut received = sink.lock().unwrap();
     received.raw.extend_from_slice(bytes);
@@ -127,7 +281,7 @@ fn take(sink: &Mutex<Received>, bytes: &[u8]) -> u16 {
             received.spans.extend(scope.spans);
         }
     }
-    200
+    true
 }
 
 fn text(value: Option<&Value>) -> String {

@@ -157,7 +157,7 @@ async fn serve_h2(
 }
 
 /// A throwaway CA and a leaf for 127.0.0.1, offering `alpn` only.
-fn tls(alpn: &[u8]) -> (String, Arc<ServerConfig>) {
+pub fn tls(alpn: &[u8]) -> (String, Arc<ServerConfig>) {
     let ca_key = KeyPair::generate().expect("CA key");
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
