@@ -11,7 +11,7 @@ use opentelemetry::trace::TraceId;
 use poynt_wire::MerchantId;
 use uuid::Uuid;
 
-use super::record::{AccessRecord, Value};
+use super::record::{AccessRecord, Flags, Key, Sink, Value};
 use crate::telemetry::LogFormat;
 
 /// What JSON lines carry as `target`, and text lines after the time: the same name the
@@ -26,111 +26,120 @@ pub fn line(
     now: SystemTime,
     total: Duration,
 ) {
-    let json = format == LogFormat::Json;
-    // What goes before and after each field's name, and after the last field.
-    let (before, after, end): (&[u8], &[u8], &[u8]) = if json {
-        out.extend_from_slice(b"{\"timestamp\":\"");
-        timestamp(out, now);
-        out.extend_from_slice(b"\",\"target\":\"");
-        out.extend_from_slice(TARGET.as_bytes());
-        out.push(b'"');
-        (b",\"", b"\":", b"}\n")
-    } else {
-        timestamp(out, now);
-        out.push(b' ');
-        out.extend_from_slice(TARGET.as_bytes());
-        (b" ", b"=", b"\n")
-    };
-    for (name, value) in record.fields(total) {
-        out.extend_from_slice(before);
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(after);
-        if json {
-            json_value(out, &value);
-        } else {
-            text_value(out, &value);
+    match format {
+        LogFormat::Json => {
+            out.extend_from_slice(b"{\"timestamp\":\"");
+            timestamp(out, now);
+            out.extend_from_slice(b"\",\"target\":\"");
+            out.extend_from_slice(TARGET.as_bytes());
+            out.push(b'"');
+            record.fields(total, &mut Json(out));
+            out.extend_from_slice(b"}\n");
         }
-    }
-    out.extend_from_slice(end);
-}
-
-fn json_value(out: &mut Vec<u8>, value: &Value<'_>) {
-    match value {
-        Value::Str(text) => json_string(out, text),
-        Value::Addr(addr) => {
-            out.push(b'"');
-            address(out, *addr);
-            out.push(b'"');
+        LogFormat::Text => {
+            timestamp(out, now);
+            out.push(b' ');
+            out.extend_from_slice(TARGET.as_bytes());
+            record.fields(total, &mut Text(out));
+            out.push(b'\n');
         }
-        Value::Merchant(merchant) => {
-            out.push(b'"');
-            uuid(out, *merchant);
-            out.push(b'"');
-        }
-        Value::Trace(id) => {
-            out.push(b'"');
-            trace(out, *id);
-            out.push(b'"');
-        }
-        Value::Uint(n) => uint(out, *n),
-        Value::Bool(yes) => boolean(out, *yes),
-        Value::Ms(duration) => ms(out, *duration),
-        Value::Flags(flags) => {
-            out.push(b'[');
-            for (i, flag) in flags.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.push(b'"');
-                out.extend_from_slice(flag.code().as_bytes());
-                out.push(b'"');
-            }
-            out.push(b']');
-        }
-        Value::None => out.extend_from_slice(b"null"),
     }
 }
 
-fn text_value(out: &mut Vec<u8>, value: &Value<'_>) {
-    match value {
-        Value::Str(text) if needs_quotes(text) => json_string(out, text),
-        Value::Str(text) => out.extend_from_slice(text.as_bytes()),
-        Value::Addr(addr) => address(out, *addr),
-        Value::Merchant(merchant) => uuid(out, *merchant),
-        Value::Trace(id) => trace(out, *id),
-        Value::Uint(n) => uint(out, *n),
-        Value::Bool(yes) => boolean(out, *yes),
-        Value::Ms(duration) => ms(out, *duration),
-        Value::Flags(flags) if flags.is_empty() => out.push(b'-'),
-        Value::Flags(flags) => {
-            for (i, flag) in flags.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(flag.code().as_bytes());
+/// Writes fields as JSON members.
+struct Json<'a>(&'a mut Vec<u8>);
+
+/// Writes fields as `key=value` tokens.
+struct Text<'a>(&'a mut Vec<u8>);
+
+// Inlined into each of `AccessRecord::fields`' calls, where the key and the kind of value
+// are constants: the key becomes a fixed-length copy and only one arm of the match is left
+// (docs/BENCHMARKS.md, "Profiles": the access line).
+impl Sink for Json<'_> {
+    #[inline(always)]
+    fn field(&mut self, key: Key, value: Value<'_>) {
+        let out = &mut *self.0;
+        out.extend_from_slice(key.json.as_bytes());
+        match value {
+            Value::Str(text) => json_string(out, text),
+            Value::Word(word) => quoted(out, |out| out.extend_from_slice(word.as_bytes())),
+            Value::Addr(addr) => quoted(out, |out| address(out, addr)),
+            Value::Merchant(merchant) => quoted(out, |out| uuid(out, merchant)),
+            Value::Trace(id) => quoted(out, |out| trace(out, id)),
+            Value::Uint(n) => uint(out, n),
+            Value::Bool(yes) => boolean(out, yes),
+            Value::Ms(duration) => ms(out, duration),
+            Value::Flags(flags) => {
+                out.push(b'[');
+                codes(out, flags, |out, code| {
+                    quoted(out, |out| out.extend_from_slice(code))
+                });
+                out.push(b']');
             }
+            Value::None => out.extend_from_slice(b"null"),
         }
-        Value::None => out.push(b'-'),
     }
+}
+
+impl Sink for Text<'_> {
+    #[inline(always)]
+    fn field(&mut self, key: Key, value: Value<'_>) {
+        let out = &mut *self.0;
+        out.extend_from_slice(key.text.as_bytes());
+        match value {
+            Value::Str(text) if needs_quotes(text) => json_string(out, text),
+            Value::Str(text) | Value::Word(text) => out.extend_from_slice(text.as_bytes()),
+            Value::Addr(addr) => address(out, addr),
+            Value::Merchant(merchant) => uuid(out, merchant),
+            Value::Trace(id) => trace(out, id),
+            Value::Uint(n) => uint(out, n),
+            Value::Bool(yes) => boolean(out, yes),
+            Value::Ms(duration) => ms(out, duration),
+            Value::Flags(flags) if flags.is_empty() => out.push(b'-'),
+            Value::Flags(flags) => codes(out, flags, |out, code| out.extend_from_slice(code)),
+            Value::None => out.push(b'-'),
+        }
+    }
+}
+
+/// The codes of `flags`, each written by `write`, separated by commas.
+fn codes(out: &mut Vec<u8>, flags: Flags, write: impl Fn(&mut Vec<u8>, &[u8])) {
+    for (i, flag) in flags.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write(out, flag.code().as_bytes());
+    }
+}
+
+/// What `write` writes, in double quotes.
+#[inline(always)]
+fn quoted(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+    out.push(b'"');
+    write(out);
+    out.push(b'"');
 }
 
 /// Milliseconds with exactly three decimals: `12.034`, never `12.034000000000001`.
 fn ms(out: &mut Vec<u8>, duration: Duration) {
-    let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+    let micros = duration
+        .as_secs()
+        .saturating_mul(1_000_000)
+        .saturating_add(duration.subsec_micros().into());
     uint(out, micros / 1000);
     out.push(b'.');
-    padded(out, micros % 1000, 3);
+    padded::<3>(out, micros % 1000);
 }
 
 /// `1.2.3.4:5678` without `core::fmt` (an IPv4 peer is the common case); `[::1]:5678`.
 fn address(out: &mut Vec<u8>, addr: SocketAddr) {
     match addr {
         SocketAddr::V4(v4) => {
-            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                uint(out, octet.into());
+            let [a, b, c, d] = v4.ip().octets();
+            octet(out, a);
+            for n in [b, c, d] {
+                out.push(b'.');
+                octet(out, n);
             }
             out.push(b':');
             uint(out, addr.port().into());
@@ -139,6 +148,17 @@ fn address(out: &mut Vec<u8>, addr: SocketAddr) {
             let _ = write!(out, "{addr}");
         }
     }
+}
+
+/// A byte in decimal, without leading zeros.
+fn octet(out: &mut Vec<u8>, n: u8) {
+    if n >= 100 {
+        out.push(b'0' + n / 100);
+    }
+    if n >= 10 {
+        out.push(b'0' + n / 10 % 10);
+    }
+    out.push(b'0' + n % 10);
 }
 
 fn uuid(out: &mut Vec<u8>, merchant: MerchantId) {
@@ -170,15 +190,14 @@ fn uint(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
-/// The last `width` decimal digits of `n`, zero-padded.
-fn padded(out: &mut Vec<u8>, mut n: u64, width: usize) {
-    let mut digits = [b'0'; 6];
-    let digits = &mut digits[..width];
+/// The last `WIDTH` decimal digits of `n`, zero-padded.
+fn padded<const WIDTH: usize>(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [b'0'; WIDTH];
     for digit in digits.iter_mut().rev() {
         *digit = b'0' + (n % 10) as u8;
         n /= 10;
     }
-    out.extend_from_slice(digits);
+    out.extend_from_slice(&digits);
 }
 
 /// `YYYY-MM-DDTHH:MM:SS`: as long as humantime's RFC 3339 text up to the fraction.
@@ -208,7 +227,7 @@ fn timestamp(out: &mut Vec<u8>, now: SystemTime) {
     }
     out.extend_from_slice(&text);
     out.push(b'.');
-    padded(out, since.subsec_micros().into(), 6);
+    padded::<6>(out, since.subsec_micros().into());
     out.push(b'Z');
 }
 
@@ -235,13 +254,38 @@ const ESCAPED: [bool; 256] = {
     table
 };
 
+/// Whether `bytes` holds a byte [`ESCAPED`] marks, eight at a time: a byte below 0x20, or
+/// equal to `"`, `\\` or 0x7f, found with the word tricks of "Bit Twiddling Hacks"
+/// (`haszero`, `hasless`), which answer exactly whether any byte matched.
+fn any_escaped(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // A byte of `x` is below `n` (at most 0x80): its high bit set in the result.
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGHS;
+    let zero = |x: u64| below(x, 1);
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let mut eight = [0; 8];
+        eight.copy_from_slice(word);
+        let x = u64::from_ne_bytes(eight);
+        let hit = below(x, 0x20)
+            | zero(x ^ (ONES * u64::from(b'"')))
+            | zero(x ^ (ONES * u64::from(b'\\')))
+            | zero(x ^ (ONES * 0x7f));
+        if hit != 0 {
+            return true;
+        }
+    }
+    words.remainder().iter().any(|&b| ESCAPED[usize::from(b)])
+}
+
 /// `text` as a JSON string: quotes, backslashes and control characters escaped (so no ESC
 /// byte reaches a terminal or a file from a caller's path or id).
 fn json_string(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
     let bytes = text.as_bytes();
-    // Ids, paths and methods almost never need escaping: one table lookup a byte, one copy.
-    if !bytes.iter().any(|&b| ESCAPED[usize::from(b)]) {
+    // Ids and paths almost never need escaping: checked a word at a time, copied whole.
+    if !any_escaped(bytes) {
         out.extend_from_slice(bytes);
         out.push(b'"');
         return;
@@ -419,5 +463,20 @@ mod tests {
         assert!(!text.contains("secret"), "{text}");
         assert!(!text.contains('\u{1b}'), "{text}");
         assert_eq!(text.lines().count(), 1);
+    }
+
+    #[test]
+    fn the_word_check_finds_every_escaped_byte_wherever_it_is() {
+        for byte in 0..=u8::MAX {
+            for at in 0..19 {
+                let mut text = [b'a'; 19];
+                text[at] = byte;
+                assert_eq!(
+                    any_escaped(&text),
+                    ESCAPED[usize::from(byte)],
+                    "byte {byte:#04x} at {at}"
+                );
+            }
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! One request's access record: what the request's phases learned, kept until its response
 //! body ends (or the caller goes away), then written as one line. The fields are listed
 //! once, in [`AccessRecord::fields`], for every format: a new field is a struct field and
-//! one entry there.
+//! one call there.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -109,6 +109,9 @@ impl Flags {
 pub enum Value<'a> {
     /// Text, escaped as the format needs.
     Str(&'a str),
+    /// Text that never needs escaping or quoting: an HTTP token (a method), or a fixed word
+    /// or code of the proxy's own.
+    Word(&'a str),
     /// An address, which never needs escaping.
     Addr(SocketAddr),
     /// A merchant, a UUID, which never needs escaping.
@@ -125,6 +128,33 @@ pub enum Value<'a> {
     Flags(Flags),
     /// Not known, or not applicable: `null` in JSON, `-` in text.
     None,
+}
+
+/// A field's name as each format writes it before the value, made once by [`key!`] at
+/// compile time: a fixed-length copy per field when a line is written, not three.
+#[derive(Clone, Copy)]
+pub struct Key {
+    /// `,"name":`
+    pub json: &'static str,
+    /// ` name=`
+    pub text: &'static str,
+}
+
+/// The [`Key`] of the field `$name`.
+macro_rules! key {
+    ($name:literal) => {
+        Key {
+            json: concat!(",\"", $name, "\":"),
+            text: concat!(" ", $name, "="),
+        }
+    };
+}
+
+/// What a line's fields are written into, one call per field in the line's order: a
+/// format's writer, so each field's key and kind of value are known where it is written.
+pub trait Sink {
+    /// Writes one field.
+    fn field(&mut self, key: Key, value: Value<'_>);
 }
 
 /// What one request's line says (docs/OPERATIONS.md, "Access log", names each field).
@@ -185,55 +215,55 @@ fn protocol(version: Version) -> &'static str {
     }
 }
 
-/// The number of fields a line carries after its time.
-pub const FIELDS: usize = 22;
-
 impl AccessRecord {
-    /// The line's fields in order, `total` being the request's time from arrival to the
-    /// response body's end.
-    pub fn fields(&self, total: Duration) -> [(&'static str, Value<'_>); FIELDS] {
-        let text = |value: Option<&'static str>| value.map_or(Value::None, Value::Str);
+    /// Writes the line's fields in order into `sink`, `total` being the request's time from
+    /// arrival to the response body's end.
+    pub fn fields(&self, total: Duration, sink: &mut impl Sink) {
+        // The proxy's own codes (`hit`, `rate_limited`, `UPSTREAM_TIMEOUT`): words.
+        let code = |value: Option<&'static str>| value.map_or(Value::None, Value::Word);
         let ms = |value: Option<Duration>| value.map_or(Value::None, Value::Ms);
-        [
-            (
-                "request_id",
-                Value::Str(self.request_id.to_str().unwrap_or_default()),
-            ),
-            ("trace_id", self.trace_id.map_or(Value::None, Value::Trace)),
-            ("peer", Value::Addr(self.peer)),
-            (
-                "caller",
-                self.caller.as_deref().map_or(Value::None, Value::Str),
-            ),
-            (
-                "merchant",
-                self.merchant.map_or(Value::None, Value::Merchant),
-            ),
-            ("method", Value::Str(self.method.as_str())),
-            ("path", Value::Str(self.uri.path())),
-            ("protocol", Value::Str(protocol(self.version))),
-            ("status", Value::Uint(self.status.into())),
-            (
-                "upstream_status",
-                self.upstream_status
-                    .map_or(Value::None, |status| Value::Uint(status.into())),
-            ),
-            ("bytes_in", Value::Uint(self.bytes_in)),
-            ("bytes_out", Value::Uint(self.bytes_out)),
-            ("token", text(self.token)),
-            ("token_ms", ms(self.token_wait)),
-            ("upstream_ms", ms(self.upstream)),
-            ("total_ms", Value::Ms(total)),
-            ("attempts", Value::Uint(self.attempts.into())),
-            ("reused", self.reused.map_or(Value::None, Value::Bool)),
-            ("limit_observed", text(self.limit_observed)),
-            ("response_flags", Value::Flags(self.flags)),
-            ("error_code", text(self.error_code)),
-            (
-                "error",
-                self.error.as_deref().map_or(Value::None, Value::Str),
-            ),
-        ]
+        sink.field(
+            key!("request_id"),
+            Value::Str(self.request_id.to_str().unwrap_or_default()),
+        );
+        sink.field(
+            key!("trace_id"),
+            self.trace_id.map_or(Value::None, Value::Trace),
+        );
+        sink.field(key!("peer"), Value::Addr(self.peer));
+        sink.field(
+            key!("caller"),
+            self.caller.as_deref().map_or(Value::None, Value::Str),
+        );
+        sink.field(
+            key!("merchant"),
+            self.merchant.map_or(Value::None, Value::Merchant),
+        );
+        // A method is an HTTP token: no quote, backslash, space, `=` or control byte.
+        sink.field(key!("method"), Value::Word(self.method.as_str()));
+        sink.field(key!("path"), Value::Str(self.uri.path()));
+        sink.field(key!("protocol"), Value::Word(protocol(self.version)));
+        sink.field(key!("status"), Value::Uint(self.status.into()));
+        sink.field(
+            key!("upstream_status"),
+            self.upstream_status
+                .map_or(Value::None, |status| Value::Uint(status.into())),
+        );
+        sink.field(key!("bytes_in"), Value::Uint(self.bytes_in));
+        sink.field(key!("bytes_out"), Value::Uint(self.bytes_out));
+        sink.field(key!("token"), code(self.token));
+        sink.field(key!("token_ms"), ms(self.token_wait));
+        sink.field(key!("upstream_ms"), ms(self.upstream));
+        sink.field(key!("total_ms"), Value::Ms(total));
+        sink.field(key!("attempts"), Value::Uint(self.attempts.into()));
+        sink.field(key!("reused"), self.reused.map_or(Value::None, Value::Bool));
+        sink.field(key!("limit_observed"), code(self.limit_observed));
+        sink.field(key!("response_flags"), Value::Flags(self.flags));
+        sink.field(key!("error_code"), code(self.error_code));
+        sink.field(
+            key!("error"),
+            self.error.as_deref().map_or(Value::None, Value::Str),
+        );
     }
 }
 

@@ -19,8 +19,8 @@
 //! also has a token bucket of its own, taken after the merchant's. Everything here is local
 //! to the replica, except with `limits.scope: cluster`: then `cluster` keeps the buckets and
 //! cool-downs in the Redis store for every replica (in-flight slots, the breaker and the
-//! retry budget stay per replica). `retry_after` reads Poynt's header; `config` holds the
-//! checked settings and `error` the refusals.
+//! retry budget stay per replica). `retry_after` reads Poynt's header; `states` keeps the
+//! merchants' state; `config` holds the checked settings and `error` the refusals.
 
 mod breaker;
 mod bucket;
@@ -32,9 +32,11 @@ mod error;
 mod inflight;
 mod retry;
 mod retry_after;
+mod states;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -53,6 +55,7 @@ use self::config::{LimitsConfig, MerchantLimits, Mode, Rate, Scope};
 use self::cooldown::{Backoff, Cooldown};
 pub use self::error::LimitError;
 use self::inflight::Slots;
+use self::states::States;
 
 /// On every 429, whose it is: `poynt` when Poynt sent it (passed through untouched
 /// otherwise), `proxy` when the limits here refused the request.
@@ -76,7 +79,7 @@ struct Inner {
     /// The zero of the nanosecond clock the atomics keep.
     origin: Instant,
     /// Per-merchant state, bounded in count and idle time.
-    state: moka::sync::Cache<MerchantId, Arc<State>>,
+    states: States,
     /// The upstream's circuit breaker, when configured.
     breaker: Option<Breaker>,
     /// The retry budget, when retries are configured.
@@ -95,6 +98,8 @@ struct State {
     cooldown: Cooldown,
     bucket: Bucket,
     slots: Slots,
+    /// When the cache's bounds last heard of a use (the governor's clock): `states`.
+    touched: AtomicU64,
 }
 
 /// The retries one request has left; see [`Governor::retries`].
@@ -137,10 +142,7 @@ impl Governor {
         Self {
             inner: Arc::new(Inner {
                 origin: Instant::now(),
-                state: moka::sync::Cache::builder()
-                    .max_capacity(MAX_MERCHANTS)
-                    .time_to_idle(IDLE_TTL)
-                    .build(),
+                states: States::new(MAX_MERCHANTS, IDLE_TTL),
                 breaker: config
                     .breaker
                     .map(|breaker| Breaker::new(breaker.failures, breaker.open_for)),
@@ -177,7 +179,7 @@ impl Governor {
             Some(Ok(probe)) => probe,
             None => None,
         };
-        let state = self.state(merchant);
+        let state = self.state(merchant, now);
         let mut observed = None;
         if let Some(wait) = state.cooldown.remaining(now) {
             self.limited(LimitError::CoolingDown(round_up(wait)), &mut observed)?;
@@ -403,15 +405,16 @@ impl Governor {
     }
 
     /// The merchant's state, made on first sight with its configured limits.
-    fn state(&self, merchant: MerchantId) -> Arc<State> {
+    fn state(&self, merchant: MerchantId, now: u64) -> Arc<State> {
         let config = &self.inner.config;
-        self.inner.state.get_with(merchant, || {
+        self.inner.states.get(merchant, now, || {
             let limits = config.for_merchant(merchant);
             Arc::new(State {
                 limits,
                 cooldown: Cooldown::default(),
                 bucket: Bucket::default(),
                 slots: Slots::new(limits.max_in_flight),
+                touched: AtomicU64::new(now),
             })
         })
     }
