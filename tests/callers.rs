@@ -966,6 +966,42 @@ fn the_example_callers_section_is_valid_once_uncommented() {
 }
 
 #[test]
+fn the_readmes_shortest_secure_set_up_is_valid_and_allows_what_it_says() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let setup = &readme[readme
+        .find("### The shortest secure set-up")
+        .expect("the README's set-up")..];
+    let start = setup.find("```yaml\n").expect("its YAML") + "```yaml\n".len();
+    let section = &setup[start..start + setup[start..].find("```").expect("its end")];
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "callers.keys",
+        &api_key::generate("payments").unwrap().1,
+    );
+    let yaml = format!(
+        "poynt:\n  application_id: \"urn:aid:x\"\n  private_key_file: {:?}\n{section}",
+        support::fixture("app-key-pkcs1.pem").display().to_string()
+    );
+    let sources = poynt_proxy::config::KeySources {
+        base_dir: Some(dir.path().to_owned()),
+        ..Default::default()
+    };
+    let config =
+        poynt_proxy::config::Config::parse(&yaml, &sources).expect("the README's set-up is valid");
+    assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+    let callers = config.callers.expect("callers on");
+    assert_eq!(callers.mode, poynt_proxy::config::Mode::Enforce);
+    let (_, payments) = callers.policy.get("payments").expect("payments' rights");
+    let merchant = support::merchant();
+    let refunds = format!("/businesses/{merchant}/transactions/t1/refunds");
+    assert!(payments.rule_for(&http::Method::POST, &refunds).is_some());
+    let orders = format!("/businesses/{merchant}/orders");
+    assert!(payments.rule_for(&http::Method::POST, &orders).is_none());
+}
+
+#[test]
 fn add_key_prints_a_key_once_and_check_warns_while_callers_is_absent() {
     use poynt_proxy::callers::api_key::ApiKeys;
     use std::ffi::OsStr;
