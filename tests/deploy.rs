@@ -1173,11 +1173,29 @@ fn the_dockerfile_builds_what_ci_builds_and_runs_unprivileged() {
         .expect("a RUN with cargo build")
         .trim();
     assert_eq!(command, "cargo build --release --locked");
+    // CI runs it in the background beside the other steps, before it sets the lint build's
+    // compiler and flags, so that what it builds is what the image builds.
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let ci = read(".ci/run");
+    let lines: Vec<&str> = ci.lines().filter(|l| !l.trim().starts_with('#')).collect();
+    let runs = |l: &str| {
+        let tokens: Vec<&str> = l
+            .split(|c: char| c.is_whitespace() || "();&|".contains(c))
+            .filter(|t| !t.is_empty())
+            .collect();
+        tokens.windows(words.len()).any(|w| w == words)
+    };
+    let build_at = lines.iter().position(|l| runs(l));
     assert!(
-        read(".ci/run")
-            .lines()
-            .any(|l| l.trim().trim_start_matches("step ") == command),
+        build_at.is_some(),
         ".ci/run must run the image's build command {command:?}"
+    );
+    let flags_at = lines
+        .iter()
+        .position(|l| l.contains("RUSTFLAGS") || l.contains("RUSTC_WORKSPACE_WRAPPER"));
+    assert!(
+        flags_at.is_none_or(|at| build_at < Some(at)),
+        ".ci/run must start {command:?} before it sets RUSTFLAGS or a compiler wrapper"
     );
 
     // The Rust image is at least every locked crate's rust-version.
