@@ -417,6 +417,17 @@ HZ=$(getconf CLK_TCK)
 # The upstream's share tells whether a proxy makes the upstream (which shares the load
 # generator's CPUs) work harder per request; the busy figure whether those CPUs, not the
 # proxy's, set the rate; the throttled share (capped only) whether the cap did.
+# paused start-ns seconds: whether a measurement started at start-ns (date +%s%N) and meant
+# to last seconds took far longer. wrk and oha end on their own clocks whatever the proxy
+# does, so only a machine that stopped running (a VM paused by its host, for a snapshot,
+# say) makes them late; every request in flight then looks like a proxy's stall (wrk:
+# "timeout"). Such a measurement says nothing about the proxy and is made again.
+paused() {
+    local took_ms=$((($(date +%s%N) - $1) / 1000000))
+    ((took_ms > $2 * 1500 + 3000)) || return 1
+    say "a $2 s measurement took $took_ms ms: the machine was paused meanwhile; measuring again"
+}
+
 saturate() {
     local name=$1 out before=0 after=0 requests up_before up_after busy_before busy_after args
     mapfile -t args < <(headers "$name")
@@ -425,8 +436,14 @@ saturate() {
     [[ -n ${CGROUP[$name]:-} ]] && read -r periods_before throttled_before < <(throttled "${CGROUP[$name]}")
     up_before=$(cpu_ticks "${PID[upstream]}")
     busy_before=$(cpu_stat "$LOADGEN_CPU_NUMBERS" busy)
+    local started_ns
+    started_ns=$(date +%s%N)
     out=$(taskset -c "$LOADGEN_CPUS" wrk -t"$LOADGEN_THREADS" -c"$CONNECTIONS" -d"${2:-$DURATION}s" \
         "${args[@]}" "${URL[$name]}")
+    if paused "$started_ns" "${2:-$DURATION}"; then
+        echo paused
+        return
+    fi
     [[ -n ${PID[$name]:-} ]] && after=$(cpu_ticks "${PID[$name]}")
     [[ -n ${CGROUP[$name]:-} ]] && read -r periods_after throttled_after < <(throttled "${CGROUP[$name]}")
     up_after=$(cpu_ticks "${PID[upstream]}")
@@ -452,9 +469,15 @@ fixed_rate() { # name -> "p50 p99 p99.9 count", milliseconds
     mapfile -t args < <(headers "$name")
     # --insecure for the direct call only matters there: the load generator does not know the
     # upstream's private CA (hey, which this replaced, did not verify either).
+    local started_ns
+    started_ns=$(date +%s%N)
     taskset -c "$LOADGEN_CPUS" "$OHA" -z "${DURATION}s" -w -c 50 -q "$RATE" --latency-correction --insecure \
         --no-tui --output-format csv "${args[@]}" "${URL[$name]}" >"$csv"
     empty_access_logs
+    if paused "$started_ns" "$DURATION"; then
+        echo paused
+        return
+    fi
     # Columns: request-start, DNS, DNS+dialup, response-delay, request-duration (s), bytes, status.
     # A request that failed has no row: fewer rows than requests due is a failure too.
     local due=$((RATE * DURATION * 9 / 10))
@@ -472,6 +495,7 @@ fixed_rate() { # name -> "p50 p99 p99.9 count", milliseconds
 # or under STEAL_MAX, else from the try with the least. On a shared VM the host's steal is
 # the largest noise (a proxy measured while the host took a third of the CPUs loses a third
 # of its rate); every contestant passes the same gate, judged by the host, not the result.
+# A try during which the machine was paused (see paused) is no measurement and is not kept.
 calm() {
     local measure=$1 name=$2 attempt out start steal_before steal_after pct best_out best_pct=101
     for attempt in $(seq 1 "$ATTEMPTS"); do
@@ -479,6 +503,7 @@ calm() {
         start=$(date +%s%N)
         out=$("$measure" "$name")
         steal_after=$(cpu_stat "$MEASURED_CPU_NUMBERS" steal)
+        [[ $out == paused ]] && continue
         pct=$(awk -v ticks=$((steal_after - steal_before)) -v hz="$HZ" -v ns=$(($(date +%s%N) - start)) \
             -v cpus="$MEASURED_CPUS" 'BEGIN {printf "%.0f", ticks / hz / (ns / 1e9) / cpus * 100}')
         if ((pct < best_pct)); then best_out=$out best_pct=$pct; fi
