@@ -1148,6 +1148,22 @@ fn instructions(dockerfile: &str) -> Vec<(String, String)> {
     out
 }
 
+/// `cargo metadata` of the workspace, its dependencies resolved for this machine's target.
+fn cargo_metadata() -> serde_json::Value {
+    let mut metadata = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    metadata
+        .current_dir(repo(""))
+        .args([
+            "metadata",
+            "--locked",
+            "--format-version",
+            "1",
+            "--filter-platform",
+        ])
+        .arg(format!("{}-unknown-linux-gnu", std::env::consts::ARCH));
+    serde_json::from_str(&run_ok(metadata)).unwrap()
+}
+
 fn version(text: &str) -> Vec<u64> {
     text.split('.').map(|n| n.parse().unwrap_or(0)).collect()
 }
@@ -1204,18 +1220,7 @@ fn the_dockerfile_builds_what_ci_builds_and_runs_unprivileged() {
         .strip_prefix("rust:")
         .and_then(|tag| tag.split('-').next())
         .expect("the official Rust image, pinned");
-    let mut metadata = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    metadata
-        .current_dir(repo(""))
-        .args([
-            "metadata",
-            "--locked",
-            "--format-version",
-            "1",
-            "--filter-platform",
-        ])
-        .arg(format!("{}-unknown-linux-gnu", std::env::consts::ARCH));
-    let metadata: serde_json::Value = serde_json::from_str(&run_ok(metadata)).unwrap();
+    let metadata = cargo_metadata();
     for package in metadata["packages"].as_array().unwrap() {
         if let Some(needed) = package["rust_version"].as_str() {
             assert!(
@@ -1293,6 +1298,85 @@ fn the_dockerfile_builds_what_ci_builds_and_runs_unprivileged() {
     assert!(config["admin"]["bearer_token_file"].is_string());
     assert_eq!(str_of(&config["store"]["backend"]), "embedded");
     assert!(str_of(&config["store"]["path"]).starts_with("/data/"));
+}
+
+/// A step that fails ends `.ci/run`, and with it the steps it runs in the background (the
+/// test tools' install and the release build): left running, they would outlive CI. The
+/// real script runs with stand-ins for `cargo` and `scripts/test.sh`: each background
+/// stand-in holds a FIFO open until it is ended, so the FIFO's end of file is the moment the
+/// last of them ended; the first foreground step (`cargo fmt`) fails once both have begun.
+#[test]
+fn a_failed_ci_step_ends_the_background_steps() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for sub in [".ci", "scripts", "bin", "pids"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    std::fs::copy(repo(".ci/run"), root.join(".ci/run")).unwrap();
+    let (held, begun) = (root.join("held"), root.join("begun"));
+    let mut mkfifo = Command::new("mkfifo");
+    mkfifo.arg(&held).arg(&begun);
+    run_ok(mkfifo);
+    // A background stand-in: holds `held`, says it has begun, and waits to be ended.
+    let hold = r#"exec 9>"$HELD"; echo $$ >"$PIDS/$1"; echo "$1" >"$BEGUN"; exec sleep 600"#;
+    let cargo = format!(
+        "#!/bin/sh\ncase \"$*\" in\n*--release*) set -- release; {hold} ;;\n\
+         fmt*) exec 8<>\"$BEGUN\"; read -r first <&8; read -r second <&8; exit 1 ;;\n\
+         *) exit 0 ;;\nesac\n"
+    );
+    for (path, script) in [
+        ("bin/cargo", cargo),
+        (
+            "scripts/test.sh",
+            format!("#!/bin/sh\nset -- deps\n{hold}\n"),
+        ),
+    ] {
+        let path = root.join(path);
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    // The end of file of `held`: every background stand-in has ended.
+    let (ended, ended_rx) = std::sync::mpsc::channel();
+    let reader = held.clone();
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let read = std::fs::File::open(&reader).and_then(|mut f| {
+            use std::io::Read as _;
+            f.read_to_end(&mut sink)
+        });
+        let _ = ended.send(read.map(|_| ()));
+    });
+    let mut path = OsString::from(root.join("bin"));
+    path.push(":");
+    path.push(std::env::var_os("PATH").unwrap_or_default());
+    let mut ci = Command::new("bash");
+    ci.arg(root.join(".ci/run"))
+        .current_dir(root)
+        .env("PATH", path)
+        .env("HELD", &held)
+        .env("BEGUN", &begun)
+        .env("PIDS", root.join("pids"));
+    let out = output(ci, "");
+    let said = text(&out);
+    let ended = ended_rx.recv_timeout(Duration::from_secs(60));
+    // Whatever the outcome, nothing of this test is left running.
+    for job in ["deps", "release"] {
+        if let Ok(pid) = std::fs::read_to_string(root.join("pids").join(job)) {
+            let _ = Command::new("kill")
+                .args(["-9", pid.trim()])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    assert!(!out.status.success(), "CI passed a failed step:\n{said}");
+    assert!(
+        matches!(ended, Ok(Ok(()))),
+        "expected the background steps to end with CI, found them running a minute later \
+         ({ended:?}):\n{said}"
+    );
 }
 
 #[test]
