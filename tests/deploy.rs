@@ -1300,6 +1300,120 @@ fn the_dockerfile_builds_what_ci_builds_and_runs_unprivileged() {
     assert!(str_of(&config["store"]["path"]).starts_with("/data/"));
 }
 
+/// The crates that run only inside the compiler (proc macros, build scripts, and what only
+/// they use) are exactly those `Cargo.toml` compiles at opt-level 0 in test builds: one left
+/// off is optimised for nothing (minutes of a cold CI build), and a crate the tests run, if
+/// named there, would run unoptimised. Cargo offers no wildcard for them, so the list is
+/// kept by hand and checked here against the resolved dependency graph.
+#[test]
+fn the_crates_compiled_unoptimised_are_exactly_those_only_the_compiler_runs() {
+    let metadata = cargo_metadata();
+    let id = |value: &serde_json::Value| value.as_str().unwrap().to_owned();
+    let packages: BTreeMap<String, &serde_json::Value> = metadata["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|package| (id(&package["id"]), package))
+        .collect();
+    let nodes: BTreeMap<String, &serde_json::Value> = metadata["resolve"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|node| (id(&node["id"]), node))
+        .collect();
+    let proc_macro = |package: &str| {
+        packages[package]["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|target| {
+                target["kind"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|k| k == "proc-macro")
+            })
+    };
+    // (package, dependency kind) for each edge out of `package`.
+    let edges = |package: &str| -> Vec<(String, Option<String>)> {
+        nodes[package]["deps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|dep| {
+                dep["dep_kinds"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|kind| (id(&dep["pkg"]), kind["kind"].as_str().map(str::to_owned)))
+            })
+            .collect()
+    };
+    // What the tests and the binaries run: the members, their normal and (for members) dev
+    // dependencies, transitively; proc macros and build dependencies go to the host side.
+    let (mut target, mut host) = (BTreeSet::new(), BTreeSet::new());
+    let mut to_target: Vec<(String, bool)> = metadata["workspace_members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|member| (id(member), true))
+        .collect();
+    let mut to_host = Vec::new();
+    while let Some((package, member)) = to_target.pop() {
+        if !target.insert(package.clone()) {
+            continue;
+        }
+        for (dep, kind) in edges(&package) {
+            let runs = kind.is_none() || member && kind.as_deref() == Some("dev");
+            if kind.as_deref() == Some("build") || runs && proc_macro(&dep) {
+                to_host.push(dep);
+            } else if runs {
+                to_target.push((dep, false));
+            }
+        }
+    }
+    while let Some(package) = to_host.pop() {
+        if host.insert(package.clone()) {
+            to_host.extend(
+                edges(&package)
+                    .into_iter()
+                    .filter(|(_, kind)| kind.as_deref() != Some("dev"))
+                    .map(|(dep, _)| dep),
+            );
+        }
+    }
+    let name = |package: &String| packages[package]["name"].as_str().unwrap().to_owned();
+    let target: BTreeSet<String> = target.iter().map(name).collect();
+    let host_only: BTreeSet<String> = host
+        .iter()
+        .map(name)
+        .filter(|n| !target.contains(n))
+        .collect();
+
+    let manifest = read("Cargo.toml");
+    let listed: BTreeSet<String> = manifest
+        .lines()
+        .skip_while(|line| line.trim() != "[profile.dev.package]")
+        .skip(1)
+        .take_while(|line| !line.starts_with('['))
+        .filter_map(|line| line.split_once(".opt-level"))
+        .filter(|(_, level)| level.trim_start_matches([' ', '=']).trim() == "0")
+        .map(|(crate_name, _)| crate_name.trim().to_owned())
+        .collect();
+    assert!(
+        !host_only.is_empty(),
+        "no proc macro or build dependency found"
+    );
+    let missing: Vec<_> = host_only.difference(&listed).collect();
+    let extra: Vec<_> = listed.difference(&host_only).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "expected [profile.dev.package] in Cargo.toml to name at opt-level 0 exactly the \
+         crates only the compiler runs; found these of them missing: {missing:?}, and these \
+         named that the tests run or that are no dependency: {extra:?}"
+    );
+}
+
 /// A step that fails ends `.ci/run`, and with it the steps it runs in the background (the
 /// test tools' install and the release build): left running, they would outlive CI. The
 /// real script runs with stand-ins for `cargo` and `scripts/test.sh`: each background
