@@ -38,7 +38,7 @@
 # "poynt-proxy poynt-proxy-h2 nginx haproxy"; also poynt-proxy-jwt: poynt-proxy with callers
 # authenticated by a JWT bearer, the caller sending one; poynt-proxy-traced: poynt-proxy
 # exporting traces at 1 % sampling to the emulator's OTLP sink), LOADGEN_MAX (80), STEAL_MAX (3: a measurement during which the host took more than this %
-# of the CPUs is tried again) and ATTEMPTS (4 tries at most), OHA (an oha binary to use; by
+# of the CPUs is tried again) and ATTEMPTS (4 tries at most; a measurement the machine was paused in is tried again too), OHA (an oha binary to use; by
 # default the pinned version is built once into target/load/tools with cargo install; not
 # needed with --cpu-quota), KEEP=1 keeps the work directory. Ports BASE_PORT+1..+3, +10..+25.
 set -euo pipefail
