@@ -561,6 +561,52 @@ async fn a_grpc_collector_answering_unavailable_is_counted_as_a_failed_export() 
     requests_succeed_while_exports_fail(&proxy, m).await;
 }
 
+#[tokio::test]
+async fn a_batch_a_grpc_collector_refuses_as_invalid_is_not_sent_again() {
+    let collector = Collector::refusing("3", usize::MAX).await;
+    let m = support::merchant();
+    let emulator = Builder::default().emulator(&[m]).await;
+    let proxy = traced(&emulator, &collector, "", "");
+    requests_succeed_while_exports_fail(&proxy, m).await;
+    // The exporter retries before it reports a failure: any retry has been made by now.
+    assert!(collector.calls() >= 1);
+    assert_eq!(
+        collector.repeated_calls(),
+        0,
+        "INVALID_ARGUMENT is final under OTLP's rules; expected no batch sent twice, found \
+         some among {} calls",
+        collector.calls()
+    );
+}
+
+#[tokio::test]
+async fn a_batch_a_grpc_collector_found_unavailable_is_sent_again_with_its_deadline() {
+    let collector = Collector::refusing("14", 1).await;
+    let m = support::merchant();
+    let emulator = Builder::default().emulator(&[m]).await;
+    let proxy = traced(&emulator, &collector, "", "");
+    assert_eq!(get(&proxy, m, &[]).await, 200);
+    collector
+        .wait("the request span, after one refusal", |spans| {
+            servers(spans).len() == 1
+        })
+        .await;
+    assert_eq!(
+        collector.repeated_calls(),
+        1,
+        "expected the refused batch sent again once"
+    );
+    assert_eq!(
+        proxy
+            .metric("poynt_proxy_trace_export_failures_total")
+            .await,
+        0.0
+    );
+    let timeouts = collector.grpc_timeouts();
+    assert_eq!(timeouts.len(), collector.calls(), "{timeouts:?}");
+    assert!(timeouts.iter().all(|t| t == "5000m"), "{timeouts:?}");
+}
+
 /// Requests through `proxy` for `m` answer 200 before and after its exports have failed.
 async fn requests_succeed_while_exports_fail(proxy: &ProxyProcess, m: MerchantId) {
     for _ in 0..3 {

@@ -49,6 +49,10 @@ impl Protocol {
 
 #[derive(Default)]
 struct Received {
+    /// The body of every export call made to it, taken or refused, in order.
+    calls: Vec<Bytes>,
+    /// The `grpc-timeout` of each gRPC call, when it had one.
+    grpc_timeouts: Vec<String>,
     raw: Vec<u8>,
     spans: Vec<Span>,
     /// `service.name` of every resource seen.
@@ -81,16 +85,22 @@ impl Collector {
     /// A collector speaking `protocol` on 127.0.0.1, port 0; with `tls`, only over TLS
     /// with a certificate from a CA of its own ([`Collector::ca_file`]).
     pub async fn serve(protocol: Protocol, tls: bool) -> Self {
-        Self::listen(protocol, tls, false).await
+        Self::listen(protocol, tls, None).await
     }
 
     /// A gRPC collector on 127.0.0.1, port 0, answering every export `grpc-status: 14`
     /// (UNAVAILABLE) in the head alone (a trailers-only answer), keeping nothing.
     pub async fn unavailable() -> Self {
-        Self::listen(Protocol::Grpc, false, true).await
+        Self::refusing("14", usize::MAX).await
     }
 
-    async fn listen(protocol: Protocol, tls: bool, unavailable: bool) -> Self {
+    /// A gRPC collector on 127.0.0.1, port 0, answering its first `times` exports with
+    /// `grpc-status` `code` in a trailers-only answer, then taking them.
+    pub async fn refusing(code: &'static str, times: usize) -> Self {
+        Self::listen(Protocol::Grpc, false, Some(Refusal { code, times })).await
+    }
+
+    async fn listen(protocol: Protocol, tls: bool, refusal: Option<Refusal>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let received = Arc::new(Mutex::new(Received::default()));
@@ -115,10 +125,10 @@ impl Collector {
                     match acceptor {
                         Some(acceptor) => {
                             if let Ok(stream) = acceptor.accept(stream).await {
-                                connection(stream, protocol, unavailable, sink).await;
+                                connection(stream, protocol, refusal, sink).await;
                             }
                         }
-                        None => connection(stream, protocol, unavailable, sink).await,
+                        None => connection(stream, protocol, refusal, sink).await,
                     }
                 });
             }
@@ -151,6 +161,25 @@ impl Collector {
     pub fn ca_file(&self) -> Option<&std::path::Path> {
         self.ca_file.as_ref().map(|(_, path)| path.as_path())
     }
+    /// Export calls received so far, taken or refused.
+    pub fn calls(&self) -> usize {
+        self.received.lock().unwrap().calls.len()
+    }
+
+    /// Export calls that carried the same bytes as an earlier call: a batch sent again.
+    pub fn repeated_calls(&self) -> usize {
+        let received = self.received.lock().unwrap();
+        let calls = &received.calls;
+        (0..calls.len())
+            .filter(|&i| calls[..i].contains(&calls[i]))
+            .count()
+    }
+
+    /// The `grpc-timeout` each gRPC call carried.
+    pub fn grpc_timeouts(&self) -> Vec<String> {
+        self.received.lock().unwrap().grpc_timeouts.clone()
+    }
+
     /// Every span received so far.
     pub fn spans(&self) -> Vec<Span> {
         self.received.lock().unwrap().spans.clone()
@@ -181,10 +210,23 @@ impl Collector {
 type Answer =
     StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
 
+/// The answer a collector gives its first exports instead of taking them.
+#[derive(Clone, Copy)]
+struct Refusal {
+    /// The `grpc-status`.
+    code: &'static str,
+    /// How many exports get it.
+    times: usize,
+}
+
 /// Serves one connection (HTTP/1.1 or HTTP/2, as the client speaks) until it closes; an
-/// export in the other protocol gets a 404, every export a gRPC 14 when `unavailable`.
-async fn connection<S>(stream: S, protocol: Protocol, unavailable: bool, sink: Arc<Mutex<Received>>)
-where
+/// export in the other protocol gets a 404, the first exports the `refusal`'s status.
+async fn connection<S>(
+    stream: S,
+    protocol: Protocol,
+    refusal: Option<Refusal>,
+    sink: Arc<Mutex<Received>>,
+) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let service = service_fn(move |request: Request<hyper::body::Incoming>| {
@@ -197,10 +239,21 @@ where
             if request.uri().path() != path {
                 return Ok(http_answer(404));
             }
-            if unavailable {
-                return Ok(grpc_unavailable());
-            }
+            let timeout = request.headers().get("grpc-timeout").cloned();
             let body = request.into_body().collect().await.map(|b| b.to_bytes());
+            let calls = {
+                let mut received = sink.lock().unwrap();
+                if let Some(timeout) = timeout {
+                    let timeout = timeout.to_str().unwrap_or("not text").to_owned();
+                    received.grpc_timeouts.push(timeout);
+                }
+                let bytes = body.as_ref().map(Bytes::clone).unwrap_or_default();
+                received.calls.push(bytes);
+                received.calls.len()
+            };
+            if let Some(refusal) = refusal.filter(|r| calls <= r.times) {
+                return Ok(grpc_refusal(refusal.code));
+            }
             let response = match (protocol, body) {
                 (Protocol::Grpc, Ok(bytes)) => {
                     grpc_answer(unframe(&bytes).is_some_and(|m| take(&sink, m)))
@@ -247,13 +300,13 @@ fn grpc_answer(ok: bool) -> Response<Answer> {
     response
 }
 
-/// A trailers-only gRPC answer: `grpc-status: 14` (UNAVAILABLE) and its message in the head.
-fn grpc_unavailable() -> Response<Answer> {
+/// A trailers-only gRPC answer: `grpc-status` `code` and a message in the head.
+fn grpc_refusal(code: &'static str) -> Response<Answer> {
     let mut response = http_answer(200);
     for (name, value) in [
         ("content-type", "application/grpc"),
-        ("grpc-status", "14"),
-        ("grpc-message", "collector%20overloaded"),
+        ("grpc-status", code),
+        ("grpc-message", "collector%20refuses"),
     ] {
         response.headers_mut().insert(name, value.parse().unwrap());
     }
