@@ -91,8 +91,10 @@ async fn upstream_errors_pass_through_untouched() {
 
 #[tokio::test]
 async fn five_hundred_concurrent_requests_for_a_cold_merchant_make_one_grant() {
+    // All 500 in flight at once, waiting on the one grant: under the default cap of 64 the
+    // rest would wait at most 1 s for a slot, and a loaded machine could answer them 429.
     let h = Builder::default()
-        .yaml("server:\n  http2_max_concurrent_streams: 1000")
+        .yaml("server:\n  http2_max_concurrent_streams: 1000\nlimits:\n  max_in_flight: 500")
         .start()
         .await;
     let m = h.merchants[0];
