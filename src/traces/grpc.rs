@@ -34,6 +34,9 @@ const GRPC_STATUS: &str = "grpc-status";
 /// The collector's words on a failed call, beside its status.
 const GRPC_MESSAGE: &str = "grpc-message";
 
+/// The call's deadline, for the collector to stop working on a call its client gave up.
+const GRPC_TIMEOUT: &str = "grpc-timeout";
+
 /// The trailer carrying a failed call's `google.rpc.Status`, its details included (binary,
 /// base64).
 const GRPC_DETAILS: &str = "grpc-status-details-bin";
@@ -169,9 +172,6 @@ fn call(request: Request<Bytes>, timeout: Duration) -> Result<Request<Bytes>, Gr
     head.headers.insert(GRPC_TIMEOUT, grpc_timeout(timeout));
     Ok(Request::from_parts(head, framed.freeze()))
 }
-
-/// The call's deadline, for the collector to stop working on a call its client gave up.
-const GRPC_TIMEOUT: &str = "grpc-timeout";
 
 /// `timeout` as gRPC writes one: at most 8 digits and a unit, here milliseconds (`m`), or
 /// seconds (`S`) for a timeout too long for 8 digits of them.
