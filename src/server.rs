@@ -28,8 +28,9 @@
 //! and a timer per request cost ~13 % of the instructions of a proxied request). Instead
 //! the connection's one timer is never set later than the shortest of its periods from now,
 //! so no change of state can bring a deadline before it; when it fires the deadline is
-//! worked out again from the state, and the timer set again — once per
-//! `header_read_timeout` at most on a connection in use.
+//! worked out again from the state, and the timer set again — once per the shortest of
+//! `header_read_timeout`, `keepalive_timeout` and `idle_timeout` at most on a connection in
+//! use.
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -20,6 +20,7 @@ use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue, TE};
 use http::{StatusCode, response::Parts};
 use http_body_util::Collected;
 use opentelemetry_http::{HttpClient, HttpError, Request, Response};
+use percent_encoding::percent_decode;
 
 use super::transport::Http;
 use crate::upstream::Connector;
@@ -221,7 +222,13 @@ fn failed(code: &[u8], fields: &HeaderMap) -> GrpcError {
     });
     let message = fields
         .get(GRPC_MESSAGE)
-        .map(|value| percent_decoded(value.as_bytes()))
+        // gRPC percent-encodes it (`%20` for a space); a `%` not followed by two hex
+        // digits stands for itself.
+        .map(|value| {
+            percent_decode(value.as_bytes())
+                .decode_utf8_lossy()
+                .into_owned()
+        })
         .unwrap_or_default();
     GrpcError::Status {
         code: String::from_utf8_lossy(code).into_owned(),
@@ -246,27 +253,6 @@ fn retry_info(fields: &HeaderMap) -> bool {
                 .windows(RETRY_INFO.len())
                 .any(|window| window == RETRY_INFO)
         })
-}
-
-/// `grpc-message` as the collector wrote it: gRPC percent-encodes it (`%20` for a space),
-/// and a `%` not followed by two hex digits stands for itself.
-fn percent_decoded(text: &[u8]) -> String {
-    let hex = |at: usize| text.get(at).and_then(|&b| char::from(b).to_digit(16));
-    let mut bytes = Vec::with_capacity(text.len());
-    let mut at = 0;
-    while let Some(&byte) = text.get(at) {
-        match (byte, hex(at + 1), hex(at + 2)) {
-            (b'%', Some(high), Some(low)) => {
-                bytes.push(u8::try_from(high * 16 + low).unwrap_or(b'%'));
-                at += 3;
-            }
-            _ => {
-                bytes.push(byte);
-                at += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// The response message: none (an empty body, as a collector may send for an empty
