@@ -7,10 +7,11 @@
 FROM rust:1.95.0-bookworm AS build
 WORKDIR /src
 COPY . .
-# The release build CI runs too (.ci/run; tests/deploy.rs keeps the two identical).
+# The release build CI runs too (.ci/run; tests/deploy.rs keeps the two identical): cargo's
+# locked release build, optimised with the execution profile recorded in benches/pgo.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked \
+    scripts/release.sh \
     && install -D -m 0755 target/release/poynt-proxy /out/poynt-proxy
 
 FROM debian:12-slim

@@ -1180,15 +1180,27 @@ fn the_dockerfile_builds_what_ci_builds_and_runs_unprivileged() {
     assert_eq!(stages.len(), 2, "a build stage and a runtime stage");
     let (build, runtime) = (&steps[..stages[1]], &steps[stages[1]..]);
 
-    // The build runs exactly the command CI runs.
+    // The build runs exactly the command CI runs: the release build, optimised with the
+    // recorded execution profile.
     let command = build
         .iter()
         .filter(|(i, _)| i == "RUN")
-        .find_map(|(_, args)| args.find("cargo build").map(|at| &args[at..]))
+        .find_map(|(_, args)| args.find("scripts/release.sh").map(|at| &args[at..]))
         .and_then(|tail| tail.split("&&").next())
-        .expect("a RUN with cargo build")
+        .expect("a RUN with scripts/release.sh")
         .trim();
-    assert_eq!(command, "cargo build --release --locked");
+    assert_eq!(command, "scripts/release.sh");
+    let release = read(command);
+    assert!(
+        release.contains("cargo build --release --locked")
+            && release.contains("-Cprofile-use=$profile")
+            && release.contains("profile=$root/benches/pgo/poynt-proxy.profdata"),
+        "{command} must build the locked release with the profile in benches/pgo"
+    );
+    assert!(
+        repo("benches/pgo/poynt-proxy.profdata").is_file(),
+        "the execution profile the release build uses is missing (benches/pgo/train.sh records it)"
+    );
     // CI runs it in the background beside the other steps, before it sets the lint build's
     // compiler and flags, so that what it builds is what the image builds.
     let words: Vec<&str> = command.split_whitespace().collect();
@@ -1283,6 +1295,7 @@ fn the_dockerfile_builds_what_ci_builds_and_runs_unprivileged() {
         "benches/",
         "config/",
         "deploy/image/",
+        "scripts/release.sh",
     ] {
         assert!(
             ignore.lines().any(|l| l == format!("!{needed}")),
@@ -1425,19 +1438,24 @@ fn a_failed_ci_step_ends_the_background_steps() {
 
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    for sub in [".ci", "scripts", "bin", "pids"] {
+    for sub in [".ci", "scripts", "bin", "pids", "benches/pgo"] {
         std::fs::create_dir_all(root.join(sub)).unwrap();
     }
-    std::fs::copy(repo(".ci/run"), root.join(".ci/run")).unwrap();
+    // The real CI script and release build; cargo and the test command are stand-ins.
+    for real in [".ci/run", "scripts/release.sh"] {
+        std::fs::copy(repo(real), root.join(real)).unwrap();
+    }
+    std::fs::write(root.join("benches/pgo/poynt-proxy.profdata"), "").unwrap();
     let (held, begun) = (root.join("held"), root.join("begun"));
     let mut mkfifo = Command::new("mkfifo");
     mkfifo.arg(&held).arg(&begun);
     run_ok(mkfifo);
     // A background stand-in: holds `held`, says it has begun, and waits to be ended.
     let hold = r#"exec 9>"$HELD"; echo $$ >"$PIDS/$1"; echo "$1" >"$BEGUN"; exec sleep 600"#;
+    // The failing step waits (a minute at most) for both background steps to begin.
     let cargo = format!(
-        "#!/bin/sh\ncase \"$*\" in\n*--release*) set -- release; {hold} ;;\n\
-         fmt*) exec 8<>\"$BEGUN\"; read -r first <&8; read -r second <&8; exit 1 ;;\n\
+        "#!/bin/bash\ncase \"$*\" in\n*--release*) set -- release; {hold} ;;\n\
+         fmt*) exec 8<>\"$BEGUN\"; read -r -t 60 first <&8; read -r -t 60 second <&8; exit 1 ;;\n\
          *) exit 0 ;;\nesac\n"
     );
     for (path, script) in [
@@ -1486,6 +1504,12 @@ fn a_failed_ci_step_ends_the_background_steps() {
         }
     }
     assert!(!out.status.success(), "CI passed a failed step:\n{said}");
+    for job in ["deps", "release"] {
+        assert!(
+            root.join("pids").join(job).exists(),
+            "expected the {job} step to have begun in the background:\n{said}"
+        );
+    }
     assert!(
         matches!(ended, Ok(Ok(()))),
         "expected the background steps to end with CI, found them running a minute later \

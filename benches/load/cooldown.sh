@@ -99,7 +99,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 say "building poynt-proxy (release)"
-(cd "$ROOT" && cargo build --release --locked --quiet)
+"$ROOT/scripts/release.sh" --quiet
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/poynt-proxy
 
 taskset -c "$LOADGEN_CPUS" env RUST_LOG=warn "$BIN" emulator --listen "127.0.0.1:$EMULATOR_PORT" \

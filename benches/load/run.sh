@@ -37,10 +37,14 @@
 # KINDS (the proxies to run, space-separated; nginx is required, every ratio is to it; default
 # "poynt-proxy poynt-proxy-h2 nginx haproxy"; also poynt-proxy-jwt: poynt-proxy with callers
 # authenticated by a JWT bearer, the caller sending one; poynt-proxy-traced: poynt-proxy
-# exporting traces at 1 % sampling to the emulator's OTLP sink), LOADGEN_MAX (80), STEAL_MAX (3: a measurement during which the host took more than this %
-# of the CPUs is tried again) and ATTEMPTS (4 tries at most; a measurement the machine was paused in is tried again too), OHA (an oha binary to use; by
-# default the pinned version is built once into target/load/tools with cargo install; not
-# needed with --cpu-quota), KEEP=1 keeps the work directory. Ports BASE_PORT+1..+3, +10..+25.
+# exporting traces at 1 % sampling to the emulator's OTLP sink), LOADGEN_MAX (80), STEAL_MAX
+# (3: a measurement during which the host took more than this % of the CPUs is tried again)
+# and ATTEMPTS (4 tries at most; a measurement the machine was paused in is tried again too),
+# OHA (an oha binary to use; by default the pinned version is built once into
+# target/load/tools with cargo install; not needed with --cpu-quota), POYNT_PROXY (a
+# poynt-proxy binary to run instead of the release build scripts/release.sh makes here;
+# benches/pgo/train.sh gives it its instrumented one), KEEP=1 keeps the work directory.
+# Ports BASE_PORT+1..+3, +10..+25.
 set -euo pipefail
 
 say() { echo "load: $*" >&2; }
@@ -162,9 +166,14 @@ if [[ -z $CPU_QUOTA && ! -x $OHA ]]; then
     cargo install oha --version "$OHA_VERSION" --locked --quiet --root "$OUT/tools"
 fi
 
-say "building poynt-proxy (release)"
-(cd "$ROOT" && cargo build --release --locked --quiet)
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/poynt-proxy
+if [[ -n ${POYNT_PROXY:-} ]]; then
+    BIN=$POYNT_PROXY
+    [[ -x $BIN ]] || die "POYNT_PROXY expects an executable poynt-proxy; found '$BIN'"
+else
+    say "building poynt-proxy (release)"
+    "$ROOT/scripts/release.sh" --quiet
+    BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/poynt-proxy
+fi
 
 # --- cgroups: one per proxy, each allowed QUOTA_US of CPU time per CFS_PERIOD_US -----------
 # cgroup v2 where its hierarchy holds the CPU controller (at /sys/fs/cgroup, or beside v1
