@@ -546,6 +546,30 @@ fn huge_numbers_and_durations_fail_check_instead_of_run() {
     );
 }
 
+/// A connection with a request open re-reads its deadline once per the shortest of these,
+/// so a few milliseconds would keep busy connections' timers firing; 100 ms is accepted.
+#[test]
+fn connection_timeouts_below_a_tenth_of_a_second_fail_check() {
+    for key in ["header_read_timeout", "keepalive_timeout", "idle_timeout"] {
+        let message = error_of(&base("", &format!("server:\n  {key}: 5ms\n")));
+        assert!(
+            message.contains(&format!("server.{key}: expected at least 100ms; found 5ms")),
+            "{message}"
+        );
+        let config = Config::parse(
+            &base("", &format!("server:\n  {key}: 100ms\n")),
+            &KeySources::default(),
+        )
+        .expect("100ms is the floor");
+        let server = config.server;
+        let shortest = server
+            .header_read_timeout
+            .min(server.keepalive_timeout)
+            .min(server.idle_timeout);
+        assert_eq!(shortest.as_millis(), 100, "{key}");
+    }
+}
+
 #[test]
 fn urls_with_credentials_are_refused_without_printing_them() {
     let yaml = base("", "").replace(

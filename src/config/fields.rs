@@ -92,6 +92,20 @@ pub(super) fn duration_within(
     duration_at_most(key, value, max)
 }
 
+/// A positive duration of at least `min` and at most `max`.
+pub(super) fn duration_between(
+    key: &'static str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    require_positive(key, value)?;
+    if value < min {
+        return Err(out_of_bounds(key, "at least", min, value));
+    }
+    duration_at_most(key, value, max)
+}
+
 /// A duration (zero allowed) of at most `max`.
 pub(super) fn duration_at_most(
     key: &'static str,
@@ -99,16 +113,21 @@ pub(super) fn duration_at_most(
     max: Duration,
 ) -> Result<Duration, ConfigError> {
     if value > max {
-        return Err(invalid(
-            key,
-            format!(
-                "expected at most {}; found {}",
-                humantime::format_duration(max),
-                humantime::format_duration(value)
-            ),
-        ));
+        return Err(out_of_bounds(key, "at most", max, value));
     }
     Ok(value)
+}
+
+/// "expected at most 10m; found 100years": the bound and the value, as they are written.
+fn out_of_bounds(key: &'static str, side: &str, bound: Duration, value: Duration) -> ConfigError {
+    invalid(
+        key,
+        format!(
+            "expected {side} {}; found {}",
+            humantime::format_duration(bound),
+            humantime::format_duration(value)
+        ),
+    )
 }
 
 /// A count between `min` and `max`.

@@ -6,7 +6,8 @@ use serde::Deserialize;
 
 use super::error::ConfigError;
 use super::fields::{
-    ByteSize, MAX_LONG_TIMEOUT, MAX_SHORT_TIMEOUT, count_within, duration_at_most, duration_within,
+    ByteSize, MAX_LONG_TIMEOUT, MAX_SHORT_TIMEOUT, count_within, duration_at_most,
+    duration_between, duration_within,
 };
 use crate::workers::cpus::CpuBudget;
 
@@ -14,6 +15,12 @@ use crate::workers::cpus::CpuBudget;
 /// drop idle connections sooner; Go's and reqwest's default 90 s does not (docs/OPERATIONS.md
 /// says what to set).
 const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// The shortest header read, keep-alive and HTTP/2 idle timeout: a connection with a request
+/// open looks at its deadline once per the shortest of the three (src/server.rs), so a
+/// period of a few milliseconds would wake every busy connection more often than it is
+/// served.
+const MIN_CONNECTION_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Limits on the caller-facing listener.
 #[derive(Debug, Clone)]
@@ -110,14 +117,16 @@ impl RawServer {
             1 << 40,
         )?;
         Ok(ServerConfig {
-            header_read_timeout: duration_within(
+            header_read_timeout: duration_between(
                 "server.header_read_timeout",
                 self.header_read_timeout,
+                MIN_CONNECTION_TIMEOUT,
                 MAX_SHORT_TIMEOUT,
             )?,
-            keepalive_timeout: duration_within(
+            keepalive_timeout: duration_between(
                 "server.keepalive_timeout",
                 self.keepalive_timeout,
+                MIN_CONNECTION_TIMEOUT,
                 MAX_LONG_TIMEOUT,
             )?,
             max_header_bytes: count_within(
@@ -151,9 +160,10 @@ impl RawServer {
                 MAX_LONG_TIMEOUT,
             )?,
             workers,
-            idle_timeout: duration_within(
+            idle_timeout: duration_between(
                 "server.idle_timeout",
                 self.idle_timeout,
+                MIN_CONNECTION_TIMEOUT,
                 MAX_LONG_TIMEOUT,
             )?,
             body_read_timeout: duration_within(
