@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tracing_subscriber::filter::{FilterExt as _, FilterFn, Filtered};
+use tracing::Subscriber;
+use tracing_subscriber::filter::{FilterExt as _, FilterFn, Filtered, LevelFilter};
 use tracing_subscriber::layer::{Layered, SubscriberExt as _};
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
@@ -143,16 +144,10 @@ fn not_traces(metadata: &tracing::Metadata<'_>) -> bool {
 /// is a layer that sees what its own filter picks, whatever the log level (the traces
 /// exporter).
 pub fn init(config: &LogConfig, beside: Option<Beside>) {
-    let (filter, filter_handle) = reload::Layer::new(filter(config));
-    let (format, format_handle) = reload::Layer::new(formatter(config.format));
-    let log: Filtered<_, _, Base> = format.with_filter(filter.and(FilterFn::new(not_traces)));
-    let result = Registry::default().with(beside).with(log).try_init();
-    match result {
+    let (subscriber, handles) = subscriber(config, beside);
+    match subscriber.try_init() {
         Ok(()) => {
-            let _ = INSTALLED.set(Handles {
-                filter: filter_handle,
-                format: format_handle,
-            });
+            let _ = INSTALLED.set(handles);
             set_access(config);
             if level_from_env() {
                 tracing::info!(
@@ -163,6 +158,28 @@ pub fn init(config: &LogConfig, beside: Option<Beside>) {
         }
         Err(error) => eprintln!("logging was already initialised: {error}"),
     }
+}
+
+/// The registry, `beside` and the log filtered by `config`, with the handles that reload the
+/// log's filter and format.
+///
+/// The filter that keeps trace spans out of the log says it lets every level through, so the
+/// log's level hint is its level filter's. Without a hint the subscriber's would be unknown,
+/// which `tracing` takes as TRACE: every span a dependency makes at that level (`h2` makes
+/// several per request) would be created, entered and closed only to be filtered out.
+fn subscriber(
+    config: &LogConfig,
+    beside: Option<Beside>,
+) -> (impl Subscriber + Send + Sync + 'static, Handles) {
+    let (filter, filter_handle) = reload::Layer::new(filter(config));
+    let (format, format_handle) = reload::Layer::new(formatter(config.format));
+    let not_traces = FilterFn::new(not_traces).with_max_level_hint(LevelFilter::TRACE);
+    let log: Filtered<_, _, Base> = format.with_filter(filter.and(not_traces));
+    let handles = Handles {
+        filter: filter_handle,
+        format: format_handle,
+    };
+    (Registry::default().with(beside).with(log), handles)
 }
 
 /// Applies a reloaded log configuration to the installed subscriber (nothing when none was
@@ -190,6 +207,38 @@ mod tests {
         assert!(colour(true, Some("".into())), "an empty NO_COLOR is unset");
         assert!(!colour(true, Some("1".into())));
         assert!(!colour(false, None));
+    }
+
+    #[test]
+    fn the_subscriber_hints_the_log_level_so_finer_spans_are_never_made() {
+        use tracing_subscriber::filter::Targets;
+        use tracing_subscriber::layer::Identity;
+
+        for level in ["info", "warn,poynt_proxy=debug", "error"] {
+            let config = LogConfig {
+                format: LogFormat::Json,
+                level: level.to_owned(),
+                access: true,
+            };
+            // What the level filter allows (RUST_LOG's, when the tests run with it).
+            let allowed = filter(&config).max_level_hint();
+            assert!(allowed.is_some(), "{level}");
+            let (log_alone, _) = subscriber(&config, None);
+            assert_eq!(log_alone.max_level_hint(), allowed, "{level}");
+            let traces = Identity::new()
+                .with_filter(
+                    Targets::new().with_target(crate::traces::TARGET, tracing::Level::INFO),
+                )
+                .boxed();
+            let (with_traces, _) = subscriber(&config, Some(traces));
+            // The exporter's own filter adds its INFO spans, whatever the log's level.
+            let with_exporter = allowed.max(Some(LevelFilter::INFO));
+            assert_eq!(
+                with_traces.max_level_hint(),
+                with_exporter,
+                "{level}, traces on"
+            );
+        }
     }
 
     #[test]
