@@ -2,7 +2,7 @@
 # The release build: what the container image ships (Dockerfile), CI builds (.ci/run) and the
 # load benchmark measures (benches/load/run.sh). `cargo build --release --locked`, optimised
 # with the execution profile recorded in benches/pgo (profile-guided optimisation: the
-# compiler inlines and lays out the code as the recorded load ran it, ~17 % fewer
+# compiler inlines and lays out the code as the recorded load ran it, ~20 % fewer
 # instructions per request; docs/BENCHMARKS.md). benches/pgo/train.sh records it again.
 # Arguments go to cargo (--quiet, say); RUSTFLAGS set by the caller are kept.
 set -euo pipefail
