@@ -86,22 +86,20 @@ impl Flags {
         self.0 |= 1 << flag as u32;
     }
 
-    /// Whether `flag` is in the set.
-    pub fn contains(self, flag: Flag) -> bool {
-        self.0 & (1 << flag as u32) != 0
-    }
-
     /// Whether the set is empty.
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }
 
-    /// The flags in the set, in [`Flag::ALL`]'s order.
+    /// The flags in the set, in [`Flag::ALL`]'s order: a flag's bit is its place there, so
+    /// this visits the set bits only, not every flag (most lines have none).
     pub fn iter(self) -> impl Iterator<Item = Flag> {
-        Flag::ALL
-            .iter()
-            .copied()
-            .filter(move |flag| self.contains(*flag))
+        let mut bits = self.0;
+        std::iter::from_fn(move || {
+            let lowest = bits.trailing_zeros();
+            bits &= bits.wrapping_sub(1);
+            Flag::ALL.get(usize::try_from(lowest).ok()?).copied()
+        })
     }
 }
 
@@ -279,6 +277,19 @@ mod tests {
         flags.set(Flag::TokenUnavailable);
         let codes: Vec<_> = flags.iter().map(Flag::code).collect();
         assert_eq!(codes, ["TK", "DC"]);
+    }
+
+    #[test]
+    fn a_set_lists_exactly_its_flags_down_to_the_last_declared() {
+        let mut all = Flags::default();
+        for &flag in Flag::ALL {
+            let mut one = Flags::default();
+            one.set(flag);
+            assert_eq!(one.iter().collect::<Vec<_>>(), [flag]);
+            all.set(flag);
+        }
+        assert_eq!(all.iter().collect::<Vec<_>>(), Flag::ALL);
+        assert_eq!(Flags::default().iter().count(), 0);
     }
 
     #[test]
