@@ -92,18 +92,18 @@ pub(super) fn duration_within(
     duration_at_most(key, value, max)
 }
 
-/// A positive duration of at least `min` and at most `max`.
+/// A positive duration of at least `min` and at most `max`: [`duration_within`] and a floor.
 pub(super) fn duration_between(
     key: &'static str,
     value: Duration,
     min: Duration,
     max: Duration,
 ) -> Result<Duration, ConfigError> {
-    require_positive(key, value)?;
+    let value = duration_within(key, value, max)?;
     if value < min {
         return Err(out_of_bounds(key, "at least", min, value));
     }
-    duration_at_most(key, value, max)
+    Ok(value)
 }
 
 /// A duration (zero allowed) of at most `max`.
