@@ -98,6 +98,13 @@ async fn sigkill_during_two_hundred_renewals_loses_no_merchant_and_reuses_no_ref
         || async { emulator.stats().token_calls.refresh_token.total >= 20 },
     )
     .await;
+    // Calls that arrive from now on are held for a minute (their handlers end with the
+    // killed proxy's connections), so the kill lands while renewals are in flight however
+    // long it takes: a CI run once saw all 200 done first, on a loaded or paused machine.
+    emulator.set_fault(Fault {
+        token_delay_ms: Some(60_000),
+        ..Fault::default()
+    });
     proxy.signal("KILL");
     assert!(proxy.exit_within(Duration::from_secs(10)).is_some());
     let renewed_before_kill = emulator.stats().token_calls.refresh_token.total;
